@@ -1,1 +1,28 @@
-pub fn x(){}
+//! The MQTT broker: listeners, sessions, the subscription tree, retained
+//! messages, wills and the QoS flows of MQTT 3.1, 3.1.1 and 5.0.
+//!
+//! It knows nothing of devices or tenants: who may connect and what they may
+//! do is asked of an [`Authenticator`] the embedder provides. Start one with
+//! [`Broker::new`], then hand it bound listeners with [`Broker::serve`].
+
+pub mod auth;
+mod broker;
+mod connection;
+pub mod listener;
+pub mod message;
+pub mod retained;
+pub mod session;
+pub mod settings;
+pub mod stats;
+mod transport;
+pub mod tree;
+
+pub use auth::{
+    Action, AllowAll, AuthConversation, AuthStep, Authenticator, BoxFuture, ClientIdentity, ConnectRequest,
+    FileAuthenticator,
+};
+pub use broker::Broker;
+pub use listener::{ListenerKind, TlsFiles, WEBSOCKET_PATH};
+pub use message::Message;
+pub use settings::{QueuePolicy, Settings};
+pub use stats::StatsSnapshot;

@@ -1,0 +1,481 @@
+//! The broker's shared state and the operations connections call on it:
+//! routing a message, attaching and detaching sessions, wills, shutdown.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use mqtt::{ProtocolVersion, QoS, ReasonCode};
+use tokio::sync::watch;
+
+use crate::auth::{Action, Authenticator, ClientIdentity};
+use crate::message::Message;
+use crate::retained::RetainedMessages;
+use crate::session::{Delivery, MemorySessionStore, Session, SessionStore, StoredWill};
+use crate::settings::Settings;
+use crate::stats::{add, BrokerStats, StatsSnapshot};
+use crate::tree::{Match, SubscriptionTree};
+
+pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) struct BrokerShared {
+    pub settings: Settings,
+    pub auth: Arc<dyn Authenticator>,
+    pub sessions: Box<dyn SessionStore>,
+    pub tree: RwLock<SubscriptionTree<Arc<str>>>,
+    pub retained: RwLock<RetainedMessages>,
+    pub stats: BrokerStats,
+    /// Serialises session attach and detach so a takeover is one step.
+    pub session_lock: Mutex<()>,
+    pub shutdown: watch::Sender<bool>,
+    /// Connections open (any state); shutdown waits for it to reach zero.
+    pub open_connections: watch::Sender<usize>,
+    pub next_client_number: AtomicU64,
+}
+
+/// The broker. Cheap to clone; every clone is the same broker.
+#[derive(Clone)]
+pub struct Broker {
+    pub(crate) shared: Arc<BrokerShared>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+/// The outcome of attaching a connection to its session.
+pub(crate) struct Attached {
+    pub session: Arc<Session>,
+    pub session_present: bool,
+    pub generation: u64,
+    pub kick: watch::Receiver<Option<ReasonCode>>,
+}
+
+impl Broker {
+    /// A broker with in-memory sessions. Spawns its `$SYS` publisher when
+    /// called inside a tokio runtime.
+    pub fn new(settings: Settings, auth: Arc<dyn Authenticator>) -> Self {
+        let broker = Broker {
+            shared: Arc::new(BrokerShared {
+                settings,
+                auth,
+                sessions: Box::new(MemorySessionStore::default()),
+                tree: RwLock::new(SubscriptionTree::new()),
+                retained: RwLock::new(RetainedMessages::new()),
+                stats: BrokerStats::default(),
+                session_lock: Mutex::new(()),
+                shutdown: watch::channel(false).0,
+                open_connections: watch::channel(0).0,
+                next_client_number: AtomicU64::new(1),
+            }),
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            broker.spawn_housekeeping();
+        }
+        broker
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.shared.settings
+    }
+
+    /// Every figure of `$SYS` and `/metrics`.
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.shared;
+        s.stats.snapshot(
+            s.sessions.len() as u64,
+            read(&s.retained).len() as u64,
+            read(&s.tree).len() as u64,
+        )
+    }
+
+    /// Publishes a message from inside the process (the platform, `$SYS`):
+    /// retained if asked, routed to every matching subscription.
+    pub fn publish(&self, message: Message) -> usize {
+        let message = Arc::new(message);
+        if message.retain {
+            write(&self.shared.retained).set(message.clone());
+        }
+        self.shared.route(&message)
+    }
+
+    /// Starts a graceful shutdown: stops accepting, publishes the wills of
+    /// connected clients and pending delayed wills (their connections are
+    /// closed by the server [MQTT-3.1.2-8]), sends MQTT 5 clients DISCONNECT
+    /// 0x8B, and waits for connections to close up to the configured timeout.
+    pub async fn shutdown(&self) {
+        let s = &self.shared;
+        if s.shutdown.send_replace(true) {
+            return;
+        }
+        let mut wills = Vec::new();
+        {
+            let _guard = s.lock_sessions();
+            for session in s.sessions.all() {
+                if let Some(w) = session.lock().will.take() {
+                    wills.push((session.client_id.clone(), w.will));
+                }
+            }
+        }
+        for (client_id, will) in wills {
+            s.publish_will(&client_id, will);
+        }
+        let mut open = s.open_connections.subscribe();
+        let timeout = Duration::from_secs(s.settings.shutdown_timeout_secs);
+        let _ = tokio::time::timeout(timeout, open.wait_for(|n| *n == 0)).await;
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn shutting_down(&self) {
+        let mut rx = self.shared.shutdown.subscribe();
+        let _ = rx.wait_for(|v| *v).await;
+    }
+
+    fn spawn_housekeeping(&self) {
+        let weak = Arc::downgrade(&self.shared);
+        let interval = self.shared.settings.sys_interval_secs;
+        tokio::spawn(async move {
+            let period = Duration::from_secs(if interval == 0 { 60 } else { interval });
+            let mut ticker = tokio::time::interval(period);
+            loop {
+                ticker.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                if *shared.shutdown.borrow() {
+                    return;
+                }
+                write(&shared.retained).purge_expired();
+                if interval > 0 {
+                    let broker = Broker { shared };
+                    for (topic, value) in broker.stats().sys_topics() {
+                        broker.publish(Message::new(topic, Bytes::from(value), QoS::AtMostOnce, true));
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl BrokerShared {
+    pub(crate) fn lock_sessions(&self) -> MutexGuard<'_, ()> {
+        self.session_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Sends `message` to every matching subscription; returns how many
+    /// sessions it went to.
+    pub(crate) fn route(&self, message: &Arc<Message>) -> usize {
+        // Per subscriber: the highest QoS of its matching subscriptions
+        // [MQTT-3.3.4-2] with all their identifiers [MQTT-3.3.4-3].
+        let mut targets: Vec<Target> = Vec::new();
+        let mut shared_targets: Vec<Target> = Vec::new();
+        {
+            let tree = read(&self.tree);
+            tree.for_each_match(&message.topic, |m| match m {
+                Match::Single(client, sub) => {
+                    // [MQTT-3.8.3-3] no local: not back to the publisher.
+                    if sub.options.no_local && message.publisher.as_ref() == Some(client) {
+                        return;
+                    }
+                    targets.push((
+                        client.clone(),
+                        sub.options.qos,
+                        sub.options.retain_as_published,
+                        sub.identifier.into_iter().collect(),
+                    ));
+                }
+                Match::Shared(group) => {
+                    let picked = group.pick(|client| {
+                        self.sessions.get(client).is_some_and(|s| s.lock().connected)
+                    });
+                    if let Some((client, sub)) = picked {
+                        // A shared delivery is its own copy, not merged.
+                        shared_targets.push((
+                            client.clone(),
+                            sub.options.qos,
+                            sub.options.retain_as_published,
+                            sub.identifier.into_iter().collect(),
+                        ));
+                    }
+                }
+            });
+        }
+        merge_per_client(&mut targets);
+        targets.append(&mut shared_targets);
+        let mut delivered = 0;
+        for (client, qos, retain_as_published, ids) in targets {
+            let Some(session) = self.sessions.get(&client) else {
+                continue;
+            };
+            // [MQTT-3.3.1-12] [MQTT-3.3.1-13] retain flag as published only
+            // when the subscription asks for it.
+            let retain = retain_as_published && message.retain;
+            if self.deliver(&session, message, qos, retain, ids) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Queues one message for one session and wakes its connection.
+    pub(crate) fn deliver(
+        &self,
+        session: &Session,
+        message: &Arc<Message>,
+        subscription_qos: QoS,
+        retain: bool,
+        subscription_ids: Vec<u32>,
+    ) -> bool {
+        // [MQTT-3.8.4-8] the lower of published and granted QoS.
+        let qos = message.qos.min(subscription_qos);
+        let mut state = session.lock();
+        if !state.connected && qos == QoS::AtMostOnce && !self.settings.queue_qos0_offline {
+            return false;
+        }
+        let delivery = Delivery {
+            message: message.clone(),
+            qos,
+            retain,
+            subscription_ids,
+        };
+        if !state.enqueue(delivery, self.settings.max_queued_messages, self.settings.queue_policy) {
+            add(&self.stats.messages_dropped, 1);
+        }
+        let connected = state.connected;
+        drop(state);
+        if connected {
+            session.wake.notify_one();
+        }
+        true
+    }
+
+    /// Publishes a will on behalf of `client_id` (its ACL was checked at CONNECT).
+    pub(crate) fn publish_will(&self, client_id: &Arc<str>, will: mqtt::Will) {
+        let message = Arc::new(Message {
+            topic: will.topic.as_str().into(),
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties: Message::forwardable(will.properties),
+            publisher: Some(client_id.clone()),
+            received_at: std::time::Instant::now(),
+        });
+        if message.retain {
+            write(&self.retained).set(message.clone());
+        }
+        self.route(&message);
+    }
+
+    /// Whether `identity` may publish `will`; a will it may not publish is not kept.
+    pub(crate) fn will_allowed(&self, identity: &ClientIdentity, will: &mqtt::Will) -> bool {
+        !will.topic.starts_with('$') && self.auth.authorize(identity, Action::Publish, &will.topic)
+    }
+
+    /// Attaches a new connection to its session: takes over a connected one
+    /// [MQTT-3.1.4-3], starts a new session or resumes the old one
+    /// [MQTT-3.1.2-4] [MQTT-3.1.2-5], and sets the connection's will.
+    pub(crate) fn attach(
+        self: &Arc<Self>,
+        client_id: &Arc<str>,
+        protocol: ProtocolVersion,
+        clean_start: bool,
+        expiry_interval: u32,
+        will: Option<StoredWill>,
+    ) -> Attached {
+        let _guard = self.lock_sessions();
+        let existing = self.sessions.get(client_id);
+        let (kick_tx, kick_rx) = watch::channel(None);
+        let mut will_to_publish = None;
+        let (session, session_present) = match existing {
+            Some(session) => {
+                let mut state = session.lock();
+                if state.connected {
+                    if let Some(kick) = state.kick.take() {
+                        // [MQTT-3.1.4-3] the existing connection is closed, in
+                        // MQTT 5 with 0x8E first.
+                        let _ = kick.send(Some(ReasonCode::SessionTakenOver));
+                    }
+                }
+                // The old connection ended without DISCONNECT: its will goes
+                // out unless it is delayed and this connection resumes the
+                // session in time [MQTT-3.1.3-9].
+                if let Some(old) = state.will.take() {
+                    if clean_start || (state.connected && old.delay.is_zero()) {
+                        will_to_publish = Some(old.will);
+                    }
+                }
+                let present = !clean_start;
+                let old_subs = if clean_start {
+                    state.reset(protocol)
+                } else {
+                    Default::default()
+                };
+                // Lock order is tree before session state: let go of the state first.
+                drop(state);
+                if !old_subs.is_empty() {
+                    let mut tree = write(&self.tree);
+                    for filter in old_subs.keys() {
+                        tree.unsubscribe(client_id, filter);
+                    }
+                }
+                (session, present)
+            }
+            None => {
+                let session = Arc::new(Session::new(client_id.clone(), protocol));
+                self.sessions.insert(session.clone());
+                (session, false)
+            }
+        };
+        let generation = {
+            let mut state = session.lock();
+            state.protocol = protocol;
+            state.generation += 1;
+            state.connected = true;
+            state.kick = Some(kick_tx);
+            state.expiry_interval = expiry_interval;
+            state.will = will;
+            state.generation
+        };
+        drop(_guard);
+        if let Some(will) = will_to_publish {
+            self.publish_will(client_id, will);
+        }
+        Attached {
+            session,
+            session_present,
+            generation,
+            kick: kick_rx,
+        }
+    }
+
+    /// Detaches a closed connection from its session. `publish_will` is false
+    /// after a normal DISCONNECT [MQTT-3.1.2-10].
+    pub(crate) fn detach(self: &Arc<Self>, session: &Arc<Session>, generation: u64, publish_will: bool) {
+        let guard = self.lock_sessions();
+        let mut state = session.lock();
+        if state.generation != generation {
+            // Taken over: the new connection owns the session now.
+            return;
+        }
+        state.connected = false;
+        state.kick = None;
+        if !publish_will {
+            state.will = None;
+        }
+        let expiry = state.expiry_interval;
+        let will_delay = state.will.as_ref().map(|w| w.delay);
+        drop(state);
+        drop(guard);
+        if expiry == 0 {
+            self.end_session(session);
+            return;
+        }
+        if let Some(delay) = will_delay {
+            let delay = delay.min(Duration::from_secs(u64::from(expiry)));
+            if delay.is_zero() {
+                let will = session.lock().will.take();
+                if let Some(w) = will {
+                    self.publish_will(&session.client_id, w.will);
+                }
+            } else {
+                let shared = Arc::downgrade(self);
+                let session = session.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let Some(shared) = shared.upgrade() else { return };
+                    let will = {
+                        let mut state = session.lock();
+                        if state.generation != generation || state.connected {
+                            return;
+                        }
+                        state.will.take()
+                    };
+                    if let Some(w) = will {
+                        shared.publish_will(&session.client_id, w.will);
+                    }
+                });
+            }
+        }
+        if expiry != u32::MAX {
+            let shared = Arc::downgrade(self);
+            let session = session.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+                let Some(shared) = shared.upgrade() else { return };
+                let stale = {
+                    let state = session.lock();
+                    state.generation != generation || state.connected
+                };
+                if !stale {
+                    shared.end_session(&session);
+                }
+            });
+        }
+    }
+
+    /// Ends a session: its subscriptions go, a will still pending goes out
+    /// [MQTT-3.1.3-9], the store forgets it.
+    pub(crate) fn end_session(&self, session: &Arc<Session>) {
+        let (subscriptions, will) = {
+            let _guard = self.lock_sessions();
+            let mut state = session.lock();
+            if state.connected {
+                return;
+            }
+            if !self.sessions.remove(session) {
+                return;
+            }
+            (std::mem::take(&mut state.subscriptions), state.will.take())
+        };
+        {
+            let mut tree = write(&self.tree);
+            for filter in subscriptions.keys() {
+                tree.unsubscribe(&session.client_id, filter);
+            }
+        }
+        if let Some(w) = will {
+            self.publish_will(&session.client_id, w.will);
+        }
+    }
+
+    pub(crate) fn next_client_id(&self) -> String {
+        let n = self.next_client_number.fetch_add(1, Ordering::Relaxed);
+        let random: u32 = rand::random();
+        format!("telemark-{n:x}-{random:08x}")
+    }
+}
+
+type Target = (Arc<str>, QoS, bool, Vec<u32>);
+
+/// Folds several matching subscriptions of one client into one delivery.
+/// The tree's keys of one client share one allocation, so the pointer is
+/// the client.
+fn merge_per_client(targets: &mut Vec<Target>) {
+    if targets.len() < 2 {
+        return;
+    }
+    targets.sort_unstable_by_key(|t| Arc::as_ptr(&t.0) as *const u8 as usize);
+    let mut merged: Vec<Target> = Vec::with_capacity(targets.len());
+    for t in targets.drain(..) {
+        match merged.last_mut() {
+            Some(last) if Arc::ptr_eq(&last.0, &t.0) => {
+                last.1 = last.1.max(t.1);
+                last.2 |= t.2;
+                last.3.extend(t.3);
+            }
+            _ => merged.push(t),
+        }
+    }
+    *targets = merged;
+}

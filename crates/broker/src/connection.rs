@@ -1,0 +1,1028 @@
+//! One client connection: CONNECT and authentication, then packets in,
+//! deliveries out, until it ends. Protocol rules are checked here with the
+//! statement they implement.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mqtt::topic::SharedFilter;
+use mqtt::{
+    encode, Auth, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, ProtocolVersion,
+    PubResponse, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::auth::{Action, AuthConversation, AuthStep, ClientIdentity, ConnectRequest};
+use crate::broker::{read, write, BrokerShared};
+use crate::message::Message;
+use crate::session::{Delivery, Inflight, Session, StoredWill};
+use crate::stats::add;
+use crate::transport::Transport;
+use crate::tree::Subscription;
+
+/// Where a connection comes from.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionInfo {
+    pub peer: SocketAddr,
+    pub listener: &'static str,
+    pub certificate_fingerprint: Option<String>,
+}
+
+/// Why a connection ends: the DISCONNECT reason an MQTT 5 client is sent
+/// [MQTT-4.13.1-1], and whether the will goes out [MQTT-3.1.2-8].
+#[derive(Debug)]
+struct Ending {
+    reason: Option<ReasonCode>,
+    publish_will: bool,
+    why: String,
+}
+
+impl Ending {
+    fn protocol(reason: ReasonCode, why: impl Into<String>) -> Self {
+        Ending {
+            reason: Some(reason),
+            publish_will: true,
+            why: why.into(),
+        }
+    }
+
+    fn closed(why: impl Into<String>) -> Self {
+        Ending {
+            reason: None,
+            publish_will: true,
+            why: why.into(),
+        }
+    }
+}
+
+impl From<DecodeError> for Ending {
+    fn from(e: DecodeError) -> Self {
+        Ending::protocol(e.reason_code(), e.to_string())
+    }
+}
+
+/// Counts open connections for the shutdown to wait on.
+struct OpenGuard(Arc<BrokerShared>);
+
+impl OpenGuard {
+    fn new(shared: &Arc<BrokerShared>) -> Self {
+        shared.open_connections.send_modify(|n| *n += 1);
+        OpenGuard(shared.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open_connections.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// What a connection knows once CONNACK has gone out.
+struct Active {
+    session: Arc<Session>,
+    generation: u64,
+    kick: watch::Receiver<Option<ReasonCode>>,
+    identity: ClientIdentity,
+    request: ConnectRequest,
+    keep_alive: Option<Duration>,
+    client_receive_maximum: u16,
+    client_max_packet: usize,
+    client_alias_maximum: u16,
+    inbound_aliases: HashMap<u16, String>,
+    outbound_aliases: HashMap<Arc<str>, u16>,
+    auth_method: Option<String>,
+    reauth: Option<AuthConversation>,
+}
+
+pub(crate) async fn run(shared: Arc<BrokerShared>, transport: Transport, info: ConnectionInfo) {
+    let _open = OpenGuard::new(&shared);
+    let mut decoder = Decoder::new();
+    decoder.set_max_packet_size(shared.settings.max_packet_size as usize);
+    let mut conn = Connection {
+        shared,
+        transport,
+        info,
+        decoder,
+        rbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::with_capacity(4096),
+        version: ProtocolVersion::V3_1_1,
+    };
+    conn.run().await;
+}
+
+struct Connection {
+    shared: Arc<BrokerShared>,
+    transport: Transport,
+    info: ConnectionInfo,
+    decoder: Decoder,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    version: ProtocolVersion,
+}
+
+/// The protocol level of a CONNECT that did not decode, read from its
+/// variable header, so the refusal can be a CONNACK the client understands.
+fn sniff_connect_level(buf: &[u8]) -> Option<u8> {
+    let mut i = 1;
+    while *buf.get(i)? & 0x80 != 0 {
+        i += 1;
+    }
+    let name_len = usize::from(u16::from_be_bytes([*buf.get(i + 1)?, *buf.get(i + 2)?]));
+    buf.get(i + 3 + name_len).copied()
+}
+
+impl Connection {
+    async fn run(&mut self) {
+        let Some(connect) = self.read_connect().await else {
+            self.transport.close().await;
+            return;
+        };
+        let Some(mut active) = self.accept(*connect).await else {
+            let _ = self.flush().await;
+            self.transport.close().await;
+            return;
+        };
+        add(&self.shared.stats.clients_connected, 1);
+        add(&self.shared.stats.connections_total, 1);
+        debug!(client_id = %active.session.client_id, peer = %self.info.peer, version = %self.version, "connected");
+        let ending = self.serve(&mut active).await;
+        debug!(client_id = %active.session.client_id, why = %ending.why, "disconnected");
+        if let Some(reason) = ending.reason {
+            if reason == ReasonCode::MalformedPacket || reason == ReasonCode::ProtocolError {
+                add(&self.shared.stats.malformed_packets, 1);
+            }
+            // [MQTT-4.13.1-1] MQTT 5: DISCONNECT with the reason, then close.
+            if self.version.is_v5() && reason.allowed_in(mqtt::PacketType::Disconnect) {
+                let mut d = Disconnect::new(reason);
+                if reason.is_error() {
+                    d.properties.reason_string = Some(ending.why.clone());
+                }
+                self.send(&active, Packet::Disconnect(d));
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.flush()).await;
+        self.shared.detach(&active.session, active.generation, ending.publish_will);
+        self.shared
+            .stats
+            .clients_connected
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.transport.close().await;
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let result = self.transport.write_all(&self.wbuf).await;
+        add(&self.shared.stats.bytes_sent, self.wbuf.len() as u64);
+        self.wbuf.clear();
+        result
+    }
+
+    /// Encodes a packet into the write buffer. A packet too large for the
+    /// client loses its reason string and user properties first
+    /// [MQTT-3.1.2-25].
+    fn send(&mut self, active: &Active, packet: Packet) {
+        self.send_limited(Some(active.client_max_packet), packet);
+    }
+
+    fn send_limited(&mut self, max: Option<usize>, mut packet: Packet) {
+        let start = self.wbuf.len();
+        if encode(&packet, self.version, &mut self.wbuf).is_err() {
+            return;
+        }
+        if let Some(max) = max {
+            if self.wbuf.len() - start > max {
+                self.wbuf.truncate(start);
+                strip_diagnostics(&mut packet);
+                if encode(&packet, self.version, &mut self.wbuf).is_err() || self.wbuf.len() - start > max {
+                    self.wbuf.truncate(start);
+                    return;
+                }
+            }
+        }
+        add(&self.shared.stats.messages_sent, 1);
+    }
+
+    fn connack(&mut self, reason: ReasonCode, why: &str) {
+        let mut properties = Properties::default();
+        if self.version.is_v5() {
+            properties.reason_string = Some(why.to_owned());
+        }
+        if reason.is_error() {
+            add(&self.shared.stats.auth_failures, u64::from(matches!(
+                reason,
+                ReasonCode::BadUserNameOrPassword | ReasonCode::NotAuthorized | ReasonCode::BadAuthenticationMethod
+            )));
+        }
+        self.send_limited(
+            None,
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason,
+                properties,
+            }),
+        );
+    }
+
+    /// Reads one packet, waiting at most `limit`.
+    async fn read_packet(&mut self, limit: Duration) -> Result<Packet, Ending> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(packet) = self.decoder.decode(&mut self.rbuf)? {
+                add(&self.shared.stats.messages_received, 1);
+                return Ok(packet);
+            }
+            match tokio::time::timeout_at(deadline, self.transport.read(&mut self.rbuf)).await {
+                Err(_) => return Err(Ending::closed("timed out")),
+                Ok(Ok(0)) => return Err(Ending::closed("connection closed")),
+                Ok(Ok(n)) => add(&self.shared.stats.bytes_received, n as u64),
+                Ok(Err(e)) => return Err(Ending::closed(e.to_string())),
+            }
+        }
+    }
+
+    /// The first packet must be CONNECT [MQTT-3.1.0-1], within the connect
+    /// timeout.
+    async fn read_connect(&mut self) -> Option<Box<Connect>> {
+        let deadline = Instant::now() + Duration::from_secs(self.shared.settings.connect_timeout_secs);
+        let mut level = None;
+        let error = loop {
+            level = level.or_else(|| sniff_connect_level(&self.rbuf));
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(Packet::Connect(connect))) => {
+                    add(&self.shared.stats.messages_received, 1);
+                    return Some(connect);
+                }
+                Ok(Some(_)) => return None,
+                Ok(None) => {}
+                Err(e) => break e,
+            }
+            match tokio::time::timeout_at(deadline, self.transport.read(&mut self.rbuf)).await {
+                Ok(Ok(n)) if n > 0 => add(&self.shared.stats.bytes_received, n as u64),
+                _ => return None,
+            }
+        };
+        add(&self.shared.stats.malformed_packets, 1);
+        debug!(peer = %self.info.peer, %error, "refused before CONNACK");
+        let reason = error.reason_code();
+        if reason == ReasonCode::UnsupportedProtocolVersion {
+            // [MQTT-3.1.2-2] CONNACK 0x01 (0x84 in 5.0), then close.
+            self.version = ProtocolVersion::V3_1_1;
+            self.connack(reason, &error.to_string());
+        } else if level == Some(5) {
+            // [MQTT-4.13.1-1] a malformed MQTT 5 CONNECT gets a CONNACK with the reason.
+            self.version = ProtocolVersion::V5;
+            let reason = if reason.allowed_in(mqtt::PacketType::ConnAck) {
+                reason
+            } else {
+                ReasonCode::MalformedPacket
+            };
+            self.connack(reason, &error.to_string());
+        }
+        let _ = self.flush().await;
+        None
+    }
+
+    /// Checks CONNECT, authenticates, attaches the session and answers CONNACK.
+    async fn accept(&mut self, connect: Connect) -> Option<Active> {
+        let shared = self.shared.clone();
+        let settings = &shared.settings;
+        self.version = connect.protocol;
+        let v5 = self.version.is_v5();
+
+        if shared.is_shutting_down() {
+            self.connack(ReasonCode::ServerUnavailable, "server shutting down");
+            return None;
+        }
+        let mut assigned_client_id = None;
+        let client_id = if connect.client_id.is_empty() {
+            // [MQTT-3.1.3-8] 3.1.1 refuses an empty id with a persistent
+            // session; 3.1 requires an id [MQTT-3.1.3-?]; 5.0 assigns one
+            // [MQTT-3.2.2-16].
+            if self.version == ProtocolVersion::V3_1 || (!v5 && !connect.clean_start) {
+                self.connack(ReasonCode::ClientIdentifierNotValid, "empty client identifier");
+                return None;
+            }
+            let id = shared.next_client_id();
+            if v5 {
+                assigned_client_id = Some(id.clone());
+            }
+            id
+        } else {
+            connect.client_id.clone()
+        };
+        let connected = shared
+            .stats
+            .clients_connected
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if connected as usize >= settings.max_connections {
+            self.connack(ReasonCode::ServerBusy, "connection limit reached");
+            return None;
+        }
+
+        let request = ConnectRequest {
+            client_id: client_id.clone(),
+            username: connect.username.clone(),
+            password: connect.password.clone(),
+            peer: self.info.peer,
+            listener: self.info.listener,
+            certificate_fingerprint: self.info.certificate_fingerprint.clone(),
+            protocol: self.version,
+        };
+        let auth_method = if v5 {
+            connect.properties.authentication_method.clone()
+        } else {
+            None
+        };
+        let mut auth_data_out = None;
+        let identity = match &auth_method {
+            Some(method) => {
+                let mut conversation = AuthConversation::default();
+                let mut data = connect.properties.authentication_data.clone();
+                loop {
+                    match shared.auth.enhanced_auth(&request, method, data.take(), &mut conversation).await {
+                        AuthStep::Continue(out) => {
+                            // [MQTT-4.12.0-1] continue with AUTH 0x18.
+                            self.send_limited(
+                                None,
+                                Packet::Auth(Auth {
+                                    reason: ReasonCode::ContinueAuthentication,
+                                    properties: Properties {
+                                        authentication_method: Some(method.clone()),
+                                        authentication_data: out,
+                                        ..Properties::default()
+                                    },
+                                }),
+                            );
+                            if self.flush().await.is_err() {
+                                return None;
+                            }
+                            let limit = Duration::from_secs(settings.connect_timeout_secs);
+                            match self.read_packet(limit).await {
+                                Ok(Packet::Auth(auth))
+                                    if auth.reason == ReasonCode::ContinueAuthentication
+                                        && auth.properties.authentication_method.as_deref() == Some(method) =>
+                                {
+                                    conversation.step += 1;
+                                    data = auth.properties.authentication_data;
+                                }
+                                Ok(_) => {
+                                    // [MQTT-4.12.0-4] [MQTT-4.12.0-5] only AUTH with the same method.
+                                    self.connack(ReasonCode::ProtocolError, "expected AUTH with the same method");
+                                    return None;
+                                }
+                                Err(_) => return None,
+                            }
+                        }
+                        AuthStep::Success(identity, out) => {
+                            auth_data_out = out;
+                            break identity;
+                        }
+                        AuthStep::Failure(reason) => {
+                            self.connack(reason, "authentication failed");
+                            return None;
+                        }
+                    }
+                }
+            }
+            None => match shared.auth.authenticate(&request).await {
+                Ok(identity) => identity,
+                Err(reason) => {
+                    self.connack(reason, "authentication failed");
+                    return None;
+                }
+            },
+        };
+
+        let will = connect.will.clone().and_then(|will| {
+            if shared.will_allowed(&identity, &will) {
+                let delay = if v5 {
+                    will.properties.will_delay_interval.unwrap_or(0)
+                } else {
+                    0
+                };
+                Some(StoredWill {
+                    will,
+                    delay: Duration::from_secs(u64::from(delay)),
+                })
+            } else {
+                debug!(client_id = %client_id, topic = %will.topic, "will not authorized; dropped");
+                None
+            }
+        });
+
+        // [MQTT-3.1.2-23] 5.0: the session lives as long as the client asks,
+        // capped by the server. 3.1.1: clean session ends it with the
+        // connection, otherwise it is kept (up to the server's cap).
+        let requested = if v5 {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let expiry = requested.min(settings.max_session_expiry);
+
+        let mut keep_alive = connect.keep_alive;
+        let mut server_keep_alive = None;
+        if v5 && keep_alive > settings.max_keep_alive {
+            // [MQTT-3.2.2-21] the client uses the Server Keep Alive instead.
+            keep_alive = settings.max_keep_alive;
+            server_keep_alive = Some(keep_alive);
+        }
+
+        let client_id: Arc<str> = client_id.into();
+        let attached = shared.attach(&client_id, self.version, connect.clean_start, expiry, will);
+        let p = &connect.properties;
+        let active = Active {
+            session: attached.session,
+            generation: attached.generation,
+            kick: attached.kick,
+            identity,
+            request,
+            keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            client_receive_maximum: p.receive_maximum.unwrap_or(u16::MAX),
+            client_max_packet: p.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+            client_alias_maximum: if v5 { p.topic_alias_maximum.unwrap_or(0) } else { 0 },
+            inbound_aliases: HashMap::new(),
+            outbound_aliases: HashMap::new(),
+            auth_method: auth_method.clone(),
+            reauth: None,
+        };
+
+        let mut properties = Properties::default();
+        if v5 {
+            properties.receive_maximum = Some(settings.receive_maximum);
+            properties.topic_alias_maximum = Some(settings.topic_alias_maximum);
+            properties.maximum_packet_size = Some(settings.max_packet_size);
+            properties.assigned_client_identifier = assigned_client_id;
+            properties.server_keep_alive = server_keep_alive;
+            if expiry != requested {
+                properties.session_expiry_interval = Some(expiry);
+            }
+            properties.authentication_method = auth_method;
+            properties.authentication_data = auth_data_out;
+        }
+        // [MQTT-3.2.2-2] [MQTT-3.2.2-3] session present only when resumed.
+        self.send(
+            &active,
+            Packet::ConnAck(ConnAck {
+                session_present: attached.session_present,
+                reason: ReasonCode::Success,
+                properties,
+            }),
+        );
+        Some(active)
+    }
+
+    async fn serve(&mut self, active: &mut Active) -> Ending {
+        let mut shutdown = self.shared.shutdown.subscribe();
+        let mut last_read = Instant::now();
+        self.resend_inflight(active);
+        loop {
+            // Packets that arrived together with CONNECT or in one read.
+            loop {
+                match self.decoder.decode(&mut self.rbuf) {
+                    Ok(Some(packet)) => {
+                        add(&self.shared.stats.messages_received, 1);
+                        if let Err(ending) = self.handle(active, packet).await {
+                            return ending;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return e.into(),
+                }
+            }
+            self.fill(active);
+            if let Err(e) = self.flush().await {
+                return Ending::closed(e.to_string());
+            }
+            let deadline = active.keep_alive.map(|k| last_read + k);
+            let session = active.session.clone();
+            tokio::select! {
+                biased;
+                _ = active.kick.changed() => {
+                    let reason = (*active.kick.borrow()).unwrap_or(ReasonCode::AdministrativeAction);
+                    return Ending { reason: Some(reason), publish_will: true, why: "session taken over".into() };
+                }
+                _ = shutdown.wait_for(|v| *v) => {
+                    self.fill(active);
+                    return Ending { reason: Some(ReasonCode::ServerShuttingDown), publish_will: true, why: "server shutting down".into() };
+                }
+                read = self.transport.read(&mut self.rbuf) => match read {
+                    Ok(0) => return Ending::closed("connection closed by client"),
+                    Ok(n) => {
+                        add(&self.shared.stats.bytes_received, n as u64);
+                        last_read = Instant::now();
+                    }
+                    Err(e) => return Ending::closed(e.to_string()),
+                },
+                _ = session.wake.notified() => {}
+                _ = sleep_until_opt(deadline) => {
+                    // [MQTT-3.1.2-24] nothing within 1.5 × keep alive.
+                    return Ending::protocol(ReasonCode::KeepAliveTimeout, "keep alive timeout");
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, active: &mut Active, packet: Packet) -> Result<(), Ending> {
+        let v5 = self.version.is_v5();
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(active, publish),
+            Packet::PubAck(ack) => {
+                active.session.lock().complete(ack.packet_id, false, Some(QoS::AtLeastOnce));
+                Ok(())
+            }
+            Packet::PubRec(rec) => {
+                let mut state = active.session.lock();
+                if rec.reason.is_error() {
+                    // [MQTT-4.3.3] a PUBREC with an error ends the flow.
+                    state.complete(rec.packet_id, false, Some(QoS::ExactlyOnce));
+                    return Ok(());
+                }
+                let known = state.release(rec.packet_id);
+                drop(state);
+                // [MQTT-4.3.3-?] answer PUBREC with PUBREL.
+                let reason = if known || !v5 {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                self.send(active, Packet::PubRel(PubResponse::with_reason(rec.packet_id, reason)));
+                Ok(())
+            }
+            Packet::PubRel(rel) => {
+                // [MQTT-4.3.3-?] PUBREL releases the id; answer PUBCOMP.
+                let known = active.session.lock().incoming_qos2.remove(&rel.packet_id);
+                let reason = if known || !v5 {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                self.send(active, Packet::PubComp(PubResponse::with_reason(rel.packet_id, reason)));
+                Ok(())
+            }
+            Packet::PubComp(comp) => {
+                active.session.lock().complete(comp.packet_id, true, None);
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => {
+                self.handle_subscribe(active, subscribe);
+                Ok(())
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                self.handle_unsubscribe(active, unsubscribe);
+                Ok(())
+            }
+            Packet::PingReq => {
+                // [MQTT-3.12.4-1]
+                self.send(active, Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(disconnect) => {
+                if let Some(expiry) = disconnect.properties.session_expiry_interval {
+                    let mut state = active.session.lock();
+                    // [MQTT-3.14.2-2] zero at CONNECT cannot become non-zero.
+                    if state.expiry_interval == 0 && expiry != 0 {
+                        return Err(Ending::protocol(
+                            ReasonCode::ProtocolError,
+                            "session expiry set at DISCONNECT after 0 at CONNECT [MQTT-3.14.2-2]",
+                        ));
+                    }
+                    state.expiry_interval = expiry.min(self.shared.settings.max_session_expiry);
+                }
+                Err(Ending {
+                    reason: None,
+                    // [MQTT-3.1.2-10] a normal DISCONNECT deletes the will;
+                    // 0x04 asks for it to be sent.
+                    publish_will: disconnect.reason == ReasonCode::DisconnectWithWillMessage,
+                    why: format!("DISCONNECT {}", disconnect.reason),
+                })
+            }
+            Packet::Auth(auth) => self.handle_auth(active, auth).await,
+            Packet::Connect(_) => Err(Ending::protocol(
+                ReasonCode::ProtocolError,
+                "second CONNECT [MQTT-3.1.0-2]",
+            )),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => Err(Ending::protocol(
+                ReasonCode::ProtocolError,
+                "a client does not send this packet to a server",
+            )),
+        }
+    }
+
+    /// Re-authentication [MQTT-4.12.1]: runs through the same hook as CONNECT.
+    async fn handle_auth(&mut self, active: &mut Active, auth: Auth) -> Result<(), Ending> {
+        let Some(method) = active.auth_method.clone() else {
+            // [MQTT-4.12.0-6] no AUTH without a method at CONNECT.
+            return Err(Ending::protocol(ReasonCode::ProtocolError, "AUTH without enhanced authentication"));
+        };
+        if auth.properties.authentication_method.as_deref() != Some(method.as_str()) {
+            // [MQTT-4.12.1-1] the same method as at CONNECT.
+            return Err(Ending::protocol(ReasonCode::ProtocolError, "AUTH with another method"));
+        }
+        match (auth.reason, active.reauth.is_some()) {
+            (ReasonCode::ReAuthenticate, false) => active.reauth = Some(AuthConversation::default()),
+            (ReasonCode::ContinueAuthentication, true) => {
+                if let Some(c) = active.reauth.as_mut() {
+                    c.step += 1;
+                }
+            }
+            _ => return Err(Ending::protocol(ReasonCode::ProtocolError, "unexpected AUTH reason code")),
+        }
+        let shared = self.shared.clone();
+        let mut conversation = active.reauth.take().unwrap_or_default();
+        let step = shared
+            .auth
+            .enhanced_auth(&active.request, &method, auth.properties.authentication_data, &mut conversation)
+            .await;
+        let (reason, data) = match step {
+            AuthStep::Continue(data) => {
+                active.reauth = Some(conversation);
+                (ReasonCode::ContinueAuthentication, data)
+            }
+            AuthStep::Success(identity, data) => {
+                active.identity = identity;
+                (ReasonCode::Success, data)
+            }
+            AuthStep::Failure(reason) => {
+                return Err(Ending::protocol(reason, "re-authentication failed"));
+            }
+        };
+        self.send(
+            active,
+            Packet::Auth(Auth {
+                reason,
+                properties: Properties {
+                    authentication_method: Some(method),
+                    authentication_data: data,
+                    ..Properties::default()
+                },
+            }),
+        );
+        Ok(())
+    }
+
+    fn handle_publish(&mut self, active: &mut Active, publish: Publish) -> Result<(), Ending> {
+        let shared = self.shared.clone();
+        let settings = &shared.settings;
+        let v5 = self.version.is_v5();
+        add(&shared.stats.publish_received, 1);
+        // [MQTT-3.3.4-6] subscription identifiers are the server's to send.
+        if !publish.properties.subscription_identifiers.is_empty() {
+            return Err(Ending::protocol(
+                ReasonCode::ProtocolError,
+                "PUBLISH from a client with a subscription identifier [MQTT-3.3.4-6]",
+            ));
+        }
+        let topic = match publish.properties.topic_alias {
+            Some(alias) => {
+                // [MQTT-3.3.2-9] [MQTT-3.3.2-10] 0 or above our maximum is invalid.
+                if alias == 0 || alias > settings.topic_alias_maximum {
+                    return Err(Ending::protocol(ReasonCode::TopicAliasInvalid, "topic alias out of range"));
+                }
+                if publish.topic.is_empty() {
+                    match active.inbound_aliases.get(&alias) {
+                        Some(topic) => topic.clone(),
+                        None => {
+                            return Err(Ending::protocol(
+                                ReasonCode::ProtocolError,
+                                "topic alias used before it was set [MQTT-3.3.4-?]",
+                            ))
+                        }
+                    }
+                } else {
+                    active.inbound_aliases.insert(alias, publish.topic.clone());
+                    publish.topic.clone()
+                }
+            }
+            None if publish.topic.is_empty() => {
+                return Err(Ending::protocol(
+                    ReasonCode::ProtocolError,
+                    "empty topic without a topic alias [MQTT-4.7.3-1]",
+                ))
+            }
+            None => publish.topic.clone(),
+        };
+        let id = publish.packet_id;
+        if publish.qos == QoS::ExactlyOnce {
+            let state = active.session.lock();
+            if state.incoming_qos2.contains(&id) {
+                // A resent QoS 2 PUBLISH before PUBREL: acknowledged again,
+                // delivered once [MQTT-4.3.3-?].
+                drop(state);
+                self.send(active, Packet::PubRec(PubResponse::new(id)));
+                return Ok(());
+            }
+            // [MQTT-3.3.4-9] more unacknowledged QoS 2 than Receive Maximum.
+            if state.incoming_qos2.len() >= usize::from(settings.receive_maximum) {
+                return Err(Ending::protocol(ReasonCode::ReceiveMaximumExceeded, "receive maximum exceeded"));
+            }
+        }
+
+        let refusal = if topic.len() > settings.max_topic_length
+            || topic.split('/').count() > settings.max_topic_levels
+        {
+            Some(ReasonCode::TopicNameInvalid)
+        } else if topic.starts_with('$') {
+            // `$` topics are the server's [MQTT-4.7.2].
+            Some(ReasonCode::NotAuthorized)
+        } else if !shared.auth.authorize(&active.identity, Action::Publish, &topic) {
+            Some(ReasonCode::NotAuthorized)
+        } else if v5
+            && publish.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&publish.payload).is_err()
+        {
+            // [MQTT-3.3.2.3.2] payload said to be UTF-8 is not.
+            Some(ReasonCode::PayloadFormatInvalid)
+        } else {
+            None
+        };
+
+        let reason = match refusal {
+            Some(reason) => {
+                debug!(client_id = %active.session.client_id, topic = %topic, %reason, "PUBLISH refused");
+                reason
+            }
+            None => {
+                let message = Arc::new(Message {
+                    topic: topic.as_str().into(),
+                    payload: publish.payload,
+                    qos: publish.qos,
+                    retain: publish.retain,
+                    properties: Message::forwardable(publish.properties),
+                    publisher: Some(active.session.client_id.clone()),
+                    received_at: std::time::Instant::now(),
+                });
+                // [MQTT-3.3.1-5] [MQTT-3.3.1-6] retained: stored, replaced or cleared.
+                if message.retain {
+                    write(&shared.retained).set(message.clone());
+                }
+                let delivered = shared.route(&message);
+                if delivered == 0 && v5 {
+                    ReasonCode::NoMatchingSubscribers
+                } else {
+                    ReasonCode::Success
+                }
+            }
+        };
+        // 3.1.1 has no negative acknowledgement: the message is acknowledged
+        // and not delivered [MQTT-3.3.5-2].
+        let reason = if v5 { reason } else { ReasonCode::Success };
+        match publish.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                // [MQTT-4.3.2-?] PUBACK after taking ownership.
+                self.send(active, Packet::PubAck(PubResponse::with_reason(id, reason)));
+            }
+            QoS::ExactlyOnce => {
+                if !reason.is_error() {
+                    active.session.lock().incoming_qos2.insert(id);
+                }
+                self.send(active, Packet::PubRec(PubResponse::with_reason(id, reason)));
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_subscribe(&mut self, active: &mut Active, subscribe: Subscribe) {
+        let shared = self.shared.clone();
+        let settings = &shared.settings;
+        let identifier = subscribe.properties.subscription_identifiers.first().copied();
+        let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        let mut retained = Vec::new();
+        for (filter, options) in subscribe.filters {
+            let shared_filter = SharedFilter::parse(&filter);
+            let inner = shared_filter.map_or(filter.as_str(), |s| s.filter);
+            if filter.len() > settings.max_topic_length || inner.split('/').count() > settings.max_topic_levels {
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            if !shared.auth.authorize(&active.identity, Action::Subscribe, inner) {
+                reasons.push(ReasonCode::NotAuthorized);
+                continue;
+            }
+            let subscription = Subscription { options, identifier };
+            let existed = {
+                let mut state = active.session.lock();
+                let existed = state.subscriptions.contains_key(&filter);
+                if !existed && state.subscriptions.len() >= settings.max_subscriptions_per_client {
+                    reasons.push(ReasonCode::QuotaExceeded);
+                    continue;
+                }
+                state.subscriptions.insert(filter.clone(), subscription);
+                existed
+            };
+            // [MQTT-3.8.4-3] a subscription to the same filter replaces the old.
+            write(&shared.tree).subscribe(active.session.client_id.clone(), &filter, subscription);
+            reasons.push(match options.qos {
+                QoS::AtMostOnce => ReasonCode::Success,
+                QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+            });
+            // [MQTT-3.3.1-9] [MQTT-3.3.1-10] [MQTT-3.3.1-11] retain handling;
+            // shared subscriptions get no retained messages [MQTT-4.8.2].
+            let send_retained = shared_filter.is_none()
+                && match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendAtSubscribeIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                for message in read(&shared.retained).matching(inner) {
+                    if !message.is_expired() {
+                        retained.push((message, options.qos, identifier));
+                    }
+                }
+            }
+        }
+        // [MQTT-3.8.4-1] SUBACK with one reason per filter, in order [MQTT-3.9.3-1].
+        self.send(
+            active,
+            Packet::SubAck(SubAck {
+                packet_id: subscribe.packet_id,
+                properties: Properties::default(),
+                reasons,
+            }),
+        );
+        for (message, qos, identifier) in retained {
+            // [MQTT-3.3.1-8] retained messages sent at subscribe keep RETAIN set.
+            shared.deliver(&active.session, &message, qos, true, identifier.into_iter().collect());
+        }
+    }
+
+    fn handle_unsubscribe(&mut self, active: &mut Active, unsubscribe: Unsubscribe) {
+        let shared = self.shared.clone();
+        let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
+        for filter in &unsubscribe.filters {
+            let existed = active.session.lock().subscriptions.remove(filter).is_some();
+            if existed {
+                write(&shared.tree).unsubscribe(&active.session.client_id, filter);
+            }
+            // [MQTT-3.10.4-5] UNSUBACK even when nothing was removed.
+            reasons.push(if existed {
+                ReasonCode::Success
+            } else {
+                ReasonCode::NoSubscriptionExisted
+            });
+        }
+        self.send(
+            active,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: unsubscribe.packet_id,
+                properties: Properties::default(),
+                reasons,
+            }),
+        );
+    }
+
+    /// On a resumed session, unacknowledged PUBLISH packets go again with DUP
+    /// set and PUBRELs again [MQTT-4.4.0-1], before anything new.
+    fn resend_inflight(&mut self, active: &mut Active) {
+        let session = active.session.clone();
+        let mut state = session.lock();
+        let mut too_large = Vec::new();
+        for (id, inflight) in state.inflight.iter() {
+            match inflight {
+                Inflight::Publish(delivery) => {
+                    if !self.write_publish(active, delivery, *id, true) {
+                        too_large.push(*id);
+                    }
+                }
+                Inflight::Released => {
+                    self.send(active, Packet::PubRel(PubResponse::new(*id)));
+                }
+            }
+        }
+        for id in too_large {
+            state.complete(id, false, None);
+        }
+    }
+
+    /// Moves queued deliveries into the write buffer while the client's
+    /// Receive Maximum allows [MQTT-3.3.4-7], in order [MQTT-4.6.0-?].
+    fn fill(&mut self, active: &mut Active) {
+        let session = active.session.clone();
+        let mut state = session.lock();
+        let limit = usize::from(active.client_receive_maximum.min(self.shared.settings.max_inflight));
+        while self.wbuf.len() < 256 * 1024 {
+            let Some(front) = state.queue.front() else { break };
+            if front.qos != QoS::AtMostOnce && state.inflight.len() >= limit {
+                break;
+            }
+            let Some(delivery) = state.queue.pop_front() else { break };
+            // [MQTT-3.3.2-5] expired messages are not sent.
+            if delivery.message.is_expired() {
+                add(&self.shared.stats.messages_dropped, 1);
+                continue;
+            }
+            let id = if delivery.qos == QoS::AtMostOnce {
+                0
+            } else {
+                match state.allocate_packet_id() {
+                    Some(id) => id,
+                    None => {
+                        state.queue.push_front(delivery);
+                        break;
+                    }
+                }
+            };
+            if self.write_publish(active, &delivery, id, false) {
+                if id != 0 {
+                    state.push_inflight(id, Inflight::Publish(delivery));
+                }
+            } else {
+                if id != 0 {
+                    state.release_packet_id(id);
+                }
+                add(&self.shared.stats.messages_dropped, 1);
+            }
+        }
+    }
+
+    /// Writes one PUBLISH for a delivery. False when it is larger than the
+    /// client accepts: such a message is dropped as if sent [MQTT-3.1.2-25].
+    fn write_publish(&mut self, active: &mut Active, delivery: &Delivery, id: u16, dup: bool) -> bool {
+        let v5 = self.version.is_v5();
+        let message = &delivery.message;
+        let mut properties = Properties::default();
+        let mut topic = message.topic.to_string();
+        let mut new_alias = None;
+        if v5 {
+            properties = message.properties.clone();
+            // [MQTT-3.3.2-6] the expiry interval left, not the one published.
+            if let Some(left) = message.remaining_expiry() {
+                properties.message_expiry_interval = Some(left);
+            }
+            properties.subscription_identifiers = delivery.subscription_ids.clone();
+            if active.client_alias_maximum > 0 {
+                match active.outbound_aliases.get(&message.topic) {
+                    Some(alias) => {
+                        properties.topic_alias = Some(*alias);
+                        topic.clear();
+                    }
+                    None => {
+                        let next = active.outbound_aliases.len() + 1;
+                        // [MQTT-3.3.2-11] never above the client's maximum.
+                        if next <= usize::from(active.client_alias_maximum) {
+                            let alias = next as u16;
+                            properties.topic_alias = Some(alias);
+                            new_alias = Some(alias);
+                        }
+                    }
+                }
+            }
+        }
+        let packet = Packet::Publish(Publish {
+            dup,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic,
+            packet_id: id,
+            properties,
+            payload: message.payload.clone(),
+        });
+        let start = self.wbuf.len();
+        if encode(&packet, self.version, &mut self.wbuf).is_err() {
+            return false;
+        }
+        if self.wbuf.len() - start > active.client_max_packet {
+            self.wbuf.truncate(start);
+            return false;
+        }
+        if let Some(alias) = new_alias {
+            active.outbound_aliases.insert(message.topic.clone(), alias);
+        }
+        add(&self.shared.stats.messages_sent, 1);
+        add(&self.shared.stats.publish_sent, 1);
+        true
+    }
+}
+
+fn strip_diagnostics(packet: &mut Packet) {
+    let properties = match packet {
+        Packet::ConnAck(p) => &mut p.properties,
+        Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => &mut p.properties,
+        Packet::SubAck(p) => &mut p.properties,
+        Packet::UnsubAck(p) => &mut p.properties,
+        Packet::Disconnect(p) => &mut p.properties,
+        Packet::Auth(p) => &mut p.properties,
+        _ => return,
+    };
+    properties.reason_string = None;
+    properties.user_properties.clear();
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

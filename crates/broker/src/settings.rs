@@ -1,0 +1,111 @@
+//! The broker's limits and behaviour, with defaults fit for a 10,000-device fleet.
+
+use serde::Deserialize;
+
+/// What happens when a session's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueuePolicy {
+    /// Make room by dropping the oldest queued message.
+    #[default]
+    DropOldest,
+    /// Keep the queue and drop the new message.
+    DropNewest,
+}
+
+/// Limits and switches of the broker. Every field has a default, so an
+/// empty `[broker]` section is a working broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Connections open at once; more are refused at CONNECT.
+    pub max_connections: usize,
+    /// Largest packet accepted, header included (bytes) [MQTT-3.2.2-15].
+    pub max_packet_size: u32,
+    /// Longest topic name or filter accepted (bytes).
+    pub max_topic_length: usize,
+    /// Most levels in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// Most subscriptions one session may hold.
+    pub max_subscriptions_per_client: usize,
+    /// Receive Maximum announced to clients: QoS 1 and 2 messages a client
+    /// may have unacknowledged towards the broker [MQTT-3.2.2.3.3].
+    pub receive_maximum: u16,
+    /// Most QoS 1 and 2 messages in flight towards one client, even if the
+    /// client allows more.
+    pub max_inflight: u16,
+    /// Messages queued for one session (offline or slow) before the policy applies.
+    pub max_queued_messages: usize,
+    pub queue_policy: QueuePolicy,
+    /// Queue QoS 0 messages for sessions that are offline.
+    pub queue_qos0_offline: bool,
+    /// Longest session expiry interval granted (seconds).
+    pub max_session_expiry: u32,
+    /// Longest keep alive granted (seconds); MQTT 5 clients asking for more,
+    /// or for none, are told this value as Server Keep Alive [MQTT-3.2.2-21].
+    pub max_keep_alive: u16,
+    /// Topic aliases a client may set up towards the broker [MQTT-3.2.2.3.8].
+    pub topic_alias_maximum: u16,
+    /// Seconds to wait for CONNECT after a connection opens.
+    pub connect_timeout_secs: u64,
+    /// Seconds between `$SYS` updates; 0 turns them off.
+    pub sys_interval_secs: u64,
+    /// Seconds a graceful shutdown waits for connections to close.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_connections: 200_000,
+            max_packet_size: 1024 * 1024 * 16,
+            max_topic_length: 1024,
+            max_topic_levels: 32,
+            max_subscriptions_per_client: 1000,
+            receive_maximum: 1024,
+            max_inflight: 1024,
+            max_queued_messages: 10_000,
+            queue_policy: QueuePolicy::DropOldest,
+            queue_qos0_offline: false,
+            max_session_expiry: 7 * 24 * 3600,
+            max_keep_alive: 65_535,
+            topic_alias_maximum: 256,
+            connect_timeout_secs: 10,
+            sys_interval_secs: 10,
+            shutdown_timeout_secs: 5,
+        }
+    }
+}
+
+impl Settings {
+    /// Every problem at once, so a bad config file is fixed in one go.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.max_packet_size < 64 {
+            problems.push("broker.max_packet_size must be at least 64 bytes".to_owned());
+        }
+        if self.max_packet_size as usize > mqtt::MAX_REMAINING_LENGTH + 5 {
+            problems.push("broker.max_packet_size must be at most 268435460 bytes".to_owned());
+        }
+        if self.receive_maximum == 0 {
+            problems.push("broker.receive_maximum must be at least 1".to_owned());
+        }
+        if self.max_inflight == 0 {
+            problems.push("broker.max_inflight must be at least 1".to_owned());
+        }
+        if self.max_queued_messages == 0 {
+            problems.push("broker.max_queued_messages must be at least 1".to_owned());
+        }
+        if self.max_topic_levels == 0 || self.max_topic_length == 0 {
+            problems.push("broker.max_topic_levels and max_topic_length must be at least 1".to_owned());
+        }
+        if self.max_keep_alive == 0 {
+            problems.push("broker.max_keep_alive must be at least 1".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}

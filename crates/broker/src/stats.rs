@@ -1,0 +1,137 @@
+//! Broker statistics: counted once, shown as `$SYS/broker/...` topics and as
+//! Prometheus text.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Counters updated on the packet path with relaxed atomics.
+#[derive(Debug)]
+pub struct BrokerStats {
+    pub started: Instant,
+    pub clients_connected: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub publish_received: AtomicU64,
+    pub publish_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub messages_dropped: AtomicU64,
+    pub malformed_packets: AtomicU64,
+    pub auth_failures: AtomicU64,
+}
+
+impl Default for BrokerStats {
+    fn default() -> Self {
+        BrokerStats {
+            started: Instant::now(),
+            clients_connected: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            messages_received: AtomicU64::new(0),
+            messages_sent: AtomicU64::new(0),
+            publish_received: AtomicU64::new(0),
+            publish_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            messages_dropped: AtomicU64::new(0),
+            malformed_packets: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One reading of every figure, with the gauges the broker fills in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub uptime_secs: u64,
+    pub clients_connected: u64,
+    pub sessions: u64,
+    pub connections_total: u64,
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    pub publish_received: u64,
+    pub publish_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub messages_dropped: u64,
+    pub malformed_packets: u64,
+    pub auth_failures: u64,
+    pub retained_messages: u64,
+    pub subscriptions: u64,
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl BrokerStats {
+    pub(crate) fn snapshot(&self, sessions: u64, retained: u64, subscriptions: u64) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            uptime_secs: self.started.elapsed().as_secs(),
+            clients_connected: get(&self.clients_connected),
+            sessions,
+            connections_total: get(&self.connections_total),
+            messages_received: get(&self.messages_received),
+            messages_sent: get(&self.messages_sent),
+            publish_received: get(&self.publish_received),
+            publish_sent: get(&self.publish_sent),
+            bytes_received: get(&self.bytes_received),
+            bytes_sent: get(&self.bytes_sent),
+            messages_dropped: get(&self.messages_dropped),
+            malformed_packets: get(&self.malformed_packets),
+            auth_failures: get(&self.auth_failures),
+            retained_messages: retained,
+            subscriptions,
+        }
+    }
+}
+
+impl StatsSnapshot {
+    /// `$SYS` topics and values, as Mosquitto names them where it has a name.
+    pub fn sys_topics(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("$SYS/broker/version", format!("telemark {}", env!("CARGO_PKG_VERSION"))),
+            ("$SYS/broker/uptime", format!("{} seconds", self.uptime_secs)),
+            ("$SYS/broker/clients/connected", self.clients_connected.to_string()),
+            ("$SYS/broker/clients/total", self.sessions.to_string()),
+            ("$SYS/broker/clients/connections", self.connections_total.to_string()),
+            ("$SYS/broker/messages/received", self.messages_received.to_string()),
+            ("$SYS/broker/messages/sent", self.messages_sent.to_string()),
+            ("$SYS/broker/publish/messages/received", self.publish_received.to_string()),
+            ("$SYS/broker/publish/messages/sent", self.publish_sent.to_string()),
+            ("$SYS/broker/publish/messages/dropped", self.messages_dropped.to_string()),
+            ("$SYS/broker/bytes/received", self.bytes_received.to_string()),
+            ("$SYS/broker/bytes/sent", self.bytes_sent.to_string()),
+            ("$SYS/broker/retained messages/count", self.retained_messages.to_string()),
+            ("$SYS/broker/subscriptions/count", self.subscriptions.to_string()),
+        ]
+    }
+
+    /// The Prometheus text exposition format, names `telemark_broker_<name>_<unit>`.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP telemark_broker_{name} {help}");
+            let _ = writeln!(out, "# TYPE telemark_broker_{name} {kind}");
+            let _ = writeln!(out, "telemark_broker_{name} {value}");
+        };
+        metric("uptime_seconds", "gauge", "Seconds since the broker started.", self.uptime_secs);
+        metric("clients_connected", "gauge", "Clients connected now.", self.clients_connected);
+        metric("sessions", "gauge", "Sessions held, connected or not.", self.sessions);
+        metric("connections_total", "counter", "Connections accepted.", self.connections_total);
+        metric("packets_received_total", "counter", "Control packets received.", self.messages_received);
+        metric("packets_sent_total", "counter", "Control packets sent.", self.messages_sent);
+        metric("publish_received_total", "counter", "PUBLISH packets received.", self.publish_received);
+        metric("publish_sent_total", "counter", "PUBLISH packets sent.", self.publish_sent);
+        metric("publish_dropped_total", "counter", "Messages dropped by full queues, expiry or size.", self.messages_dropped);
+        metric("received_bytes_total", "counter", "Bytes read from clients.", self.bytes_received);
+        metric("sent_bytes_total", "counter", "Bytes written to clients.", self.bytes_sent);
+        metric("malformed_packets_total", "counter", "Connections closed for a malformed packet or protocol error.", self.malformed_packets);
+        metric("auth_failures_total", "counter", "CONNECTs refused by authentication.", self.auth_failures);
+        metric("retained_messages", "gauge", "Retained messages held.", self.retained_messages);
+        metric("subscriptions", "gauge", "Subscriptions held.", self.subscriptions);
+        out
+    }
+}

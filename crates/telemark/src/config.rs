@@ -1,0 +1,249 @@
+//! The one configuration: defaults in code, then a TOML file, then
+//! `TELEMARK__SECTION__KEY` environment variables, then command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listeners: Listeners,
+    pub tls: Option<Tls>,
+    pub auth: Auth,
+    pub metrics: Metrics,
+    pub broker: broker::Settings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: Listeners::default(),
+            tls: None,
+            auth: Auth::default(),
+            metrics: Metrics::default(),
+            broker: broker::Settings::default(),
+        }
+    }
+}
+
+/// Where the broker listens. A listener left out is off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listeners {
+    pub tcp: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+    pub ws: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            tcp: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
+            tls: None,
+            ws: Some(SocketAddr::from(([127, 0, 0, 1], 8083))),
+            wss: None,
+        }
+    }
+}
+
+/// Certificate and key for the `tls` and `wss` listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// CA that signs client certificates (mTLS).
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub require_client_certificate: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// `user:argon2-hash` lines, written by `telemark passwd`.
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto-style ACL file.
+    pub acl_file: Option<PathBuf>,
+    /// Let clients without a user name in. Defaults to true without a
+    /// password file, false with one.
+    pub allow_anonymous: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    /// Serves Prometheus text on `http://ADDR/metrics`.
+    pub bind: Option<SocketAddr>,
+}
+
+/// The commented default file that `telemark config` prints.
+pub const DEFAULT_FILE: &str = r#"# Telemark configuration. Every key is optional; shown are the defaults.
+# Environment variables override the file: TELEMARK__BROKER__MAX_CONNECTIONS=5000.
+# Command-line flags override both.
+
+[listeners]
+tcp = "127.0.0.1:1883"        # MQTT over TCP
+ws = "127.0.0.1:8083"         # MQTT over WebSocket, path /mqtt
+# tls = "0.0.0.0:8883"        # MQTT over TLS (needs [tls])
+# wss = "0.0.0.0:8084"        # MQTT over secure WebSocket (needs [tls])
+
+# [tls]
+# certificate = "/etc/telemark/server.crt"
+# private_key = "/etc/telemark/server.key"
+# client_ca = "/etc/telemark/clients-ca.crt"   # mTLS
+# require_client_certificate = false
+
+[auth]
+# password_file = "/etc/telemark/passwd"       # telemark passwd FILE USER
+# acl_file = "/etc/telemark/acl"               # Mosquitto ACL syntax
+# allow_anonymous = true                       # false once a password file is set
+
+[metrics]
+# bind = "127.0.0.1:9183"                      # Prometheus /metrics
+
+[broker]
+max_connections = 200000
+max_packet_size = 16777216
+max_topic_length = 1024
+max_topic_levels = 32
+max_subscriptions_per_client = 1000
+receive_maximum = 1024
+max_inflight = 1024
+max_queued_messages = 10000
+queue_policy = "drop-oldest"                  # or "drop-newest"
+queue_qos0_offline = false
+max_session_expiry = 604800
+max_keep_alive = 65535
+topic_alias_maximum = 256
+connect_timeout_secs = 10
+sys_interval_secs = 10
+shutdown_timeout_secs = 5
+"#;
+
+impl Config {
+    /// Defaults, then the file (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                text.parse::<toml::Table>()
+                    .with_context(|| format!("{} is not valid TOML", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        overlay_environment(&mut table, std::env::vars())?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .context("configuration")?;
+        Ok(config)
+    }
+
+    /// Reports every problem at once.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        if let Err(mut p) = self.broker.validate() {
+            problems.append(&mut p);
+        }
+        if (self.listeners.tls.is_some() || self.listeners.wss.is_some()) && self.tls.is_none() {
+            problems.push("listeners.tls and listeners.wss need a [tls] section".to_owned());
+        }
+        let l = &self.listeners;
+        if l.tcp.is_none() && l.tls.is_none() && l.ws.is_none() && l.wss.is_none() {
+            problems.push("no listener is configured".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
+        }
+    }
+}
+
+/// `TELEMARK__BROKER__MAX_CONNECTIONS=5` sets `broker.max_connections`. A
+/// value that parses as TOML (number, boolean) is taken as such, otherwise as
+/// a string.
+fn overlay_environment(
+    table: &mut toml::Table,
+    vars: impl Iterator<Item = (String, String)>,
+) -> anyhow::Result<()> {
+    for (key, value) in vars {
+        let Some(path) = key.strip_prefix("TELEMARK__") else {
+            continue;
+        };
+        let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let Some((last, sections)) = parts.split_last() else {
+            continue;
+        };
+        let mut node = &mut *table;
+        for section in sections {
+            let entry = node
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            node = match entry {
+                toml::Value::Table(t) => t,
+                _ => bail!("{key}: {section} is not a section"),
+            };
+        }
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        node.insert(last.clone(), parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_file_is_the_default_config() {
+        let table: toml::Table = DEFAULT_FILE.parse().expect("valid TOML");
+        let config: Config = toml::Value::Table(table).try_into().expect("valid config");
+        let defaults = Config::default();
+        assert_eq!(config.listeners.tcp, defaults.listeners.tcp);
+        assert_eq!(config.broker.max_queued_messages, defaults.broker.max_queued_messages);
+        config.validate().expect("valid");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut table: toml::Table = "[broker]\nmax_connections = 10\n".parse().expect("toml");
+        overlay_environment(
+            &mut table,
+            [
+                ("TELEMARK__BROKER__MAX_CONNECTIONS".to_owned(), "20".to_owned()),
+                ("TELEMARK__BROKER__QUEUE_POLICY".to_owned(), "drop-newest".to_owned()),
+                ("OTHER".to_owned(), "x".to_owned()),
+            ]
+            .into_iter(),
+        )
+        .expect("overlay");
+        let config: Config = toml::Value::Table(table).try_into().expect("config");
+        assert_eq!(config.broker.max_connections, 20);
+        assert_eq!(config.broker.queue_policy, broker::QueuePolicy::DropNewest);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let table: toml::Table = "[broker]\nmax_conections = 10\n".parse().expect("toml");
+        let result: Result<Config, _> = toml::Value::Table(table).try_into();
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let mut config = Config::default();
+        config.broker.receive_maximum = 0;
+        config.listeners.tls = Some("127.0.0.1:8883".parse().expect("addr"));
+        let err = config.validate().expect_err("invalid").to_string();
+        assert!(err.contains("receive_maximum") && err.contains("[tls]"), "{err}");
+    }
+}
