@@ -72,7 +72,7 @@ impl Transport {
                 let _ = stream.shutdown().await;
             }
             Transport::WebSocket(ws) => {
-                let _ = ws.close(None).await;
+                let _ = SinkExt::close(ws.as_mut()).await;
             }
         }
     }
