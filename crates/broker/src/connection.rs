@@ -499,7 +499,9 @@ impl Connection {
                     Err(e) => return e.into(),
                 }
             }
-            self.fill(active);
+            // One wake-up may stand for many queued messages: when the write
+            // buffer filled up before the queue emptied, go round again.
+            let more = self.fill(active);
             if let Err(e) = self.flush().await {
                 return Ending::closed(e.to_string());
             }
@@ -524,6 +526,7 @@ impl Connection {
                     Err(e) => return Ending::closed(e.to_string()),
                 },
                 _ = session.wake.notified() => {}
+                _ = std::future::ready(()), if more => {}
                 _ = sleep_until_opt(deadline) => {
                     // [MQTT-3.1.2-24] nothing within 1.5 × keep alive.
                     return Ending::protocol(ReasonCode::KeepAliveTimeout, "keep alive timeout");
@@ -908,16 +911,20 @@ impl Connection {
 
     /// Moves queued deliveries into the write buffer while the client's
     /// Receive Maximum allows [MQTT-3.3.4-7], in order [MQTT-4.6.0-?].
-    fn fill(&mut self, active: &mut Active) {
+    /// Returns true when it stopped only because the buffer is full.
+    fn fill(&mut self, active: &mut Active) -> bool {
         let session = active.session.clone();
         let mut state = session.lock();
         let limit = usize::from(active.client_receive_maximum.min(self.shared.settings.max_inflight));
-        while self.wbuf.len() < 256 * 1024 {
-            let Some(front) = state.queue.front() else { break };
+        loop {
+            let Some(front) = state.queue.front() else { return false };
             if front.qos != QoS::AtMostOnce && state.inflight.len() >= limit {
-                break;
+                return false;
             }
-            let Some(delivery) = state.queue.pop_front() else { break };
+            if self.wbuf.len() >= 256 * 1024 {
+                return true;
+            }
+            let Some(delivery) = state.queue.pop_front() else { return false };
             // [MQTT-3.3.2-5] expired messages are not sent.
             if delivery.message.is_expired() {
                 add(&self.shared.stats.messages_dropped, 1);
@@ -930,7 +937,7 @@ impl Connection {
                     Some(id) => id,
                     None => {
                         state.queue.push_front(delivery);
-                        break;
+                        return false;
                     }
                 }
             };

@@ -42,6 +42,8 @@ impl Message {
     pub fn forwardable(mut properties: Properties) -> Properties {
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
+        // A will's delay is the server's business, not the subscriber's.
+        properties.will_delay_interval = None;
         properties
     }
 
