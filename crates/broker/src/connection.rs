@@ -153,7 +153,15 @@ impl Connection {
         let ending = self.serve(&mut active).await;
         debug!(client_id = %active.session.client_id, why = %ending.why, "disconnected");
         if let Some(reason) = ending.reason {
-            if reason == ReasonCode::MalformedPacket || reason == ReasonCode::ProtocolError {
+            let violation = reason.is_error()
+                && !matches!(
+                    reason,
+                    ReasonCode::KeepAliveTimeout
+                        | ReasonCode::SessionTakenOver
+                        | ReasonCode::ServerShuttingDown
+                        | ReasonCode::AdministrativeAction
+                );
+            if violation {
                 add(&self.shared.stats.malformed_packets, 1);
             }
             // [MQTT-4.13.1-1] MQTT 5: DISCONNECT with the reason, then close.

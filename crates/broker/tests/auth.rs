@@ -1,0 +1,305 @@
+//! Authentication and authorization: the password and ACL files of the
+//! standalone broker, enhanced authentication through the hook, and client
+//! certificates over mutual TLS.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use broker::{
+    Action, AuthConversation, AuthStep, Authenticator, BoxFuture, ClientIdentity, ConnectRequest, FileAuthenticator,
+    ListenerKind, TlsFiles,
+};
+use bytes::Bytes;
+use common::*;
+use mqtt::*;
+
+fn file_auth(dir: &std::path::Path) -> Arc<dyn Authenticator> {
+    let passwd = dir.join("passwd");
+    let acl = dir.join("acl");
+    std::fs::write(
+        &passwd,
+        format!(
+            "alice:{}\nbob:{}\n",
+            broker::auth::hash_password("alice-pw").expect("hash"),
+            broker::auth::hash_password("bob-pw").expect("hash")
+        ),
+    )
+    .expect("write passwd");
+    std::fs::write(
+        &acl,
+        "pattern readwrite dwr/+/%c/#\nuser alice\ntopic readwrite fleet/#\nuser bob\ntopic read fleet/#\n",
+    )
+    .expect("write acl");
+    Arc::new(FileAuthenticator::new(Some(&passwd), Some(&acl), false).expect("auth files"))
+}
+
+fn with_login(mut conn: Conn, user: &str, password: &str) -> Conn {
+    conn.username = Some(user.into());
+    conn.password = Some(Bytes::copy_from_slice(password.as_bytes()));
+    conn
+}
+
+#[tokio::test]
+async fn password_file_decides_who_connects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = start_with(quick_settings(), file_auth(dir.path())).await;
+    // [MQTT-3.2.2-?] bad password: 0x86 in 5.0, return code 4 in 3.1.1.
+    let (_c, ack) = Client::connect_with(b.tcp, &with_login(Conn::v5("a"), "alice", "nope")).await;
+    assert_eq!(ack.reason, ReasonCode::BadUserNameOrPassword);
+    let (_c, ack) = Client::connect_with(b.tcp, &with_login(Conn::v311("a"), "alice", "nope")).await;
+    assert_eq!(ack.reason, ReasonCode::BadUserNameOrPassword);
+    let (_c, ack) = Client::connect_with(b.tcp, &with_login(Conn::v5("a"), "mallory", "x")).await;
+    assert_eq!(ack.reason, ReasonCode::BadUserNameOrPassword);
+    // Anonymous is off once there is a password file.
+    let (_c, ack) = Client::connect_with(b.tcp, &Conn::v5("anon")).await;
+    assert_eq!(ack.reason, ReasonCode::NotAuthorized);
+    Client::connect(b.tcp, &with_login(Conn::v5("a"), "alice", "alice-pw")).await;
+    assert!(b.broker.stats().auth_failures >= 4);
+}
+
+#[tokio::test]
+async fn acl_file_decides_what_clients_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = start_with(quick_settings(), file_auth(dir.path())).await;
+    let (mut bob, _) = Client::connect(b.tcp, &with_login(Conn::v5("bob-dev"), "bob", "bob-pw")).await;
+    assert_eq!(bob.subscribe("fleet/#", QoS::AtLeastOnce).await, ReasonCode::GrantedQoS1);
+    assert_eq!(bob.subscribe("secret/#", QoS::AtLeastOnce).await, ReasonCode::NotAuthorized);
+    assert_eq!(bob.publish("fleet/x", b"no", QoS::AtLeastOnce, false).await, ReasonCode::NotAuthorized);
+    // The pattern rule: each client under its own id.
+    assert_eq!(bob.publish("dwr/311/bob-dev/status", b"ok", QoS::AtLeastOnce, false).await, ReasonCode::NoMatchingSubscribers);
+    assert_eq!(bob.publish("dwr/311/other/status", b"no", QoS::AtLeastOnce, false).await, ReasonCode::NotAuthorized);
+    let (mut alice, _) = Client::connect(b.tcp, &with_login(Conn::v311("alice-app"), "alice", "alice-pw")).await;
+    alice.publish("fleet/x", b"yes", QoS::AtLeastOnce, false).await;
+    assert_eq!(&bob.recv_publish().await.payload[..], b"yes");
+    // 3.1.1 has no negative PUBACK: acknowledged, not delivered [MQTT-3.3.5-2].
+    let (mut bob311, _) = Client::connect(b.tcp, &with_login(Conn::v311("bob-311"), "bob", "bob-pw")).await;
+    assert_eq!(bob311.subscribe("secret/#", QoS::AtLeastOnce).await, ReasonCode::UnspecifiedError);
+    assert_eq!(bob311.publish("fleet/y", b"dropped", QoS::AtLeastOnce, false).await, ReasonCode::Success);
+    bob.expect_silence(std::time::Duration::from_millis(200)).await;
+}
+
+/// A two-step challenge: the client sends "hello", the server answers with a
+/// nonce, the client returns the nonce reversed.
+struct Challenge;
+
+impl Authenticator for Challenge {
+    fn authenticate<'a>(&'a self, _request: &'a ConnectRequest) -> BoxFuture<'a, Result<ClientIdentity, ReasonCode>> {
+        Box::pin(async { Err(ReasonCode::NotAuthorized) })
+    }
+
+    fn authorize(&self, _client: &ClientIdentity, _action: Action, _topic: &str) -> bool {
+        true
+    }
+
+    fn enhanced_auth<'a>(
+        &'a self,
+        request: &'a ConnectRequest,
+        method: &'a str,
+        data: Option<Bytes>,
+        conversation: &'a mut AuthConversation,
+    ) -> BoxFuture<'a, AuthStep> {
+        Box::pin(async move {
+            if method != "REVERSE" {
+                return AuthStep::Failure(ReasonCode::BadAuthenticationMethod);
+            }
+            match (conversation.step, data.as_deref()) {
+                (0, Some(b"hello")) => AuthStep::Continue(Some(Bytes::from_static(b"nonce"))),
+                (1, Some(b"ecnon")) => AuthStep::Success(
+                    ClientIdentity::from_request(request),
+                    Some(Bytes::from_static(b"welcome")),
+                ),
+                _ => AuthStep::Failure(ReasonCode::NotAuthorized),
+            }
+        })
+    }
+}
+
+fn auth_packet(reason: ReasonCode, data: &'static [u8]) -> Packet {
+    Packet::Auth(Auth {
+        reason,
+        properties: Properties {
+            authentication_method: Some("REVERSE".into()),
+            authentication_data: Some(Bytes::from_static(data)),
+            ..Properties::default()
+        },
+    })
+}
+
+#[tokio::test]
+async fn enhanced_authentication_runs_through_the_hook() {
+    // [MQTT-4.12.0-1] .. [MQTT-4.12.0-7], re-authentication [MQTT-4.12.1-1].
+    let b = start_with(quick_settings(), Arc::new(Challenge)).await;
+    let mut conn = Conn::v5("enhanced");
+    conn.properties.authentication_method = Some("REVERSE".into());
+    conn.properties.authentication_data = Some(Bytes::from_static(b"hello"));
+    let mut c = Client::open(b.tcp, ProtocolVersion::V5).await;
+    c.send(&conn.packet()).await;
+    match c.recv().await {
+        Some(Packet::Auth(a)) => {
+            assert_eq!(a.reason, ReasonCode::ContinueAuthentication);
+            assert_eq!(a.properties.authentication_data.as_deref(), Some(&b"nonce"[..]));
+        }
+        other => panic!("{other:?}"),
+    }
+    c.send(&auth_packet(ReasonCode::ContinueAuthentication, b"ecnon")).await;
+    match c.recv().await {
+        Some(Packet::ConnAck(ack)) => {
+            assert_eq!(ack.reason, ReasonCode::Success);
+            assert_eq!(ack.properties.authentication_method.as_deref(), Some("REVERSE"));
+            assert_eq!(ack.properties.authentication_data.as_deref(), Some(&b"welcome"[..]));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Re-authentication on the open connection.
+    c.send(&auth_packet(ReasonCode::ReAuthenticate, b"hello")).await;
+    assert!(matches!(c.recv().await, Some(Packet::Auth(a)) if a.reason == ReasonCode::ContinueAuthentication));
+    c.send(&auth_packet(ReasonCode::ContinueAuthentication, b"ecnon")).await;
+    assert!(matches!(c.recv().await, Some(Packet::Auth(a)) if a.reason == ReasonCode::Success));
+
+    // A wrong answer is refused in CONNACK.
+    let mut c = Client::open(b.tcp, ProtocolVersion::V5).await;
+    c.send(&conn.packet()).await;
+    c.recv().await;
+    c.send(&auth_packet(ReasonCode::ContinueAuthentication, b"wrong")).await;
+    assert!(matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.reason == ReasonCode::NotAuthorized));
+    // An unknown method: 0x8C.
+    conn.properties.authentication_method = Some("OTHER".into());
+    let (_c, ack) = Client::connect_with(b.tcp, &conn).await;
+    assert_eq!(ack.reason, ReasonCode::BadAuthenticationMethod);
+}
+
+/// Accepts only the client certificate it was told, by fingerprint.
+struct CertificateAuth {
+    expected: String,
+    seen: Mutex<Vec<Option<String>>>,
+}
+
+impl Authenticator for CertificateAuth {
+    fn authenticate<'a>(&'a self, request: &'a ConnectRequest) -> BoxFuture<'a, Result<ClientIdentity, ReasonCode>> {
+        Box::pin(async move {
+            self.seen
+                .lock()
+                .expect("lock")
+                .push(request.certificate_fingerprint.clone());
+            if request.certificate_fingerprint.as_deref() == Some(self.expected.as_str()) {
+                Ok(ClientIdentity::from_request(request))
+            } else {
+                Err(ReasonCode::NotAuthorized)
+            }
+        })
+    }
+
+    fn authorize(&self, _client: &ClientIdentity, _action: Action, _topic: &str) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn mutual_tls_passes_the_client_certificate_to_the_authenticator() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use sha2::Digest;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(vec![]).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let server_key = KeyPair::generate().expect("key");
+    let server = CertificateParams::new(vec!["localhost".into()])
+        .expect("params")
+        .signed_by(&server_key, &issuer)
+        .expect("server cert");
+    let client_key = KeyPair::generate().expect("key");
+    let client = CertificateParams::new(vec!["device-1".into()])
+        .expect("params")
+        .signed_by(&client_key, &issuer)
+        .expect("client cert");
+    let write = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write pem");
+        path
+    };
+    let tls = TlsFiles {
+        certificate: write("server.crt", server.pem()),
+        private_key: write("server.key", server_key.serialize_pem()),
+        client_ca: Some(write("ca.crt", ca.pem())),
+        require_client_certificate: true,
+    };
+    let fingerprint: String = sha2::Sha256::digest(client.der())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let auth = Arc::new(CertificateAuth {
+        expected: fingerprint.clone(),
+        seen: Mutex::new(Vec::new()),
+    });
+    let broker = broker::Broker::new(quick_settings(), auth.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    broker.serve(listener, ListenerKind::Tls(tls.acceptor().expect("acceptor")));
+
+    // rumqttc over TLS with the client certificate.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).expect("root");
+    let client_config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![client.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(client_key.serialize_der()).expect("key der"),
+        )
+        .expect("client config");
+    let mut options = rumqttc::MqttOptions::new("device-1", "localhost", addr.port());
+    options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+        Arc::new(client_config),
+    )));
+    // "localhost" must resolve to the loopback listener.
+    let (client_handle, mut events) = rumqttc::AsyncClient::new(options, 10);
+    client_handle
+        .subscribe("tls/t", rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    client_handle
+        .publish("tls/t", rumqttc::QoS::AtLeastOnce, false, "over tls")
+        .await
+        .expect("publish");
+    let received = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => return p,
+                Ok(_) => {}
+                Err(e) => panic!("TLS client failed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("message over TLS");
+    assert_eq!(&received.payload[..], b"over tls");
+    assert_eq!(auth.seen.lock().expect("lock").first().cloned().flatten(), Some(fingerprint));
+
+    // Without a client certificate the handshake is refused.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).expect("root");
+    let anonymous = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut options = rumqttc::MqttOptions::new("intruder", "localhost", addr.port());
+    options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+        Arc::new(anonymous),
+    )));
+    let (_h, mut events) = rumqttc::AsyncClient::new(options, 10);
+    let outcome = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .expect("an answer");
+    assert!(!outcome, "a client without a certificate must not connect");
+}
