@@ -1,0 +1,262 @@
+//! The `telemark` binary as a user runs it, with Debian's
+//! `mosquitto_pub`/`mosquitto_sub` as the clients, all on 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running `telemark broker`, killed when dropped.
+struct Running {
+    child: Child,
+    tcp: u16,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on 127.0.0.1:{port}");
+}
+
+fn telemark() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_telemark"))
+}
+
+fn start(extra: &[&str]) -> Running {
+    let tcp = free_port();
+    let mut cmd = telemark();
+    cmd.args(["broker", "--tcp", &format!("127.0.0.1:{tcp}")])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = cmd.spawn().expect("telemark starts");
+    wait_for_port(tcp);
+    Running { child, tcp }
+}
+
+/// Runs a command with a time limit; it must not hang a test run.
+fn run(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?} does not start ({e}); the test script installs mosquitto-clients"));
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!("{cmd:?} timed out: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sub(port: u16, topic: &str, count: u32, extra: &[&str]) -> Child {
+    Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-v", "-C", &count.to_string(), "-W", "10"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub starts; the test script installs mosquitto-clients")
+}
+
+fn pub_msg(port: u16, topic: &str, message: &str, extra: &[&str]) -> Output {
+    run(
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-m", message])
+            .args(extra),
+        Duration::from_secs(10),
+    )
+}
+
+fn finish(child: Child) -> String {
+    let out = child.wait_with_output().expect("mosquitto_sub output");
+    assert!(out.status.success(), "mosquitto_sub: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// mosquitto_sub needs a moment to subscribe before the publish.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(400));
+}
+
+#[test]
+fn mosquitto_clients_publish_and_subscribe_in_every_version() {
+    let broker = start(&[]);
+    for version in ["mqttv31", "mqttv311", "mqttv5"] {
+        let topic = format!("dwr/311-a1/00-11-22-33-44-55/hardware/{version}");
+        let s = sub(broker.tcp, "dwr/+/+/hardware/#", 1, &["-V", version]);
+        settle();
+        let out = pub_msg(broker.tcp, &topic, r#"{"free":1024}"#, &["-q", "1", "-V", version]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(finish(s).trim(), format!(r#"{topic} {{"free":1024}}"#));
+    }
+}
+
+#[test]
+fn retained_message_reaches_a_late_subscriber() {
+    let broker = start(&[]);
+    let out = pub_msg(broker.tcp, "dwr/311-a1/aa/status", "online", &["-r", "-q", "2"]);
+    assert!(out.status.success());
+    let s = sub(broker.tcp, "dwr/#", 1, &[]);
+    assert_eq!(finish(s).trim(), "dwr/311-a1/aa/status online");
+}
+
+#[test]
+fn password_file_from_telemark_passwd() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwd = dir.path().join("passwd");
+    let out = run(
+        telemark().args(["passwd", passwd.to_str().expect("path"), "ops", "--password", "fleet-secret"]),
+        Duration::from_secs(20),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let broker = start(&["--password-file", passwd.to_str().expect("path")]);
+    let refused = pub_msg(broker.tcp, "t", "x", &["-u", "ops", "-P", "wrong"]);
+    assert!(!refused.status.success(), "a wrong password is refused");
+    let anonymous = pub_msg(broker.tcp, "t", "x", &[]);
+    assert!(!anonymous.status.success(), "anonymous is refused");
+    let s = sub(broker.tcp, "t", 1, &["-u", "ops", "-P", "fleet-secret"]);
+    settle();
+    let ok = pub_msg(broker.tcp, "t", "x", &["-u", "ops", "-P", "fleet-secret"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(finish(s).trim(), "t x");
+}
+
+#[test]
+fn mosquitto_clients_over_tls_with_a_test_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(vec![]).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // OpenSSL takes a certificate whose issuer equals its subject for
+    // self-signed: the CA needs a name of its own.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Telemark test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let server_key = KeyPair::generate().expect("key");
+    let mut server_params = CertificateParams::new(vec!["localhost".into()]).expect("params");
+    server_params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    let server = server_params.signed_by(&server_key, &issuer).expect("server cert");
+    let write = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write");
+        path.to_str().expect("path").to_owned()
+    };
+    let ca_file = write("ca.crt", ca.pem());
+    let cert = write("server.crt", server.pem());
+    let key = write("server.key", server_key.serialize_pem());
+    let tls_port = free_port();
+    let broker = start(&[
+        "--tls",
+        &format!("127.0.0.1:{tls_port}"),
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    wait_for_port(tls_port);
+    let tls = ["--cafile", ca_file.as_str()];
+    let s = sub(tls_port, "secure/#", 1, &tls);
+    settle();
+    let out = pub_msg(tls_port, "secure/hello", "over tls", &tls);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(finish(s).trim(), "secure/hello over tls");
+    // The plain listener works alongside.
+    assert!(pub_msg(broker.tcp, "plain", "x", &[]).status.success());
+}
+
+#[test]
+fn metrics_endpoint_serves_prometheus_text() {
+    let metrics = free_port();
+    let broker = start(&["--metrics", &format!("127.0.0.1:{metrics}")]);
+    wait_for_port(metrics);
+    assert!(pub_msg(broker.tcp, "m/t", "x", &["-q", "1"]).status.success());
+    let mut stream = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], metrics))).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("telemark_broker_publish_received_total 1"), "{response}");
+}
+
+#[test]
+fn sigterm_shuts_down_gracefully_and_publishes_wills() {
+    let mut broker = start(&[]);
+    let watcher = sub(broker.tcp, "wills/#", 1, &["-V", "mqttv5"]);
+    let device = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.tcp.to_string(), "-t", "none", "-W", "10"])
+        .args(["--will-topic", "wills/dev1", "--will-payload", "offline", "-i", "dev1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub");
+    settle();
+    let pid = broker.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = broker.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "telemark did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(finish(watcher).trim(), "wills/dev1 offline");
+    let mut device = device;
+    let _ = device.kill();
+    let _ = device.wait();
+}
+
+#[test]
+fn config_file_problems_are_reported_all_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[broker]\nreceive_maximum = 0\nmax_inflight = 0\n").expect("write");
+    let out = run(
+        telemark().args(["broker", "--config", path.to_str().expect("path")]),
+        Duration::from_secs(10),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("receive_maximum") && err.contains("max_inflight"), "{err}");
+    let out = run(telemark().arg("config"), Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("[broker]") && text.contains("max_connections"));
+    assert!(Path::new(env!("CARGO_BIN_EXE_telemark")).exists());
+}
