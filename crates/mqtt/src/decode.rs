@@ -228,7 +228,8 @@ impl Decoder {
                 };
                 let properties = props(&mut r, v5, PropertyContext::ConnAck)?;
                 Packet::ConnAck(ConnAck {
-                    session_present: ack_flags & 1 == 1,
+                    // 3.1 has no session present flag: the byte is reserved.
+                    session_present: ack_flags & 1 == 1 && version != ProtocolVersion::V3_1,
                     reason,
                     properties,
                 })
