@@ -183,10 +183,8 @@ impl Decoder {
         let mut frame = buf.split_to(size);
         frame.advance(header_len);
         let packet = self.decode_body(first, frame.freeze())?;
-        if let Packet::Connect(connect) = &packet {
-            if self.version.is_none() {
-                self.version = Some(connect.protocol);
-            }
+        if let (Packet::Connect(connect), None) = (&packet, self.version) {
+            self.version = Some(connect.protocol);
         }
         Ok(Some(packet))
     }
