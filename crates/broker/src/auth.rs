@@ -9,8 +9,8 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use bytes::Bytes;
 use mqtt::{ProtocolVersion, ReasonCode};
 
@@ -80,7 +80,9 @@ pub struct AuthConversation {
 
 impl std::fmt::Debug for AuthConversation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthConversation").field("step", &self.step).finish()
+        f.debug_struct("AuthConversation")
+            .field("step", &self.step)
+            .finish()
     }
 }
 
@@ -89,7 +91,10 @@ impl std::fmt::Debug for AuthConversation {
 /// `authorize` check runs on every PUBLISH and SUBSCRIBE and must be quick.
 pub trait Authenticator: Send + Sync + 'static {
     /// Accepts or refuses a CONNECT with user name, password or certificate.
-    fn authenticate<'a>(&'a self, request: &'a ConnectRequest) -> BoxFuture<'a, Result<ClientIdentity, ReasonCode>>;
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a ConnectRequest,
+    ) -> BoxFuture<'a, Result<ClientIdentity, ReasonCode>>;
 
     /// Whether `client` may do `action` on `topic` (a name for Publish, a filter for Subscribe).
     fn authorize(&self, client: &ClientIdentity, action: Action, topic: &str) -> bool;
@@ -113,7 +118,10 @@ pub trait Authenticator: Send + Sync + 'static {
 pub struct AllowAll;
 
 impl Authenticator for AllowAll {
-    fn authenticate<'a>(&'a self, request: &'a ConnectRequest) -> BoxFuture<'a, Result<ClientIdentity, ReasonCode>> {
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a ConnectRequest,
+    ) -> BoxFuture<'a, Result<ClientIdentity, ReasonCode>> {
         Box::pin(async move { Ok(ClientIdentity::from_request(request)) })
     }
 
@@ -223,8 +231,11 @@ fn parse_passwords(text: &str, path: &str) -> Result<HashMap<String, String>, Au
             line: i + 1,
             message: message.to_owned(),
         };
-        let (user, hash) = line.split_once(':').ok_or_else(|| syntax("expected user:hash"))?;
-        PasswordHash::new(hash).map_err(|_| syntax("the hash is not a PHC string (use `telemark passwd`)"))?;
+        let (user, hash) = line
+            .split_once(':')
+            .ok_or_else(|| syntax("expected user:hash"))?;
+        PasswordHash::new(hash)
+            .map_err(|_| syntax("the hash is not a PHC string (use `telemark passwd`)"))?;
         out.insert(user.to_owned(), hash.to_owned());
     }
     Ok(out)
@@ -324,9 +335,9 @@ impl Acl {
             }
             match (rule.access, action) {
                 (Access::Deny, _) => return false,
-                (Access::ReadWrite, _) | (Access::Read, Action::Subscribe) | (Access::Write, Action::Publish) => {
-                    allowed = true
-                }
+                (Access::ReadWrite, _)
+                | (Access::Read, Action::Subscribe)
+                | (Access::Write, Action::Publish) => allowed = true,
                 _ => {}
             }
         }
@@ -335,7 +346,10 @@ impl Acl {
 }
 
 impl Authenticator for FileAuthenticator {
-    fn authenticate<'a>(&'a self, request: &'a ConnectRequest) -> BoxFuture<'a, Result<ClientIdentity, ReasonCode>> {
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a ConnectRequest,
+    ) -> BoxFuture<'a, Result<ClientIdentity, ReasonCode>> {
         Box::pin(async move {
             let identity = ClientIdentity::from_request(request);
             let (Some(passwords), Some(user)) = (&self.passwords, &request.username) else {
@@ -352,7 +366,11 @@ impl Authenticator for FileAuthenticator {
             // argon2 is deliberately slow: keep it off the reactor threads.
             let ok = tokio::task::spawn_blocking(move || {
                 PasswordHash::new(&hash)
-                    .map(|parsed| Argon2::default().verify_password(&password, &parsed).is_ok())
+                    .map(|parsed| {
+                        Argon2::default()
+                            .verify_password(&password, &parsed)
+                            .is_ok()
+                    })
                     .unwrap_or(false)
             })
             .await
@@ -424,7 +442,11 @@ mod tests {
     async fn passwords_are_checked_with_argon2() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("passwd");
-        std::fs::write(&path, format!("alice:{}\n", hash_password("s3cret").expect("hash"))).expect("write");
+        std::fs::write(
+            &path,
+            format!("alice:{}\n", hash_password("s3cret").expect("hash")),
+        )
+        .expect("write");
         let auth = FileAuthenticator::new(Some(&path), None, false).expect("loads");
         let mut request = ConnectRequest {
             client_id: "c".into(),
@@ -437,8 +459,14 @@ mod tests {
         };
         assert!(auth.authenticate(&request).await.is_ok());
         request.password = Some(Bytes::from_static(b"wrong"));
-        assert_eq!(auth.authenticate(&request).await.err(), Some(ReasonCode::BadUserNameOrPassword));
+        assert_eq!(
+            auth.authenticate(&request).await.err(),
+            Some(ReasonCode::BadUserNameOrPassword)
+        );
         request.username = None;
-        assert_eq!(auth.authenticate(&request).await.err(), Some(ReasonCode::NotAuthorized));
+        assert_eq!(
+            auth.authenticate(&request).await.err(),
+            Some(ReasonCode::NotAuthorized)
+        );
     }
 }

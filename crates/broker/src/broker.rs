@@ -14,7 +14,7 @@ use crate::message::Message;
 use crate::retained::RetainedMessages;
 use crate::session::{Delivery, MemorySessionStore, Session, SessionStore, StoredWill};
 use crate::settings::Settings;
-use crate::stats::{add, BrokerStats, StatsSnapshot};
+use crate::stats::{BrokerStats, StatsSnapshot, add};
 use crate::tree::{Match, SubscriptionTree};
 
 pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -156,7 +156,12 @@ impl Broker {
                 if interval > 0 {
                     let broker = Broker { shared };
                     for (topic, value) in broker.stats().sys_topics() {
-                        broker.publish(Message::new(topic, Bytes::from(value), QoS::AtMostOnce, true));
+                        broker.publish(Message::new(
+                            topic,
+                            Bytes::from(value),
+                            QoS::AtMostOnce,
+                            true,
+                        ));
                     }
                 }
             }
@@ -197,7 +202,9 @@ impl BrokerShared {
                 }
                 Match::Shared(group) => {
                     let picked = group.pick(|client| {
-                        self.sessions.get(client).is_some_and(|s| s.lock().connected)
+                        self.sessions
+                            .get(client)
+                            .is_some_and(|s| s.lock().connected)
                     });
                     if let Some((client, sub)) = picked {
                         // A shared delivery is its own copy, not merged.
@@ -249,7 +256,11 @@ impl BrokerShared {
             retain,
             subscription_ids,
         };
-        if !state.enqueue(delivery, self.settings.max_queued_messages, self.settings.queue_policy) {
+        if !state.enqueue(
+            delivery,
+            self.settings.max_queued_messages,
+            self.settings.queue_policy,
+        ) {
             add(&self.stats.messages_dropped, 1);
         }
         let connected = state.connected;
@@ -300,20 +311,20 @@ impl BrokerShared {
         let (session, session_present) = match existing {
             Some(session) => {
                 let mut state = session.lock();
-                if state.connected {
-                    if let Some(kick) = state.kick.take() {
-                        // [MQTT-3.1.4-3] the existing connection is closed, in
-                        // MQTT 5 with 0x8E first.
-                        let _ = kick.send(Some(ReasonCode::SessionTakenOver));
-                    }
+                if state.connected
+                    && let Some(kick) = state.kick.take()
+                {
+                    // [MQTT-3.1.4-3] the existing connection is closed, in
+                    // MQTT 5 with 0x8E first.
+                    let _ = kick.send(Some(ReasonCode::SessionTakenOver));
                 }
                 // The old connection ended without DISCONNECT: its will goes
                 // out unless it is delayed and this connection resumes the
                 // session in time [MQTT-3.1.3-9].
-                if let Some(old) = state.will.take() {
-                    if clean_start || (state.connected && old.delay.is_zero()) {
-                        will_to_publish = Some(old.will);
-                    }
+                if let Some(old) = state.will.take()
+                    && (clean_start || (state.connected && old.delay.is_zero()))
+                {
+                    will_to_publish = Some(old.will);
                 }
                 let present = !clean_start;
                 let old_subs = if clean_start {
@@ -361,7 +372,12 @@ impl BrokerShared {
 
     /// Detaches a closed connection from its session. `publish_will` is false
     /// after a normal DISCONNECT [MQTT-3.1.2-10].
-    pub(crate) fn detach(self: &Arc<Self>, session: &Arc<Session>, generation: u64, publish_will: bool) {
+    pub(crate) fn detach(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        generation: u64,
+        publish_will: bool,
+    ) {
         let guard = self.lock_sessions();
         let mut state = session.lock();
         if state.generation != generation {
@@ -393,7 +409,9 @@ impl BrokerShared {
                 let session = session.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    let Some(shared) = shared.upgrade() else { return };
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
                     let will = {
                         let mut state = session.lock();
                         if state.generation != generation || state.connected {
@@ -412,7 +430,9 @@ impl BrokerShared {
             let session = session.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
-                let Some(shared) = shared.upgrade() else { return };
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
                 let stale = {
                     let state = session.lock();
                     state.generation != generation || state.connected

@@ -10,15 +10,16 @@ use std::time::Duration;
 use bytes::BytesMut;
 use mqtt::topic::SharedFilter;
 use mqtt::{
-    encode, Auth, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, ProtocolVersion,
-    PubResponse, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    Auth, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, ProtocolVersion,
+    PubResponse, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
+    Unsubscribe, encode,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
 
 use crate::auth::{Action, AuthConversation, AuthStep, ClientIdentity, ConnectRequest};
-use crate::broker::{read, write, BrokerShared};
+use crate::broker::{BrokerShared, read, write};
 use crate::message::Message;
 use crate::session::{Delivery, Inflight, Session, StoredWill};
 use crate::stats::add;
@@ -78,7 +79,9 @@ impl OpenGuard {
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.open_connections.send_modify(|n| *n = n.saturating_sub(1));
+        self.0
+            .open_connections
+            .send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -174,7 +177,8 @@ impl Connection {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.flush()).await;
-        self.shared.detach(&active.session, active.generation, ending.publish_will);
+        self.shared
+            .detach(&active.session, active.generation, ending.publish_will);
         self.shared
             .stats
             .clients_connected
@@ -204,14 +208,16 @@ impl Connection {
         if encode(&packet, self.version, &mut self.wbuf).is_err() {
             return;
         }
-        if let Some(max) = max {
-            if self.wbuf.len() - start > max {
+        if let Some(max) = max
+            && self.wbuf.len() - start > max
+        {
+            self.wbuf.truncate(start);
+            strip_diagnostics(&mut packet);
+            if encode(&packet, self.version, &mut self.wbuf).is_err()
+                || self.wbuf.len() - start > max
+            {
                 self.wbuf.truncate(start);
-                strip_diagnostics(&mut packet);
-                if encode(&packet, self.version, &mut self.wbuf).is_err() || self.wbuf.len() - start > max {
-                    self.wbuf.truncate(start);
-                    return;
-                }
+                return;
             }
         }
         add(&self.shared.stats.messages_sent, 1);
@@ -223,10 +229,15 @@ impl Connection {
             properties.reason_string = Some(why.to_owned());
         }
         if reason.is_error() {
-            add(&self.shared.stats.auth_failures, u64::from(matches!(
-                reason,
-                ReasonCode::BadUserNameOrPassword | ReasonCode::NotAuthorized | ReasonCode::BadAuthenticationMethod
-            )));
+            add(
+                &self.shared.stats.auth_failures,
+                u64::from(matches!(
+                    reason,
+                    ReasonCode::BadUserNameOrPassword
+                        | ReasonCode::NotAuthorized
+                        | ReasonCode::BadAuthenticationMethod
+                )),
+            );
         }
         self.send_limited(
             None,
@@ -258,7 +269,8 @@ impl Connection {
     /// The first packet must be CONNECT [MQTT-3.1.0-1], within the connect
     /// timeout.
     async fn read_connect(&mut self) -> Option<Box<Connect>> {
-        let deadline = Instant::now() + Duration::from_secs(self.shared.settings.connect_timeout_secs);
+        let deadline =
+            Instant::now() + Duration::from_secs(self.shared.settings.connect_timeout_secs);
         let mut level = None;
         let error = loop {
             level = level.or_else(|| sniff_connect_level(&self.rbuf));
@@ -314,7 +326,10 @@ impl Connection {
             // session; 3.1 requires an id [MQTT-3.1.3-?]; 5.0 assigns one
             // [MQTT-3.2.2-16].
             if self.version == ProtocolVersion::V3_1 || (!v5 && !connect.clean_start) {
-                self.connack(ReasonCode::ClientIdentifierNotValid, "empty client identifier");
+                self.connack(
+                    ReasonCode::ClientIdentifierNotValid,
+                    "empty client identifier",
+                );
                 return None;
             }
             let id = shared.next_client_id();
@@ -354,7 +369,11 @@ impl Connection {
                 let mut conversation = AuthConversation::default();
                 let mut data = connect.properties.authentication_data.clone();
                 loop {
-                    match shared.auth.enhanced_auth(&request, method, data.take(), &mut conversation).await {
+                    match shared
+                        .auth
+                        .enhanced_auth(&request, method, data.take(), &mut conversation)
+                        .await
+                    {
                         AuthStep::Continue(out) => {
                             // [MQTT-4.12.0-1] continue with AUTH 0x18.
                             self.send_limited(
@@ -375,14 +394,18 @@ impl Connection {
                             match self.read_packet(limit).await {
                                 Ok(Packet::Auth(auth))
                                     if auth.reason == ReasonCode::ContinueAuthentication
-                                        && auth.properties.authentication_method.as_deref() == Some(method) =>
+                                        && auth.properties.authentication_method.as_deref()
+                                            == Some(method) =>
                                 {
                                     conversation.step += 1;
                                     data = auth.properties.authentication_data;
                                 }
                                 Ok(_) => {
                                     // [MQTT-4.12.0-4] [MQTT-4.12.0-5] only AUTH with the same method.
-                                    self.connack(ReasonCode::ProtocolError, "expected AUTH with the same method");
+                                    self.connack(
+                                        ReasonCode::ProtocolError,
+                                        "expected AUTH with the same method",
+                                    );
                                     return None;
                                 }
                                 Err(_) => return None,
@@ -454,10 +477,15 @@ impl Connection {
             kick: attached.kick,
             identity,
             request,
-            keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            keep_alive: (keep_alive > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
             client_receive_maximum: p.receive_maximum.unwrap_or(u16::MAX),
             client_max_packet: p.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
-            client_alias_maximum: if v5 { p.topic_alias_maximum.unwrap_or(0) } else { 0 },
+            client_alias_maximum: if v5 {
+                p.topic_alias_maximum.unwrap_or(0)
+            } else {
+                0
+            },
             inbound_aliases: HashMap::new(),
             outbound_aliases: HashMap::new(),
             auth_method: auth_method.clone(),
@@ -548,7 +576,10 @@ impl Connection {
         match packet {
             Packet::Publish(publish) => self.handle_publish(active, publish),
             Packet::PubAck(ack) => {
-                active.session.lock().complete(ack.packet_id, false, Some(QoS::AtLeastOnce));
+                active
+                    .session
+                    .lock()
+                    .complete(ack.packet_id, false, Some(QoS::AtLeastOnce));
                 Ok(())
             }
             Packet::PubRec(rec) => {
@@ -566,7 +597,10 @@ impl Connection {
                 } else {
                     ReasonCode::PacketIdentifierNotFound
                 };
-                self.send(active, Packet::PubRel(PubResponse::with_reason(rec.packet_id, reason)));
+                self.send(
+                    active,
+                    Packet::PubRel(PubResponse::with_reason(rec.packet_id, reason)),
+                );
                 Ok(())
             }
             Packet::PubRel(rel) => {
@@ -577,7 +611,10 @@ impl Connection {
                 } else {
                     ReasonCode::PacketIdentifierNotFound
                 };
-                self.send(active, Packet::PubComp(PubResponse::with_reason(rel.packet_id, reason)));
+                self.send(
+                    active,
+                    Packet::PubComp(PubResponse::with_reason(rel.packet_id, reason)),
+                );
                 Ok(())
             }
             Packet::PubComp(comp) => {
@@ -622,10 +659,12 @@ impl Connection {
                 ReasonCode::ProtocolError,
                 "second CONNECT [MQTT-3.1.0-2]",
             )),
-            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => Err(Ending::protocol(
-                ReasonCode::ProtocolError,
-                "a client does not send this packet to a server",
-            )),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(Ending::protocol(
+                    ReasonCode::ProtocolError,
+                    "a client does not send this packet to a server",
+                ))
+            }
         }
     }
 
@@ -633,26 +672,44 @@ impl Connection {
     async fn handle_auth(&mut self, active: &mut Active, auth: Auth) -> Result<(), Ending> {
         let Some(method) = active.auth_method.clone() else {
             // [MQTT-4.12.0-6] no AUTH without a method at CONNECT.
-            return Err(Ending::protocol(ReasonCode::ProtocolError, "AUTH without enhanced authentication"));
+            return Err(Ending::protocol(
+                ReasonCode::ProtocolError,
+                "AUTH without enhanced authentication",
+            ));
         };
         if auth.properties.authentication_method.as_deref() != Some(method.as_str()) {
             // [MQTT-4.12.1-1] the same method as at CONNECT.
-            return Err(Ending::protocol(ReasonCode::ProtocolError, "AUTH with another method"));
+            return Err(Ending::protocol(
+                ReasonCode::ProtocolError,
+                "AUTH with another method",
+            ));
         }
         match (auth.reason, active.reauth.is_some()) {
-            (ReasonCode::ReAuthenticate, false) => active.reauth = Some(AuthConversation::default()),
+            (ReasonCode::ReAuthenticate, false) => {
+                active.reauth = Some(AuthConversation::default())
+            }
             (ReasonCode::ContinueAuthentication, true) => {
                 if let Some(c) = active.reauth.as_mut() {
                     c.step += 1;
                 }
             }
-            _ => return Err(Ending::protocol(ReasonCode::ProtocolError, "unexpected AUTH reason code")),
+            _ => {
+                return Err(Ending::protocol(
+                    ReasonCode::ProtocolError,
+                    "unexpected AUTH reason code",
+                ));
+            }
         }
         let shared = self.shared.clone();
         let mut conversation = active.reauth.take().unwrap_or_default();
         let step = shared
             .auth
-            .enhanced_auth(&active.request, &method, auth.properties.authentication_data, &mut conversation)
+            .enhanced_auth(
+                &active.request,
+                &method,
+                auth.properties.authentication_data,
+                &mut conversation,
+            )
             .await;
         let (reason, data) = match step {
             AuthStep::Continue(data) => {
@@ -697,7 +754,10 @@ impl Connection {
             Some(alias) => {
                 // [MQTT-3.3.2-9] [MQTT-3.3.2-10] 0 or above our maximum is invalid.
                 if alias == 0 || alias > settings.topic_alias_maximum {
-                    return Err(Ending::protocol(ReasonCode::TopicAliasInvalid, "topic alias out of range"));
+                    return Err(Ending::protocol(
+                        ReasonCode::TopicAliasInvalid,
+                        "topic alias out of range",
+                    ));
                 }
                 if publish.topic.is_empty() {
                     match active.inbound_aliases.get(&alias) {
@@ -706,7 +766,7 @@ impl Connection {
                             return Err(Ending::protocol(
                                 ReasonCode::ProtocolError,
                                 "topic alias used before it was set [MQTT-3.3.4-?]",
-                            ))
+                            ));
                         }
                     }
                 } else {
@@ -718,7 +778,7 @@ impl Connection {
                 return Err(Ending::protocol(
                     ReasonCode::ProtocolError,
                     "empty topic without a topic alias [MQTT-4.7.3-1]",
-                ))
+                ));
             }
             None => publish.topic.clone(),
         };
@@ -734,7 +794,10 @@ impl Connection {
             }
             // [MQTT-3.3.4-9] more unacknowledged QoS 2 than Receive Maximum.
             if state.incoming_qos2.len() >= usize::from(settings.receive_maximum) {
-                return Err(Ending::protocol(ReasonCode::ReceiveMaximumExceeded, "receive maximum exceeded"));
+                return Err(Ending::protocol(
+                    ReasonCode::ReceiveMaximumExceeded,
+                    "receive maximum exceeded",
+                ));
             }
         }
 
@@ -745,7 +808,10 @@ impl Connection {
         } else if topic.starts_with('$') {
             // `$` topics are the server's [MQTT-4.7.2].
             Some(ReasonCode::NotAuthorized)
-        } else if !shared.auth.authorize(&active.identity, Action::Publish, &topic) {
+        } else if !shared
+            .auth
+            .authorize(&active.identity, Action::Publish, &topic)
+        {
             Some(ReasonCode::NotAuthorized)
         } else if v5
             && publish.properties.payload_format_indicator == Some(1)
@@ -806,21 +872,33 @@ impl Connection {
     fn handle_subscribe(&mut self, active: &mut Active, subscribe: Subscribe) {
         let shared = self.shared.clone();
         let settings = &shared.settings;
-        let identifier = subscribe.properties.subscription_identifiers.first().copied();
+        let identifier = subscribe
+            .properties
+            .subscription_identifiers
+            .first()
+            .copied();
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
         for (filter, options) in subscribe.filters {
             let shared_filter = SharedFilter::parse(&filter);
             let inner = shared_filter.map_or(filter.as_str(), |s| s.filter);
-            if filter.len() > settings.max_topic_length || inner.split('/').count() > settings.max_topic_levels {
+            if filter.len() > settings.max_topic_length
+                || inner.split('/').count() > settings.max_topic_levels
+            {
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             }
-            if !shared.auth.authorize(&active.identity, Action::Subscribe, inner) {
+            if !shared
+                .auth
+                .authorize(&active.identity, Action::Subscribe, inner)
+            {
                 reasons.push(ReasonCode::NotAuthorized);
                 continue;
             }
-            let subscription = Subscription { options, identifier };
+            let subscription = Subscription {
+                options,
+                identifier,
+            };
             let existed = {
                 let mut state = active.session.lock();
                 let existed = state.subscriptions.contains_key(&filter);
@@ -865,7 +943,13 @@ impl Connection {
         );
         for (message, qos, identifier) in retained {
             // [MQTT-3.3.1-8] retained messages sent at subscribe keep RETAIN set.
-            shared.deliver(&active.session, &message, qos, true, identifier.into_iter().collect());
+            shared.deliver(
+                &active.session,
+                &message,
+                qos,
+                true,
+                identifier.into_iter().collect(),
+            );
         }
     }
 
@@ -923,16 +1007,24 @@ impl Connection {
     fn fill(&mut self, active: &mut Active) -> bool {
         let session = active.session.clone();
         let mut state = session.lock();
-        let limit = usize::from(active.client_receive_maximum.min(self.shared.settings.max_inflight));
+        let limit = usize::from(
+            active
+                .client_receive_maximum
+                .min(self.shared.settings.max_inflight),
+        );
         loop {
-            let Some(front) = state.queue.front() else { return false };
+            let Some(front) = state.queue.front() else {
+                return false;
+            };
             if front.qos != QoS::AtMostOnce && state.inflight.len() >= limit {
                 return false;
             }
             if self.wbuf.len() >= 256 * 1024 {
                 return true;
             }
-            let Some(delivery) = state.queue.pop_front() else { return false };
+            let Some(delivery) = state.queue.pop_front() else {
+                return false;
+            };
             // [MQTT-3.3.2-5] expired messages are not sent.
             if delivery.message.is_expired() {
                 add(&self.shared.stats.messages_dropped, 1);
@@ -964,7 +1056,13 @@ impl Connection {
 
     /// Writes one PUBLISH for a delivery. False when it is larger than the
     /// client accepts: such a message is dropped as if sent [MQTT-3.1.2-25].
-    fn write_publish(&mut self, active: &mut Active, delivery: &Delivery, id: u16, dup: bool) -> bool {
+    fn write_publish(
+        &mut self,
+        active: &mut Active,
+        delivery: &Delivery,
+        id: u16,
+        dup: bool,
+    ) -> bool {
         let v5 = self.version.is_v5();
         let message = &delivery.message;
         let mut properties = Properties::default();
@@ -1024,7 +1122,9 @@ impl Connection {
 fn strip_diagnostics(packet: &mut Packet) {
     let properties = match packet {
         Packet::ConnAck(p) => &mut p.properties,
-        Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => &mut p.properties,
+        Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
+            &mut p.properties
+        }
         Packet::SubAck(p) => &mut p.properties,
         Packet::UnsubAck(p) => &mut p.properties,
         Packet::Disconnect(p) => &mut p.properties,

@@ -18,8 +18,8 @@ mod transport;
 pub mod tree;
 
 pub use auth::{
-    Action, AllowAll, AuthConversation, AuthStep, Authenticator, BoxFuture, ClientIdentity, ConnectRequest,
-    FileAuthenticator,
+    Action, AllowAll, AuthConversation, AuthStep, Authenticator, BoxFuture, ClientIdentity,
+    ConnectRequest, FileAuthenticator,
 };
 pub use broker::Broker;
 pub use listener::{ListenerKind, TlsFiles, WEBSOCKET_PATH};

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::RootCertStore;
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -19,9 +19,9 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tracing::{debug, warn};
 
+use crate::Broker;
 use crate::connection::{self, ConnectionInfo};
 use crate::transport::{Io, Transport};
-use crate::Broker;
 
 /// The path MQTT over WebSocket is served on.
 pub const WEBSOCKET_PATH: &str = "/mqtt";
@@ -57,7 +57,8 @@ impl TlsFiles {
             .map_err(|e| read_err(&self.certificate, &e))?
             .collect::<Result<_, _>>()
             .map_err(|e| read_err(&self.certificate, &e))?;
-        let key = PrivateKeyDer::from_pem_file(&self.private_key).map_err(|e| read_err(&self.private_key, &e))?;
+        let key = PrivateKeyDer::from_pem_file(&self.private_key)
+            .map_err(|e| read_err(&self.private_key, &e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -70,13 +71,18 @@ impl TlsFiles {
                         .add(cert.map_err(|e| read_err(ca, &e))?)
                         .map_err(|e| TlsError::Config(e.to_string()))?;
                 }
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
                 let verifier = if self.require_client_certificate {
                     verifier
                 } else {
                     verifier.allow_unauthenticated()
                 };
-                builder.with_client_cert_verifier(verifier.build().map_err(|e| TlsError::Config(e.to_string()))?)
+                builder.with_client_cert_verifier(
+                    verifier
+                        .build()
+                        .map_err(|e| TlsError::Config(e.to_string()))?,
+                )
             }
             None => builder.with_no_client_auth(),
         };
@@ -144,7 +150,12 @@ impl Broker {
         })
     }
 
-    async fn accept_tcp(&self, stream: TcpStream, peer: SocketAddr, kind: ListenerKind) -> io::Result<()> {
+    async fn accept_tcp(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        kind: ListenerKind,
+    ) -> io::Result<()> {
         let handshake_timeout = Duration::from_secs(self.shared.settings.connect_timeout_secs);
         let mut fingerprint = None;
         let io: Box<dyn Io> = match &kind {
@@ -152,7 +163,9 @@ impl Broker {
             ListenerKind::Tls(acceptor) | ListenerKind::SecureWebSocket(acceptor) => {
                 let tls = tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
                     .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })??;
                 fingerprint = tls
                     .get_ref()
                     .1
@@ -169,7 +182,9 @@ impl Broker {
                     tokio_tungstenite::accept_hdr_async(io, websocket_handshake),
                 )
                 .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "WebSocket handshake timed out"))?
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "WebSocket handshake timed out")
+                })?
                 .map_err(io::Error::other)?;
                 Transport::WebSocket(Box::new(ws))
             }
@@ -192,14 +207,22 @@ impl Broker {
             listener,
             certificate_fingerprint: None,
         };
-        connection::run(self.shared.clone(), Transport::Stream(Box::new(stream)), info).await;
+        connection::run(
+            self.shared.clone(),
+            Transport::Stream(Box::new(stream)),
+            info,
+        )
+        .await;
     }
 }
 
 /// Accepts the upgrade on `/mqtt` and selects the `mqtt` subprotocol
 /// [MQTT-6.0.0-3] (or `mqttv3.1` for old clients).
 #[allow(clippy::result_large_err)]
-fn websocket_handshake(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+fn websocket_handshake(
+    request: &Request,
+    mut response: Response,
+) -> Result<Response, ErrorResponse> {
     if request.uri().path() != WEBSOCKET_PATH {
         let mut refusal = ErrorResponse::new(Some(format!("MQTT is served on {WEBSOCKET_PATH}")));
         *refusal.status_mut() = StatusCode::NOT_FOUND;

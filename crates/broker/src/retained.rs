@@ -126,10 +126,8 @@ fn collect(node: &Node, levels: &[&str], root: bool, out: &mut Vec<Arc<Message>>
     match *level {
         "#" => {
             // "sport/#" also matches "sport" [MQTT-4.7.1-2].
-            if !root {
-                if let Some(m) = &node.message {
-                    out.push(m.clone());
-                }
+            if !root && let Some(m) = &node.message {
+                out.push(m.clone());
             }
             for (name, child) in &node.children {
                 if visible(name) {
@@ -158,11 +156,20 @@ mod tests {
     use bytes::Bytes;
 
     fn msg(topic: &str, payload: &str) -> Arc<Message> {
-        Arc::new(Message::new(topic, Bytes::from(payload.to_owned()), mqtt::QoS::AtMostOnce, true))
+        Arc::new(Message::new(
+            topic,
+            Bytes::from(payload.to_owned()),
+            mqtt::QoS::AtMostOnce,
+            true,
+        ))
     }
 
     fn topics(r: &RetainedMessages, filter: &str) -> Vec<String> {
-        let mut t: Vec<String> = r.matching(filter).iter().map(|m| m.topic.to_string()).collect();
+        let mut t: Vec<String> = r
+            .matching(filter)
+            .iter()
+            .map(|m| m.topic.to_string())
+            .collect();
         t.sort();
         t
     }
@@ -176,7 +183,10 @@ mod tests {
         r.set(msg("a/c/d", "4"));
         r.set(msg("$SYS/x", "5"));
         assert_eq!(r.len(), 4);
-        assert_eq!(&r.get("a/b").map(|m| m.payload.clone()).unwrap_or_default()[..], b"2");
+        assert_eq!(
+            &r.get("a/b").map(|m| m.payload.clone()).unwrap_or_default()[..],
+            b"2"
+        );
         assert_eq!(topics(&r, "#"), ["a", "a/b", "a/c/d"]);
         assert_eq!(topics(&r, "a/#"), ["a", "a/b", "a/c/d"]);
         assert_eq!(topics(&r, "a/+"), ["a/b"]);

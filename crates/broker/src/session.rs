@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use mqtt::{ProtocolVersion, QoS, ReasonCode, Will};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{Notify, watch};
 
 use crate::message::Message;
 use crate::settings::QueuePolicy;
@@ -191,7 +191,9 @@ impl Session {
     /// The state, even if a thread panicked while holding it (the state is
     /// plain data and stays consistent between statements).
     pub fn lock(&self) -> MutexGuard<'_, SessionState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -284,7 +286,10 @@ mod tests {
         let mut s = SessionState::new(ProtocolVersion::V5);
         let id = s.allocate_packet_id().expect("id");
         s.push_inflight(id, Inflight::Publish(delivery(0, QoS::ExactlyOnce)));
-        assert!(!s.complete(id, false, Some(QoS::AtLeastOnce)), "PUBACK does not end a QoS 2 flow");
+        assert!(
+            !s.complete(id, false, Some(QoS::AtLeastOnce)),
+            "PUBACK does not end a QoS 2 flow"
+        );
         assert!(s.release(id));
         assert!(!s.complete(id, false, None));
         assert!(s.complete(id, true, None));

@@ -97,7 +97,8 @@ impl Settings {
             problems.push("broker.max_queued_messages must be at least 1".to_owned());
         }
         if self.max_topic_levels == 0 || self.max_topic_length == 0 {
-            problems.push("broker.max_topic_levels and max_topic_length must be at least 1".to_owned());
+            problems
+                .push("broker.max_topic_levels and max_topic_length must be at least 1".to_owned());
         }
         if self.max_keep_alive == 0 {
             problems.push("broker.max_keep_alive must be at least 1".to_owned());

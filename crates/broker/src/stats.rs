@@ -66,7 +66,12 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
 }
 
 impl BrokerStats {
-    pub(crate) fn snapshot(&self, sessions: u64, retained: u64, subscriptions: u64) -> StatsSnapshot {
+    pub(crate) fn snapshot(
+        &self,
+        sessions: u64,
+        retained: u64,
+        subscriptions: u64,
+    ) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
             uptime_secs: self.started.elapsed().as_secs(),
@@ -92,20 +97,53 @@ impl StatsSnapshot {
     /// `$SYS` topics and values, as Mosquitto names them where it has a name.
     pub fn sys_topics(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("$SYS/broker/version", format!("telemark {}", env!("CARGO_PKG_VERSION"))),
-            ("$SYS/broker/uptime", format!("{} seconds", self.uptime_secs)),
-            ("$SYS/broker/clients/connected", self.clients_connected.to_string()),
+            (
+                "$SYS/broker/version",
+                format!("telemark {}", env!("CARGO_PKG_VERSION")),
+            ),
+            (
+                "$SYS/broker/uptime",
+                format!("{} seconds", self.uptime_secs),
+            ),
+            (
+                "$SYS/broker/clients/connected",
+                self.clients_connected.to_string(),
+            ),
             ("$SYS/broker/clients/total", self.sessions.to_string()),
-            ("$SYS/broker/clients/connections", self.connections_total.to_string()),
-            ("$SYS/broker/messages/received", self.messages_received.to_string()),
+            (
+                "$SYS/broker/clients/connections",
+                self.connections_total.to_string(),
+            ),
+            (
+                "$SYS/broker/messages/received",
+                self.messages_received.to_string(),
+            ),
             ("$SYS/broker/messages/sent", self.messages_sent.to_string()),
-            ("$SYS/broker/publish/messages/received", self.publish_received.to_string()),
-            ("$SYS/broker/publish/messages/sent", self.publish_sent.to_string()),
-            ("$SYS/broker/publish/messages/dropped", self.messages_dropped.to_string()),
-            ("$SYS/broker/bytes/received", self.bytes_received.to_string()),
+            (
+                "$SYS/broker/publish/messages/received",
+                self.publish_received.to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/sent",
+                self.publish_sent.to_string(),
+            ),
+            (
+                "$SYS/broker/publish/messages/dropped",
+                self.messages_dropped.to_string(),
+            ),
+            (
+                "$SYS/broker/bytes/received",
+                self.bytes_received.to_string(),
+            ),
             ("$SYS/broker/bytes/sent", self.bytes_sent.to_string()),
-            ("$SYS/broker/retained messages/count", self.retained_messages.to_string()),
-            ("$SYS/broker/subscriptions/count", self.subscriptions.to_string()),
+            (
+                "$SYS/broker/retained messages/count",
+                self.retained_messages.to_string(),
+            ),
+            (
+                "$SYS/broker/subscriptions/count",
+                self.subscriptions.to_string(),
+            ),
         ]
     }
 
@@ -117,21 +155,96 @@ impl StatsSnapshot {
             let _ = writeln!(out, "# TYPE telemark_broker_{name} {kind}");
             let _ = writeln!(out, "telemark_broker_{name} {value}");
         };
-        metric("uptime_seconds", "gauge", "Seconds since the broker started.", self.uptime_secs);
-        metric("clients_connected", "gauge", "Clients connected now.", self.clients_connected);
-        metric("sessions", "gauge", "Sessions held, connected or not.", self.sessions);
-        metric("connections_total", "counter", "Connections accepted.", self.connections_total);
-        metric("packets_received_total", "counter", "Control packets received.", self.messages_received);
-        metric("packets_sent_total", "counter", "Control packets sent.", self.messages_sent);
-        metric("publish_received_total", "counter", "PUBLISH packets received.", self.publish_received);
-        metric("publish_sent_total", "counter", "PUBLISH packets sent.", self.publish_sent);
-        metric("publish_dropped_total", "counter", "Messages dropped by full queues, expiry or size.", self.messages_dropped);
-        metric("received_bytes_total", "counter", "Bytes read from clients.", self.bytes_received);
-        metric("sent_bytes_total", "counter", "Bytes written to clients.", self.bytes_sent);
-        metric("malformed_packets_total", "counter", "Connections closed for a malformed packet or protocol error.", self.malformed_packets);
-        metric("auth_failures_total", "counter", "CONNECTs refused by authentication.", self.auth_failures);
-        metric("retained_messages", "gauge", "Retained messages held.", self.retained_messages);
-        metric("subscriptions", "gauge", "Subscriptions held.", self.subscriptions);
+        metric(
+            "uptime_seconds",
+            "gauge",
+            "Seconds since the broker started.",
+            self.uptime_secs,
+        );
+        metric(
+            "clients_connected",
+            "gauge",
+            "Clients connected now.",
+            self.clients_connected,
+        );
+        metric(
+            "sessions",
+            "gauge",
+            "Sessions held, connected or not.",
+            self.sessions,
+        );
+        metric(
+            "connections_total",
+            "counter",
+            "Connections accepted.",
+            self.connections_total,
+        );
+        metric(
+            "packets_received_total",
+            "counter",
+            "Control packets received.",
+            self.messages_received,
+        );
+        metric(
+            "packets_sent_total",
+            "counter",
+            "Control packets sent.",
+            self.messages_sent,
+        );
+        metric(
+            "publish_received_total",
+            "counter",
+            "PUBLISH packets received.",
+            self.publish_received,
+        );
+        metric(
+            "publish_sent_total",
+            "counter",
+            "PUBLISH packets sent.",
+            self.publish_sent,
+        );
+        metric(
+            "publish_dropped_total",
+            "counter",
+            "Messages dropped by full queues, expiry or size.",
+            self.messages_dropped,
+        );
+        metric(
+            "received_bytes_total",
+            "counter",
+            "Bytes read from clients.",
+            self.bytes_received,
+        );
+        metric(
+            "sent_bytes_total",
+            "counter",
+            "Bytes written to clients.",
+            self.bytes_sent,
+        );
+        metric(
+            "malformed_packets_total",
+            "counter",
+            "Connections closed for a malformed packet or protocol error.",
+            self.malformed_packets,
+        );
+        metric(
+            "auth_failures_total",
+            "counter",
+            "CONNECTs refused by authentication.",
+            self.auth_failures,
+        );
+        metric(
+            "retained_messages",
+            "gauge",
+            "Retained messages held.",
+            self.retained_messages,
+        );
+        metric(
+            "subscriptions",
+            "gauge",
+            "Subscriptions held.",
+            self.subscriptions,
+        );
         out
     }
 }

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use mqtt::topic::SharedFilter;
 use mqtt::SubscriptionOptions;
+use mqtt::topic::SharedFilter;
 
 /// What a client asked for with one topic filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,10 +123,13 @@ impl<K: Clone + Eq + Hash> SubscriptionTree<K> {
         let replaced = match group {
             None => node.subscribers.insert(subscriber, subscription).is_some(),
             Some(group) => {
-                let group = node.shared.entry(group.into()).or_insert_with(|| SharedGroup {
-                    members: Vec::new(),
-                    next: AtomicUsize::new(0),
-                });
+                let group = node
+                    .shared
+                    .entry(group.into())
+                    .or_insert_with(|| SharedGroup {
+                        members: Vec::new(),
+                        next: AtomicUsize::new(0),
+                    });
                 match group.members.iter_mut().find(|(k, _)| *k == subscriber) {
                     Some(member) => {
                         member.1 = subscription;
@@ -168,7 +171,12 @@ impl<K: Clone + Eq + Hash> SubscriptionTree<K> {
     }
 }
 
-fn remove<K: Eq + Hash>(node: &mut Node<K>, levels: &[&str], group: Option<&str>, subscriber: &K) -> bool {
+fn remove<K: Eq + Hash>(
+    node: &mut Node<K>,
+    levels: &[&str],
+    group: Option<&str>,
+    subscriber: &K,
+) -> bool {
     match levels.split_first() {
         None => match group {
             None => node.subscribers.remove(subscriber).is_some(),
@@ -225,15 +233,14 @@ fn walk<'a, K>(
         emit(node, visit);
         return;
     };
-    if wildcards_allowed {
-        if let Some(plus) = node.children.get("+") {
-            walk(plus, rest, depth + 1, dollar, visit);
-        }
+    if wildcards_allowed && let Some(plus) = node.children.get("+") {
+        walk(plus, rest, depth + 1, dollar, visit);
     }
-    if *level != "+" && *level != "#" {
-        if let Some(child) = node.children.get(*level) {
-            walk(child, rest, depth + 1, dollar, visit);
-        }
+    if *level != "+"
+        && *level != "#"
+        && let Some(child) = node.children.get(*level)
+    {
+        walk(child, rest, depth + 1, dollar, visit);
     }
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use broker::{
-    Action, AuthConversation, AuthStep, Authenticator, BoxFuture, ClientIdentity, ConnectRequest, FileAuthenticator,
-    ListenerKind, TlsFiles,
+    Action, AuthConversation, AuthStep, Authenticator, BoxFuture, ClientIdentity, ConnectRequest,
+    FileAuthenticator, ListenerKind, TlsFiles,
 };
 use bytes::Bytes;
 use common::*;
@@ -48,7 +48,8 @@ async fn password_file_decides_who_connects() {
     // [MQTT-3.2.2-?] bad password: 0x86 in 5.0, return code 4 in 3.1.1.
     let (_c, ack) = Client::connect_with(b.tcp, &with_login(Conn::v5("a"), "alice", "nope")).await;
     assert_eq!(ack.reason, ReasonCode::BadUserNameOrPassword);
-    let (_c, ack) = Client::connect_with(b.tcp, &with_login(Conn::v311("a"), "alice", "nope")).await;
+    let (_c, ack) =
+        Client::connect_with(b.tcp, &with_login(Conn::v311("a"), "alice", "nope")).await;
     assert_eq!(ack.reason, ReasonCode::BadUserNameOrPassword);
     let (_c, ack) = Client::connect_with(b.tcp, &with_login(Conn::v5("a"), "mallory", "x")).await;
     assert_eq!(ack.reason, ReasonCode::BadUserNameOrPassword);
@@ -63,21 +64,55 @@ async fn password_file_decides_who_connects() {
 async fn acl_file_decides_what_clients_do() {
     let dir = tempfile::tempdir().expect("tempdir");
     let b = start_with(quick_settings(), file_auth(dir.path())).await;
-    let (mut bob, _) = Client::connect(b.tcp, &with_login(Conn::v5("bob-dev"), "bob", "bob-pw")).await;
-    assert_eq!(bob.subscribe("fleet/#", QoS::AtLeastOnce).await, ReasonCode::GrantedQoS1);
-    assert_eq!(bob.subscribe("secret/#", QoS::AtLeastOnce).await, ReasonCode::NotAuthorized);
-    assert_eq!(bob.publish("fleet/x", b"no", QoS::AtLeastOnce, false).await, ReasonCode::NotAuthorized);
+    let (mut bob, _) =
+        Client::connect(b.tcp, &with_login(Conn::v5("bob-dev"), "bob", "bob-pw")).await;
+    assert_eq!(
+        bob.subscribe("fleet/#", QoS::AtLeastOnce).await,
+        ReasonCode::GrantedQoS1
+    );
+    assert_eq!(
+        bob.subscribe("secret/#", QoS::AtLeastOnce).await,
+        ReasonCode::NotAuthorized
+    );
+    assert_eq!(
+        bob.publish("fleet/x", b"no", QoS::AtLeastOnce, false).await,
+        ReasonCode::NotAuthorized
+    );
     // The pattern rule: each client under its own id.
-    assert_eq!(bob.publish("dwr/311/bob-dev/status", b"ok", QoS::AtLeastOnce, false).await, ReasonCode::NoMatchingSubscribers);
-    assert_eq!(bob.publish("dwr/311/other/status", b"no", QoS::AtLeastOnce, false).await, ReasonCode::NotAuthorized);
-    let (mut alice, _) = Client::connect(b.tcp, &with_login(Conn::v311("alice-app"), "alice", "alice-pw")).await;
-    alice.publish("fleet/x", b"yes", QoS::AtLeastOnce, false).await;
+    assert_eq!(
+        bob.publish("dwr/311/bob-dev/status", b"ok", QoS::AtLeastOnce, false)
+            .await,
+        ReasonCode::NoMatchingSubscribers
+    );
+    assert_eq!(
+        bob.publish("dwr/311/other/status", b"no", QoS::AtLeastOnce, false)
+            .await,
+        ReasonCode::NotAuthorized
+    );
+    let (mut alice, _) = Client::connect(
+        b.tcp,
+        &with_login(Conn::v311("alice-app"), "alice", "alice-pw"),
+    )
+    .await;
+    alice
+        .publish("fleet/x", b"yes", QoS::AtLeastOnce, false)
+        .await;
     assert_eq!(&bob.recv_publish().await.payload[..], b"yes");
     // 3.1.1 has no negative PUBACK: acknowledged, not delivered [MQTT-3.3.5-2].
-    let (mut bob311, _) = Client::connect(b.tcp, &with_login(Conn::v311("bob-311"), "bob", "bob-pw")).await;
-    assert_eq!(bob311.subscribe("secret/#", QoS::AtLeastOnce).await, ReasonCode::UnspecifiedError);
-    assert_eq!(bob311.publish("fleet/y", b"dropped", QoS::AtLeastOnce, false).await, ReasonCode::Success);
-    bob.expect_silence(std::time::Duration::from_millis(200)).await;
+    let (mut bob311, _) =
+        Client::connect(b.tcp, &with_login(Conn::v311("bob-311"), "bob", "bob-pw")).await;
+    assert_eq!(
+        bob311.subscribe("secret/#", QoS::AtLeastOnce).await,
+        ReasonCode::UnspecifiedError
+    );
+    assert_eq!(
+        bob311
+            .publish("fleet/y", b"dropped", QoS::AtLeastOnce, false)
+            .await,
+        ReasonCode::Success
+    );
+    bob.expect_silence(std::time::Duration::from_millis(200))
+        .await;
 }
 
 /// A two-step challenge: the client sends "hello", the server answers with a
@@ -85,7 +120,10 @@ async fn acl_file_decides_what_clients_do() {
 struct Challenge;
 
 impl Authenticator for Challenge {
-    fn authenticate<'a>(&'a self, _request: &'a ConnectRequest) -> BoxFuture<'a, Result<ClientIdentity, ReasonCode>> {
+    fn authenticate<'a>(
+        &'a self,
+        _request: &'a ConnectRequest,
+    ) -> BoxFuture<'a, Result<ClientIdentity, ReasonCode>> {
         Box::pin(async { Err(ReasonCode::NotAuthorized) })
     }
 
@@ -139,31 +177,48 @@ async fn enhanced_authentication_runs_through_the_hook() {
     match c.recv().await {
         Some(Packet::Auth(a)) => {
             assert_eq!(a.reason, ReasonCode::ContinueAuthentication);
-            assert_eq!(a.properties.authentication_data.as_deref(), Some(&b"nonce"[..]));
+            assert_eq!(
+                a.properties.authentication_data.as_deref(),
+                Some(&b"nonce"[..])
+            );
         }
         other => panic!("{other:?}"),
     }
-    c.send(&auth_packet(ReasonCode::ContinueAuthentication, b"ecnon")).await;
+    c.send(&auth_packet(ReasonCode::ContinueAuthentication, b"ecnon"))
+        .await;
     match c.recv().await {
         Some(Packet::ConnAck(ack)) => {
             assert_eq!(ack.reason, ReasonCode::Success);
-            assert_eq!(ack.properties.authentication_method.as_deref(), Some("REVERSE"));
-            assert_eq!(ack.properties.authentication_data.as_deref(), Some(&b"welcome"[..]));
+            assert_eq!(
+                ack.properties.authentication_method.as_deref(),
+                Some("REVERSE")
+            );
+            assert_eq!(
+                ack.properties.authentication_data.as_deref(),
+                Some(&b"welcome"[..])
+            );
         }
         other => panic!("{other:?}"),
     }
     // Re-authentication on the open connection.
-    c.send(&auth_packet(ReasonCode::ReAuthenticate, b"hello")).await;
-    assert!(matches!(c.recv().await, Some(Packet::Auth(a)) if a.reason == ReasonCode::ContinueAuthentication));
-    c.send(&auth_packet(ReasonCode::ContinueAuthentication, b"ecnon")).await;
+    c.send(&auth_packet(ReasonCode::ReAuthenticate, b"hello"))
+        .await;
+    assert!(
+        matches!(c.recv().await, Some(Packet::Auth(a)) if a.reason == ReasonCode::ContinueAuthentication)
+    );
+    c.send(&auth_packet(ReasonCode::ContinueAuthentication, b"ecnon"))
+        .await;
     assert!(matches!(c.recv().await, Some(Packet::Auth(a)) if a.reason == ReasonCode::Success));
 
     // A wrong answer is refused in CONNACK.
     let mut c = Client::open(b.tcp, ProtocolVersion::V5).await;
     c.send(&conn.packet()).await;
     c.recv().await;
-    c.send(&auth_packet(ReasonCode::ContinueAuthentication, b"wrong")).await;
-    assert!(matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.reason == ReasonCode::NotAuthorized));
+    c.send(&auth_packet(ReasonCode::ContinueAuthentication, b"wrong"))
+        .await;
+    assert!(
+        matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.reason == ReasonCode::NotAuthorized)
+    );
     // An unknown method: 0x8C.
     conn.properties.authentication_method = Some("OTHER".into());
     let (_c, ack) = Client::connect_with(b.tcp, &conn).await;
@@ -177,7 +232,10 @@ struct CertificateAuth {
 }
 
 impl Authenticator for CertificateAuth {
-    fn authenticate<'a>(&'a self, request: &'a ConnectRequest) -> BoxFuture<'a, Result<ClientIdentity, ReasonCode>> {
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a ConnectRequest,
+    ) -> BoxFuture<'a, Result<ClientIdentity, ReasonCode>> {
         Box::pin(async move {
             self.seen
                 .lock()
@@ -242,9 +300,14 @@ async fn mutual_tls_passes_the_client_certificate_to_the_authenticator() {
         seen: Mutex::new(Vec::new()),
     });
     let broker = broker::Broker::new(quick_settings(), auth.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    broker.serve(listener, ListenerKind::Tls(tls.acceptor().expect("acceptor")));
+    broker.serve(
+        listener,
+        ListenerKind::Tls(tls.acceptor().expect("acceptor")),
+    );
 
     // rumqttc over TLS with the client certificate.
     let mut roots = rustls::RootCertStore::empty();
@@ -253,13 +316,14 @@ async fn mutual_tls_passes_the_client_certificate_to_the_authenticator() {
         .with_root_certificates(roots)
         .with_client_auth_cert(
             vec![client.der().clone()],
-            rustls::pki_types::PrivateKeyDer::try_from(client_key.serialize_der()).expect("key der"),
+            rustls::pki_types::PrivateKeyDer::try_from(client_key.serialize_der())
+                .expect("key der"),
         )
         .expect("client config");
     let mut options = rumqttc::MqttOptions::new("device-1", "localhost", addr.port());
-    options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
-        Arc::new(client_config),
-    )));
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(Arc::new(client_config)),
+    ));
     // "localhost" must resolve to the loopback listener.
     let (client_handle, mut events) = rumqttc::AsyncClient::new(options, 10);
     client_handle
@@ -282,7 +346,10 @@ async fn mutual_tls_passes_the_client_certificate_to_the_authenticator() {
     .await
     .expect("message over TLS");
     assert_eq!(&received.payload[..], b"over tls");
-    assert_eq!(auth.seen.lock().expect("lock").first().cloned().flatten(), Some(fingerprint));
+    assert_eq!(
+        auth.seen.lock().expect("lock").first().cloned().flatten(),
+        Some(fingerprint)
+    );
 
     // Without a client certificate the handshake is refused.
     let mut roots = rustls::RootCertStore::empty();
@@ -291,9 +358,9 @@ async fn mutual_tls_passes_the_client_certificate_to_the_authenticator() {
         .with_root_certificates(roots)
         .with_no_client_auth();
     let mut options = rumqttc::MqttOptions::new("intruder", "localhost", addr.port());
-    options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
-        Arc::new(anonymous),
-    )));
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(Arc::new(anonymous)),
+    ));
     let (_h, mut events) = rumqttc::AsyncClient::new(options, 10);
     let outcome = tokio::time::timeout(WAIT, async {
         loop {

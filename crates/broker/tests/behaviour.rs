@@ -14,14 +14,21 @@ use mqtt::*;
 #[tokio::test]
 async fn every_version_connects_on_one_port() {
     let b = start_with(quick_settings(), Arc::new(AllowAll)).await;
-    for version in [ProtocolVersion::V3_1, ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+    for version in [
+        ProtocolVersion::V3_1,
+        ProtocolVersion::V3_1_1,
+        ProtocolVersion::V5,
+    ] {
         let conn = Conn {
             version,
             ..Conn::v5(&format!("c-{version}"))
         };
         let (mut c, ack) = Client::connect(b.tcp, &conn).await;
         assert!(!ack.session_present);
-        assert_eq!(c.subscribe("v/t", QoS::AtLeastOnce).await, ReasonCode::GrantedQoS1);
+        assert_eq!(
+            c.subscribe("v/t", QoS::AtLeastOnce).await,
+            ReasonCode::GrantedQoS1
+        );
         c.publish("v/t", b"x", QoS::AtLeastOnce, false).await;
         assert_eq!(&c.recv_publish().await.payload[..], b"x");
         c.disconnect().await;
@@ -43,10 +50,14 @@ async fn unsupported_protocol_level_gets_connack_0x01() {
     // [MQTT-3.1.2-2]
     let b = start().await;
     let mut c = Client::open(b.tcp, ProtocolVersion::V3_1_1).await;
-    c.send_bytes(&[0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x07, 0x02, 0x00, 0x3C, 0x00, 0x01, b'a'])
-        .await;
+    c.send_bytes(&[
+        0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x07, 0x02, 0x00, 0x3C, 0x00, 0x01, b'a',
+    ])
+    .await;
     match c.recv().await {
-        Some(Packet::ConnAck(ack)) => assert_eq!(ack.reason, ReasonCode::UnsupportedProtocolVersion),
+        Some(Packet::ConnAck(ack)) => {
+            assert_eq!(ack.reason, ReasonCode::UnsupportedProtocolVersion)
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(c.recv().await, None);
@@ -62,7 +73,10 @@ async fn empty_client_id_rules() {
     Client::connect(b.tcp, &Conn::v311("")).await;
     // [MQTT-3.2.2-16] 5.0: the server assigns one and says which.
     let (_c, ack) = Client::connect(b.tcp, &Conn::v5("")).await;
-    let assigned = ack.properties.assigned_client_identifier.expect("assigned id");
+    let assigned = ack
+        .properties
+        .assigned_client_identifier
+        .expect("assigned id");
     assert!(!assigned.is_empty());
 }
 
@@ -123,7 +137,10 @@ async fn takeover_closes_the_old_connection() {
     let b = start().await;
     let (mut first, _) = Client::connect(b.tcp, &Conn::v5("same")).await;
     let (mut second, _) = Client::connect(b.tcp, &Conn::v5("same")).await;
-    assert_eq!(first.expect_closed().await, Some(ReasonCode::SessionTakenOver));
+    assert_eq!(
+        first.expect_closed().await,
+        Some(ReasonCode::SessionTakenOver)
+    );
     second.send(&Packet::PingReq).await;
     assert_eq!(second.recv().await, Some(Packet::PingResp));
 }
@@ -146,9 +163,15 @@ async fn keepalive_expiry_closes_and_publishes_the_will() {
     let started = std::time::Instant::now();
     let (mut sleepy, _) = Client::connect(b.tcp, &conn).await;
     let will = watcher.recv_publish().await;
-    assert_eq!((&will.topic[..], &will.payload[..]), ("wills/sleepy", &b"gone"[..]));
+    assert_eq!(
+        (&will.topic[..], &will.payload[..]),
+        ("wills/sleepy", &b"gone"[..])
+    );
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(1400), "closed after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "closed after {waited:?}"
+    );
     assert_eq!(sleepy.recv().await, None);
 }
 
@@ -170,8 +193,10 @@ async fn normal_disconnect_deletes_the_will_and_0x04_sends_it() {
     c.disconnect().await;
     watcher.expect_silence(Duration::from_millis(300)).await;
     let (mut c, _) = Client::connect(b.tcp, &conn).await;
-    c.send(&Packet::Disconnect(Disconnect::new(ReasonCode::DisconnectWithWillMessage)))
-        .await;
+    c.send(&Packet::Disconnect(Disconnect::new(
+        ReasonCode::DisconnectWithWillMessage,
+    )))
+    .await;
     assert_eq!(&watcher.recv_publish().await.payload[..], b"bye");
 }
 
@@ -182,8 +207,10 @@ async fn will_delay_is_cancelled_by_a_reconnect_in_time() {
     let (mut watcher, _) = Client::connect(b.tcp, &Conn::v5("w3")).await;
     watcher.subscribe("wills/#", QoS::AtMostOnce).await;
     let mut conn = Conn::v5("delayed").persistent(30);
-    let mut will_props = Properties::default();
-    will_props.will_delay_interval = Some(1);
+    let will_props = Properties {
+        will_delay_interval: Some(1),
+        ..Properties::default()
+    };
     conn.will = Some(Will {
         topic: "wills/delayed".into(),
         payload: Bytes::from_static(b"late"),
@@ -222,7 +249,10 @@ async fn qos1_is_redelivered_with_dup_on_reconnect() {
     assert!(ack.session_present);
     let again = sub.recv_publish().await;
     assert!(again.dup, "redelivery carries DUP");
-    assert_eq!((again.packet_id, &again.payload[..]), (first.packet_id, &b"once"[..]));
+    assert_eq!(
+        (again.packet_id, &again.payload[..]),
+        (first.packet_id, &b"once"[..])
+    );
     sub.expect_silence(Duration::from_millis(200)).await;
 }
 
@@ -239,10 +269,14 @@ async fn qos2_duplicate_before_pubrel_is_delivered_once() {
     publish.dup = true;
     p.send(&Packet::Publish(publish.clone())).await;
     assert!(matches!(p.recv().await, Some(Packet::PubRec(r)) if r.packet_id == publish.packet_id));
-    p.send(&Packet::PubRel(PubResponse::new(publish.packet_id))).await;
+    p.send(&Packet::PubRel(PubResponse::new(publish.packet_id)))
+        .await;
     assert!(matches!(p.recv().await, Some(Packet::PubComp(_))));
     let got = sub.recv_publish().await;
-    assert_eq!((got.qos, &got.payload[..]), (QoS::ExactlyOnce, &b"exactly"[..]));
+    assert_eq!(
+        (got.qos, &got.payload[..]),
+        (QoS::ExactlyOnce, &b"exactly"[..])
+    );
     sub.expect_silence(Duration::from_millis(300)).await;
 }
 
@@ -253,7 +287,10 @@ async fn pubrel_for_unknown_id_is_answered() {
     let (mut c, _) = Client::connect(b.tcp, &Conn::v5("unknown-rel")).await;
     c.send(&Packet::PubRel(PubResponse::new(77))).await;
     match c.recv().await {
-        Some(Packet::PubComp(r)) => assert_eq!((r.packet_id, r.reason), (77, ReasonCode::PacketIdentifierNotFound)),
+        Some(Packet::PubComp(r)) => assert_eq!(
+            (r.packet_id, r.reason),
+            (77, ReasonCode::PacketIdentifierNotFound)
+        ),
         other => panic!("{other:?}"),
     }
 }
@@ -274,13 +311,29 @@ async fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
     // [MQTT-3.3.4-2] [MQTT-3.3.4-3]
     let b = start().await;
     let (mut sub, _) = Client::connect(b.tcp, &Conn::v5("overlap")).await;
-    let mut props = Properties::default();
-    props.subscription_identifiers = vec![5];
-    sub.subscribe_with("o/+", SubscriptionOptions { qos: QoS::AtMostOnce, ..Default::default() }, props.clone())
-        .await;
+    let mut props = Properties {
+        subscription_identifiers: vec![5],
+        ..Properties::default()
+    };
+    sub.subscribe_with(
+        "o/+",
+        SubscriptionOptions {
+            qos: QoS::AtMostOnce,
+            ..Default::default()
+        },
+        props.clone(),
+    )
+    .await;
     props.subscription_identifiers = vec![9];
-    sub.subscribe_with("o/#", SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() }, props)
-        .await;
+    sub.subscribe_with(
+        "o/#",
+        SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        },
+        props,
+    )
+    .await;
     let (mut p, _) = Client::connect(b.tcp, &Conn::v5("overlap-pub")).await;
     p.publish("o/x", b"x", QoS::ExactlyOnce, false).await;
     let got = sub.recv_publish().await;
@@ -299,7 +352,11 @@ async fn messages_on_one_topic_arrive_in_order() {
     sub.subscribe("ord/t", QoS::AtLeastOnce).await;
     let (mut p, _) = Client::connect(b.tcp, &Conn::v5("order-pub")).await;
     for i in 0..200u32 {
-        let qos = if i % 2 == 0 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
+        let qos = if i % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
         let packet = p.publish_packet("ord/t", &i.to_be_bytes(), qos, false);
         p.send(&Packet::Publish(packet)).await;
     }
@@ -345,13 +402,33 @@ async fn retain_handling_and_retain_as_published() {
         retain_as_published: rap,
         no_local: false,
     };
-    s.subscribe_with("rh/t", opts(RetainHandling::DoNotSend, false), Properties::default()).await;
+    s.subscribe_with(
+        "rh/t",
+        opts(RetainHandling::DoNotSend, false),
+        Properties::default(),
+    )
+    .await;
     s.expect_silence(Duration::from_millis(200)).await;
-    s.subscribe_with("rh/+", opts(RetainHandling::SendAtSubscribeIfNew, true), Properties::default()).await;
+    s.subscribe_with(
+        "rh/+",
+        opts(RetainHandling::SendAtSubscribeIfNew, true),
+        Properties::default(),
+    )
+    .await;
     assert!(s.recv_publish().await.retain);
-    s.subscribe_with("rh/+", opts(RetainHandling::SendAtSubscribeIfNew, true), Properties::default()).await;
+    s.subscribe_with(
+        "rh/+",
+        opts(RetainHandling::SendAtSubscribeIfNew, true),
+        Properties::default(),
+    )
+    .await;
     s.expect_silence(Duration::from_millis(200)).await;
-    s.subscribe_with("rh/+", opts(RetainHandling::SendAtSubscribe, true), Properties::default()).await;
+    s.subscribe_with(
+        "rh/+",
+        opts(RetainHandling::SendAtSubscribe, true),
+        Properties::default(),
+    )
+    .await;
     assert!(s.recv_publish().await.retain);
     p.publish("rh/t", b"live", QoS::AtMostOnce, true).await;
     let live = s.recv_publish().await;
@@ -365,10 +442,20 @@ async fn dollar_topics_are_not_matched_by_leading_wildcards() {
     let (mut s, _) = Client::connect(b.tcp, &Conn::v5("dollar")).await;
     s.subscribe("#", QoS::AtMostOnce).await;
     s.subscribe("+/broker/#", QoS::AtMostOnce).await;
-    b.broker.publish(Message::new("$SYS/broker/test", Bytes::from_static(b"x"), QoS::AtMostOnce, false));
+    b.broker.publish(Message::new(
+        "$SYS/broker/test",
+        Bytes::from_static(b"x"),
+        QoS::AtMostOnce,
+        false,
+    ));
     s.expect_silence(Duration::from_millis(200)).await;
     s.subscribe("$SYS/broker/test", QoS::AtMostOnce).await;
-    b.broker.publish(Message::new("$SYS/broker/test", Bytes::from_static(b"y"), QoS::AtMostOnce, false));
+    b.broker.publish(Message::new(
+        "$SYS/broker/test",
+        Bytes::from_static(b"y"),
+        QoS::AtMostOnce,
+        false,
+    ));
     assert_eq!(&s.recv_publish().await.payload[..], b"y");
 }
 
@@ -376,7 +463,11 @@ async fn dollar_topics_are_not_matched_by_leading_wildcards() {
 async fn clients_cannot_publish_into_sys() {
     let b = start().await;
     let (mut c, _) = Client::connect(b.tcp, &Conn::v5("sys-writer")).await;
-    assert_eq!(c.publish("$SYS/broker/uptime", b"0", QoS::AtLeastOnce, false).await, ReasonCode::NotAuthorized);
+    assert_eq!(
+        c.publish("$SYS/broker/uptime", b"0", QoS::AtLeastOnce, false)
+            .await,
+        ReasonCode::NotAuthorized
+    );
 }
 
 #[tokio::test]
@@ -393,13 +484,19 @@ async fn shared_subscription_gives_each_message_to_one_member() {
     }
     let mut seen = Vec::new();
     for client in [&mut a, &mut c] {
-        while let Ok(Some(Packet::Publish(got))) = client.recv_within(Duration::from_millis(300)).await {
+        while let Ok(Some(Packet::Publish(got))) =
+            client.recv_within(Duration::from_millis(300)).await
+        {
             client.ack(&got).await;
             seen.push(got.payload[0]);
         }
     }
     seen.sort();
-    assert_eq!(seen, (0..10).collect::<Vec<u8>>(), "each message exactly once across the group");
+    assert_eq!(
+        seen,
+        (0..10).collect::<Vec<u8>>(),
+        "each message exactly once across the group"
+    );
 }
 
 #[tokio::test]
@@ -415,7 +512,9 @@ async fn no_local_keeps_own_messages_away() {
     c.publish("nl/t", b"mine", QoS::AtMostOnce, false).await;
     c.expect_silence(Duration::from_millis(200)).await;
     let (mut other, _) = Client::connect(b.tcp, &Conn::v5("other")).await;
-    other.publish("nl/t", b"theirs", QoS::AtMostOnce, false).await;
+    other
+        .publish("nl/t", b"theirs", QoS::AtMostOnce, false)
+        .await;
     assert_eq!(&c.recv_publish().await.payload[..], b"theirs");
 }
 
@@ -439,7 +538,14 @@ async fn topic_aliases_both_ways() {
     assert_eq!(one.topic, "al/long/topic");
     let alias = one.properties.topic_alias.expect("server sets an alias");
     let two = s.recv_publish().await;
-    assert_eq!((two.topic.as_str(), two.properties.topic_alias, &two.payload[..]), ("", Some(alias), &b"2"[..]));
+    assert_eq!(
+        (
+            two.topic.as_str(),
+            two.properties.topic_alias,
+            &two.payload[..]
+        ),
+        ("", Some(alias), &b"2"[..])
+    );
     // [MQTT-3.3.2-9] an alias above the maximum closes the connection.
     let mut bad = p.publish_packet("al/x", b"3", QoS::AtMostOnce, false);
     bad.properties.topic_alias = Some(u16::MAX);
@@ -476,8 +582,11 @@ async fn message_expiry_drops_stale_messages_and_counts_down() {
     let (mut s, _) = Client::connect(b.tcp, &conn).await;
     let got = s.recv_publish().await;
     assert_eq!(&got.payload[..], b"fresh");
-    let left = got.properties.message_expiry_interval.expect("expiry forwarded");
-    assert!(left < 100 && left >= 98, "remaining expiry {left}");
+    let left = got
+        .properties
+        .message_expiry_interval
+        .expect("expiry forwarded");
+    assert!((98..100).contains(&left), "remaining expiry {left}");
     s.expect_silence(Duration::from_millis(200)).await;
 }
 
@@ -493,7 +602,11 @@ async fn properties_pass_through_unaltered() {
     packet.properties.content_type = Some("text/plain".into());
     packet.properties.response_topic = Some("props/reply".into());
     packet.properties.correlation_data = Some(Bytes::from_static(b"\x01\x02"));
-    packet.properties.user_properties = vec![("a".into(), "1".into()), ("a".into(), "2".into()), ("b".into(), "3".into())];
+    packet.properties.user_properties = vec![
+        ("a".into(), "1".into()),
+        ("a".into(), "2".into()),
+        ("b".into(), "3".into()),
+    ];
     let sent = packet.properties.clone();
     p.publish_full(packet).await;
     let got = s.recv_publish().await.properties;
@@ -501,7 +614,10 @@ async fn properties_pass_through_unaltered() {
     assert_eq!(got.content_type, sent.content_type);
     assert_eq!(got.response_topic, sent.response_topic);
     assert_eq!(got.correlation_data, sent.correlation_data);
-    assert_eq!(got.user_properties, sent.user_properties, "order kept [MQTT-3.3.2-18]");
+    assert_eq!(
+        got.user_properties, sent.user_properties,
+        "order kept [MQTT-3.3.2-18]"
+    );
 }
 
 #[tokio::test]
@@ -511,14 +627,21 @@ async fn invalid_utf8_payload_with_format_indicator_is_refused() {
     let (mut p, _) = Client::connect(b.tcp, &Conn::v5("pfi")).await;
     let mut packet = p.publish_packet("pfi/t", &[0xFF, 0xFE], QoS::AtLeastOnce, false);
     packet.properties.payload_format_indicator = Some(1);
-    assert_eq!(p.publish_full(packet).await, ReasonCode::PayloadFormatInvalid);
+    assert_eq!(
+        p.publish_full(packet).await,
+        ReasonCode::PayloadFormatInvalid
+    );
 }
 
 #[tokio::test]
 async fn puback_says_when_nobody_subscribed() {
     let b = start().await;
     let (mut p, _) = Client::connect(b.tcp, &Conn::v5("lonely")).await;
-    assert_eq!(p.publish("nobody/here", b"x", QoS::AtLeastOnce, false).await, ReasonCode::NoMatchingSubscribers);
+    assert_eq!(
+        p.publish("nobody/here", b"x", QoS::AtLeastOnce, false)
+            .await,
+        ReasonCode::NoMatchingSubscribers
+    );
 }
 
 #[tokio::test]
@@ -530,7 +653,8 @@ async fn client_maximum_packet_size_is_respected() {
     let (mut s, _) = Client::connect(b.tcp, &conn).await;
     s.subscribe("size/t", QoS::AtLeastOnce).await;
     let (mut p, _) = Client::connect(b.tcp, &Conn::v5("size-pub")).await;
-    p.publish("size/t", &[7u8; 500], QoS::AtLeastOnce, false).await;
+    p.publish("size/t", &[7u8; 500], QoS::AtLeastOnce, false)
+        .await;
     p.publish("size/t", b"small", QoS::AtLeastOnce, false).await;
     assert_eq!(&s.recv_publish().await.payload[..], b"small");
 }
@@ -624,10 +748,14 @@ async fn offline_queue_is_bounded_and_drops_oldest() {
         p.publish("q/t", &[i], QoS::AtLeastOnce, false).await;
     }
     let (mut s, _) = Client::connect(b.tcp, &conn).await;
-    let got: Vec<u8> = [s.recv_publish().await, s.recv_publish().await, s.recv_publish().await]
-        .iter()
-        .map(|p| p.payload[0])
-        .collect();
+    let got: Vec<u8> = [
+        s.recv_publish().await,
+        s.recv_publish().await,
+        s.recv_publish().await,
+    ]
+    .iter()
+    .map(|p| p.payload[0])
+    .collect();
     assert_eq!(got, [7, 8, 9]);
     assert_eq!(b.broker.stats().messages_dropped, 7);
 }
@@ -669,7 +797,8 @@ async fn one_mebibyte_payloads_arrive_intact() {
     s.subscribe("big/#", QoS::ExactlyOnce).await;
     let (mut p, _) = Client::connect(b.tcp, &Conn::v5("big-pub")).await;
     let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
-    p.publish("big/one", &payload, QoS::ExactlyOnce, false).await;
+    p.publish("big/one", &payload, QoS::ExactlyOnce, false)
+        .await;
     let got = s.recv_publish().await;
     assert_eq!(got.payload.len(), payload.len());
     assert!(got.payload[..] == payload[..]);
@@ -690,7 +819,10 @@ async fn unsubscribe_reports_what_existed() {
     match c.recv().await {
         Some(Packet::UnsubAck(ack)) => {
             assert_eq!(ack.packet_id, 9);
-            assert_eq!(ack.reasons, [ReasonCode::Success, ReasonCode::NoSubscriptionExisted]);
+            assert_eq!(
+                ack.reasons,
+                [ReasonCode::Success, ReasonCode::NoSubscriptionExisted]
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -743,13 +875,18 @@ async fn graceful_shutdown_sends_wills_and_0x8b() {
     let shutdown = tokio::spawn(async move { broker.shutdown().await });
     let will = watcher.recv_publish().await;
     assert_eq!(&will.payload[..], b"offline");
-    assert_eq!(watcher.expect_closed().await, Some(ReasonCode::ServerShuttingDown));
+    assert_eq!(
+        watcher.expect_closed().await,
+        Some(ReasonCode::ServerShuttingDown)
+    );
     assert_eq!(dev.recv().await, None);
     shutdown.await.expect("shutdown");
-    assert!(tokio::net::TcpStream::connect(b.tcp).await.is_err() || {
-        let (_c, ack) = Client::connect_with(b.tcp, &Conn::v5("late")).await;
-        ack.reason.is_error()
-    });
+    assert!(
+        tokio::net::TcpStream::connect(b.tcp).await.is_err() || {
+            let (_c, ack) = Client::connect_with(b.tcp, &Conn::v5("late")).await;
+            ack.reason.is_error()
+        }
+    );
 }
 
 #[tokio::test]
@@ -760,11 +897,18 @@ async fn sys_topics_and_prometheus_figures() {
     };
     let b = start_with(settings, Arc::new(AllowAll)).await;
     let (mut c, _) = Client::connect(b.tcp, &Conn::v5("sys")).await;
-    c.subscribe("$SYS/broker/clients/connected", QoS::AtMostOnce).await;
+    c.subscribe("$SYS/broker/clients/connected", QoS::AtMostOnce)
+        .await;
     let got = c.recv_publish().await;
-    let connected: u64 = std::str::from_utf8(&got.payload).expect("utf8").parse().expect("number");
+    let connected: u64 = std::str::from_utf8(&got.payload)
+        .expect("utf8")
+        .parse()
+        .expect("number");
     assert!(connected >= 1);
     let text = b.broker.stats().prometheus();
-    assert!(text.contains("telemark_broker_clients_connected 1"), "{text}");
+    assert!(
+        text.contains("telemark_broker_clients_connected 1"),
+        "{text}"
+    );
     assert!(text.contains("# TYPE telemark_broker_publish_received_total counter"));
 }

@@ -7,18 +7,25 @@ use bytes::BytesMut;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use mqtt::*;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[tokio::test]
 async fn rumqttc_v311_publish_and_subscribe() {
     let b = start().await;
     let options = rumqttc::MqttOptions::new("rumqttc-311", "127.0.0.1", b.tcp.port());
     let (client, mut events) = rumqttc::AsyncClient::new(options, 10);
-    client.subscribe("interop/311/#", rumqttc::QoS::ExactlyOnce).await.expect("subscribe");
-    for (i, qos) in [rumqttc::QoS::AtMostOnce, rumqttc::QoS::AtLeastOnce, rumqttc::QoS::ExactlyOnce]
-        .into_iter()
-        .enumerate()
+    client
+        .subscribe("interop/311/#", rumqttc::QoS::ExactlyOnce)
+        .await
+        .expect("subscribe");
+    for (i, qos) in [
+        rumqttc::QoS::AtMostOnce,
+        rumqttc::QoS::AtLeastOnce,
+        rumqttc::QoS::ExactlyOnce,
+    ]
+    .into_iter()
+    .enumerate()
     {
         client
             .publish(format!("interop/311/{i}"), qos, false, format!("m{i}"))
@@ -28,7 +35,9 @@ async fn rumqttc_v311_publish_and_subscribe() {
     let mut got = Vec::new();
     tokio::time::timeout(WAIT, async {
         while got.len() < 3 {
-            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = events.poll().await.expect("poll") {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) =
+                events.poll().await.expect("poll")
+            {
                 got.push((p.topic.clone(), p.qos));
             }
         }
@@ -48,12 +57,15 @@ async fn rumqttc_v311_publish_and_subscribe() {
 
 #[tokio::test]
 async fn rumqttc_v5_properties_round_trip() {
-    use rumqttc::v5::mqttbytes::v5::{Packet as P5, PublishProperties};
     use rumqttc::v5::mqttbytes::QoS as Q5;
+    use rumqttc::v5::mqttbytes::v5::{Packet as P5, PublishProperties};
     let b = start().await;
     let options = rumqttc::v5::MqttOptions::new("rumqttc-5", "127.0.0.1", b.tcp.port());
     let (client, mut events) = rumqttc::v5::AsyncClient::new(options, 10);
-    client.subscribe("interop/5/t", Q5::AtLeastOnce).await.expect("subscribe");
+    client
+        .subscribe("interop/5/t", Q5::AtLeastOnce)
+        .await
+        .expect("subscribe");
     let properties = PublishProperties {
         response_topic: Some("interop/5/reply".into()),
         correlation_data: Some(bytes::Bytes::from_static(b"corr-1")),
@@ -67,7 +79,8 @@ async fn rumqttc_v5_properties_round_trip() {
         .expect("publish");
     let publish = tokio::time::timeout(WAIT, async {
         loop {
-            if let rumqttc::v5::Event::Incoming(P5::Publish(p)) = events.poll().await.expect("poll") {
+            if let rumqttc::v5::Event::Incoming(P5::Publish(p)) = events.poll().await.expect("poll")
+            {
                 return p;
             }
         }
@@ -78,30 +91,49 @@ async fn rumqttc_v5_properties_round_trip() {
     assert_eq!(props.response_topic.as_deref(), Some("interop/5/reply"));
     assert_eq!(props.correlation_data.as_deref(), Some(&b"corr-1"[..]));
     assert_eq!(props.content_type.as_deref(), Some("application/json"));
-    assert_eq!(props.user_properties, vec![("device".to_owned(), "00-11-22-33-44-55".to_owned())]);
+    assert_eq!(
+        props.user_properties,
+        vec![("device".to_owned(), "00-11-22-33-44-55".to_owned())]
+    );
 }
 
 #[tokio::test]
 async fn mqtt_over_websocket_with_the_mqtt_subprotocol() {
     // [MQTT-6.0.0-1] binary frames; [MQTT-6.0.0-3] the "mqtt" subprotocol.
     let b = start().await;
-    let mut request = format!("ws://{}/mqtt", b.ws).into_client_request().expect("request");
+    let mut request = format!("ws://{}/mqtt", b.ws)
+        .into_client_request()
+        .expect("request");
     request
         .headers_mut()
         .insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
     let stream = tokio::net::TcpStream::connect(b.ws).await.expect("connect");
-    let (mut ws, response) = tokio_tungstenite::client_async(request, stream).await.expect("upgrade");
+    let (mut ws, response) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .expect("upgrade");
     assert_eq!(
-        response.headers().get("Sec-WebSocket-Protocol").map(|v| v.as_bytes()),
+        response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.as_bytes()),
         Some(&b"mqtt"[..])
     );
     let mut decoder = Decoder::with_version(ProtocolVersion::V5);
     let mut out = BytesMut::new();
-    encode(&Conn::v5("ws-client").packet(), ProtocolVersion::V5, &mut out).expect("encode");
+    encode(
+        &Conn::v5("ws-client").packet(),
+        ProtocolVersion::V5,
+        &mut out,
+    )
+    .expect("encode");
     // A CONNECT split over two frames still decodes [MQTT-6.0.0-2].
     let half = out.len() / 2;
-    ws.send(WsMessage::Binary(out.split_to(half).freeze())).await.expect("send");
-    ws.send(WsMessage::Binary(out.split().freeze())).await.expect("send");
+    ws.send(WsMessage::Binary(out.split_to(half).freeze()))
+        .await
+        .expect("send");
+    ws.send(WsMessage::Binary(out.split().freeze()))
+        .await
+        .expect("send");
     let subscribe = Packet::Subscribe(Subscribe {
         packet_id: 1,
         properties: Properties::default(),
@@ -118,7 +150,9 @@ async fn mqtt_over_websocket_with_the_mqtt_subprotocol() {
     });
     for p in [subscribe, publish] {
         encode(&p, ProtocolVersion::V5, &mut out).expect("encode");
-        ws.send(WsMessage::Binary(out.split().freeze())).await.expect("send");
+        ws.send(WsMessage::Binary(out.split().freeze()))
+            .await
+            .expect("send");
     }
     let mut buf = BytesMut::new();
     let mut seen = Vec::new();
@@ -146,7 +180,13 @@ async fn mqtt_over_websocket_with_the_mqtt_subprotocol() {
 #[tokio::test]
 async fn websocket_on_another_path_is_refused() {
     let b = start().await;
-    let request = format!("ws://{}/other", b.ws).into_client_request().expect("request");
+    let request = format!("ws://{}/other", b.ws)
+        .into_client_request()
+        .expect("request");
     let stream = tokio::net::TcpStream::connect(b.ws).await.expect("connect");
-    assert!(tokio_tungstenite::client_async(request, stream).await.is_err());
+    assert!(
+        tokio_tungstenite::client_async(request, stream)
+            .await
+            .is_err()
+    );
 }

@@ -9,7 +9,12 @@ use mqtt::*;
 
 /// A CONNECT, then `bytes`; expects the given DISCONNECT reason (MQTT 5) or a
 /// plain close (3.1.1).
-async fn check(b: &TestBroker, version: ProtocolVersion, bytes: &[u8], expected: Option<ReasonCode>) {
+async fn check(
+    b: &TestBroker,
+    version: ProtocolVersion,
+    bytes: &[u8],
+    expected: Option<ReasonCode>,
+) {
     let conn = Conn {
         version,
         ..Conn::v5("victim")
@@ -39,7 +44,10 @@ async fn malformed_packets_close_only_their_connection() {
         (&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01], MalformedPacket),
         // [MQTT-2.1.3-1] wrong flags on PUBREL and SUBSCRIBE.
         (&[0x60, 0x02, 0x00, 0x01], MalformedPacket),
-        (&[0x80, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'a', 0x00], MalformedPacket),
+        (
+            &[0x80, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'a', 0x00],
+            MalformedPacket,
+        ),
         // [MQTT-1.5.5-1] five-byte remaining length.
         (&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], MalformedPacket),
         // [MQTT-3.3.2-2] wildcard in the topic name.
@@ -48,21 +56,43 @@ async fn malformed_packets_close_only_their_connection() {
         (&[0x30, 0x05, 0x00, 0x02, 0xC3, 0x28, 0x00], MalformedPacket),
         (&[0x30, 0x05, 0x00, 0x02, b'a', 0x00, 0x00], MalformedPacket),
         // [MQTT-2.2.1-3] packet id 0.
-        (&[0x32, 0x06, 0x00, 0x01, b'a', 0x00, 0x00, 0x00], ProtocolError),
+        (
+            &[0x32, 0x06, 0x00, 0x01, b'a', 0x00, 0x00, 0x00],
+            ProtocolError,
+        ),
         // [MQTT-3.8.3-3] SUBSCRIBE without filters.
         (&[0x82, 0x03, 0x00, 0x01, 0x00], ProtocolError),
         // [MQTT-3.10.3-2] UNSUBSCRIBE without filters.
         (&[0xA2, 0x03, 0x00, 0x01, 0x00], ProtocolError),
         // Retain handling 3 [MQTT-3.8.3.1].
-        (&[0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'a', 0x30], ProtocolError),
+        (
+            &[0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'a', 0x30],
+            ProtocolError,
+        ),
         // [MQTT-4.7.1-2] '#' not last.
-        (&[0x82, 0x09, 0x00, 0x01, 0x00, 0x00, 0x03, b'#', b'/', b'a', 0x00], MalformedPacket),
+        (
+            &[
+                0x82, 0x09, 0x00, 0x01, 0x00, 0x00, 0x03, b'#', b'/', b'a', 0x00,
+            ],
+            MalformedPacket,
+        ),
         // Duplicate property [MQTT-2.2.2-?].
-        (&[0x30, 0x0E, 0x00, 0x01, b'a', 0x0A, 0x02, 0, 0, 0, 1, 0x02, 0, 0, 0, 2], ProtocolError),
+        (
+            &[
+                0x30, 0x0E, 0x00, 0x01, b'a', 0x0A, 0x02, 0, 0, 0, 1, 0x02, 0, 0, 0, 2,
+            ],
+            ProtocolError,
+        ),
         // Property not allowed in PUBLISH.
-        (&[0x30, 0x09, 0x00, 0x01, b'a', 0x05, 0x11, 0, 0, 0, 1], MalformedPacket),
+        (
+            &[0x30, 0x09, 0x00, 0x01, b'a', 0x05, 0x11, 0, 0, 0, 1],
+            MalformedPacket,
+        ),
         // [MQTT-3.3.4-6] subscription identifier from a client.
-        (&[0x30, 0x06, 0x00, 0x01, b'a', 0x02, 0x0B, 0x01], ProtocolError),
+        (
+            &[0x30, 0x06, 0x00, 0x01, b'a', 0x02, 0x0B, 0x01],
+            ProtocolError,
+        ),
         // Reserved packet type 0.
         (&[0x00, 0x00], MalformedPacket),
         // A server-only packet from a client.
@@ -70,7 +100,10 @@ async fn malformed_packets_close_only_their_connection() {
         (&[0x90, 0x04, 0x00, 0x01, 0x00, 0x00], ProtocolError),
         // [MQTT-3.1.0-2] second CONNECT.
         (
-            &[0x10, 0x0E, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3C, 0x00, 0x00, 0x01, b'a'],
+            &[
+                0x10, 0x0E, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3C, 0x00, 0x00,
+                0x01, b'a',
+            ],
             ProtocolError,
         ),
         // PINGREQ with a body.
@@ -80,9 +113,15 @@ async fn malformed_packets_close_only_their_connection() {
         // AUTH without enhanced authentication [MQTT-4.12.0-6]... and with a method.
         (&[0xF0, 0x00], ProtocolError),
         // [MQTT-3.3.2-9] topic alias 0.
-        (&[0x30, 0x07, 0x00, 0x01, b'a', 0x03, 0x23, 0x00, 0x00], TopicAliasInvalid),
+        (
+            &[0x30, 0x07, 0x00, 0x01, b'a', 0x03, 0x23, 0x00, 0x00],
+            TopicAliasInvalid,
+        ),
         // DISCONNECT raising a zero session expiry [MQTT-3.14.2-2].
-        (&[0xE0, 0x07, 0x00, 0x05, 0x11, 0x00, 0x00, 0x00, 0x0A], ProtocolError),
+        (
+            &[0xE0, 0x07, 0x00, 0x05, 0x11, 0x00, 0x00, 0x00, 0x0A],
+            ProtocolError,
+        ),
     ];
     for (bytes, reason) in v5 {
         check(&b, ProtocolVersion::V5, bytes, Some(*reason)).await;
@@ -115,8 +154,8 @@ async fn bad_connects_are_refused() {
     // A malformed MQTT 5 CONNECT (receive maximum 0) gets CONNACK with the reason.
     let mut c = Client::open(b.tcp, ProtocolVersion::V5).await;
     c.send_bytes(&[
-        0x10, 0x11, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3C, 0x03, 0x21, 0x00, 0x00, 0x00,
-        0x01, b'a',
+        0x10, 0x11, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3C, 0x03, 0x21, 0x00,
+        0x00, 0x00, 0x01, b'a',
     ])
     .await;
     match c.recv().await {
@@ -126,8 +165,10 @@ async fn bad_connects_are_refused() {
     assert_eq!(c.recv().await, None);
     // [MQTT-3.1.2-3] reserved flag in a 3.1.1 CONNECT: closed.
     let mut c = Client::open(b.tcp, ProtocolVersion::V3_1_1).await;
-    c.send_bytes(&[0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x03, 0x00, 0x3C, 0x00, 0x01, b'a'])
-        .await;
+    c.send_bytes(&[
+        0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x03, 0x00, 0x3C, 0x00, 0x01, b'a',
+    ])
+    .await;
     assert_eq!(c.recv().await, None);
     // A CONNECT that never completes is dropped after the connect timeout;
     // here the client just goes away half-way.

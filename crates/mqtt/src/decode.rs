@@ -3,7 +3,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::packet::*;
-use crate::topic::{validate_topic_filter, validate_topic_name, SharedFilter};
+use crate::topic::{SharedFilter, validate_topic_filter, validate_topic_name};
 use crate::{DecodeError, Properties, PropertyContext, ProtocolVersion, ReasonCode};
 
 /// A cursor over one packet's body. Slices of it are shared, not copied.
@@ -256,7 +256,7 @@ impl Decoder {
                                 return Err(DecodeError::InvalidReasonCode {
                                     code,
                                     packet: "SUBACK",
-                                })
+                                });
                             }
                         }
                     };
@@ -302,16 +302,19 @@ impl Decoder {
                 })
             }
             PacketType::PingReq => {
-                r.finish().map_err(|_| DecodeError::NonEmptyBody("PINGREQ"))?;
+                r.finish()
+                    .map_err(|_| DecodeError::NonEmptyBody("PINGREQ"))?;
                 Packet::PingReq
             }
             PacketType::PingResp => {
-                r.finish().map_err(|_| DecodeError::NonEmptyBody("PINGRESP"))?;
+                r.finish()
+                    .map_err(|_| DecodeError::NonEmptyBody("PINGRESP"))?;
                 Packet::PingResp
             }
             PacketType::Disconnect => {
                 if !v5 {
-                    r.finish().map_err(|_| DecodeError::NonEmptyBody("DISCONNECT"))?;
+                    r.finish()
+                        .map_err(|_| DecodeError::NonEmptyBody("DISCONNECT"))?;
                     Packet::Disconnect(Disconnect::new(ReasonCode::Success))
                 } else {
                     // [MQTT-3.14.2.1] no reason code means 0x00.
@@ -425,8 +428,16 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     } else {
         None
     };
-    let username = if username_flag { Some(r.string()?) } else { None };
-    let password = if password_flag { Some(r.binary()?) } else { None };
+    let username = if username_flag {
+        Some(r.string()?)
+    } else {
+        None
+    };
+    let password = if password_flag {
+        Some(r.binary()?)
+    } else {
+        None
+    };
     r.finish()?;
     Ok(Connect {
         protocol,

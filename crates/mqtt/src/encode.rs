@@ -3,7 +3,7 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::packet::*;
-use crate::{Properties, ProtocolVersion, ReasonCode, MAX_REMAINING_LENGTH};
+use crate::{MAX_REMAINING_LENGTH, Properties, ProtocolVersion, ReasonCode};
 
 /// A packet that cannot be written: a field is longer than its length prefix
 /// allows, or the whole is longer than a remaining length can say.

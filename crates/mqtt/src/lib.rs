@@ -16,13 +16,13 @@ pub mod topic;
 mod version;
 
 pub use decode::Decoder;
-pub use encode::{encode, EncodeError};
+pub use encode::{EncodeError, encode};
 pub use error::DecodeError;
 pub use packet::{
     Auth, ConnAck, Connect, Disconnect, Packet, PacketType, PubResponse, Publish, QoS,
     RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
-pub use properties::{Properties, PropertyContext, MAX_SUBSCRIPTION_IDENTIFIER};
+pub use properties::{MAX_SUBSCRIPTION_IDENTIFIER, Properties, PropertyContext};
 pub use reason::ReasonCode;
 pub use version::ProtocolVersion;
 

@@ -3,9 +3,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::DecodeError;
 use crate::decode::Reader;
 use crate::encode::{put_binary, put_string, put_var_int, var_int_len};
-use crate::DecodeError;
 
 /// Which packet (or the will) a property list belongs to; decides which
 /// properties are allowed.
@@ -109,13 +109,21 @@ pub const MAX_SUBSCRIPTION_IDENTIFIER: u32 = 268_435_455;
 fn allowed(id: u8, ctx: PropertyContext) -> bool {
     use PropertyContext as C;
     match id {
-        PAYLOAD_FORMAT_INDICATOR | MESSAGE_EXPIRY_INTERVAL | CONTENT_TYPE | RESPONSE_TOPIC
+        PAYLOAD_FORMAT_INDICATOR
+        | MESSAGE_EXPIRY_INTERVAL
+        | CONTENT_TYPE
+        | RESPONSE_TOPIC
         | CORRELATION_DATA => matches!(ctx, C::Publish | C::Will),
         SUBSCRIPTION_IDENTIFIER => matches!(ctx, C::Publish | C::Subscribe),
         SESSION_EXPIRY_INTERVAL => matches!(ctx, C::Connect | C::ConnAck | C::Disconnect),
-        ASSIGNED_CLIENT_IDENTIFIER | SERVER_KEEP_ALIVE | RESPONSE_INFORMATION | MAXIMUM_QOS
-        | RETAIN_AVAILABLE | WILDCARD_SUBSCRIPTION_AVAILABLE
-        | SUBSCRIPTION_IDENTIFIER_AVAILABLE | SHARED_SUBSCRIPTION_AVAILABLE => ctx == C::ConnAck,
+        ASSIGNED_CLIENT_IDENTIFIER
+        | SERVER_KEEP_ALIVE
+        | RESPONSE_INFORMATION
+        | MAXIMUM_QOS
+        | RETAIN_AVAILABLE
+        | WILDCARD_SUBSCRIPTION_AVAILABLE
+        | SUBSCRIPTION_IDENTIFIER_AVAILABLE
+        | SHARED_SUBSCRIPTION_AVAILABLE => ctx == C::ConnAck,
         AUTHENTICATION_METHOD | AUTHENTICATION_DATA => {
             matches!(ctx, C::Connect | C::ConnAck | C::Auth)
         }
@@ -428,8 +436,14 @@ impl Properties {
             put_string(out, v)?;
         }
         int!(maximum_packet_size, MAXIMUM_PACKET_SIZE);
-        byte!(wildcard_subscription_available, WILDCARD_SUBSCRIPTION_AVAILABLE);
-        byte!(subscription_identifier_available, SUBSCRIPTION_IDENTIFIER_AVAILABLE);
+        byte!(
+            wildcard_subscription_available,
+            WILDCARD_SUBSCRIPTION_AVAILABLE
+        );
+        byte!(
+            subscription_identifier_available,
+            SUBSCRIPTION_IDENTIFIER_AVAILABLE
+        );
         byte!(shared_subscription_available, SHARED_SUBSCRIPTION_AVAILABLE);
         Ok(())
     }

@@ -94,10 +94,31 @@ mod tests {
 
     #[test]
     fn filters_follow_the_wildcard_rules() {
-        for ok in ["#", "+", "a/#", "a/+/b", "+/+", "/", "a//b", "$share/g/a/#", "sport/tennis/#"] {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "a/+/b",
+            "+/+",
+            "/",
+            "a//b",
+            "$share/g/a/#",
+            "sport/tennis/#",
+        ] {
             assert!(validate_topic_filter(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a#", "a/#/b", "a+", "a/b+/c", "#/a", "$share/g", "$share//a", "$share/g+/a", "$share/g/"] {
+        for bad in [
+            "",
+            "a#",
+            "a/#/b",
+            "a+",
+            "a/b+/c",
+            "#/a",
+            "$share/g",
+            "$share//a",
+            "$share/g+/a",
+            "$share/g/",
+        ] {
             assert!(validate_topic_filter(bad).is_err(), "{bad}");
         }
     }
@@ -106,7 +127,10 @@ mod tests {
     fn matching_follows_the_spec_examples() {
         // Examples of [MQTT-4.7.1.2] and [MQTT-4.7.1.3].
         assert!(matches("sport/tennis/player1/#", "sport/tennis/player1"));
-        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1/ranking"));
+        assert!(matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/ranking"
+        ));
         assert!(matches("sport/#", "sport"));
         assert!(matches("sport/tennis/+", "sport/tennis/player1"));
         assert!(!matches("sport/tennis/+", "sport/tennis/player1/ranking"));

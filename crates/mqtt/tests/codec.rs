@@ -137,7 +137,10 @@ fn short_forms_of_v5_acks_and_disconnect() {
     assert_eq!(p, Some(Packet::PubAck(PubResponse::new(5))));
     // [MQTT-3.14.2.1] DISCONNECT with remaining length 0 is a normal disconnection.
     let p = decode_as(ProtocolVersion::V5, &[0xE0, 0x00]).expect("valid");
-    assert_eq!(p, Some(Packet::Disconnect(Disconnect::new(ReasonCode::Success))));
+    assert_eq!(
+        p,
+        Some(Packet::Disconnect(Disconnect::new(ReasonCode::Success)))
+    );
     let p = decode_as(ProtocolVersion::V5, &[0xE0, 0x01, 0x04]).expect("valid");
     assert_eq!(
         p,
@@ -155,64 +158,143 @@ fn malformed_packets_are_refused_with_their_reason() {
         // [MQTT-2.1.3-1] PUBREL must have flags 0010.
         (V3_1_1, &[0x60, 0x02, 0x00, 0x01], MalformedPacket),
         // [MQTT-2.1.3-1] SUBSCRIBE flags 0000.
-        (V3_1_1, &[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00], MalformedPacket),
+        (
+            V3_1_1,
+            &[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00],
+            MalformedPacket,
+        ),
         // PINGREQ with flags.
         (V3_1_1, &[0xC1, 0x00], MalformedPacket),
         // [MQTT-1.5.5-1] five bytes of remaining length.
-        (V3_1_1, &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], MalformedPacket),
+        (
+            V3_1_1,
+            &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+            MalformedPacket,
+        ),
         // [MQTT-3.3.1-4] QoS 3.
-        (V3_1_1, &[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01], MalformedPacket),
+        (
+            V3_1_1,
+            &[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01],
+            MalformedPacket,
+        ),
         // [MQTT-3.3.1-2] DUP on QoS 0.
         (V3_1_1, &[0x38, 0x03, 0x00, 0x01, b'a'], MalformedPacket),
         // [MQTT-3.3.2-2] wildcard in a topic name.
         (V3_1_1, &[0x30, 0x03, 0x00, 0x01, b'#'], TopicNameInvalid),
-        (V5, &[0x30, 0x06, 0x00, 0x03, b'a', b'/', b'+', 0x00], TopicNameInvalid),
+        (
+            V5,
+            &[0x30, 0x06, 0x00, 0x03, b'a', b'/', b'+', 0x00],
+            TopicNameInvalid,
+        ),
         // [MQTT-4.7.3-1] empty topic in 3.1.1.
         (V3_1_1, &[0x30, 0x02, 0x00, 0x00], TopicNameInvalid),
         // [MQTT-1.5.4-1] invalid UTF-8.
-        (V3_1_1, &[0x30, 0x04, 0x00, 0x02, 0xC3, 0x28], MalformedPacket),
+        (
+            V3_1_1,
+            &[0x30, 0x04, 0x00, 0x02, 0xC3, 0x28],
+            MalformedPacket,
+        ),
         // [MQTT-1.5.4-2] U+0000 in a string.
-        (V3_1_1, &[0x30, 0x04, 0x00, 0x02, b'a', 0x00], MalformedPacket),
+        (
+            V3_1_1,
+            &[0x30, 0x04, 0x00, 0x02, b'a', 0x00],
+            MalformedPacket,
+        ),
         // [MQTT-2.2.1-3] packet identifier 0 on QoS 1.
-        (V3_1_1, &[0x32, 0x05, 0x00, 0x01, b'a', 0x00, 0x00], ProtocolError),
-        (V3_1_1, &[0x82, 0x06, 0x00, 0x00, 0x00, 0x01, b'a', 0x00], ProtocolError),
+        (
+            V3_1_1,
+            &[0x32, 0x05, 0x00, 0x01, b'a', 0x00, 0x00],
+            ProtocolError,
+        ),
+        (
+            V3_1_1,
+            &[0x82, 0x06, 0x00, 0x00, 0x00, 0x01, b'a', 0x00],
+            ProtocolError,
+        ),
         // [MQTT-3.8.3-3] SUBSCRIBE with no filter.
         (V3_1_1, &[0x82, 0x02, 0x00, 0x01], ProtocolError),
         (V5, &[0x82, 0x03, 0x00, 0x01, 0x00], ProtocolError),
         // [MQTT-3.10.3-2] UNSUBSCRIBE with no filter.
         (V3_1_1, &[0xA2, 0x02, 0x00, 0x01], ProtocolError),
         // [MQTT-3-8.3-4] reserved option bits in 3.1.1.
-        (V3_1_1, &[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x04], MalformedPacket),
+        (
+            V3_1_1,
+            &[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x04],
+            MalformedPacket,
+        ),
         // [MQTT-3.8.3-5] reserved option bits in 5.0.
-        (V5, &[0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'a', 0x40], MalformedPacket),
+        (
+            V5,
+            &[0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'a', 0x40],
+            MalformedPacket,
+        ),
         // QoS 3 in subscription options.
-        (V3_1_1, &[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x03], MalformedPacket),
+        (
+            V3_1_1,
+            &[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x03],
+            MalformedPacket,
+        ),
         // Retain handling 3.
-        (V5, &[0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'a', 0x30], ProtocolError),
+        (
+            V5,
+            &[0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'a', 0x30],
+            ProtocolError,
+        ),
         // [MQTT-4.7.1-2] '#' not last.
-        (V3_1_1, &[0x82, 0x08, 0x00, 0x01, 0x00, 0x03, b'#', b'/', b'a', 0x00], MalformedPacket),
+        (
+            V3_1_1,
+            &[0x82, 0x08, 0x00, 0x01, 0x00, 0x03, b'#', b'/', b'a', 0x00],
+            MalformedPacket,
+        ),
         // [MQTT-4.7.1-3] '+' sharing a level.
-        (V3_1_1, &[0x82, 0x07, 0x00, 0x01, 0x00, 0x02, b'a', b'+', 0x00], MalformedPacket),
+        (
+            V3_1_1,
+            &[0x82, 0x07, 0x00, 0x01, 0x00, 0x02, b'a', b'+', 0x00],
+            MalformedPacket,
+        ),
         // [MQTT-3.8.3-4] no local on a shared subscription.
         (
             V5,
-            &[0x82, 0x10, 0x00, 0x01, 0x00, 0x00, 0x0A, b'$', b's', b'h', b'a', b'r', b'e', b'/', b'g', b'/', b'a', 0x04],
+            &[
+                0x82, 0x10, 0x00, 0x01, 0x00, 0x00, 0x0A, b'$', b's', b'h', b'a', b'r', b'e', b'/',
+                b'g', b'/', b'a', 0x04,
+            ],
             ProtocolError,
         ),
         // [MQTT-2.2.2] duplicate property (two message expiry intervals).
         (
             V5,
-            &[0x30, 0x0E, 0x00, 0x01, b'a', 0x0A, 0x02, 0, 0, 0, 1, 0x02, 0, 0, 0, 2],
+            &[
+                0x30, 0x0E, 0x00, 0x01, b'a', 0x0A, 0x02, 0, 0, 0, 1, 0x02, 0, 0, 0, 2,
+            ],
             ProtocolError,
         ),
         // Property not allowed in PUBLISH (session expiry interval).
-        (V5, &[0x30, 0x09, 0x00, 0x01, b'a', 0x05, 0x11, 0, 0, 0, 1], MalformedPacket),
+        (
+            V5,
+            &[0x30, 0x09, 0x00, 0x01, b'a', 0x05, 0x11, 0, 0, 0, 1],
+            MalformedPacket,
+        ),
         // Unknown property id.
-        (V5, &[0x30, 0x06, 0x00, 0x01, b'a', 0x02, 0x7F, 0x00], MalformedPacket),
+        (
+            V5,
+            &[0x30, 0x06, 0x00, 0x01, b'a', 0x02, 0x7F, 0x00],
+            MalformedPacket,
+        ),
         // Subscription identifier 0.
-        (V5, &[0x82, 0x08, 0x00, 0x01, 0x02, 0x0B, 0x00, 0x00, 0x01, b'a', 0x00], ProtocolError),
+        (
+            V5,
+            &[
+                0x82, 0x08, 0x00, 0x01, 0x02, 0x0B, 0x00, 0x00, 0x01, b'a', 0x00,
+            ],
+            ProtocolError,
+        ),
         // Property length past the end.
-        (V5, &[0x30, 0x05, 0x00, 0x01, b'a', 0x09, 0x01], MalformedPacket),
+        (
+            V5,
+            &[0x30, 0x05, 0x00, 0x01, b'a', 0x09, 0x01],
+            MalformedPacket,
+        ),
         // Reason code not valid for PUBACK.
         (V5, &[0x40, 0x03, 0x00, 0x01, 0x8E], MalformedPacket),
         // PINGREQ with a body.
@@ -228,21 +310,27 @@ fn malformed_packets_are_refused_with_their_reason() {
         // [MQTT-3.1.2-3] CONNECT reserved flag.
         (
             V3_1_1,
-            &[0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x03, 0x00, 0x3C, 0x00, 0x01, b'a'],
+            &[
+                0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x03, 0x00, 0x3C, 0x00, 0x01,
+                b'a',
+            ],
             MalformedPacket,
         ),
         // [MQTT-3.1.2-11] will QoS without will flag.
         (
             V3_1_1,
-            &[0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x0A, 0x00, 0x3C, 0x00, 0x01, b'a'],
+            &[
+                0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x0A, 0x00, 0x3C, 0x00, 0x01,
+                b'a',
+            ],
             MalformedPacket,
         ),
         // [MQTT-3.1.2-14] will QoS 3.
         (
             V3_1_1,
             &[
-                0x10, 0x12, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x1E, 0x00, 0x3C, 0x00, 0x01, b'a', 0x00,
-                0x01, b't', 0x00, 0x00,
+                0x10, 0x12, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x1E, 0x00, 0x3C, 0x00, 0x01,
+                b'a', 0x00, 0x01, b't', 0x00, 0x00,
             ],
             MalformedPacket,
         ),
@@ -250,29 +338,35 @@ fn malformed_packets_are_refused_with_their_reason() {
         (
             V3_1_1,
             &[
-                0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x42, 0x00, 0x3C, 0x00, 0x01, b'a', 0x00,
-                0x01, b'p',
+                0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x42, 0x00, 0x3C, 0x00, 0x01,
+                b'a', 0x00, 0x01, b'p',
             ],
             MalformedPacket,
         ),
         // [MQTT-3.1.2-2] protocol level 6.
         (
             V3_1_1,
-            &[0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x3C, 0x00, 0x01, b'a'],
+            &[
+                0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x3C, 0x00, 0x01,
+                b'a',
+            ],
             UnsupportedProtocolVersion,
         ),
         // [MQTT-3.1.2-1] wrong protocol name.
         (
             V3_1_1,
-            &[0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'X', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x01, b'a'],
+            &[
+                0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'X', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x01,
+                b'a',
+            ],
             UnsupportedProtocolVersion,
         ),
         // Receive maximum 0 in CONNECT.
         (
             V5,
             &[
-                0x10, 0x11, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3C, 0x03, 0x21, 0x00, 0x00,
-                0x00, 0x01, b'a',
+                0x10, 0x11, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x3C, 0x03, 0x21,
+                0x00, 0x00, 0x00, 0x01, b'a',
             ],
             ProtocolError,
         ),
@@ -337,19 +431,16 @@ fn topic_name() -> impl Strategy<Value = String> {
 }
 
 fn topic_filter() -> impl Strategy<Value = String> {
-    prop::collection::vec(
-        prop_oneof![topic_level(), Just("+".to_string())],
-        1..5,
-    )
-    .prop_flat_map(|levels| {
-        (Just(levels), any::<bool>()).prop_map(|(mut levels, hash)| {
-            if hash {
-                levels.push("#".into());
-            }
-            levels.join("/")
+    prop::collection::vec(prop_oneof![topic_level(), Just("+".to_string())], 1..5)
+        .prop_flat_map(|levels| {
+            (Just(levels), any::<bool>()).prop_map(|(mut levels, hash)| {
+                if hash {
+                    levels.push("#".into());
+                }
+                levels.join("/")
+            })
         })
-    })
-    .prop_filter("non-empty", |t| !t.is_empty())
+        .prop_filter("non-empty", |t| !t.is_empty())
 }
 
 fn text() -> impl Strategy<Value = String> {
@@ -435,48 +526,73 @@ fn packet_for(version: ProtocolVersion) -> BoxedStrategy<Packet> {
         any::<bool>(),
         any::<u16>(),
         "[a-zA-Z0-9]{0,23}",
-        prop::option::of((topic_name(), prop::collection::vec(any::<u8>(), 0..16), qos(), any::<bool>(), prop::option::of(any::<u32>()))),
+        prop::option::of((
+            topic_name(),
+            prop::collection::vec(any::<u8>(), 0..16),
+            qos(),
+            any::<bool>(),
+            prop::option::of(any::<u32>()),
+        )),
         prop::option::of(text()),
         prop::option::of(prop::collection::vec(any::<u8>(), 0..16)),
         prop::option::of(any::<u32>()),
         prop::option::of(1u16..),
     )
-        .prop_map(move |(clean, keep_alive, client_id, will, username, password, expiry, receive_max)| {
-            let password = if !v5 && username.is_none() { None } else { password };
-            Packet::Connect(Box::new(Connect {
-                protocol: version,
-                clean_start: clean,
-                keep_alive,
-                properties: props(Properties {
-                    session_expiry_interval: expiry,
-                    receive_maximum: receive_max,
-                    ..Properties::default()
-                }),
-                client_id,
-                will: will.map(|(topic, payload, qos, retain, delay)| Will {
-                    topic,
-                    payload: Bytes::from(payload),
-                    qos,
-                    retain,
+        .prop_map(
+            move |(clean, keep_alive, client_id, will, username, password, expiry, receive_max)| {
+                let password = if !v5 && username.is_none() {
+                    None
+                } else {
+                    password
+                };
+                Packet::Connect(Box::new(Connect {
+                    protocol: version,
+                    clean_start: clean,
+                    keep_alive,
                     properties: props(Properties {
-                        will_delay_interval: delay,
+                        session_expiry_interval: expiry,
+                        receive_maximum: receive_max,
                         ..Properties::default()
                     }),
-                }),
-                username,
-                password: password.map(Bytes::from),
-            }))
-        });
+                    client_id,
+                    will: will.map(|(topic, payload, qos, retain, delay)| Will {
+                        topic,
+                        payload: Bytes::from(payload),
+                        qos,
+                        retain,
+                        properties: props(Properties {
+                            will_delay_interval: delay,
+                            ..Properties::default()
+                        }),
+                    }),
+                    username,
+                    password: password.map(Bytes::from),
+                }))
+            },
+        );
     let ack_reasons: Vec<ReasonCode> = if v5 {
-        vec![ReasonCode::Success, ReasonCode::NoMatchingSubscribers, ReasonCode::QuotaExceeded]
+        vec![
+            ReasonCode::Success,
+            ReasonCode::NoMatchingSubscribers,
+            ReasonCode::QuotaExceeded,
+        ]
     } else {
         vec![ReasonCode::Success]
     };
-    let pub_response = (1u16.., prop::sample::select(ack_reasons), reason_props(), 0..4u8).prop_map(
-        move |(id, reason, p, kind)| {
+    let pub_response = (
+        1u16..,
+        prop::sample::select(ack_reasons),
+        reason_props(),
+        0..4u8,
+    )
+        .prop_map(move |(id, reason, p, kind)| {
             let r = PubResponse {
                 packet_id: id,
-                reason: if kind >= 2 { ReasonCode::Success } else { reason },
+                reason: if kind >= 2 {
+                    ReasonCode::Success
+                } else {
+                    reason
+                },
                 properties: props(p),
             };
             match kind {
@@ -485,12 +601,14 @@ fn packet_for(version: ProtocolVersion) -> BoxedStrategy<Packet> {
                 2 => Packet::PubRel(r),
                 _ => Packet::PubComp(r),
             }
-        },
-    );
+        });
     let subscribe = (
         1u16..,
         prop::option::of(1u32..=MAX_SUBSCRIPTION_IDENTIFIER),
-        prop::collection::vec((topic_filter(), qos(), any::<bool>(), any::<bool>(), 0u8..3), 1..4),
+        prop::collection::vec(
+            (topic_filter(), qos(), any::<bool>(), any::<bool>(), 0u8..3),
+            1..4,
+        ),
     )
         .prop_map(move |(id, sub_id, filters)| {
             Packet::Subscribe(Subscribe {
@@ -514,7 +632,10 @@ fn packet_for(version: ProtocolVersion) -> BoxedStrategy<Packet> {
                                 },
                             }
                         } else {
-                            SubscriptionOptions { qos, ..Default::default() }
+                            SubscriptionOptions {
+                                qos,
+                                ..Default::default()
+                            }
                         };
                         (f, options)
                     })
@@ -527,23 +648,31 @@ fn packet_for(version: ProtocolVersion) -> BoxedStrategy<Packet> {
         ReasonCode::GrantedQoS2,
         ReasonCode::UnspecifiedError,
     ]);
-    let suback = (1u16.., prop::collection::vec(suback_reasons, 1..4), reason_props()).prop_map(
-        move |(id, reasons, p)| {
+    let suback = (
+        1u16..,
+        prop::collection::vec(suback_reasons, 1..4),
+        reason_props(),
+    )
+        .prop_map(move |(id, reasons, p)| {
             Packet::SubAck(SubAck {
                 packet_id: id,
                 properties: props(p),
                 reasons,
             })
-        },
-    );
-    let unsubscribe = (1u16.., prop::collection::vec(topic_filter(), 1..4)).prop_map(|(id, filters)| {
-        Packet::Unsubscribe(Unsubscribe {
-            packet_id: id,
-            properties: Properties::default(),
-            filters,
-        })
-    });
-    let unsuback = (1u16.., prop::collection::vec(Just(ReasonCode::NoSubscriptionExisted), 1..3), reason_props())
+        });
+    let unsubscribe =
+        (1u16.., prop::collection::vec(topic_filter(), 1..4)).prop_map(|(id, filters)| {
+            Packet::Unsubscribe(Unsubscribe {
+                packet_id: id,
+                properties: Properties::default(),
+                filters,
+            })
+        });
+    let unsuback = (
+        1u16..,
+        prop::collection::vec(Just(ReasonCode::NoSubscriptionExisted), 1..3),
+        reason_props(),
+    )
         .prop_map(move |(id, reasons, p)| {
             Packet::UnsubAck(UnsubAck {
                 packet_id: id,
@@ -551,7 +680,15 @@ fn packet_for(version: ProtocolVersion) -> BoxedStrategy<Packet> {
                 reasons: if v5 { reasons } else { vec![] },
             })
         });
-    let connack = (any::<bool>(), prop::sample::select(vec![ReasonCode::Success, ReasonCode::NotAuthorized, ReasonCode::BadUserNameOrPassword]), prop::option::of(text()))
+    let connack = (
+        any::<bool>(),
+        prop::sample::select(vec![
+            ReasonCode::Success,
+            ReasonCode::NotAuthorized,
+            ReasonCode::BadUserNameOrPassword,
+        ]),
+        prop::option::of(text()),
+    )
         .prop_map(move |(present, reason, assigned)| {
             Packet::ConnAck(ConnAck {
                 session_present: present && version != ProtocolVersion::V3_1,
@@ -563,7 +700,14 @@ fn packet_for(version: ProtocolVersion) -> BoxedStrategy<Packet> {
                 }),
             })
         });
-    let disconnect = (prop::sample::select(vec![ReasonCode::Success, ReasonCode::SessionTakenOver, ReasonCode::ServerShuttingDown]), reason_props())
+    let disconnect = (
+        prop::sample::select(vec![
+            ReasonCode::Success,
+            ReasonCode::SessionTakenOver,
+            ReasonCode::ServerShuttingDown,
+        ]),
+        reason_props(),
+    )
         .prop_map(move |(reason, p)| {
             Packet::Disconnect(Disconnect {
                 reason: if v5 { reason } else { ReasonCode::Success },
@@ -585,7 +729,13 @@ fn packet_for(version: ProtocolVersion) -> BoxedStrategy<Packet> {
     ];
     if v5 {
         options.push(
-            (prop::sample::select(vec![ReasonCode::Success, ReasonCode::ContinueAuthentication]), prop::option::of(text()))
+            (
+                prop::sample::select(vec![
+                    ReasonCode::Success,
+                    ReasonCode::ContinueAuthentication,
+                ]),
+                prop::option::of(text()),
+            )
                 .prop_map(|(reason, method)| {
                     Packet::Auth(Auth {
                         reason,

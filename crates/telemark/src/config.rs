@@ -4,29 +4,18 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[derive(Default)]
 pub struct Config {
     pub listeners: Listeners,
     pub tls: Option<Tls>,
     pub auth: Auth,
     pub metrics: Metrics,
     pub broker: broker::Settings,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listeners: Listeners::default(),
-            tls: None,
-            auth: Auth::default(),
-            metrics: Metrics::default(),
-            broker: broker::Settings::default(),
-        }
-    }
 }
 
 /// Where the broker listens. A listener left out is off.
@@ -130,7 +119,8 @@ impl Config {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         let mut table = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
                 text.parse::<toml::Table>()
                     .with_context(|| format!("{} is not valid TOML", path.display()))?
             }
@@ -209,7 +199,10 @@ mod tests {
         let config: Config = toml::Value::Table(table).try_into().expect("valid config");
         let defaults = Config::default();
         assert_eq!(config.listeners.tcp, defaults.listeners.tcp);
-        assert_eq!(config.broker.max_queued_messages, defaults.broker.max_queued_messages);
+        assert_eq!(
+            config.broker.max_queued_messages,
+            defaults.broker.max_queued_messages
+        );
         config.validate().expect("valid");
     }
 
@@ -219,8 +212,14 @@ mod tests {
         overlay_environment(
             &mut table,
             [
-                ("TELEMARK__BROKER__MAX_CONNECTIONS".to_owned(), "20".to_owned()),
-                ("TELEMARK__BROKER__QUEUE_POLICY".to_owned(), "drop-newest".to_owned()),
+                (
+                    "TELEMARK__BROKER__MAX_CONNECTIONS".to_owned(),
+                    "20".to_owned(),
+                ),
+                (
+                    "TELEMARK__BROKER__QUEUE_POLICY".to_owned(),
+                    "drop-newest".to_owned(),
+                ),
                 ("OTHER".to_owned(), "x".to_owned()),
             ]
             .into_iter(),
@@ -244,6 +243,9 @@ mod tests {
         config.broker.receive_maximum = 0;
         config.listeners.tls = Some("127.0.0.1:8883".parse().expect("addr"));
         let err = config.validate().expect_err("invalid").to_string();
-        assert!(err.contains("receive_maximum") && err.contains("[tls]"), "{err}");
+        assert!(
+            err.contains("receive_maximum") && err.contains("[tls]"),
+            "{err}"
+        );
     }
 }

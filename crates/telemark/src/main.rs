@@ -15,7 +15,11 @@ use tracing::info;
 use crate::config::Config;
 
 #[derive(Debug, Parser)]
-#[command(name = "telemark", version, about = "MQTT broker and IoT device management platform")]
+#[command(
+    name = "telemark",
+    version,
+    about = "MQTT broker and IoT device management platform"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the MQTT broker on its own.
-    Broker(BrokerArgs),
+    Broker(Box<BrokerArgs>),
     /// Add or replace a user in a password file (argon2id).
     Passwd {
         /// The password file; created if missing.
@@ -129,7 +133,11 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(run_broker(config))
         }
-        Command::Passwd { file, user, password } => passwd(&file, &user, password),
+        Command::Passwd {
+            file,
+            user,
+            password,
+        } => passwd(&file, &user, password),
         Command::Config => {
             print!("{}", config::DEFAULT_FILE);
             Ok(())
@@ -160,28 +168,30 @@ fn passwd(file: &std::path::Path, user: &str, password: Option<String>) -> anyho
         .map(str::to_owned)
         .collect();
     lines.push(format!("{user}:{hash}"));
-    std::fs::write(file, lines.join("\n") + "\n").with_context(|| format!("writing {}", file.display()))?;
+    std::fs::write(file, lines.join("\n") + "\n")
+        .with_context(|| format!("writing {}", file.display()))?;
     println!("{user} set in {}", file.display());
     Ok(())
 }
 
 async fn run_broker(config: Config) -> anyhow::Result<()> {
-    let auth: Arc<dyn Authenticator> = if config.auth.password_file.is_some() || config.auth.acl_file.is_some() {
-        let allow_anonymous = config
-            .auth
-            .allow_anonymous
-            .unwrap_or(config.auth.password_file.is_none());
-        Arc::new(FileAuthenticator::new(
-            config.auth.password_file.as_deref(),
-            config.auth.acl_file.as_deref(),
-            allow_anonymous,
-        )?)
-    } else {
-        if config.auth.allow_anonymous == Some(false) {
-            anyhow::bail!("auth.allow_anonymous = false needs auth.password_file");
-        }
-        Arc::new(AllowAll)
-    };
+    let auth: Arc<dyn Authenticator> =
+        if config.auth.password_file.is_some() || config.auth.acl_file.is_some() {
+            let allow_anonymous = config
+                .auth
+                .allow_anonymous
+                .unwrap_or(config.auth.password_file.is_none());
+            Arc::new(FileAuthenticator::new(
+                config.auth.password_file.as_deref(),
+                config.auth.acl_file.as_deref(),
+                allow_anonymous,
+            )?)
+        } else {
+            if config.auth.allow_anonymous == Some(false) {
+                anyhow::bail!("auth.allow_anonymous = false needs auth.password_file");
+            }
+            Arc::new(AllowAll)
+        };
     let broker = Broker::new(config.broker.clone(), auth);
     let acceptor = match &config.tls {
         Some(tls) => Some(
@@ -203,7 +213,9 @@ async fn run_broker(config: Config) -> anyhow::Result<()> {
         (l.ws, Some(ListenerKind::WebSocket)),
         (l.wss, acceptor.clone().map(ListenerKind::SecureWebSocket)),
     ] {
-        let (Some(addr), Some(kind)) = (addr, kind) else { continue };
+        let (Some(addr), Some(kind)) = (addr, kind) else {
+            continue;
+        };
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the {} listener to {addr}", kind.name()))?;
@@ -222,7 +234,10 @@ async fn run_broker(config: Config) -> anyhow::Result<()> {
                 let broker = metrics_broker.clone();
                 async move {
                     (
-                        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
                         broker.stats().prometheus(),
                     )
                 }
@@ -249,13 +264,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

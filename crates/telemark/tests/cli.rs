@@ -61,7 +61,9 @@ fn run(cmd: &mut Command, limit: Duration) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{cmd:?} does not start ({e}); the test script installs mosquitto-clients"));
+        .unwrap_or_else(|e| {
+            panic!("{cmd:?} does not start ({e}); the test script installs mosquitto-clients")
+        });
     let deadline = Instant::now() + limit;
     loop {
         if child.try_wait().expect("wait").is_some() {
@@ -70,7 +72,10 @@ fn run(cmd: &mut Command, limit: Duration) -> Output {
         if Instant::now() > deadline {
             let _ = child.kill();
             let out = child.wait_with_output().expect("output");
-            panic!("{cmd:?} timed out: {}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "{cmd:?} timed out: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -78,7 +83,19 @@ fn run(cmd: &mut Command, limit: Duration) -> Output {
 
 fn sub(port: u16, topic: &str, count: u32, extra: &[&str]) -> Child {
     Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-v", "-C", &count.to_string(), "-W", "10"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-v",
+            "-C",
+            &count.to_string(),
+            "-W",
+            "10",
+        ])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -89,7 +106,16 @@ fn sub(port: u16, topic: &str, count: u32, extra: &[&str]) -> Child {
 fn pub_msg(port: u16, topic: &str, message: &str, extra: &[&str]) -> Output {
     run(
         Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-m", message])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                topic,
+                "-m",
+                message,
+            ])
             .args(extra),
         Duration::from_secs(10),
     )
@@ -97,7 +123,11 @@ fn pub_msg(port: u16, topic: &str, message: &str, extra: &[&str]) -> Output {
 
 fn finish(child: Child) -> String {
     let out = child.wait_with_output().expect("mosquitto_sub output");
-    assert!(out.status.success(), "mosquitto_sub: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mosquitto_sub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -113,8 +143,17 @@ fn mosquitto_clients_publish_and_subscribe_in_every_version() {
         let topic = format!("dwr/311-a1/00-11-22-33-44-55/hardware/{version}");
         let s = sub(broker.tcp, "dwr/+/+/hardware/#", 1, &["-V", version]);
         settle();
-        let out = pub_msg(broker.tcp, &topic, r#"{"free":1024}"#, &["-q", "1", "-V", version]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = pub_msg(
+            broker.tcp,
+            &topic,
+            r#"{"free":1024}"#,
+            &["-q", "1", "-V", version],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(finish(s).trim(), format!(r#"{topic} {{"free":1024}}"#));
     }
 }
@@ -122,7 +161,12 @@ fn mosquitto_clients_publish_and_subscribe_in_every_version() {
 #[test]
 fn retained_message_reaches_a_late_subscriber() {
     let broker = start(&[]);
-    let out = pub_msg(broker.tcp, "dwr/311-a1/aa/status", "online", &["-r", "-q", "2"]);
+    let out = pub_msg(
+        broker.tcp,
+        "dwr/311-a1/aa/status",
+        "online",
+        &["-r", "-q", "2"],
+    );
     assert!(out.status.success());
     let s = sub(broker.tcp, "dwr/#", 1, &[]);
     assert_eq!(finish(s).trim(), "dwr/311-a1/aa/status online");
@@ -133,10 +177,20 @@ fn password_file_from_telemark_passwd() {
     let dir = tempfile::tempdir().expect("tempdir");
     let passwd = dir.path().join("passwd");
     let out = run(
-        telemark().args(["passwd", passwd.to_str().expect("path"), "ops", "--password", "fleet-secret"]),
+        telemark().args([
+            "passwd",
+            passwd.to_str().expect("path"),
+            "ops",
+            "--password",
+            "fleet-secret",
+        ]),
         Duration::from_secs(20),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let broker = start(&["--password-file", passwd.to_str().expect("path")]);
     let refused = pub_msg(broker.tcp, "t", "x", &["-u", "ops", "-P", "wrong"]);
     assert!(!refused.status.success(), "a wrong password is refused");
@@ -145,7 +199,11 @@ fn password_file_from_telemark_passwd() {
     let s = sub(broker.tcp, "t", 1, &["-u", "ops", "-P", "fleet-secret"]);
     settle();
     let ok = pub_msg(broker.tcp, "t", "x", &["-u", "ops", "-P", "fleet-secret"]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert_eq!(finish(s).trim(), "t x");
 }
 
@@ -168,7 +226,9 @@ fn mosquitto_clients_over_tls_with_a_test_ca() {
     server_params
         .subject_alt_names
         .push(rcgen::SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-    let server = server_params.signed_by(&server_key, &issuer).expect("server cert");
+    let server = server_params
+        .signed_by(&server_key, &issuer)
+        .expect("server cert");
     let write = |name: &str, pem: String| {
         let path = dir.path().join(name);
         std::fs::write(&path, pem).expect("write");
@@ -191,7 +251,11 @@ fn mosquitto_clients_over_tls_with_a_test_ca() {
     let s = sub(tls_port, "secure/#", 1, &tls);
     settle();
     let out = pub_msg(tls_port, "secure/hello", "over tls", &tls);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(finish(s).trim(), "secure/hello over tls");
     // The plain listener works alongside.
     assert!(pub_msg(broker.tcp, "plain", "x", &[]).status.success());
@@ -202,16 +266,26 @@ fn metrics_endpoint_serves_prometheus_text() {
     let metrics = free_port();
     let broker = start(&["--metrics", &format!("127.0.0.1:{metrics}")]);
     wait_for_port(metrics);
-    assert!(pub_msg(broker.tcp, "m/t", "x", &["-q", "1"]).status.success());
-    let mut stream = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], metrics))).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    assert!(
+        pub_msg(broker.tcp, "m/t", "x", &["-q", "1"])
+            .status
+            .success()
+    );
+    let mut stream =
+        TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], metrics))).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .expect("request");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.contains("telemark_broker_publish_received_total 1"), "{response}");
+    assert!(
+        response.contains("telemark_broker_publish_received_total 1"),
+        "{response}"
+    );
 }
 
 #[test]
@@ -219,21 +293,46 @@ fn sigterm_shuts_down_gracefully_and_publishes_wills() {
     let mut broker = start(&[]);
     let watcher = sub(broker.tcp, "wills/#", 1, &["-V", "mqttv5"]);
     let device = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &broker.tcp.to_string(), "-t", "none", "-W", "10"])
-        .args(["--will-topic", "wills/dev1", "--will-payload", "offline", "-i", "dev1"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.tcp.to_string(),
+            "-t",
+            "none",
+            "-W",
+            "10",
+        ])
+        .args([
+            "--will-topic",
+            "wills/dev1",
+            "--will-payload",
+            "offline",
+            "-i",
+            "dev1",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("mosquitto_sub");
     settle();
     let pid = broker.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = broker.child.try_wait().expect("wait") {
             break status;
         }
-        assert!(Instant::now() < deadline, "telemark did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "telemark did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status {status}");
@@ -254,7 +353,10 @@ fn config_file_problems_are_reported_all_at_once() {
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("receive_maximum") && err.contains("max_inflight"), "{err}");
+    assert!(
+        err.contains("receive_maximum") && err.contains("max_inflight"),
+        "{err}"
+    );
     let out = run(telemark().arg("config"), Duration::from_secs(10));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("[broker]") && text.contains("max_connections"));

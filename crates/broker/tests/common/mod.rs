@@ -29,7 +29,10 @@ pub async fn start_with(settings: Settings, auth: Arc<dyn Authenticator>) -> Tes
     let broker = Broker::new(settings, auth);
     let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp");
     let ws = TcpListener::bind("127.0.0.1:0").await.expect("bind ws");
-    let (tcp_addr, ws_addr) = (tcp.local_addr().expect("addr"), ws.local_addr().expect("addr"));
+    let (tcp_addr, ws_addr) = (
+        tcp.local_addr().expect("addr"),
+        ws.local_addr().expect("addr"),
+    );
     broker.serve(tcp, ListenerKind::Tcp);
     broker.serve(ws, ListenerKind::WebSocket);
     TestBroker {
@@ -165,7 +168,10 @@ impl Client {
         }
     }
 
-    pub async fn recv_within(&mut self, limit: Duration) -> Result<Option<Packet>, tokio::time::error::Elapsed> {
+    pub async fn recv_within(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Option<Packet>, tokio::time::error::Elapsed> {
         tokio::time::timeout(limit, async {
             loop {
                 match self.decoder.decode(&mut self.buf) {
@@ -196,7 +202,11 @@ impl Client {
         match self.recv().await {
             None => None,
             Some(Packet::Disconnect(d)) => {
-                assert_eq!(self.recv().await, None, "connection stays open after DISCONNECT");
+                assert_eq!(
+                    self.recv().await,
+                    None,
+                    "connection stays open after DISCONNECT"
+                );
                 Some(d.reason)
             }
             Some(other) => panic!("expected close, got {other:?}"),
@@ -209,7 +219,12 @@ impl Client {
         id
     }
 
-    pub async fn subscribe_with(&mut self, filter: &str, options: SubscriptionOptions, properties: Properties) -> SubAck {
+    pub async fn subscribe_with(
+        &mut self,
+        filter: &str,
+        options: SubscriptionOptions,
+        properties: Properties,
+    ) -> SubAck {
         let packet_id = self.next_id();
         self.send(&Packet::Subscribe(Subscribe {
             packet_id,
@@ -240,13 +255,23 @@ impl Client {
         ack.reasons[0]
     }
 
-    pub fn publish_packet(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Publish {
+    pub fn publish_packet(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+    ) -> Publish {
         Publish {
             dup: false,
             qos,
             retain,
             topic: topic.into(),
-            packet_id: if qos == QoS::AtMostOnce { 0 } else { self.next_id() },
+            packet_id: if qos == QoS::AtMostOnce {
+                0
+            } else {
+                self.next_id()
+            },
             properties: Properties::default(),
             payload: Bytes::copy_from_slice(payload),
         }
@@ -280,7 +305,13 @@ impl Client {
         }
     }
 
-    pub async fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool) -> ReasonCode {
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        retain: bool,
+    ) -> ReasonCode {
         let p = self.publish_packet(topic, payload, qos, retain);
         self.publish_full(p).await
     }
@@ -302,20 +333,26 @@ impl Client {
     pub async fn ack(&mut self, p: &Publish) {
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubResponse::new(p.packet_id))).await,
+            QoS::AtLeastOnce => {
+                self.send(&Packet::PubAck(PubResponse::new(p.packet_id)))
+                    .await
+            }
             QoS::ExactlyOnce => {
-                self.send(&Packet::PubRec(PubResponse::new(p.packet_id))).await;
+                self.send(&Packet::PubRec(PubResponse::new(p.packet_id)))
+                    .await;
                 match self.recv().await {
                     Some(Packet::PubRel(r)) if r.packet_id == p.packet_id => {}
                     other => panic!("expected PUBREL, got {other:?}"),
                 }
-                self.send(&Packet::PubComp(PubResponse::new(p.packet_id))).await;
+                self.send(&Packet::PubComp(PubResponse::new(p.packet_id)))
+                    .await;
             }
         }
     }
 
     pub async fn disconnect(mut self) {
-        self.send(&Packet::Disconnect(Disconnect::new(ReasonCode::Success))).await;
+        self.send(&Packet::Disconnect(Disconnect::new(ReasonCode::Success)))
+            .await;
         let _ = self.stream.shutdown().await;
     }
 }
