@@ -290,7 +290,7 @@ impl BrokerShared {
 
     /// Whether `identity` may publish `will`; a will it may not publish is not kept.
     pub(crate) fn will_allowed(&self, identity: &ClientIdentity, will: &mqtt::Will) -> bool {
-        !will.topic.starts_with('$') && self.auth.authorize(identity, Action::Publish, &will.topic)
+        !is_server_topic(&will.topic) && self.auth.authorize(identity, Action::Publish, &will.topic)
     }
 
     /// Attaches a new connection to its session: takes over a connected one
@@ -474,6 +474,11 @@ impl BrokerShared {
         let random: u32 = rand::random();
         format!("telemark-{n:x}-{random:08x}")
     }
+}
+
+/// `$SYS/...` is the broker's own: clients do not publish there [MQTT-4.7.2].
+pub(crate) fn is_server_topic(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
 }
 
 type Target = (Arc<str>, QoS, bool, Vec<u32>);

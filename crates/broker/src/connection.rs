@@ -323,7 +323,7 @@ impl Connection {
         let mut assigned_client_id = None;
         let client_id = if connect.client_id.is_empty() {
             // [MQTT-3.1.3-8] 3.1.1 refuses an empty id with a persistent
-            // session; 3.1 requires an id [MQTT-3.1.3-?]; 5.0 assigns one
+            // session; 3.1 requires an id (MQTT 3.1 §3.1); 5.0 assigns one
             // [MQTT-3.2.2-16].
             if self.version == ProtocolVersion::V3_1 || (!v5 && !connect.clean_start) {
                 self.connack(
@@ -591,7 +591,7 @@ impl Connection {
                 }
                 let known = state.release(rec.packet_id);
                 drop(state);
-                // [MQTT-4.3.3-?] answer PUBREC with PUBREL.
+                // [MQTT-4.3.3-4] answer PUBREC with PUBREL.
                 let reason = if known || !v5 {
                     ReasonCode::Success
                 } else {
@@ -604,7 +604,7 @@ impl Connection {
                 Ok(())
             }
             Packet::PubRel(rel) => {
-                // [MQTT-4.3.3-?] PUBREL releases the id; answer PUBCOMP.
+                // [MQTT-4.3.3-11] PUBREL releases the id; answer PUBCOMP.
                 let known = active.session.lock().incoming_qos2.remove(&rel.packet_id);
                 let reason = if known || !v5 {
                     ReasonCode::Success
@@ -765,7 +765,7 @@ impl Connection {
                         None => {
                             return Err(Ending::protocol(
                                 ReasonCode::ProtocolError,
-                                "topic alias used before it was set [MQTT-3.3.4-?]",
+                                "topic alias used before it was set [MQTT-3.3.2.3.4]",
                             ));
                         }
                     }
@@ -787,7 +787,7 @@ impl Connection {
             let state = active.session.lock();
             if state.incoming_qos2.contains(&id) {
                 // A resent QoS 2 PUBLISH before PUBREL: acknowledged again,
-                // delivered once [MQTT-4.3.3-?].
+                // delivered once [MQTT-4.3.3-10].
                 drop(state);
                 self.send(active, Packet::PubRec(PubResponse::new(id)));
                 return Ok(());
@@ -805,8 +805,8 @@ impl Connection {
             || topic.split('/').count() > settings.max_topic_levels
         {
             Some(ReasonCode::TopicNameInvalid)
-        } else if topic.starts_with('$') {
-            // `$` topics are the server's [MQTT-4.7.2].
+        } else if crate::broker::is_server_topic(&topic) {
+            // `$SYS` topics are the server's [MQTT-4.7.2].
             Some(ReasonCode::NotAuthorized)
         } else if !shared
             .auth
@@ -856,7 +856,7 @@ impl Connection {
         match publish.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
-                // [MQTT-4.3.2-?] PUBACK after taking ownership.
+                // [MQTT-4.3.2-4] PUBACK after taking ownership.
                 self.send(active, Packet::PubAck(PubResponse::with_reason(id, reason)));
             }
             QoS::ExactlyOnce => {
@@ -1002,7 +1002,7 @@ impl Connection {
     }
 
     /// Moves queued deliveries into the write buffer while the client's
-    /// Receive Maximum allows [MQTT-3.3.4-7], in order [MQTT-4.6.0-?].
+    /// Receive Maximum allows [MQTT-3.3.4-7], in order [MQTT-4.6.0-6].
     /// Returns true when it stopped only because the buffer is full.
     fn fill(&mut self, active: &mut Active) -> bool {
         let session = active.session.clone();

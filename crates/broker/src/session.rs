@@ -146,7 +146,7 @@ impl SessionState {
     }
 
     /// PUBREC received: the message is the client's now; remember only the id
-    /// until PUBCOMP [MQTT-4.3.3-?]. Returns false for an unknown id.
+    /// until PUBCOMP [MQTT-4.3.3-5]. Returns false for an unknown id.
     pub fn release(&mut self, packet_id: u16) -> bool {
         match self.position(packet_id) {
             Some(pos) => match &self.inflight[pos].1 {

@@ -45,7 +45,7 @@ fn with_login(mut conn: Conn, user: &str, password: &str) -> Conn {
 async fn password_file_decides_who_connects() {
     let dir = tempfile::tempdir().expect("tempdir");
     let b = start_with(quick_settings(), file_auth(dir.path())).await;
-    // [MQTT-3.2.2-?] bad password: 0x86 in 5.0, return code 4 in 3.1.1.
+    // [MQTT-3.2.2.2] bad password: 0x86 in 5.0, return code 4 in 3.1.1.
     let (_c, ack) = Client::connect_with(b.tcp, &with_login(Conn::v5("a"), "alice", "nope")).await;
     assert_eq!(ack.reason, ReasonCode::BadUserNameOrPassword);
     let (_c, ack) =

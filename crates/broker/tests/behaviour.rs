@@ -258,7 +258,7 @@ async fn qos1_is_redelivered_with_dup_on_reconnect() {
 
 #[tokio::test]
 async fn qos2_duplicate_before_pubrel_is_delivered_once() {
-    // [MQTT-4.3.3-?] method B: the packet id is held from PUBLISH to PUBREL.
+    // [MQTT-4.3.3-10] method B: the packet id is held from PUBLISH to PUBREL.
     let b = start().await;
     let (mut sub, _) = Client::connect(b.tcp, &Conn::v5("q2-sub")).await;
     sub.subscribe("q2/t", QoS::ExactlyOnce).await;

@@ -76,7 +76,7 @@ async fn malformed_packets_close_only_their_connection() {
             ],
             MalformedPacket,
         ),
-        // Duplicate property [MQTT-2.2.2-?].
+        // Duplicate property [MQTT-2.2.2.2].
         (
             &[
                 0x30, 0x0E, 0x00, 0x01, b'a', 0x0A, 0x02, 0, 0, 0, 1, 0x02, 0, 0, 0, 2,
