@@ -1007,6 +1007,10 @@ impl Connection {
     fn fill(&mut self, active: &mut Active) -> bool {
         let session = active.session.clone();
         let mut state = session.lock();
+        if state.generation != active.generation {
+            // Taken over: the queue belongs to the new connection now.
+            return false;
+        }
         let limit = usize::from(
             active
                 .client_receive_maximum
