@@ -114,9 +114,10 @@ impl Broker {
     /// 0x8B, and waits for connections to close up to the configured timeout.
     pub async fn shutdown(&self) {
         let s = &self.shared;
-        if s.shutdown.send_replace(true) {
+        if *s.shutdown.borrow() {
             return;
         }
+        // Wills first, while every connection is still there to deliver them.
         let mut wills = Vec::new();
         {
             let _guard = s.lock_sessions();
@@ -128,6 +129,9 @@ impl Broker {
         }
         for (client_id, will) in wills {
             s.publish_will(&client_id, will);
+        }
+        if s.shutdown.send_replace(true) {
+            return;
         }
         let mut open = s.open_connections.subscribe();
         let timeout = Duration::from_secs(s.settings.shutdown_timeout_secs);
