@@ -40,6 +40,53 @@ enum Command {
     },
     /// Print the commented default configuration file.
     Config,
+    /// Load-test an MQTT broker (this one or any other) on one address.
+    Bench(Box<BenchArgs>),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// fan-in, fan-out, pairs, idle, connect or fleet.
+    scenario: bench::Scenario,
+    /// The broker, ADDR:PORT.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: SocketAddr,
+    /// Publishers (fan-in), subscribers (fan-out), pairs, devices (fleet),
+    /// connections held (idle) or concurrent connectors (connect).
+    #[arg(long, short = 'n', default_value_t = 100)]
+    connections: usize,
+    /// Payload bytes (at least 20: the send time travels in it).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: u8,
+    /// Total messages per second; leave out for as fast as it goes.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// MQTT protocol: 3.1.1 or 5.
+    #[arg(long, default_value = "3.1.1")]
+    protocol: String,
+    /// Unacknowledged QoS 1/2 messages per publisher.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Spread connections over this many source addresses 127.0.0.1.. (idle: 100,000 needs 5).
+    #[arg(long, default_value_t = 1)]
+    sources: usize,
+    /// Read the broker's CPU and memory from /proc/PID.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Seconds between a fleet device's telemetry rounds.
+    #[arg(long, default_value_t = 5.0)]
+    fleet_interval: f64,
+    /// Client id and topic prefix, distinct per generator sharing a broker.
+    #[arg(long, default_value = "bench")]
+    prefix: String,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +172,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Broker(args) => {
+            raise_file_limit();
             let mut config = Config::load(args.config.as_deref())?;
             args.apply(&mut config);
             config.validate()?;
@@ -142,7 +190,54 @@ fn main() -> anyhow::Result<()> {
             print!("{}", config::DEFAULT_FILE);
             Ok(())
         }
+        Command::Bench(args) => {
+            raise_file_limit();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run_bench(*args))
+        }
     }
+}
+
+/// One descriptor per connection: take the hard limit, not the usual 1024.
+fn raise_file_limit() {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open file limit");
+    }
+}
+
+async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    let version = match args.protocol.as_str() {
+        "3.1.1" | "4" => mqtt::ProtocolVersion::V3_1_1,
+        "5" | "5.0" => mqtt::ProtocolVersion::V5,
+        "3.1" | "3" => mqtt::ProtocolVersion::V3_1,
+        other => anyhow::bail!("unknown protocol {other:?}: use 3.1.1 or 5"),
+    };
+    let qos = mqtt::QoS::from_u8(args.qos).context("QoS is 0, 1 or 2")?;
+    let options = bench::Options {
+        scenario: args.scenario,
+        addr: args.broker,
+        connections: args.connections,
+        payload: args.payload,
+        qos,
+        rate: args.rate,
+        duration: std::time::Duration::from_secs_f64(args.duration.max(0.1)),
+        version,
+        window: args.window,
+        sources: args.sources,
+        broker_pid: args.broker_pid,
+        fleet_interval: std::time::Duration::from_secs_f64(args.fleet_interval.max(0.01)),
+        progress: true,
+        prefix: args.prefix,
+        drain: std::time::Duration::from_secs(5),
+    };
+    let report = bench::run(&options).await?;
+    eprintln!("{}", report.summary());
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
 }
 
 fn passwd(file: &std::path::Path, user: &str, password: Option<String>) -> anyhow::Result<()> {
