@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mqtt::{
-    encode, ConnAck, Connect, Decoder, Packet, Properties, ProtocolVersion, QoS, ReasonCode, Subscribe,
-    SubscriptionOptions,
+    ConnAck, Connect, Decoder, Packet, Properties, ProtocolVersion, QoS, ReasonCode, Subscribe,
+    SubscriptionOptions, encode,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -77,7 +77,9 @@ impl BenchConnection {
         conn.flush().await?;
         match tokio::time::timeout(HANDSHAKE, conn.next()).await {
             Err(_) => Err(BenchError::Timeout("CONNACK")),
-            Ok(Ok(Packet::ConnAck(ConnAck { reason, .. }))) if reason == ReasonCode::Success => Ok(conn),
+            Ok(Ok(Packet::ConnAck(ConnAck { reason, .. }))) if reason == ReasonCode::Success => {
+                Ok(conn)
+            }
             Ok(Ok(Packet::ConnAck(ack))) => Err(BenchError::Refused(ack.reason)),
             Ok(Ok(_)) => Err(BenchError::Closed),
             Ok(Err(e)) => Err(e),
@@ -146,7 +148,9 @@ impl BenchConnection {
     }
 
     pub async fn disconnect(mut self) {
-        self.push(&Packet::Disconnect(mqtt::Disconnect::new(ReasonCode::Success)));
+        self.push(&Packet::Disconnect(mqtt::Disconnect::new(
+            ReasonCode::Success,
+        )));
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
     }

@@ -13,10 +13,10 @@ mod process;
 mod report;
 mod scenario;
 
-pub use payload::{Stamp, STAMP_LEN};
+pub use payload::{STAMP_LEN, Stamp};
 pub use process::ProcessSample;
 pub use report::{Latency, Report};
-pub use scenario::{run, Options, Scenario};
+pub use scenario::{Options, Scenario, run};
 
 /// Why a run could not go on.
 #[derive(Debug, thiserror::Error)]

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,11 +13,11 @@ use mqtt::{Packet, ProtocolVersion, PubResponse, QoS};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::client::{publish, BenchConnection};
-use crate::payload::{Stamp, STAMP_LEN};
+use crate::BenchError;
+use crate::client::{BenchConnection, publish};
+use crate::payload::{STAMP_LEN, Stamp};
 use crate::process::ProcessSample;
 use crate::report::{Latency, Report};
-use crate::BenchError;
 
 /// What load to put on the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +144,11 @@ fn source(options: &Options, index: usize) -> Option<IpAddr> {
 }
 
 /// Opens `count` connections, `parallel` at a time.
-async fn open_many(options: &Options, role: &str, count: usize) -> Result<Vec<BenchConnection>, BenchError> {
+async fn open_many(
+    options: &Options,
+    role: &str,
+    count: usize,
+) -> Result<Vec<BenchConnection>, BenchError> {
     let mut out = Vec::with_capacity(count);
     let parallel = 256;
     let mut index = 0;
@@ -217,7 +221,12 @@ fn plan(options: &Options) -> Plan {
         },
         Scenario::Fleet | Scenario::Idle | Scenario::Connect => {
             // DESIGN.md's device topics: dwr/{model}/{device-id}/...
-            let topics = ["hardware/loadavg", "hardware/memory", "hardware/lte", "network/traffic"];
+            let topics = [
+                "hardware/loadavg",
+                "hardware/memory",
+                "hardware/lte",
+                "network/traffic",
+            ];
             let per_device = topics.len() as f64 / options.fleet_interval.as_secs_f64().max(0.001);
             Plan {
                 publishers: (0..n)
@@ -229,7 +238,10 @@ fn plan(options: &Options) -> Plan {
                             (i >> 8) & 0xff,
                             i & 0xff
                         );
-                        topics.iter().map(|t| format!("{p}/311-a1/{mac}/{t}")).collect()
+                        topics
+                            .iter()
+                            .map(|t| format!("{p}/311-a1/{mac}/{t}"))
+                            .collect()
                     })
                     .collect(),
                 subscribers: vec![format!("{p}/+/+/#")],
@@ -314,11 +326,19 @@ async fn run_flow(options: &Options) -> Result<Report, BenchError> {
             Ok(Ok(())) => {}
         }
     }
-    let publish_secs = t0.elapsed().as_secs_f64().min(options.duration.as_secs_f64()).max(0.001);
+    let publish_secs = t0
+        .elapsed()
+        .as_secs_f64()
+        .min(options.duration.as_secs_f64())
+        .max(0.001);
     // Drain: wait for what was acknowledged (or sent, at QoS 0) to arrive.
     let sent = counters.sent.load(Ordering::Relaxed);
     let acked = counters.acked.load(Ordering::Relaxed);
-    let expected = if options.qos == QoS::AtMostOnce { sent } else { acked } * plan.fan;
+    let expected = if options.qos == QoS::AtMostOnce {
+        sent
+    } else {
+        acked
+    } * plan.fan;
     let drain_until = Instant::now() + options.drain;
     while counters.received.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -359,7 +379,8 @@ async fn run_flow(options: &Options) -> Result<Report, BenchError> {
         duplicates,
         out_of_order,
         sent_per_sec: sent as f64 / publish_secs,
-        received_per_sec: received as f64 / receive_secs.min(publish_secs + options.drain.as_secs_f64()),
+        received_per_sec: received as f64
+            / receive_secs.min(publish_secs + options.drain.as_secs_f64()),
         latency: Latency::from_histogram(&merged),
         broker_cpu_percent: match (&before, &after) {
             (Some(b), Some(a)) => Some(ProcessSample::cpu_percent(b, a, elapsed)),
@@ -388,7 +409,10 @@ async fn publish_loop(
     start: std::time::Instant,
     counters: Arc<Counters>,
 ) -> Result<(), BenchError> {
-    let period = s.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
+    let period = s
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(1.0 / r));
     let mut next_send = Instant::now() + s.offset;
     let mut sequence = 0u64;
     let mut inflight = 0usize;
@@ -525,8 +549,12 @@ async fn subscribe_loop(
                     }
                     match p.qos {
                         QoS::AtMostOnce => {}
-                        QoS::AtLeastOnce => conn.push(&Packet::PubAck(PubResponse::new(p.packet_id))),
-                        QoS::ExactlyOnce => conn.push(&Packet::PubRec(PubResponse::new(p.packet_id))),
+                        QoS::AtLeastOnce => {
+                            conn.push(&Packet::PubAck(PubResponse::new(p.packet_id)))
+                        }
+                        QoS::ExactlyOnce => {
+                            conn.push(&Packet::PubRec(PubResponse::new(p.packet_id)))
+                        }
                     }
                 }
                 Packet::PubRel(rel) => conn.push(&Packet::PubComp(PubResponse::new(rel.packet_id))),
@@ -571,11 +599,17 @@ async fn run_idle(options: &Options) -> Result<Report, BenchError> {
         duration_secs: t0.elapsed().as_secs_f64(),
         broker_peak_rss_kib: after.map(|a| a.peak_rss_kib),
         broker_cpu_percent: match (&during, &after) {
-            (Some(d), Some(a)) => Some(ProcessSample::cpu_percent(d, a, options.duration.as_secs_f64())),
+            (Some(d), Some(a)) => Some(ProcessSample::cpu_percent(
+                d,
+                a,
+                options.duration.as_secs_f64(),
+            )),
             _ => None,
         },
         broker_bytes_per_connection: match (&before, &during) {
-            (Some(b), Some(d)) if count > 0 => Some(d.rss_kib.saturating_sub(b.rss_kib) as f64 * 1024.0 / count as f64),
+            (Some(b), Some(d)) if count > 0 => {
+                Some(d.rss_kib.saturating_sub(b.rss_kib) as f64 * 1024.0 / count as f64)
+            }
             _ => None,
         },
         ..Report::default()
@@ -623,7 +657,13 @@ async fn run_connect(options: &Options) -> Result<Report, BenchError> {
             let mut n = 0u64;
             while Instant::now() < deadline {
                 let id = format!("{}-connect-{worker}-{n}", options.prefix);
-                let conn = BenchConnection::connect(options.addr, source(&options, worker), &id, options.version).await?;
+                let conn = BenchConnection::connect(
+                    options.addr,
+                    source(&options, worker),
+                    &id,
+                    options.version,
+                )
+                .await?;
                 conn.disconnect().await;
                 connected.fetch_add(1, Ordering::Relaxed);
                 n += 1;
