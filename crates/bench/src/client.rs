@@ -77,9 +77,10 @@ impl BenchConnection {
         conn.flush().await?;
         match tokio::time::timeout(HANDSHAKE, conn.next()).await {
             Err(_) => Err(BenchError::Timeout("CONNACK")),
-            Ok(Ok(Packet::ConnAck(ConnAck { reason, .. }))) if reason == ReasonCode::Success => {
-                Ok(conn)
-            }
+            Ok(Ok(Packet::ConnAck(ConnAck {
+                reason: ReasonCode::Success,
+                ..
+            }))) => Ok(conn),
             Ok(Ok(Packet::ConnAck(ack))) => Err(BenchError::Refused(ack.reason)),
             Ok(Ok(_)) => Err(BenchError::Closed),
             Ok(Err(e)) => Err(e),

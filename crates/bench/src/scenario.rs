@@ -78,7 +78,10 @@ pub struct Options {
     pub rate: Option<u64>,
     pub duration: Duration,
     pub version: ProtocolVersion,
-    /// Unacknowledged QoS 1/2 messages per publisher.
+    /// At the maximum rate, messages a publisher may have sent and not yet
+    /// seen delivered (end to end, per subscriber it fans out to); 0 picks
+    /// one that fits a peer broker's default queue (1000 per subscriber).
+    /// Ignored with a fixed `rate`, which is open loop.
     pub window: usize,
     /// Loopback source addresses to spread connections over (127.0.0.1..).
     pub sources: usize,
@@ -104,7 +107,7 @@ impl Default for Options {
             rate: None,
             duration: Duration::from_secs(10),
             version: ProtocolVersion::V3_1_1,
-            window: 256,
+            window: 0,
             sources: 1,
             broker_pid: None,
             fleet_interval: Duration::from_secs(5),
@@ -121,6 +124,19 @@ struct Counters {
     acked: AtomicU64,
     received: AtomicU64,
     stop_subscribers: AtomicBool,
+    /// Deliveries seen per publisher stream, and a wake-up for that publisher.
+    delivered: Vec<(AtomicU64, tokio::sync::Notify)>,
+}
+
+impl Counters {
+    fn new(streams: usize) -> Self {
+        Counters {
+            delivered: (0..streams)
+                .map(|_| (AtomicU64::new(0), tokio::sync::Notify::new()))
+                .collect(),
+            ..Counters::default()
+        }
+    }
 }
 
 /// What one subscriber saw.
@@ -254,7 +270,12 @@ fn plan(options: &Options) -> Plan {
 
 async fn run_flow(options: &Options) -> Result<Report, BenchError> {
     let plan = plan(options);
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters::new(plan.publishers.len()));
+    let window = match options.window {
+        0 if options.scenario == Scenario::FanIn => (1000 / plan.publishers.len()).max(1),
+        0 => 64,
+        w => w,
+    };
     let start = std::time::Instant::now();
 
     let mut subscribers = open_many(options, "sub", plan.subscribers.len()).await?;
@@ -280,7 +301,8 @@ async fn run_flow(options: &Options) -> Result<Report, BenchError> {
             qos: options.qos,
             payload: options.payload.max(STAMP_LEN),
             rate: plan.per_publisher_rate,
-            window: options.window.max(1),
+            window,
+            fan: plan.fan,
             deadline,
             drain: options.drain,
             // Spread fleet devices over their interval instead of a thundering herd.
@@ -398,6 +420,7 @@ struct PublisherSettings {
     payload: usize,
     rate: Option<f64>,
     window: usize,
+    fan: u64,
     deadline: Instant,
     drain: Duration,
     offset: Duration,
@@ -413,20 +436,37 @@ async fn publish_loop(
         .rate
         .filter(|r| *r > 0.0)
         .map(|r| Duration::from_secs_f64(1.0 / r));
+    // Max rate is a closed loop: at most `window` messages on their way per
+    // subscriber, so no broker has to drop to keep up and loss means loss.
+    let closed_loop = period.is_none();
+    let (delivered, wake) = match counters.delivered.get(s.stream as usize) {
+        Some((d, w)) => (d, w),
+        None => return Err(BenchError::Options("stream without a counter".into())),
+    };
     let mut next_send = Instant::now() + s.offset;
     let mut sequence = 0u64;
     let mut inflight = 0usize;
     let mut next_id = 1u16;
     let mut body = vec![0u8; s.payload];
     let qos0 = s.qos == QoS::AtMostOnce;
+    let mut last_progress = (0u64, Instant::now());
     loop {
         let now = Instant::now();
         if now >= s.deadline {
             break;
         }
         let mut batch = 0;
-        while (qos0 || inflight < s.window) && batch < 64 {
-            if let Some(p) = period {
+        loop {
+            if batch >= 64 || (!qos0 && inflight >= 60_000) {
+                break;
+            }
+            if closed_loop {
+                let outstanding =
+                    (sequence * s.fan).saturating_sub(delivered.load(Ordering::Relaxed));
+                if outstanding >= s.window as u64 * s.fan {
+                    break;
+                }
+            } else if let Some(p) = period {
                 if Instant::now() < next_send {
                     break;
                 }
@@ -449,26 +489,34 @@ async fn publish_loop(
         if batch > 0 {
             conn.flush().await?;
             counters.sent.fetch_add(batch as u64, Ordering::Relaxed);
+            if batch == 64 {
+                // More may be allowed right away; let the other tasks run first.
+                tokio::task::yield_now().await;
+                continue;
+            }
         }
-        let can_send_now = period.is_none() && (qos0 || inflight < s.window);
-        let wake = if can_send_now {
-            Instant::now()
-        } else if let Some(_p) = period {
-            next_send.min(s.deadline)
-        } else {
-            s.deadline
+        if closed_loop {
+            // A window that stops moving means messages were lost: give up
+            // rather than wait for them until the deadline.
+            let seen = delivered.load(Ordering::Relaxed);
+            if seen != last_progress.0 {
+                last_progress = (seen, Instant::now());
+            } else if last_progress.1.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+        }
+        let wake_at = match period {
+            Some(_) => next_send.min(s.deadline),
+            None => (Instant::now() + Duration::from_millis(100)).min(s.deadline),
         };
-        if qos0 && can_send_now {
-            tokio::task::yield_now().await;
-            continue;
-        }
         tokio::select! {
-            read = conn.read_more() => {
+            read = conn.read_more(), if !qos0 => {
                 read?;
                 inflight -= handle_acks(&mut conn, &counters)?.min(inflight);
                 conn.flush().await?;
             }
-            _ = tokio::time::sleep_until(wake) => {}
+            _ = wake.notified(), if closed_loop => {}
+            _ = tokio::time::sleep_until(wake_at) => {}
         }
     }
     // Wait for the acknowledgements still due.
@@ -513,6 +561,7 @@ async fn subscribe_loop(
         out_of_order: 0,
     };
     let mut last: HashMap<u32, u64> = HashMap::new();
+    let mut per_stream: HashMap<u32, u64> = HashMap::new();
     let mut poll = tokio::time::interval(Duration::from_millis(20));
     loop {
         tokio::select! {
@@ -546,6 +595,7 @@ async fn subscribe_loop(
                             _ => {}
                         }
                         last.insert(stamp.stream, stamp.sequence);
+                        *per_stream.entry(stamp.stream).or_default() += 1;
                     }
                     match p.qos {
                         QoS::AtMostOnce => {}
@@ -562,6 +612,12 @@ async fn subscribe_loop(
             }
         }
         counters.received.fetch_add(received, Ordering::Relaxed);
+        for (stream, n) in per_stream.drain() {
+            if let Some((delivered, wake)) = counters.delivered.get(stream as usize) {
+                delivered.fetch_add(n, Ordering::Relaxed);
+                wake.notify_one();
+            }
+        }
         if conn.flush().await.is_err() {
             break;
         }

@@ -111,8 +111,8 @@ pub(crate) async fn run(shared: Arc<BrokerShared>, transport: Transport, info: C
         transport,
         info,
         decoder,
-        rbuf: BytesMut::with_capacity(4096),
-        wbuf: BytesMut::with_capacity(4096),
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
         version: ProtocolVersion::V3_1_1,
     };
     conn.run().await;
@@ -141,11 +141,12 @@ fn sniff_connect_level(buf: &[u8]) -> Option<u8> {
 
 impl Connection {
     async fn run(&mut self) {
-        let Some(connect) = self.read_connect().await else {
+        // Boxed: their state is needed once, not for the connection's life.
+        let Some(connect) = Box::pin(self.read_connect()).await else {
             self.transport.close().await;
             return;
         };
-        let Some(mut active) = self.accept(*connect).await else {
+        let Some(mut active) = Box::pin(self.accept(*connect)).await else {
             let _ = self.flush().await;
             self.transport.close().await;
             return;
@@ -153,7 +154,7 @@ impl Connection {
         add(&self.shared.stats.clients_connected, 1);
         add(&self.shared.stats.connections_total, 1);
         debug!(client_id = %active.session.client_id, peer = %self.info.peer, version = %self.version, "connected");
-        let ending = self.serve(&mut active).await;
+        let ending = Box::pin(self.serve(&mut active)).await;
         debug!(client_id = %active.session.client_id, why = %ending.why, "disconnected");
         if let Some(reason) = ending.reason {
             let violation = reason.is_error()
@@ -192,7 +193,8 @@ impl Connection {
         }
         let result = self.transport.write_all(&self.wbuf).await;
         add(&self.shared.stats.bytes_sent, self.wbuf.len() as u64);
-        self.wbuf.clear();
+        // Give the buffer back: an idle connection holds no write buffer.
+        self.wbuf = BytesMut::new();
         result
     }
 
@@ -468,6 +470,10 @@ impl Connection {
             server_keep_alive = Some(keep_alive);
         }
 
+        // The password has done its work; keeping it would pin the CONNECT's
+        // read buffer for the life of the connection.
+        let mut request = request;
+        request.password = None;
         let client_id: Arc<str> = client_id.into();
         let attached = shared.attach(&client_id, self.version, connect.clean_start, expiry, will);
         let p = &connect.properties;
@@ -540,6 +546,10 @@ impl Connection {
             let more = self.fill(active);
             if let Err(e) = self.flush().await {
                 return Ending::closed(e.to_string());
+            }
+            if self.rbuf.is_empty() {
+                // Nothing half-read: hold no read buffer while waiting.
+                self.rbuf = BytesMut::new();
             }
             let deadline = active.keep_alive.map(|k| last_read + k);
             let session = active.session.clone();
@@ -654,7 +664,7 @@ impl Connection {
                     why: format!("DISCONNECT {}", disconnect.reason),
                 })
             }
-            Packet::Auth(auth) => self.handle_auth(active, auth).await,
+            Packet::Auth(auth) => Box::pin(self.handle_auth(active, auth)).await,
             Packet::Connect(_) => Err(Ending::protocol(
                 ReasonCode::ProtocolError,
                 "second CONNECT [MQTT-3.1.0-2]",

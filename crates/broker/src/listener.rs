@@ -156,6 +156,28 @@ impl Broker {
         peer: SocketAddr,
         kind: ListenerKind,
     ) -> io::Result<()> {
+        let listener = kind.name();
+        let (transport, fingerprint) = match kind {
+            // Plain TCP needs no handshake; the connection task stays small.
+            ListenerKind::Tcp => (Transport::tcp(stream), None),
+            // The handshakes are boxed so their state does not stay in every
+            // connection's task once they are done.
+            kind => Box::pin(self.handshake(stream, kind)).await?,
+        };
+        let info = ConnectionInfo {
+            peer,
+            listener,
+            certificate_fingerprint: fingerprint,
+        };
+        Box::pin(connection::run(self.shared.clone(), transport, info)).await;
+        Ok(())
+    }
+
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        kind: ListenerKind,
+    ) -> io::Result<(Transport, Option<String>)> {
         let handshake_timeout = Duration::from_secs(self.shared.settings.connect_timeout_secs);
         let mut fingerprint = None;
         let io: Box<dyn Io> = match &kind {
@@ -186,17 +208,11 @@ impl Broker {
                     io::Error::new(io::ErrorKind::TimedOut, "WebSocket handshake timed out")
                 })?
                 .map_err(io::Error::other)?;
-                Transport::WebSocket(Box::new(ws))
+                Transport::websocket(ws)
             }
-            _ => Transport::Stream(io),
+            _ => Transport::stream(io),
         };
-        let info = ConnectionInfo {
-            peer,
-            listener: kind.name(),
-            certificate_fingerprint: fingerprint,
-        };
-        connection::run(self.shared.clone(), transport, info).await;
-        Ok(())
+        Ok((transport, fingerprint))
     }
 
     /// Serves one connection over any byte stream: an in-process client of
@@ -209,7 +225,7 @@ impl Broker {
         };
         connection::run(
             self.shared.clone(),
-            Transport::Stream(Box::new(stream)),
+            Transport::stream(Box::new(stream)),
             info,
         )
         .await;

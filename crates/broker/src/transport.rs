@@ -9,57 +9,86 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+/// Bytes asked of the socket per read: small at first (a CONNECT is a few
+/// dozen bytes, and thousands of idle devices should not each leave a large
+/// freed buffer behind), doubling while reads come back full.
+const FIRST_READ: usize = 512;
+const LARGEST_READ: usize = 64 * 1024;
+
 /// Any duplex byte stream.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// A connection's transport. Reads are cancel-safe, so they can sit in a
 /// `select!` with the session's wake-up.
-pub(crate) enum Transport {
+pub(crate) struct Transport {
+    kind: TransportKind,
+    read_size: usize,
+}
+
+enum TransportKind {
+    /// Plain TCP: waits for readability before it takes a buffer, so an
+    /// idle connection holds no read buffer at all.
+    Tcp(tokio::net::TcpStream),
     Stream(Box<dyn Io>),
     WebSocket(Box<WebSocketStream<Box<dyn Io>>>),
 }
 
 impl Transport {
-    /// Appends what arrives to `buf`; `Ok(0)` is the end of the stream.
-    pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        match self {
-            Transport::Stream(stream) => {
-                buf.reserve(8 * 1024);
-                stream.read_buf(buf).await
-            }
-            Transport::WebSocket(ws) => loop {
-                match ws.next().await {
-                    None => return Ok(0),
-                    Some(Ok(WsMessage::Binary(data))) => {
-                        buf.extend_from_slice(&data);
-                        if !data.is_empty() {
-                            return Ok(data.len());
-                        }
-                    }
-                    // [MQTT-6.0.0-1] MQTT goes in binary frames; anything else
-                    // closes the connection.
-                    Some(Ok(WsMessage::Text(_))) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "text frame on an MQTT WebSocket [MQTT-6.0.0-1]",
-                        ));
-                    }
-                    Some(Ok(WsMessage::Close(_))) => return Ok(0),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(io::Error::other(e)),
-                }
-            },
+    pub(crate) fn tcp(stream: tokio::net::TcpStream) -> Self {
+        Transport::new(TransportKind::Tcp(stream))
+    }
+
+    pub(crate) fn stream(stream: Box<dyn Io>) -> Self {
+        Transport::new(TransportKind::Stream(stream))
+    }
+
+    pub(crate) fn websocket(ws: WebSocketStream<Box<dyn Io>>) -> Self {
+        Transport::new(TransportKind::WebSocket(Box::new(ws)))
+    }
+
+    fn new(kind: TransportKind) -> Self {
+        Transport {
+            kind,
+            read_size: FIRST_READ,
         }
     }
 
+    /// Appends what arrives to `buf`; `Ok(0)` is the end of the stream.
+    pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        let size = self.read_size;
+        let n = match &mut self.kind {
+            TransportKind::Tcp(stream) => loop {
+                stream.readable().await?;
+                buf.reserve(size);
+                match stream.try_read_buf(buf) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            },
+            TransportKind::Stream(stream) => {
+                buf.reserve(size);
+                stream.read_buf(buf).await?
+            }
+            TransportKind::WebSocket(ws) => return read_websocket(ws, buf).await,
+        };
+        self.read_size = if n >= size {
+            (size * 2).min(LARGEST_READ)
+        } else {
+            (size / 2).max(FIRST_READ)
+        };
+        Ok(n)
+    }
+
     pub(crate) async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        match self {
-            Transport::Stream(stream) => {
+        match &mut self.kind {
+            TransportKind::Tcp(stream) => stream.write_all(data).await,
+            TransportKind::Stream(stream) => {
                 stream.write_all(data).await?;
                 stream.flush().await
             }
-            Transport::WebSocket(ws) => ws
+            TransportKind::WebSocket(ws) => ws
                 .send(WsMessage::Binary(Bytes::copy_from_slice(data)))
                 .await
                 .map_err(io::Error::other),
@@ -67,13 +96,44 @@ impl Transport {
     }
 
     pub(crate) async fn close(&mut self) {
-        match self {
-            Transport::Stream(stream) => {
+        match &mut self.kind {
+            TransportKind::Tcp(stream) => {
                 let _ = stream.shutdown().await;
             }
-            Transport::WebSocket(ws) => {
+            TransportKind::Stream(stream) => {
+                let _ = stream.shutdown().await;
+            }
+            TransportKind::WebSocket(ws) => {
                 let _ = SinkExt::close(ws.as_mut()).await;
             }
+        }
+    }
+}
+
+async fn read_websocket(
+    ws: &mut WebSocketStream<Box<dyn Io>>,
+    buf: &mut BytesMut,
+) -> io::Result<usize> {
+    loop {
+        match ws.next().await {
+            None => return Ok(0),
+            Some(Ok(WsMessage::Binary(data))) => {
+                buf.extend_from_slice(&data);
+                if !data.is_empty() {
+                    return Ok(data.len());
+                }
+            }
+            // [MQTT-6.0.0-1] MQTT goes in binary frames; anything else
+            // closes the connection.
+            Some(Ok(WsMessage::Text(_))) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "text frame on an MQTT WebSocket [MQTT-6.0.0-1]",
+                ));
+            }
+            Some(Ok(WsMessage::Close(_))) => return Ok(0),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(io::Error::other(e)),
         }
     }
 }

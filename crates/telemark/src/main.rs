@@ -69,8 +69,9 @@ struct BenchArgs {
     /// MQTT protocol: 3.1.1 or 5.
     #[arg(long, default_value = "3.1.1")]
     protocol: String,
-    /// Unacknowledged QoS 1/2 messages per publisher.
-    #[arg(long, default_value_t = 256)]
+    /// At max rate: messages per publisher sent and not yet delivered to a
+    /// subscriber (closed loop); 0 picks one that fits a 1000-message queue.
+    #[arg(long, default_value_t = 0)]
     window: usize,
     /// Spread connections over this many source addresses 127.0.0.1.. (idle: 100,000 needs 5).
     #[arg(long, default_value_t = 1)]

@@ -1,0 +1,140 @@
+"""Turns the JSON results of bench/compare.sh into docs/benchmarks.md."""
+
+import glob
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import date
+
+work, mosquitto = sys.argv[1], sys.argv[2]
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {"error": "no result"}
+
+
+results = {}
+for path in sorted(glob.glob(os.path.join(work, "*.json"))):
+    name = os.path.basename(path)[:-5]
+    if "." not in name:
+        continue
+    broker, scenario = name.split(".", 1)
+    results.setdefault(scenario, {})[broker] = load(path)
+
+brokers = ["telemark", "mosquitto", "rumqttd"]
+present = [b for b in brokers if any(b in r for r in results.values())]
+
+
+def version(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+    except Exception:
+        return "unknown"
+
+
+def mem():
+    with open("/proc/meminfo") as f:
+        kib = int(f.readline().split()[1])
+    return f"{kib / 1024 / 1024:.0f} GiB"
+
+
+def cpu():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def figure(r, key):
+    if "error" in r:
+        return None
+    if key == "latency_p99":
+        return r.get("latency", {}).get("p99_us")
+    return r.get(key)
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        v = round(v)
+    return f"{v:,}{unit}"
+
+
+def ratio(t, m, higher_is_better=True):
+    if t is None or m is None or not m or not t:
+        return "—"
+    r = t / m if higher_is_better else m / t
+    return f"{r:.2f}×"
+
+
+print("# Benchmarks\n")
+print(f"Run on {date.today().isoformat()} by `bench/compare.sh`, one broker at a time on 127.0.0.1,")
+print(f"with the load generator (`telemark bench`) on the same machine: {os.cpu_count()} cores ({cpu()}), {mem()}.")
+print()
+print(f"- Telemark: `{version([os.path.join('target', 'release', 'telemark'), '--version'])}` (release build)")
+print(f"- Mosquitto: `{version([mosquitto, '-h'])}` (Debian package), persistence off, defaults otherwise")
+print("- Every broker with persistence off; Telemark with its defaults.\n")
+print("Ratios are Telemark / peer for rates and peer / Telemark for latency and memory,")
+print("so above 1× means Telemark is ahead.\n")
+
+throughput = [s for s in results if not s.startswith(("latency", "idle", "connect", "generator"))]
+print("## Throughput (messages delivered per second)\n")
+head = "| scenario | " + " | ".join(f"{b} recv/s" for b in present) + " | loss (T/M) | Telemark/Mosquitto | broker CPU (T/M) |"
+print(head)
+print("|" + "---|" * (head.count("|") - 1))
+for s in throughput:
+    row = results[s]
+    t, m = row.get("telemark", {}), row.get("mosquitto", {})
+    cells = [fmt(figure(row.get(b, {"error": 1}), "received_per_sec")) for b in present]
+    loss = f"{fmt(figure(t, 'lost'))} / {fmt(figure(m, 'lost'))}"
+    cpu_ = f"{fmt(figure(t, 'broker_cpu_percent'), '%')} / {fmt(figure(m, 'broker_cpu_percent'), '%')}"
+    print(f"| {s.replace('_', ' ')} | " + " | ".join(cells) + f" | {loss} | {ratio(figure(t, 'received_per_sec'), figure(m, 'received_per_sec'))} | {cpu_} |")
+
+print("\n## Latency at a fixed rate (half of Mosquitto's maximum)\n")
+print("| scenario | " + " | ".join(f"{b} p50 / p99 / p99.9 / max (µs)" for b in present) + " | p99 Mosquitto/Telemark |")
+print("|---|" + "---|" * len(present) + "---|")
+for s in [s for s in results if s.startswith("latency")]:
+    row = results[s]
+    cells = []
+    for b in present:
+        lat = row.get(b, {}).get("latency", {})
+        cells.append(" / ".join(fmt(lat.get(k)) for k in ("p50_us", "p99_us", "p999_us", "max_us")))
+    print(f"| {s.replace('_', ' ')} | " + " | ".join(cells)
+          + f" | {ratio(figure(row.get('telemark', {}), 'latency_p99'), figure(row.get('mosquitto', {}), 'latency_p99'), False)} |")
+
+print("\n## Connections\n")
+print("| scenario | " + " | ".join(present) + " | Telemark vs Mosquitto |")
+print("|---|" + "---|" * len(present) + "---|")
+for s in [s for s in results if s.startswith("connect")]:
+    row = results[s]
+    cells = [fmt(figure(row.get(b, {"error": 1}), "connects_per_sec"), " /s") for b in present]
+    print(f"| connect rate | " + " | ".join(cells) + f" | {ratio(figure(row.get('telemark', {}), 'connects_per_sec'), figure(row.get('mosquitto', {}), 'connects_per_sec'))} |")
+for s in [s for s in results if s.startswith("idle")]:
+    row = results[s]
+    cells = [f"{fmt(figure(row.get(b, {'error': 1}), 'broker_bytes_per_connection'), ' B')} ({fmt(figure(row.get(b, {'error': 1}), 'held'))} held)" for b in present]
+    print(f"| idle: memory per connection | " + " | ".join(cells) + f" | {ratio(figure(row.get('telemark', {}), 'broker_bytes_per_connection'), figure(row.get('mosquitto', {}), 'broker_bytes_per_connection'), False)} |")
+
+gen = [load(os.path.join(work, f)) for f in ("gen1.json", "gen2.json")]
+one = results.get("generator_check:_one_generator", {}).get("telemark", {})
+if all("error" not in g for g in gen) and one:
+    both = sum(g.get("received_per_sec", 0) for g in gen)
+    print("\n## Is the generator the bottleneck?\n")
+    print(f"Pairs q0 64B against Telemark: one generator {fmt(one.get('received_per_sec'))}/s; "
+          f"two generator processes together {fmt(both)}/s. Where two deliver no more than one, "
+          "the broker (or the shared 2 cores) is the limit, not the generator.")
+
+print("\n## Command\n")
+print("```sh\nbench/compare.sh " + (sys.argv[3] if len(sys.argv) > 3 else "") + "\n```")
+print("\nEvery row is one `telemark bench` run; the raw JSON reports carry sent, acknowledged,")
+print("received, loss, duplicates, order, latency percentiles and the broker's CPU and peak RSS.")
