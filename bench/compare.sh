@@ -44,7 +44,12 @@ ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+
 start_broker() {
+  # A stale process on the port would be measured instead of this broker.
+  for _ in $(seq 50); do port_open || break; sleep 0.2; done
+  if port_open; then echo "127.0.0.1:$PORT is already in use; set PORT" >&2; exit 1; fi
   case "$1" in
     telemark)
       RUST_LOG=warn "$BIN" broker --tcp "127.0.0.1:$PORT" >"$work/broker.log" 2>&1 &
@@ -66,7 +71,10 @@ CONF
   esac
   BROKER_PID=$!
   for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
+    if port_open; then
+      kill -0 "$BROKER_PID" 2>/dev/null && return 0
+      break
+    fi
     sleep 0.1
   done
   echo "$1 did not start:" >&2; cat "$work/broker.log" >&2; exit 1
@@ -121,7 +129,7 @@ mosq_rate=$(python3 -c "import json,sys; print(int(json.load(open(sys.argv[1])).
 [ "$mosq_rate" -gt 0 ] || mosq_rate=10000
 for broker in "${BROKERS[@]}"; do
   start_broker "$broker"
-  run_one "$broker" "latency pairs q1 64B at $mosq_rate/s" pairs -n "$PAIRS" --qos 1 --payload 64 --rate "$mosq_rate"
+  run_one "$broker" "latency pairs q1 64B at $mosq_rate per s" pairs -n "$PAIRS" --qos 1 --payload 64 --rate "$mosq_rate"
   stop_broker
 done
 
@@ -135,5 +143,9 @@ run_one telemark "generator check: one generator" pairs -n "$PAIRS" --qos 0 --pa
 wait %2 2>/dev/null || wait
 stop_broker
 
-python3 bench/report.py "$work" "$MOSQUITTO" "$*" > docs/benchmarks.md
+overrides=""
+for v in QUICK DURATION IDLE FANIN FANOUT PAIRS FLEET RUMQTTD; do
+  [ -n "${!v+x}" ] && overrides+="$v=${!v} "
+done
+python3 bench/report.py "$work" "$MOSQUITTO" "${CMD_OVERRIDES:-$overrides}bench/compare.sh" > docs/benchmarks.md
 echo "wrote docs/benchmarks.md" >&2

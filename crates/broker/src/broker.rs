@@ -306,7 +306,7 @@ impl BrokerShared {
         protocol: ProtocolVersion,
         clean_start: bool,
         expiry_interval: u32,
-        will: Option<StoredWill>,
+        will: Option<Box<StoredWill>>,
     ) -> Attached {
         let _guard = self.lock_sessions();
         let existing = self.sessions.get(client_id);

@@ -440,10 +440,10 @@ impl Connection {
                 } else {
                     0
                 };
-                Some(StoredWill {
+                Some(Box::new(StoredWill {
                     will,
                     delay: Duration::from_secs(u64::from(delay)),
-                })
+                }))
             } else {
                 debug!(client_id = %client_id, topic = %will.topic, "will not authorized; dropped");
                 None
@@ -533,7 +533,13 @@ impl Connection {
                 match self.decoder.decode(&mut self.rbuf) {
                     Ok(Some(packet)) => {
                         add(&self.shared.stats.messages_received, 1);
-                        if let Err(ending) = self.handle(active, packet).await {
+                        // Only AUTH may wait (on the authenticator); keeping the
+                        // rest synchronous keeps a packet out of the idle task.
+                        let handled = match packet {
+                            Packet::Auth(auth) => Box::pin(self.handle_auth(active, auth)).await,
+                            packet => self.handle(active, packet),
+                        };
+                        if let Err(ending) = handled {
                             return ending;
                         }
                     }
@@ -581,7 +587,7 @@ impl Connection {
         }
     }
 
-    async fn handle(&mut self, active: &mut Active, packet: Packet) -> Result<(), Ending> {
+    fn handle(&mut self, active: &mut Active, packet: Packet) -> Result<(), Ending> {
         let v5 = self.version.is_v5();
         match packet {
             Packet::Publish(publish) => self.handle_publish(active, publish),
@@ -664,7 +670,10 @@ impl Connection {
                     why: format!("DISCONNECT {}", disconnect.reason),
                 })
             }
-            Packet::Auth(auth) => Box::pin(self.handle_auth(active, auth)).await,
+            Packet::Auth(_) => Err(Ending::protocol(
+                ReasonCode::ImplementationSpecificError,
+                "AUTH is handled before this point",
+            )),
             Packet::Connect(_) => Err(Ending::protocol(
                 ReasonCode::ProtocolError,
                 "second CONNECT [MQTT-3.1.0-2]",

@@ -60,7 +60,8 @@ pub struct SessionState {
     pub generation: u64,
     /// Tells the attached connection to close with a reason.
     pub kick: Option<watch::Sender<Option<ReasonCode>>>,
-    pub will: Option<StoredWill>,
+    /// Boxed: most sessions have none, and a will is large.
+    pub will: Option<Box<StoredWill>>,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
 }

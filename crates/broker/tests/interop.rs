@@ -190,3 +190,91 @@ async fn websocket_on_another_path_is_refused() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn mqtt_over_secure_websocket() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use std::sync::Arc;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(vec![]).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Telemark test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let server_key = KeyPair::generate().expect("key");
+    let server = CertificateParams::new(vec!["localhost".into()])
+        .expect("params")
+        .signed_by(&server_key, &issuer)
+        .expect("cert");
+    let write = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write");
+        path
+    };
+    let tls = broker::TlsFiles {
+        certificate: write("server.crt", server.pem()),
+        private_key: write("server.key", server_key.serialize_pem()),
+        client_ca: None,
+        require_client_certificate: false,
+    };
+    let broker = broker::Broker::new(quick_settings(), Arc::new(broker::AllowAll));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    broker.serve(
+        listener,
+        broker::ListenerKind::SecureWebSocket(tls.acceptor().expect("acceptor")),
+    );
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).expect("root");
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let server_name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls_stream = connector
+        .connect(server_name, tcp)
+        .await
+        .expect("TLS handshake");
+    let mut request = "wss://localhost/mqtt"
+        .into_client_request()
+        .expect("request");
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("header"));
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tls_stream)
+        .await
+        .expect("upgrade");
+    let mut out = BytesMut::new();
+    encode(
+        &Conn::v311("wss-client").packet(),
+        ProtocolVersion::V3_1_1,
+        &mut out,
+    )
+    .expect("encode");
+    ws.send(WsMessage::Binary(out.split().freeze()))
+        .await
+        .expect("send");
+    let mut decoder = Decoder::with_version(ProtocolVersion::V3_1_1);
+    let mut buf = BytesMut::new();
+    let ack = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(Ok(WsMessage::Binary(data))) = ws.next().await {
+                buf.extend_from_slice(&data);
+                if let Some(p) = decoder.decode(&mut buf).expect("valid") {
+                    return p;
+                }
+            }
+        }
+    })
+    .await
+    .expect("CONNACK over wss");
+    assert!(matches!(ack, Packet::ConnAck(a) if a.reason == ReasonCode::Success));
+}
