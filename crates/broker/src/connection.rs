@@ -553,8 +553,8 @@ impl Connection {
             if let Err(e) = self.flush().await {
                 return Ending::closed(e.to_string());
             }
-            if self.rbuf.is_empty() {
-                // Nothing half-read: hold no read buffer while waiting.
+            if self.rbuf.is_empty() && self.rbuf.capacity() > 4096 {
+                // Nothing half-read: a large buffer goes back while waiting.
                 self.rbuf = BytesMut::new();
             }
             let deadline = active.keep_alive.map(|k| last_read + k);

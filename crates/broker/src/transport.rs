@@ -27,8 +27,7 @@ pub(crate) struct Transport {
 }
 
 enum TransportKind {
-    /// Plain TCP: waits for readability before it takes a buffer, so an
-    /// idle connection holds no read buffer at all.
+    /// Plain TCP, without the indirection of a boxed stream.
     Tcp(tokio::net::TcpStream),
     Stream(Box<dyn Io>),
     WebSocket(Box<WebSocketStream<Box<dyn Io>>>),
@@ -58,15 +57,12 @@ impl Transport {
     pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         let size = self.read_size;
         let n = match &mut self.kind {
-            TransportKind::Tcp(stream) => loop {
-                stream.readable().await?;
+            TransportKind::Tcp(stream) => {
+                // read_buf (not readable + try_read) lets tokio see a short
+                // read and skip the extra read that would only say WouldBlock.
                 buf.reserve(size);
-                match stream.try_read_buf(buf) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
-            },
+                stream.read_buf(buf).await?
+            }
             TransportKind::Stream(stream) => {
                 buf.reserve(size);
                 stream.read_buf(buf).await?
