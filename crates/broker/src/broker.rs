@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::Duration;
 
 use bytes::Bytes;
-use mqtt::{ProtocolVersion, QoS, ReasonCode};
+use mqtt::{ProtocolVersion, QoS};
 use tokio::sync::watch;
 
 use crate::auth::{Action, Authenticator, ClientIdentity};
@@ -57,7 +57,6 @@ pub(crate) struct Attached {
     pub session: Arc<Session>,
     pub session_present: bool,
     pub generation: u64,
-    pub kick: watch::Receiver<Option<ReasonCode>>,
 }
 
 impl Broker {
@@ -310,18 +309,14 @@ impl BrokerShared {
     ) -> Attached {
         let _guard = self.lock_sessions();
         let existing = self.sessions.get(client_id);
-        let (kick_tx, kick_rx) = watch::channel(None);
         let mut will_to_publish = None;
+        let mut taken_over = false;
         let (session, session_present) = match existing {
             Some(session) => {
                 let mut state = session.lock();
-                if state.connected
-                    && let Some(kick) = state.kick.take()
-                {
-                    // [MQTT-3.1.4-3] the existing connection is closed, in
-                    // MQTT 5 with 0x8E first.
-                    let _ = kick.send(Some(ReasonCode::SessionTakenOver));
-                }
+                // [MQTT-3.1.4-3] the existing connection is closed, in MQTT 5
+                // with 0x8E first: it sees the new generation when woken.
+                taken_over = state.connected;
                 // The old connection ended without DISCONNECT: its will goes
                 // out unless it is delayed and this connection resumes the
                 // session in time [MQTT-3.1.3-9].
@@ -357,12 +352,14 @@ impl BrokerShared {
             state.protocol = protocol;
             state.generation += 1;
             state.connected = true;
-            state.kick = Some(kick_tx);
             state.expiry_interval = expiry_interval;
             state.will = will;
             state.generation
         };
         drop(_guard);
+        if taken_over {
+            session.wake.notify_waiters();
+        }
         if let Some(will) = will_to_publish {
             self.publish_will(client_id, will);
         }
@@ -370,7 +367,6 @@ impl BrokerShared {
             session,
             session_present,
             generation,
-            kick: kick_rx,
         }
     }
 
@@ -389,7 +385,6 @@ impl BrokerShared {
             return;
         }
         state.connected = false;
-        state.kick = None;
         if !publish_will {
             state.will = None;
         }

@@ -14,7 +14,6 @@ use mqtt::{
     PubResponse, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
     Unsubscribe, encode,
 };
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -89,7 +88,6 @@ impl Drop for OpenGuard {
 struct Active {
     session: Arc<Session>,
     generation: u64,
-    kick: watch::Receiver<Option<ReasonCode>>,
     identity: ClientIdentity,
     request: ConnectRequest,
     keep_alive: Option<Duration>,
@@ -480,7 +478,6 @@ impl Connection {
         let active = Active {
             session: attached.session,
             generation: attached.generation,
-            kick: attached.kick,
             identity,
             request,
             keep_alive: (keep_alive > 0)
@@ -549,7 +546,16 @@ impl Connection {
             }
             // One wake-up may stand for many queued messages: when the write
             // buffer filled up before the queue emptied, go round again.
-            let more = self.fill(active);
+            let Some(more) = self.fill(active) else {
+                // Taken over: the session has a newer connection. Pass on a
+                // wake-up this connection may have taken from it.
+                active.session.wake.notify_one();
+                return Ending {
+                    reason: Some(ReasonCode::SessionTakenOver),
+                    publish_will: true,
+                    why: "session taken over".into(),
+                };
+            };
             if let Err(e) = self.flush().await {
                 return Ending::closed(e.to_string());
             }
@@ -561,10 +567,6 @@ impl Connection {
             let session = active.session.clone();
             tokio::select! {
                 biased;
-                _ = active.kick.changed() => {
-                    let reason = (*active.kick.borrow()).unwrap_or(ReasonCode::AdministrativeAction);
-                    return Ending { reason: Some(reason), publish_will: true, why: "session taken over".into() };
-                }
                 _ = shutdown.wait_for(|v| *v) => {
                     self.fill(active);
                     return Ending { reason: Some(ReasonCode::ServerShuttingDown), publish_will: true, why: "server shutting down".into() };
@@ -1022,13 +1024,13 @@ impl Connection {
 
     /// Moves queued deliveries into the write buffer while the client's
     /// Receive Maximum allows [MQTT-3.3.4-7], in order [MQTT-4.6.0-6].
-    /// Returns true when it stopped only because the buffer is full.
-    fn fill(&mut self, active: &mut Active) -> bool {
+    /// Some(true) when it stopped only because the buffer is full; None when
+    /// the session has been taken over (its queue is the new connection's).
+    fn fill(&mut self, active: &mut Active) -> Option<bool> {
         let session = active.session.clone();
         let mut state = session.lock();
         if state.generation != active.generation {
-            // Taken over: the queue belongs to the new connection now.
-            return false;
+            return None;
         }
         let limit = usize::from(
             active
@@ -1037,16 +1039,16 @@ impl Connection {
         );
         loop {
             let Some(front) = state.queue.front() else {
-                return false;
+                return Some(false);
             };
             if front.qos != QoS::AtMostOnce && state.inflight.len() >= limit {
-                return false;
+                return Some(false);
             }
             if self.wbuf.len() >= 256 * 1024 {
-                return true;
+                return Some(true);
             }
             let Some(delivery) = state.queue.pop_front() else {
-                return false;
+                return Some(false);
             };
             // [MQTT-3.3.2-5] expired messages are not sent.
             if delivery.message.is_expired() {
@@ -1060,7 +1062,7 @@ impl Connection {
                     Some(id) => id,
                     None => {
                         state.queue.push_front(delivery);
-                        return false;
+                        return Some(false);
                     }
                 }
             };

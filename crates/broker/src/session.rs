@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use mqtt::{ProtocolVersion, QoS, ReasonCode, Will};
-use tokio::sync::{Notify, watch};
+use mqtt::{ProtocolVersion, QoS, Will};
+use tokio::sync::Notify;
 
 use crate::message::Message;
 use crate::settings::QueuePolicy;
@@ -58,8 +58,6 @@ pub struct SessionState {
     pub connected: bool,
     /// Incremented at each connection, so timers of an old one know they are stale.
     pub generation: u64,
-    /// Tells the attached connection to close with a reason.
-    pub kick: Option<watch::Sender<Option<ReasonCode>>>,
     /// Boxed: most sessions have none, and a will is large.
     pub will: Option<Box<StoredWill>>,
     /// Messages dropped because the queue was full.
@@ -79,7 +77,6 @@ impl SessionState {
             expiry_interval: 0,
             connected: false,
             generation: 0,
-            kick: None,
             will: None,
             dropped: 0,
         }

@@ -912,3 +912,25 @@ async fn sys_topics_and_prometheus_figures() {
     );
     assert!(text.contains("# TYPE telemark_broker_publish_received_total counter"));
 }
+
+#[tokio::test]
+async fn messages_follow_the_session_to_the_connection_that_took_it_over() {
+    // [MQTT-3.1.4-3] with a resumed session: nothing is left with the old connection.
+    let b = start().await;
+    let conn = Conn::v5("roaming").persistent(60);
+    let (mut first, _) = Client::connect(b.tcp, &conn).await;
+    first.subscribe("roam/t", QoS::AtLeastOnce).await;
+    let (mut second, ack) = Client::connect(b.tcp, &conn).await;
+    assert!(ack.session_present);
+    assert_eq!(
+        first.expect_closed().await,
+        Some(ReasonCode::SessionTakenOver)
+    );
+    let (mut p, _) = Client::connect(b.tcp, &Conn::v5("roam-pub")).await;
+    for i in 0..20u8 {
+        p.publish("roam/t", &[i], QoS::AtLeastOnce, false).await;
+    }
+    for i in 0..20u8 {
+        assert_eq!(second.recv_publish().await.payload[0], i);
+    }
+}
