@@ -130,6 +130,11 @@ for s in [s for s in results if s.startswith("idle")]:
     cells = [f"{fmt(figure(row.get(b, {'error': 1}), 'broker_bytes_per_connection'), ' B')} ({fmt(figure(row.get(b, {'error': 1}), 'held'))} held)" for b in present]
     print(f"| idle: memory per connection | " + " | ".join(cells) + f" | {ratio(figure(row.get('telemark', {}), 'broker_bytes_per_connection'), figure(row.get('mosquitto', {}), 'broker_bytes_per_connection'), False)} |")
 
+held = [r.get("telemark", {}).get("held", 0) for k, r in results.items() if k.startswith("idle")]
+if held and held[0] < 100000:
+    print(f"\nThe idle run held {held[0]:,} connections, not 100,000: this machine's hard limit on open files")
+    print("is `ulimit -Hn` per process (20,000 here), and both the broker and the generator need one per connection.")
+
 gen = [load(os.path.join(work, f)) for f in ("gen1.json", "gen2.json")]
 one = results.get("generator_check:_one_generator", {}).get("telemark", {})
 if all("error" not in g for g in gen) and one:
