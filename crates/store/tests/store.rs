@@ -1,0 +1,267 @@
+//! The store on a real SQLite file and, when `TELEMARK_TEST_POSTGRES` names a
+//! server (scripts/test starts one on 127.0.0.1), on a fresh PostgreSQL
+//! database: the same calls, the same answers.
+
+use store::{DeviceQuery, NewDevice, NewDeviceModel, OrganisationKind, Store, StoreError};
+
+/// One store per backend, each empty.
+async fn stores() -> (Vec<Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut out = vec![
+        Store::open_data_dir(dir.path())
+            .await
+            .expect("sqlite store"),
+    ];
+    if let Ok(admin_url) = std::env::var("TELEMARK_TEST_POSTGRES") {
+        let name = format!(
+            "telemark_test_{}",
+            std::process::id() as u64 * 1000 + rand_suffix()
+        );
+        let admin = sqlx::PgPool::connect(&admin_url)
+            .await
+            .expect("PostgreSQL reachable");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        admin.close().await;
+        let url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("TELEMARK_TEST_POSTGRES needs a database path"),
+        };
+        out.push(Store::open(&url).await.expect("postgres store"));
+    }
+    (out, dir)
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64 % 997)
+            .unwrap_or(0)
+}
+
+fn model(name: &str, segment: &str) -> NewDeviceModel {
+    NewDeviceModel {
+        name: name.into(),
+        vendor: "D-Link".into(),
+        hardware_revision: "A1".into(),
+        topic_segment: segment.into(),
+        description: String::new(),
+    }
+}
+
+fn device(org: i64, model: i64, n: u32) -> NewDevice {
+    NewDevice {
+        organisation_id: org,
+        model_id: model,
+        name: format!("router-{n:05}"),
+        serial: format!("SN{n:08}"),
+        mac: format!("00-11-22-33-{:02x}-{:02x}", n / 256, n % 256),
+        imei: None,
+        iccid: None,
+        labels: vec!["lab".into()],
+    }
+}
+
+#[tokio::test]
+async fn organisation_tree_and_scopes() {
+    let (stores, _dir) = stores().await;
+    for store in &stores {
+        let operator = store
+            .create_operator("Telemark Ops")
+            .await
+            .expect("operator");
+        assert_eq!(operator.kind, OrganisationKind::Operator);
+        assert!(matches!(
+            store.create_operator("Second").await,
+            Err(StoreError::Conflict(_))
+        ));
+        let root = store.scope_of(operator.id).await.expect("scope");
+        let si = store
+            .create_organisation(&root, operator.id, "Integrator A")
+            .await
+            .expect("si");
+        assert_eq!(si.kind, OrganisationKind::Integrator);
+        let other_si = store
+            .create_organisation(&root, operator.id, "Integrator B")
+            .await
+            .expect("si");
+        let si_scope = store.scope_of(si.id).await.expect("scope");
+        let customer = store
+            .create_organisation(&si_scope, si.id, "Customer 1")
+            .await
+            .expect("customer");
+        assert_eq!(customer.kind, OrganisationKind::Customer);
+        let customer_scope = store.scope_of(customer.id).await.expect("scope");
+        assert!(matches!(
+            store
+                .create_organisation(&customer_scope, customer.id, "Below")
+                .await,
+            Err(StoreError::Invalid(_))
+        ));
+        // An integrator sees itself and its customers, never the other integrator.
+        let seen: Vec<String> = store
+            .organisations(&si_scope)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        assert_eq!(seen, ["Integrator A", "Customer 1"], "{}", store.backend());
+        assert!(matches!(
+            store.organisation(&si_scope, other_si.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store
+                .create_organisation(&si_scope, other_si.id, "Sneaky")
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(store.organisations(&root).await.expect("list").len(), 4);
+    }
+}
+
+#[tokio::test]
+async fn devices_are_tenant_scoped_unique_and_paged() {
+    let (stores, _dir) = stores().await;
+    for store in &stores {
+        let operator = store.create_operator("Ops").await.expect("operator");
+        let root = store.scope_of(operator.id).await.expect("scope");
+        let a = store
+            .create_organisation(&root, operator.id, "A")
+            .await
+            .expect("a");
+        let b = store
+            .create_organisation(&root, operator.id, "B")
+            .await
+            .expect("b");
+        let a_scope = store.scope_of(a.id).await.expect("scope");
+        let b_scope = store.scope_of(b.id).await.expect("scope");
+        let m = store
+            .create_device_model(&model("DWM-311-A1", "311-a1"))
+            .await
+            .expect("model");
+        assert!(matches!(
+            store
+                .create_device_model(&model("DWM-311-A1", "other"))
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+
+        let batch: Vec<NewDevice> = (0..250).map(|n| device(a.id, m.id, n)).collect();
+        let ids = store
+            .insert_devices(&a_scope, &batch)
+            .await
+            .expect("insert");
+        assert_eq!(ids.len(), 250);
+        // All or nothing: one duplicate MAC rolls the whole batch back.
+        let mut bad = vec![device(b.id, m.id, 1000), device(b.id, m.id, 1001)];
+        bad[1].mac = batch[0].mac.clone();
+        assert!(matches!(
+            store.insert_devices(&b_scope, &bad).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(store.count_devices(&b_scope).await.expect("count"), 0);
+        // A tenant cannot put devices into another's organisation.
+        assert!(matches!(
+            store
+                .insert_devices(&b_scope, &[device(a.id, m.id, 2000)])
+                .await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        assert_eq!(store.count_devices(&a_scope).await.expect("count"), 250);
+        assert_eq!(store.count_devices(&root).await.expect("count"), 250);
+        assert!(matches!(
+            store.device(&b_scope, ids[0]).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(
+            store.device(&root, ids[0]).await.expect("device").serial,
+            "SN00000000"
+        );
+
+        // Keyset pages of 100 cover everything once, in order.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .devices(
+                    &a_scope,
+                    &DeviceQuery {
+                        after_id: after,
+                        limit: 100,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("page");
+            seen.extend(page.devices.iter().map(|d| d.id));
+            match page.next_after_id {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ids, "{}", store.backend());
+        let found = store
+            .devices(
+                &root,
+                &DeviceQuery {
+                    search: Some("SN0000012".into()),
+                    limit: 50,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("search");
+        assert_eq!(found.devices.len(), 10);
+        let by_mac = store
+            .devices(
+                &root,
+                &DeviceQuery {
+                    search: Some("00-11-22-33-00-0A".into()),
+                    limit: 5,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("search");
+        assert_eq!(by_mac.devices.len(), 1);
+        let none = store
+            .devices(
+                &b_scope,
+                &DeviceQuery {
+                    search: Some("SN".into()),
+                    limit: 5,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("search");
+        assert!(none.devices.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn migrations_are_applied_once_and_the_file_persists() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open_data_dir(dir.path()).await.expect("open");
+        store.create_operator("Ops").await.expect("operator");
+        store.close().await;
+    }
+    let store = Store::open_data_dir(dir.path()).await.expect("reopen");
+    assert!(matches!(
+        store.create_operator("Again").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        Store::open("mysql://x").await,
+        Err(StoreError::UnsupportedUrl(_))
+    ));
+}
