@@ -6,6 +6,7 @@
 //! cannot forget it.
 
 mod devices;
+mod imports;
 mod organisations;
 
 use std::path::Path;
@@ -18,6 +19,7 @@ use sqlx::sqlite::{
 };
 
 pub use devices::{Device, DeviceModel, DevicePage, DeviceQuery, NewDevice, NewDeviceModel};
+pub use imports::{ImportBatch, ImportRecord, Rejection};
 pub use organisations::{Organisation, OrganisationKind, Scope};
 
 /// What went wrong in the store. Unique and scope violations are told apart

@@ -265,3 +265,62 @@ async fn migrations_are_applied_once_and_the_file_persists() {
         Err(StoreError::UnsupportedUrl(_))
     ));
 }
+
+#[tokio::test]
+async fn import_batches_are_recorded_on_every_backend() {
+    use store::{ImportBatch, Rejection};
+    let (stores, _dir) = stores().await;
+    for store in &stores {
+        let operator = store.create_operator("Ops").await.expect("operator");
+        let root = store.scope_of(operator.id).await.expect("scope");
+        let m = store
+            .create_device_model(&model("DWM-312-A2", "312-a2"))
+            .await
+            .expect("model");
+        store
+            .insert_devices(&root, &[device(operator.id, m.id, 1)])
+            .await
+            .expect("existing");
+        let batch = |partial| ImportBatch {
+            actor: "erp".into(),
+            source_name: "batch.json".into(),
+            partial,
+            rows: vec![
+                (2, device(operator.id, m.id, 1)),
+                (3, device(operator.id, m.id, 2)),
+            ],
+            rejected: vec![Rejection {
+                line: 4,
+                reason: "bad MAC".into(),
+            }],
+        };
+        let all_or_nothing = store
+            .import_devices(&root, batch(false))
+            .await
+            .expect("import");
+        assert_eq!(
+            (all_or_nothing.rows_accepted, all_or_nothing.rows_rejected),
+            (0, 2),
+            "{}",
+            store.backend()
+        );
+        assert_eq!(all_or_nothing.rejections[0].line, 2);
+        assert!(
+            all_or_nothing.rejections[0]
+                .reason
+                .contains("serial SN00000001 is already registered")
+        );
+        let partial = store
+            .import_devices(&root, batch(true))
+            .await
+            .expect("import");
+        assert_eq!((partial.rows_accepted, partial.rows_rejected), (1, 2));
+        assert_eq!(store.count_devices(&root).await.expect("count"), 2);
+        let read = store
+            .import_record(&root, partial.id)
+            .await
+            .expect("record");
+        assert_eq!(read.rejections, partial.rejections);
+        assert!(read.partial);
+    }
+}

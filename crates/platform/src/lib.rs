@@ -1,0 +1,8 @@
+//! The platform's domain rules, apart from storage and transport.
+//!
+//! This first part holds what the device registry rests on: device
+//! identifiers validated and normalised ([`identifiers`]) and device import
+//! from CSV with a rejection per bad line ([`import`]).
+
+pub mod identifiers;
+pub mod import;
