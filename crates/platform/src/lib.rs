@@ -4,5 +4,6 @@
 //! identifiers validated and normalised ([`identifiers`]) and device import
 //! from CSV with a rejection per bad line ([`import`]).
 
+pub mod accounts;
 pub mod identifiers;
 pub mod import;

@@ -8,6 +8,7 @@
 mod devices;
 mod imports;
 mod organisations;
+mod users;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -21,6 +22,7 @@ use sqlx::sqlite::{
 pub use devices::{Device, DeviceModel, DevicePage, DeviceQuery, NewDevice, NewDeviceModel};
 pub use imports::{ImportBatch, ImportRecord, Rejection};
 pub use organisations::{Organisation, OrganisationKind, Scope};
+pub use users::{NewUser, User};
 
 /// What went wrong in the store. Unique and scope violations are told apart
 /// from database failures so the API can answer 409 or 404.

@@ -1,0 +1,229 @@
+//! Users, roles, passwords and login sessions.
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use sha2::{Digest, Sha256};
+use store::{NewUser, OrganisationKind, Scope, Store, StoreError, User};
+
+/// How long a console session lasts.
+pub const SESSION_HOURS: i64 = 12;
+
+/// What a user may do, within their organisation and below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    OperatorAdmin,
+    IntegratorAdmin,
+    CustomerAdmin,
+    /// Runs tasks on devices.
+    Engineer,
+    /// Reads only.
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::OperatorAdmin => "operator-admin",
+            Role::IntegratorAdmin => "integrator-admin",
+            Role::CustomerAdmin => "customer-admin",
+            Role::Engineer => "engineer",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Role::OperatorAdmin,
+            Role::IntegratorAdmin,
+            Role::CustomerAdmin,
+            Role::Engineer,
+            Role::Viewer,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+
+    /// Admins change things; engineers and viewers do not manage the registry.
+    pub fn is_admin(self) -> bool {
+        matches!(
+            self,
+            Role::OperatorAdmin | Role::IntegratorAdmin | Role::CustomerAdmin
+        )
+    }
+
+    /// The admin role that belongs to an organisation kind.
+    pub fn admin_of(kind: OrganisationKind) -> Role {
+        match kind {
+            OrganisationKind::Operator => Role::OperatorAdmin,
+            OrganisationKind::Integrator => Role::IntegratorAdmin,
+            OrganisationKind::Customer => Role::CustomerAdmin,
+        }
+    }
+}
+
+/// Why a login or account change did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("wrong user name or password")]
+    BadCredentials,
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// argon2id with a random salt.
+pub fn hash_password(password: &str) -> Result<String, AccountError> {
+    let salt_bytes: [u8; 16] = rand::random();
+    let salt =
+        SaltString::encode_b64(&salt_bytes).map_err(|e| AccountError::Invalid(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AccountError::Invalid(e.to_string()))
+}
+
+fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// The digest a session token is stored as.
+pub fn token_digest(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A password policy an operator can live with: long enough, not the user name.
+pub fn check_password(username: &str, password: &str) -> Result<(), AccountError> {
+    if password.chars().count() < 10 {
+        return Err(AccountError::Invalid(
+            "a password needs at least 10 characters".into(),
+        ));
+    }
+    if password.eq_ignore_ascii_case(username) {
+        return Err(AccountError::Invalid(
+            "the password must not be the user name".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A logged-in user, with the scope every query of theirs runs in.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: User,
+    pub role: Role,
+    pub scope: Scope,
+}
+
+/// Checks the password (argon2 runs even for an unknown user, so timing does
+/// not tell which names exist) and opens a session; returns its token.
+pub async fn login(
+    store: &Store,
+    username: &str,
+    password: &str,
+) -> Result<(Session, String), AccountError> {
+    // A real hash of a random password, verified for unknown users.
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let user = store.user_by_username(username).await?;
+    let hash = match &user {
+        Some(u) => u.password_hash.clone(),
+        None => DECOY
+            .get_or_init(|| hash_password(&new_token()).unwrap_or_default())
+            .clone(),
+    };
+    let password = password.to_owned();
+    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .unwrap_or(false);
+    let user = match user {
+        Some(u) if ok && !u.disabled => u,
+        _ => return Err(AccountError::BadCredentials),
+    };
+    let token = new_token();
+    let expires = store_now() + SESSION_HOURS * 3600 * 1000;
+    store
+        .create_session(user.id, &token_digest(&token), expires)
+        .await?;
+    Ok((session_for(store, user).await?, token))
+}
+
+fn store_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+async fn session_for(store: &Store, user: User) -> Result<Session, AccountError> {
+    let role = Role::parse(&user.role)
+        .ok_or_else(|| AccountError::Invalid(format!("role {:?}", user.role)))?;
+    let scope = store.scope_of(user.organisation_id).await?;
+    Ok(Session { user, role, scope })
+}
+
+/// The session a token opens, if it is live and its user enabled.
+pub async fn session(store: &Store, token: &str) -> Result<Option<Session>, AccountError> {
+    match store.session_user(&token_digest(token)).await? {
+        Some(user) => Ok(Some(session_for(store, user).await?)),
+        None => Ok(None),
+    }
+}
+
+pub async fn logout(store: &Store, token: &str) -> Result<(), AccountError> {
+    Ok(store.delete_session(&token_digest(token)).await?)
+}
+
+/// On first start: the operator organisation and its `admin` user. The
+/// password is `admin_password` or, when None, generated and returned so the
+/// caller can print it once. None when the platform was set up before.
+pub async fn bootstrap(
+    store: &Store,
+    admin_password: Option<&str>,
+) -> Result<Option<String>, AccountError> {
+    if store.user_by_username("admin").await?.is_some() {
+        return Ok(None);
+    }
+    let operator = match store.create_operator("Operator").await {
+        Ok(o) => o,
+        Err(StoreError::Conflict(_)) => {
+            return Err(AccountError::Invalid(
+                "an operator exists without an admin user".into(),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let password = match admin_password {
+        Some(p) => {
+            check_password("admin", p)?;
+            p.to_owned()
+        }
+        None => new_token()[..20].to_owned(),
+    };
+    let scope = store.scope_of(operator.id).await?;
+    store
+        .create_user(
+            &scope,
+            &NewUser {
+                organisation_id: operator.id,
+                username: "admin".into(),
+                password_hash: hash_password(&password)?,
+                role: Role::OperatorAdmin.as_str().into(),
+            },
+        )
+        .await?;
+    Ok(Some(password))
+}
