@@ -1,0 +1,193 @@
+//! The API's JSON contracts. Domain and store types stay free of serde.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionDto {
+    pub username: String,
+    pub role: String,
+    pub organisation_id: i64,
+    /// Send as `X-CSRF-Token` with unsafe requests that use the cookie.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
+    /// For scripts: `Authorization: Bearer …`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrganisationDto {
+    pub id: i64,
+    pub parent_id: Option<i64>,
+    pub kind: &'static str,
+    pub name: String,
+    pub created_at: i64,
+}
+
+impl From<store::Organisation> for OrganisationDto {
+    fn from(o: store::Organisation) -> Self {
+        OrganisationDto {
+            id: o.id,
+            parent_id: o.parent_id,
+            kind: o.kind.as_str(),
+            name: o.name,
+            created_at: o.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrganisationDto {
+    pub parent_id: i64,
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceModelDto {
+    #[serde(default)]
+    pub id: i64,
+    pub name: String,
+    pub vendor: String,
+    pub hardware_revision: String,
+    pub topic_segment: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+impl From<store::DeviceModel> for DeviceModelDto {
+    fn from(m: store::DeviceModel) -> Self {
+        DeviceModelDto {
+            id: m.id,
+            name: m.name,
+            vendor: m.vendor,
+            hardware_revision: m.hardware_revision,
+            topic_segment: m.topic_segment,
+            description: m.description,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeviceDto {
+    pub id: i64,
+    pub organisation_id: i64,
+    pub model_id: i64,
+    pub name: String,
+    pub serial: String,
+    pub mac: String,
+    pub imei: Option<String>,
+    pub iccid: Option<String>,
+    pub labels: Vec<String>,
+    pub license_state: String,
+    pub firmware_version: Option<String>,
+    pub created_at: i64,
+    pub last_seen_at: Option<i64>,
+}
+
+impl From<store::Device> for DeviceDto {
+    fn from(d: store::Device) -> Self {
+        DeviceDto {
+            id: d.id,
+            organisation_id: d.organisation_id,
+            model_id: d.model_id,
+            name: d.name,
+            serial: d.serial,
+            mac: d.mac,
+            imei: d.imei,
+            iccid: d.iccid,
+            labels: d
+                .labels
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            license_state: d.license_state,
+            firmware_version: d.firmware_version,
+            created_at: d.created_at,
+            last_seen_at: d.last_seen_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DevicePageDto {
+    pub devices: Vec<DeviceDto>,
+    pub next_after_id: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceListQuery {
+    pub search: Option<String>,
+    pub model_id: Option<i64>,
+    pub organisation_id: Option<i64>,
+    pub after_id: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    #[serde(default)]
+    pub partial: bool,
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RejectionDto {
+    pub line: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImportRecordDto {
+    pub id: i64,
+    pub organisation_id: i64,
+    pub actor: String,
+    pub source_name: String,
+    pub partial: bool,
+    pub rows_accepted: i64,
+    pub rows_rejected: i64,
+    pub created_at: i64,
+    pub rejections: Vec<RejectionDto>,
+}
+
+impl From<store::ImportRecord> for ImportRecordDto {
+    fn from(r: store::ImportRecord) -> Self {
+        ImportRecordDto {
+            id: r.id,
+            organisation_id: r.organisation_id,
+            actor: r.actor,
+            source_name: r.source_name,
+            partial: r.partial,
+            rows_accepted: r.rows_accepted,
+            rows_rejected: r.rows_rejected,
+            created_at: r.created_at,
+            rejections: r
+                .rejections
+                .into_iter()
+                .map(|x| RejectionDto {
+                    line: x.line,
+                    reason: x.reason,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatisticsDto {
+    pub devices: i64,
+    pub users: i64,
+    pub system_integrators: i64,
+    pub business_customers: i64,
+}

@@ -1,0 +1,156 @@
+//! One error type for every handler, rendered as problem+json; internal
+//! causes are logged, not shown.
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// A field that failed validation.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub enum ApiError {
+    Unauthorized,
+    Forbidden(String),
+    NotFound(String),
+    Conflict(String),
+    BadRequest {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    errors: &'a [FieldError],
+}
+
+impl ApiError {
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        ApiError::BadRequest {
+            detail: format!("{field}: {message}"),
+            errors: vec![FieldError {
+                field: field.to_owned(),
+                message,
+            }],
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, title, detail, errors) = match &self {
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Not logged in",
+                "log in or send a bearer token".to_owned(),
+                &[][..],
+            ),
+            ApiError::Forbidden(d) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                d.clone(),
+                &[][..],
+            ),
+            ApiError::NotFound(d) => (
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                d.clone(),
+                &[][..],
+            ),
+            ApiError::Conflict(d) => (
+                StatusCode::CONFLICT,
+                "conflict",
+                "Conflict",
+                d.clone(),
+                &[][..],
+            ),
+            ApiError::BadRequest { detail, errors } => (
+                StatusCode::BAD_REQUEST,
+                "invalid-request",
+                "Invalid request",
+                detail.clone(),
+                errors.as_slice(),
+            ),
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal error",
+                    "the server could not complete the request; it is logged".to_owned(),
+                    &[][..],
+                )
+            }
+        };
+        let body = Problem {
+            kind: &format!("https://telemark.dev/problems/{kind}"),
+            title,
+            status: status.as_u16(),
+            detail: &detail,
+            errors,
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            json,
+        )
+            .into_response()
+    }
+}
+
+impl From<store::StoreError> for ApiError {
+    fn from(e: store::StoreError) -> Self {
+        use store::StoreError as S;
+        match e {
+            S::NotFound(what) => ApiError::NotFound(what),
+            S::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            S::Invalid(detail) => ApiError::bad_request(detail),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<platform::accounts::AccountError> for ApiError {
+    fn from(e: platform::accounts::AccountError) -> Self {
+        use platform::accounts::AccountError as A;
+        match e {
+            A::BadCredentials => ApiError::Unauthorized,
+            A::Invalid(detail) => ApiError::bad_request(detail),
+            A::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<platform::import::ImportError> for ApiError {
+    fn from(e: platform::import::ImportError) -> Self {
+        use platform::import::ImportError as I;
+        match e {
+            I::Store(s) => s.into(),
+            other => ApiError::bad_request(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The routes of `/api/v1` and the caller extractor.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use platform::accounts::{self, Role, Session};
+use sha2::{Digest, Sha256};
+use store::{DeviceQuery, NewDeviceModel, OrganisationKind};
+
+use crate::dto::*;
+use crate::{ApiError, AppState};
+
+const COOKIE: &str = "telemark_session";
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/v1/session", post(login).get(me).delete(logout))
+        .route(
+            "/api/v1/organisations",
+            get(list_organisations).post(create_organisation),
+        )
+        .route("/api/v1/device-models", get(list_models).post(create_model))
+        .route("/api/v1/devices", get(list_devices))
+        .route("/api/v1/devices/{id}", get(get_device))
+        .route("/api/v1/devices/import", post(import_devices))
+        .route("/api/v1/imports/{id}", get(get_import))
+        .route("/api/v1/statistics", get(statistics))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(state)
+}
+
+fn csrf_for(token: &str) -> String {
+    Sha256::digest(format!("csrf:{token}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(|t| t.trim().to_owned())
+}
+
+/// The logged-in caller. Cookie callers must echo the CSRF token on unsafe
+/// methods; bearer callers need not (a browser never sends the header by itself).
+pub(crate) struct Caller {
+    session: Session,
+    token: String,
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let (token, from_cookie) =
+            match (bearer_token(&parts.headers), cookie_token(&parts.headers)) {
+                (Some(t), _) => (t, false),
+                (None, Some(t)) => (t, true),
+                (None, None) => return Err(ApiError::Unauthorized),
+            };
+        let session = accounts::session(&state.store, &token)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        let unsafe_method = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        if from_cookie && unsafe_method {
+            let sent = parts
+                .headers
+                .get("x-csrf-token")
+                .and_then(|v| v.to_str().ok());
+            if sent != Some(csrf_for(&token).as_str()) {
+                return Err(ApiError::Forbidden("missing or wrong X-CSRF-Token".into()));
+            }
+        }
+        Ok(Caller { session, token })
+    }
+}
+
+impl Caller {
+    fn require_admin(&self) -> Result<(), ApiError> {
+        if self.session.role.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "the {} role cannot change this",
+                self.session.role.as_str()
+            )))
+        }
+    }
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(t)| t)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+async fn login(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<LoginRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let request = json_body(body)?;
+    let (session, token) =
+        accounts::login(&state.store, &request.username, &request.password).await?;
+    let cookie = format!(
+        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        accounts::SESSION_HOURS * 3600
+    );
+    let dto = SessionDto {
+        username: session.user.username.clone(),
+        role: session.role.as_str().to_owned(),
+        organisation_id: session.user.organisation_id,
+        csrf_token: Some(csrf_for(&token)),
+        token: Some(token),
+    };
+    Ok(([(header::SET_COOKIE, cookie)], Json(dto)).into_response())
+}
+
+async fn me(caller: Caller) -> Json<SessionDto> {
+    Json(SessionDto {
+        username: caller.session.user.username.clone(),
+        role: caller.session.role.as_str().to_owned(),
+        organisation_id: caller.session.user.organisation_id,
+        csrf_token: None,
+        token: None,
+    })
+}
+
+async fn logout(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Response, ApiError> {
+    accounts::logout(&state.store, &caller.token).await?;
+    let expired = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    Ok((
+        [(header::SET_COOKIE, expired)],
+        axum::http::StatusCode::NO_CONTENT,
+    )
+        .into_response())
+}
+
+async fn list_organisations(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Vec<OrganisationDto>>, ApiError> {
+    let orgs = state.store.organisations(&caller.session.scope).await?;
+    Ok(Json(orgs.into_iter().map(Into::into).collect()))
+}
+
+async fn create_organisation(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: Result<Json<NewOrganisationDto>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<OrganisationDto>), ApiError> {
+    caller.require_admin()?;
+    let request = json_body(body)?;
+    if request.name.trim().is_empty() {
+        return Err(ApiError::field("name", "must not be empty"));
+    }
+    let org = state
+        .store
+        .create_organisation(&caller.session.scope, request.parent_id, &request.name)
+        .await?;
+    Ok((axum::http::StatusCode::CREATED, Json(org.into())))
+}
+
+async fn list_models(
+    State(state): State<Arc<AppState>>,
+    _caller: Caller,
+) -> Result<Json<Vec<DeviceModelDto>>, ApiError> {
+    let models = state.store.device_models().await?;
+    Ok(Json(models.into_iter().map(Into::into).collect()))
+}
+
+async fn create_model(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: Result<Json<DeviceModelDto>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<DeviceModelDto>), ApiError> {
+    if caller.session.role != Role::OperatorAdmin {
+        return Err(ApiError::Forbidden(
+            "only the operator manages device models".into(),
+        ));
+    }
+    let m = json_body(body)?;
+    let mut errors = Vec::new();
+    for (field, value) in [
+        ("name", &m.name),
+        ("vendor", &m.vendor),
+        ("topic_segment", &m.topic_segment),
+    ] {
+        if value.trim().is_empty() {
+            errors.push(crate::error::FieldError {
+                field: field.into(),
+                message: "must not be empty".into(),
+            });
+        }
+    }
+    if !m.topic_segment.is_empty()
+        && !m
+            .topic_segment
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        errors.push(crate::error::FieldError {
+            field: "topic_segment".into(),
+            message: "lower-case letters, digits and '-' only (it is a topic level)".into(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::BadRequest {
+            detail: "the device model is not valid".into(),
+            errors,
+        });
+    }
+    let model = state
+        .store
+        .create_device_model(&NewDeviceModel {
+            name: m.name,
+            vendor: m.vendor,
+            hardware_revision: m.hardware_revision,
+            topic_segment: m.topic_segment,
+            description: m.description,
+        })
+        .await?;
+    Ok((axum::http::StatusCode::CREATED, Json(model.into())))
+}
+
+async fn list_devices(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    q: Result<Query<DeviceListQuery>, QueryRejection>,
+) -> Result<Json<DevicePageDto>, ApiError> {
+    let q = query(q)?;
+    let page = state
+        .store
+        .devices(
+            &caller.session.scope,
+            &DeviceQuery {
+                search: q.search,
+                model_id: q.model_id,
+                organisation_id: q.organisation_id,
+                after_id: q.after_id,
+                limit: q.limit.unwrap_or(100),
+            },
+        )
+        .await?;
+    Ok(Json(DevicePageDto {
+        devices: page.devices.into_iter().map(Into::into).collect(),
+        next_after_id: page.next_after_id,
+    }))
+}
+
+async fn get_device(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<DeviceDto>, ApiError> {
+    Ok(Json(
+        state.store.device(&caller.session.scope, id).await?.into(),
+    ))
+}
+
+async fn import_devices(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    q: Result<Query<ImportQuery>, QueryRejection>,
+    body: String,
+) -> Result<Json<ImportRecordDto>, ApiError> {
+    caller.require_admin()?;
+    let q = query(q)?;
+    let source = q.source.unwrap_or_else(|| "upload.csv".into());
+    let record = platform::import::import_csv(
+        &state.store,
+        &caller.session.scope,
+        &caller.session.user.username,
+        &source,
+        body.as_bytes(),
+        q.partial,
+    )
+    .await?;
+    Ok(Json(record.into()))
+}
+
+async fn get_import(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<ImportRecordDto>, ApiError> {
+    Ok(Json(
+        state
+            .store
+            .import_record(&caller.session.scope, id)
+            .await?
+            .into(),
+    ))
+}
+
+async fn statistics(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<StatisticsDto>, ApiError> {
+    let scope = &caller.session.scope;
+    let orgs = state.store.organisations(scope).await?;
+    let count = |kind| orgs.iter().filter(|o| o.kind == kind).count() as i64;
+    Ok(Json(StatisticsDto {
+        devices: state.store.count_devices(scope).await?,
+        users: state.store.count_users(scope).await?,
+        system_integrators: count(OrganisationKind::Integrator),
+        business_customers: count(OrganisationKind::Customer),
+    }))
+}

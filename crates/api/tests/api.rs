@@ -1,0 +1,379 @@
+//! The API through its router (`oneshot`), on a real SQLite store: login,
+//! CSRF, tenant isolation, validation errors as problem+json, CSV import.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Harness {
+    app: axum::Router,
+    store: store::Store,
+    admin_password: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store::Store::open_data_dir(dir.path())
+        .await
+        .expect("store");
+    let admin_password = platform::accounts::bootstrap(&store, None)
+        .await
+        .expect("bootstrap")
+        .expect("admin");
+    Harness {
+        app: api::app(store.clone()),
+        store,
+        admin_password,
+        _dir: dir,
+    }
+}
+
+/// Sends a request; returns status, headers and the JSON body (or Null).
+async fn call(
+    app: &axum::Router,
+    method: Method,
+    uri: &str,
+    auth: &[(&str, &str)],
+    body: Option<Value>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in auth {
+        req = req.header(*k, *v);
+    }
+    let req = match body {
+        Some(v) => req
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(v.to_string())),
+        None => req.body(Body::empty()),
+    }
+    .expect("request");
+    let response = app.clone().oneshot(req).await.expect("response");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, headers, json)
+}
+
+async fn login(app: &axum::Router, user: &str, password: &str) -> String {
+    let (status, _, body) = call(
+        app,
+        Method::POST,
+        "/api/v1/session",
+        &[],
+        Some(json!({"username": user, "password": password})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["token"].as_str().expect("token").to_owned()
+}
+
+#[tokio::test]
+async fn login_cookie_csrf_and_logout() {
+    let h = harness().await;
+    let (status, headers, body) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/session",
+        &[],
+        Some(json!({"username": "admin", "password": "nope"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    assert_eq!(body["status"], 401);
+
+    let (status, headers, body) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/session",
+        &[],
+        Some(json!({"username": "admin", "password": h.admin_password})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let cookie = headers[header::SET_COOKIE]
+        .to_str()
+        .expect("cookie")
+        .to_owned();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    let cookie = cookie.split(';').next().expect("pair").to_owned();
+    let csrf = body["csrf_token"].as_str().expect("csrf").to_owned();
+    assert_eq!(body["role"], "operator-admin");
+
+    let (status, _, me) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/session",
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, me["username"].as_str()),
+        (StatusCode::OK, Some("admin"))
+    );
+    // An unsafe request with the cookie but without the CSRF token is refused.
+    let new_org = json!({"parent_id": me["organisation_id"], "name": "Acme"});
+    let (status, _, _) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/organisations",
+        &[("cookie", &cookie)],
+        Some(new_org.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, org) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/organisations",
+        &[("cookie", &cookie), ("x-csrf-token", &csrf)],
+        Some(new_org),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{org}");
+    assert_eq!(org["kind"], "integrator");
+
+    let (status, _, _) = call(
+        &h.app,
+        Method::DELETE,
+        "/api/v1/session",
+        &[("cookie", &cookie), ("x-csrf-token", &csrf)],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/session",
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn tenants_see_only_their_own() {
+    let h = harness().await;
+    let admin = format!("Bearer {}", login(&h.app, "admin", &h.admin_password).await);
+    let auth = [("authorization", admin.as_str())];
+    let (_, _, me) = call(&h.app, Method::GET, "/api/v1/session", &auth, None).await;
+    let root = me["organisation_id"].as_i64().expect("id");
+    let (_, _, acme) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/organisations",
+        &auth,
+        Some(json!({"parent_id": root, "name": "Acme"})),
+    )
+    .await;
+    let (_, _, rival) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/organisations",
+        &auth,
+        Some(json!({"parent_id": root, "name": "Rival"})),
+    )
+    .await;
+    let (status, _, _) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/device-models",
+        &auth,
+        Some(json!({"name": "DWM-311-A1", "vendor": "D-Link", "hardware_revision": "A1", "topic_segment": "311-a1"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // An integrator admin, made in the store directly.
+    let scope = h.store.scope_of(root).await.expect("scope");
+    h.store
+        .create_user(
+            &scope,
+            &store::NewUser {
+                organisation_id: acme["id"].as_i64().expect("id"),
+                username: "acme".into(),
+                password_hash: platform::accounts::hash_password("acme-password").expect("hash"),
+                role: "integrator-admin".into(),
+            },
+        )
+        .await
+        .expect("user");
+    let acme_token = format!("Bearer {}", login(&h.app, "acme", "acme-password").await);
+    let acme_auth = [("authorization", acme_token.as_str())];
+
+    // The operator imports a device for the rival.
+    let (_, _, record) = call_csv(
+        &h.app,
+        "/api/v1/devices/import?source=rival.csv",
+        &auth,
+        &format!(
+            "serial,mac,model,organisation\nR1,00:11:22:33:44:99,311-a1,{}\n",
+            rival["id"]
+        ),
+    )
+    .await;
+    assert_eq!(record["rows_accepted"], 1, "{record}");
+    let (_, _, page) = call(&h.app, Method::GET, "/api/v1/devices", &auth, None).await;
+    let rival_device = page["devices"][0]["id"].as_i64().expect("device");
+
+    // Acme sees neither the rival, nor its device, nor its import.
+    let (_, _, orgs) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/organisations",
+        &acme_auth,
+        None,
+    )
+    .await;
+    assert_eq!(orgs.as_array().map(Vec::len), Some(1));
+    let (status, _, problem) = call(
+        &h.app,
+        Method::GET,
+        &format!("/api/v1/devices/{rival_device}"),
+        &acme_auth,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    let (status, _, _) = call(
+        &h.app,
+        Method::GET,
+        &format!("/api/v1/imports/{}", record["id"]),
+        &acme_auth,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, _, page) = call(&h.app, Method::GET, "/api/v1/devices", &acme_auth, None).await;
+    assert_eq!(page["devices"].as_array().map(Vec::len), Some(0));
+    // Nor can it create an organisation under the rival, or a device model.
+    let (status, _, _) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/organisations",
+        &acme_auth,
+        Some(json!({"parent_id": rival["id"], "name": "X"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/device-models",
+        &acme_auth,
+        Some(json!({"name": "X", "vendor": "Y", "hardware_revision": "Z", "topic_segment": "x"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Statistics count only what the caller sees.
+    let (_, _, stats) = call(&h.app, Method::GET, "/api/v1/statistics", &auth, None).await;
+    assert_eq!(
+        (
+            stats["devices"].as_i64(),
+            stats["system_integrators"].as_i64()
+        ),
+        (Some(1), Some(2))
+    );
+    let (_, _, stats) = call(&h.app, Method::GET, "/api/v1/statistics", &acme_auth, None).await;
+    assert_eq!(stats["devices"].as_i64(), Some(0));
+}
+
+async fn call_csv(
+    app: &axum::Router,
+    uri: &str,
+    auth: &[(&str, &str)],
+    csv: &str,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "text/csv");
+    for (k, v) in auth {
+        req = req.header(*k, *v);
+    }
+    let response = app
+        .clone()
+        .oneshot(req.body(Body::from(csv.to_owned())).expect("request"))
+        .await
+        .expect("response");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn bad_requests_get_problem_details() {
+    let h = harness().await;
+    let admin = format!("Bearer {}", login(&h.app, "admin", &h.admin_password).await);
+    let auth = [("authorization", admin.as_str())];
+    let (status, headers, body) = call(&h.app, Method::GET, "/api/v1/devices", &[], None).await;
+    assert_eq!(
+        (status, headers[header::CONTENT_TYPE].to_str().ok()),
+        (StatusCode::UNAUTHORIZED, Some("application/problem+json"))
+    );
+    assert_eq!(body["title"], "Not logged in");
+    let (status, _, body) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/device-models",
+        &auth,
+        Some(json!({"name": "", "vendor": "D-Link", "hardware_revision": "A1", "topic_segment": "Bad Segment"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["name", "topic_segment"]);
+    let (status, _, body) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/organisations",
+        &auth,
+        Some(json!({"parent_id": "x"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _, _) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/devices?limit=abc",
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, body) =
+        call_csv(&h.app, "/api/v1/devices/import", &auth, "serial,colour\n").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["detail"].as_str().expect("detail").contains("line 1"));
+    let (status, _, _) = call(&h.app, Method::GET, "/api/v1/nothing", &auth, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, _, page) = call(&h.app, Method::GET, "/api/v1/devices/999", &auth, None).await;
+    assert_eq!(page["status"], 404);
+}
