@@ -29,6 +29,8 @@ struct Cli {
 enum Command {
     /// Run the MQTT broker on its own.
     Broker(Box<BrokerArgs>),
+    /// Run the platform: embedded broker, store, HTTP API.
+    Serve(Box<ServeArgs>),
     /// Add or replace a user in a password file (argon2id).
     Passwd {
         /// The password file; created if missing.
@@ -42,6 +44,28 @@ enum Command {
     Config,
     /// Load-test an MQTT broker (this one or any other) on one address.
     Bench(Box<BenchArgs>),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Data directory of the embedded SQLite database.
+    #[arg(long, default_value = "telemark-data")]
+    data: PathBuf,
+    /// PostgreSQL instead of SQLite: postgres://user@host/db.
+    #[arg(long, env = "TELEMARK_DATABASE")]
+    database: Option<String>,
+    /// The HTTP API (and /metrics) on ADDR.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// MQTT over TCP on ADDR; replaces the configured listeners.
+    #[arg(long, value_name = "ADDR")]
+    mqtt: Option<SocketAddr>,
+    /// MQTT over WebSocket on ADDR (with --mqtt).
+    #[arg(long, value_name = "ADDR")]
+    mqtt_ws: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +206,23 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(run_broker(config))
         }
+        Command::Serve(args) => {
+            raise_file_limit();
+            let mut config = Config::load(args.config.as_deref())?;
+            if args.mqtt.is_some() || args.mqtt_ws.is_some() {
+                config.listeners = config::Listeners {
+                    tcp: args.mqtt,
+                    tls: None,
+                    ws: args.mqtt_ws,
+                    wss: None,
+                };
+            }
+            config.validate()?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run_serve(config, &args))
+        }
         Command::Passwd {
             file,
             user,
@@ -270,24 +311,64 @@ fn passwd(file: &std::path::Path, user: &str, password: Option<String>) -> anyho
     Ok(())
 }
 
-async fn run_broker(config: Config) -> anyhow::Result<()> {
-    let auth: Arc<dyn Authenticator> =
-        if config.auth.password_file.is_some() || config.auth.acl_file.is_some() {
-            let allow_anonymous = config
-                .auth
-                .allow_anonymous
-                .unwrap_or(config.auth.password_file.is_none());
-            Arc::new(FileAuthenticator::new(
-                config.auth.password_file.as_deref(),
-                config.auth.acl_file.as_deref(),
-                allow_anonymous,
-            )?)
-        } else {
-            if config.auth.allow_anonymous == Some(false) {
-                anyhow::bail!("auth.allow_anonymous = false needs auth.password_file");
+/// A running broker and its listener tasks.
+struct RunningBroker {
+    broker: Broker,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningBroker {
+    async fn stop(self) {
+        self.broker.shutdown().await;
+        for l in self.listeners {
+            l.abort();
+        }
+    }
+}
+
+fn metrics_route(broker: &Broker) -> axum::Router {
+    let broker = broker.clone();
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let broker = broker.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    broker.stats().prometheus(),
+                )
             }
-            Arc::new(AllowAll)
-        };
+        }),
+    )
+}
+
+/// Serves `app` on `addr` until the broker shuts down.
+async fn serve_http(
+    addr: SocketAddr,
+    app: axum::Router,
+    broker: &Broker,
+    what: &str,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener to {addr}"))?;
+    let local = listener.local_addr()?;
+    let shutdown_broker = broker.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown_broker.shutting_down().await })
+            .await;
+    });
+    Ok(local)
+}
+
+async fn start_broker(
+    config: &Config,
+    auth: Arc<dyn Authenticator>,
+) -> anyhow::Result<RunningBroker> {
     let broker = Broker::new(config.broker.clone(), auth);
     let acceptor = match &config.tls {
         Some(tls) => Some(
@@ -319,41 +400,78 @@ async fn run_broker(config: Config) -> anyhow::Result<()> {
         listeners.push(broker.serve(listener, kind));
     }
     if let Some(addr) = config.metrics.bind {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the metrics listener to {addr}"))?;
-        info!(address = %listener.local_addr()?, "metrics on /metrics");
-        let metrics_broker = broker.clone();
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let broker = metrics_broker.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4",
-                        )],
-                        broker.stats().prometheus(),
-                    )
-                }
-            }),
-        );
-        let shutdown_broker = broker.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown_broker.shutting_down().await })
-                .await;
-        });
+        let local = serve_http(addr, metrics_route(&broker), &broker, "metrics").await?;
+        info!(address = %local, "metrics on /metrics");
     }
+    Ok(RunningBroker { broker, listeners })
+}
+
+async fn run_broker(config: Config) -> anyhow::Result<()> {
+    let auth: Arc<dyn Authenticator> =
+        if config.auth.password_file.is_some() || config.auth.acl_file.is_some() {
+            let allow_anonymous = config
+                .auth
+                .allow_anonymous
+                .unwrap_or(config.auth.password_file.is_none());
+            Arc::new(FileAuthenticator::new(
+                config.auth.password_file.as_deref(),
+                config.auth.acl_file.as_deref(),
+                allow_anonymous,
+            )?)
+        } else {
+            if config.auth.allow_anonymous == Some(false) {
+                anyhow::bail!("auth.allow_anonymous = false needs auth.password_file");
+            }
+            Arc::new(AllowAll)
+        };
+    let running = start_broker(&config, auth).await?;
     info!(version = env!("CARGO_PKG_VERSION"), "telemark broker ready");
     shutdown_signal().await;
     info!("shutting down");
-    broker.shutdown().await;
-    for l in listeners {
-        l.abort();
-    }
+    running.stop().await;
     Ok(())
+}
+
+/// The platform: store, first-start admin, embedded broker, HTTP API.
+async fn run_serve(config: Config, args: &ServeArgs) -> anyhow::Result<()> {
+    let store = match &args.database {
+        Some(url) => store::Store::open(url).await?,
+        None => store::Store::open_data_dir(&args.data).await?,
+    };
+    info!(backend = store.backend(), "store ready");
+    let admin_password = std::env::var("TELEMARK_ADMIN_PASSWORD").ok();
+    if let Some(password) = platform::accounts::bootstrap(&store, admin_password.as_deref()).await?
+    {
+        if admin_password.is_some() {
+            println!("First start: operator admin 'admin' created with TELEMARK_ADMIN_PASSWORD.");
+        } else {
+            println!("First start: operator admin 'admin', one-time password: {password}");
+            println!("Change it after the first login.");
+        }
+    }
+    // Device credentials and ACLs from the registry come next; until then the
+    // embedded broker is open, as `telemark broker` is without auth files.
+    let running = start_broker(&config, Arc::new(AllowAll)).await?;
+    let app = api::app(store.clone()).merge(metrics_route(&running.broker));
+    let http = serve_http(args.http, app, &running.broker, "HTTP").await?;
+    println!(
+        "Telemark is up: API http://{http}/api/v1, MQTT {}",
+        describe_listeners(&config)
+    );
+    shutdown_signal().await;
+    info!("shutting down");
+    running.stop().await;
+    store.close().await;
+    Ok(())
+}
+
+fn describe_listeners(config: &Config) -> String {
+    let l = &config.listeners;
+    [("tcp", l.tcp), ("tls", l.tls), ("ws", l.ws), ("wss", l.wss)]
+        .iter()
+        .filter_map(|(name, addr)| addr.map(|a| format!("{name}://{a}")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn shutdown_signal() {

@@ -362,3 +362,128 @@ fn config_file_problems_are_reported_all_at_once() {
     assert!(text.contains("[broker]") && text.contains("max_connections"));
     assert!(Path::new(env!("CARGO_BIN_EXE_telemark")).exists());
 }
+
+/// A minimal HTTP/1.1 exchange over std, for the end-to-end tests.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).expect("request");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+#[test]
+fn serve_runs_store_api_and_broker_with_the_admin_from_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let mut child = telemark()
+        .args([
+            "serve",
+            "--data",
+            dir.path().to_str().expect("path"),
+            "--http",
+            &format!("127.0.0.1:{http_port}"),
+            "--mqtt",
+            &format!("127.0.0.1:{mqtt_port}"),
+        ])
+        .env("TELEMARK_ADMIN_PASSWORD", "first-admin-secret")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("telemark serve starts");
+    wait_for_port(http_port);
+    wait_for_port(mqtt_port);
+    let (status, body) = http(
+        http_port,
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        r#"{"username":"admin","password":"first-admin-secret"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let token = body
+        .split("\"token\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("token")
+        .to_owned();
+    let bearer = format!("Bearer {token}");
+    let (status, body) = http(
+        http_port,
+        "GET",
+        "/api/v1/statistics",
+        &[("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"devices\":0"), "{body}");
+    let (status, body) = http(http_port, "GET", "/api/v1/devices", &[], "");
+    assert_eq!(status, 401);
+    assert!(body.contains("\"status\":401"));
+    // The embedded broker serves MQTT on the same process.
+    let s = sub(mqtt_port, "dwr/#", 1, &[]);
+    settle();
+    assert!(
+        pub_msg(mqtt_port, "dwr/311-a1/aa/status", "online", &["-q", "1"])
+            .status
+            .success()
+    );
+    assert_eq!(finish(s).trim(), "dwr/311-a1/aa/status online");
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("Telemark is up"), "{printed}");
+    // A second start keeps the data and creates no second admin.
+    let mut again = telemark()
+        .args([
+            "serve",
+            "--data",
+            dir.path().to_str().expect("path"),
+            "--http",
+            &format!("127.0.0.1:{http_port}"),
+            "--mqtt",
+            &format!("127.0.0.1:{mqtt_port}"),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("restart");
+    wait_for_port(http_port);
+    let (status, _) = http(
+        http_port,
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        r#"{"username":"admin","password":"first-admin-secret"}"#,
+    );
+    assert_eq!(status, 200);
+    let _ = again.kill();
+    let out = again.wait_with_output().expect("output");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("First start"));
+}
