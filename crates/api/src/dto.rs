@@ -91,6 +91,7 @@ pub struct DeviceDto {
     pub firmware_version: Option<String>,
     pub created_at: i64,
     pub last_seen_at: Option<i64>,
+    pub online: bool,
 }
 
 impl From<store::Device> for DeviceDto {
@@ -114,6 +115,7 @@ impl From<store::Device> for DeviceDto {
             firmware_version: d.firmware_version,
             created_at: d.created_at,
             last_seen_at: d.last_seen_at,
+            online: d.online,
         }
     }
 }
@@ -187,7 +189,19 @@ impl From<store::ImportRecord> for ImportRecordDto {
 #[derive(Debug, Serialize)]
 pub struct StatisticsDto {
     pub devices: i64,
+    /// Devices connected to the broker now ("monitoring").
+    pub online_devices: i64,
     pub users: i64,
     pub system_integrators: i64,
     pub business_customers: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeviceCredentialsDto {
+    /// The MQTT user name: the device id (its MAC).
+    pub username: String,
+    /// Shown once; only its SHA-256 is kept.
+    pub password: String,
+    /// Where the device publishes and subscribes.
+    pub topic_prefix: String,
 }

@@ -29,6 +29,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
         .route("/api/v1/devices/import", post(import_devices))
+        .route("/api/v1/devices/{id}/credentials", post(issue_credentials))
         .route("/api/v1/imports/{id}", get(get_import))
         .route("/api/v1/statistics", get(statistics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -329,8 +330,27 @@ async fn statistics(
     let count = |kind| orgs.iter().filter(|o| o.kind == kind).count() as i64;
     Ok(Json(StatisticsDto {
         devices: state.store.count_devices(scope).await?,
+        online_devices: state.store.count_online_devices(scope).await?,
         users: state.store.count_users(scope).await?,
         system_integrators: count(OrganisationKind::Integrator),
         business_customers: count(OrganisationKind::Customer),
     }))
+}
+
+async fn issue_credentials(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<(axum::http::StatusCode, Json<DeviceCredentialsDto>), ApiError> {
+    caller.require_admin()?;
+    let issued =
+        platform::device_access::issue_secret(&state.store, &caller.session.scope, id).await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(DeviceCredentialsDto {
+            username: issued.username,
+            password: issued.secret,
+            topic_prefix: issued.topic_prefix,
+        }),
+    ))
 }

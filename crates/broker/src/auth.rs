@@ -99,6 +99,17 @@ pub trait Authenticator: Send + Sync + 'static {
     /// Whether `client` may do `action` on `topic` (a name for Publish, a filter for Subscribe).
     fn authorize(&self, client: &ClientIdentity, action: Action, topic: &str) -> bool;
 
+    /// A client's connection was accepted (CONNACK sent). For presence.
+    fn connected(&self, client: &ClientIdentity) {
+        let _ = client;
+    }
+
+    /// The connection that held the client's session has ended (not called
+    /// for a connection whose session was taken over by a newer one).
+    fn disconnected(&self, client: &ClientIdentity) {
+        let _ = client;
+    }
+
     /// One step of enhanced authentication with `method` [MQTT-4.12]. The default
     /// knows no method.
     fn enhanced_auth<'a>(

@@ -372,17 +372,18 @@ impl BrokerShared {
 
     /// Detaches a closed connection from its session. `publish_will` is false
     /// after a normal DISCONNECT [MQTT-3.1.2-10].
+    /// Returns false when the session had already been taken over.
     pub(crate) fn detach(
         self: &Arc<Self>,
         session: &Arc<Session>,
         generation: u64,
         publish_will: bool,
-    ) {
+    ) -> bool {
         let guard = self.lock_sessions();
         let mut state = session.lock();
         if state.generation != generation {
             // Taken over: the new connection owns the session now.
-            return;
+            return false;
         }
         state.connected = false;
         if !publish_will {
@@ -394,7 +395,7 @@ impl BrokerShared {
         drop(guard);
         if expiry == 0 {
             self.end_session(session);
-            return;
+            return true;
         }
         if let Some(delay) = will_delay {
             let delay = delay.min(Duration::from_secs(u64::from(expiry)));
@@ -441,6 +442,7 @@ impl BrokerShared {
                 }
             });
         }
+        true
     }
 
     /// Ends a session: its subscriptions go, a will still pending goes out

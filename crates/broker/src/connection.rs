@@ -151,6 +151,7 @@ impl Connection {
         };
         add(&self.shared.stats.clients_connected, 1);
         add(&self.shared.stats.connections_total, 1);
+        self.shared.auth.connected(&active.identity);
         debug!(client_id = %active.session.client_id, peer = %self.info.peer, version = %self.version, "connected");
         let ending = Box::pin(self.serve(&mut active)).await;
         debug!(client_id = %active.session.client_id, why = %ending.why, "disconnected");
@@ -176,8 +177,12 @@ impl Connection {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.flush()).await;
-        self.shared
-            .detach(&active.session, active.generation, ending.publish_will);
+        if self
+            .shared
+            .detach(&active.session, active.generation, ending.publish_will)
+        {
+            self.shared.auth.disconnected(&active.identity);
+        }
         self.shared
             .stats
             .clients_connected

@@ -5,5 +5,6 @@
 //! from CSV with a rejection per bad line ([`import`]).
 
 pub mod accounts;
+pub mod device_access;
 pub mod identifiers;
 pub mod import;

@@ -40,6 +40,8 @@ pub struct Device {
     pub firmware_version: Option<String>,
     pub created_at: i64,
     pub last_seen_at: Option<i64>,
+    /// Connected to the broker now.
+    pub online: bool,
 }
 
 /// A device to insert; the platform has validated and normalised it.
@@ -76,7 +78,7 @@ pub struct DevicePage {
 }
 
 const DEVICE_COLUMNS: &str = "d.id, d.organisation_id, d.model_id, d.name, d.serial, d.mac, d.imei, d.iccid, \
-     d.labels, d.license_state, d.firmware_version, d.created_at, d.last_seen_at";
+     d.labels, d.license_state, d.firmware_version, d.created_at, d.last_seen_at, d.online";
 
 impl Store {
     pub async fn create_device_model(

@@ -5,6 +5,7 @@
 //! and everything below it. It is an argument of the store, so a handler
 //! cannot forget it.
 
+mod credentials;
 mod devices;
 mod imports;
 mod organisations;
@@ -19,6 +20,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use credentials::DeviceLogin;
 pub use devices::{Device, DeviceModel, DevicePage, DeviceQuery, NewDevice, NewDeviceModel};
 pub use imports::{ImportBatch, ImportRecord, Rejection};
 pub use organisations::{Organisation, OrganisationKind, Scope};

@@ -1,6 +1,7 @@
 //! `telemark`: the MQTT broker and device management platform in one binary.
 
 mod config;
+mod registry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -449,9 +450,10 @@ async fn run_serve(config: Config, args: &ServeArgs) -> anyhow::Result<()> {
             println!("Change it after the first login.");
         }
     }
-    // Device credentials and ACLs from the registry come next; until then the
-    // embedded broker is open, as `telemark broker` is without auth files.
-    let running = start_broker(&config, Arc::new(AllowAll)).await?;
+    // Devices log in with their MQTT secret, operator admins with their
+    // console password; each is confined by the registry's ACL.
+    let auth = Arc::new(registry::RegistryAuthenticator::new(store.clone()));
+    let running = start_broker(&config, auth).await?;
     let app = api::app(store.clone()).merge(metrics_route(&running.broker));
     let http = serve_http(args.http, app, &running.broker, "HTTP").await?;
     println!(

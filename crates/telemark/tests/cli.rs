@@ -445,15 +445,143 @@ fn serve_runs_store_api_and_broker_with_the_admin_from_the_environment() {
     let (status, body) = http(http_port, "GET", "/api/v1/devices", &[], "");
     assert_eq!(status, 401);
     assert!(body.contains("\"status\":401"));
-    // The embedded broker serves MQTT on the same process.
-    let s = sub(mqtt_port, "dwr/#", 1, &[]);
+    // The embedded broker answers from the registry: anonymous is refused,
+    // the operator admin logs in with the console password.
+    assert!(!pub_msg(mqtt_port, "dwr/x", "y", &[]).status.success());
+    let admin = ["-u", "admin", "-P", "first-admin-secret"];
+    let s = sub(mqtt_port, "dwr/#", 1, &admin);
     settle();
-    assert!(
-        pub_msg(mqtt_port, "dwr/311-a1/aa/status", "online", &["-q", "1"])
-            .status
-            .success()
+    let published = pub_msg(
+        mqtt_port,
+        "dwr/311-a1/aa/status",
+        "online",
+        &[&admin[..], &["-q", "1"]].concat(),
     );
+    assert!(published.status.success());
     assert_eq!(finish(s).trim(), "dwr/311-a1/aa/status online");
+
+    // A device: model, import, credentials, then MQTT as itself.
+    let auth = [
+        ("Authorization", bearer.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let (status, body) = http(
+        http_port,
+        "POST",
+        "/api/v1/device-models",
+        &auth,
+        r#"{"name":"DWM-311-A1","vendor":"D-Link","hardware_revision":"A1","topic_segment":"311-a1"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let csv_auth = [
+        ("Authorization", bearer.as_str()),
+        ("Content-Type", "text/csv"),
+    ];
+    let (status, body) = http(
+        http_port,
+        "POST",
+        "/api/v1/devices/import?source=fleet.csv",
+        &csv_auth,
+        "serial,mac,model\nSN1,00:11:22:33:44:55,311-a1\nSN2,00:11:22:33:44:56,311-a1\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"rows_accepted\":2"), "{body}");
+    let (_, page) = http(http_port, "GET", "/api/v1/devices?search=SN1", &auth, "");
+    let device_id = page
+        .split("\"id\":")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("device id")
+        .to_owned();
+    let (status, body) = http(
+        http_port,
+        "POST",
+        &format!("/api/v1/devices/{device_id}/credentials"),
+        &auth,
+        "",
+    );
+    assert_eq!(status, 201, "{body}");
+    let secret = body
+        .split("\"password\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("secret")
+        .to_owned();
+    let mac = "00-11-22-33-44-55";
+    let device = ["-u", mac, "-P", secret.as_str(), "-i", mac];
+    let watcher = sub(mqtt_port, "dwr/311-a1/+/hardware/#", 1, &admin);
+    settle();
+    let own = pub_msg(
+        mqtt_port,
+        &format!("dwr/311-a1/{mac}/hardware/memory"),
+        "{\"free\":1}",
+        &[&device[..], &["-q", "1"]].concat(),
+    );
+    assert!(
+        own.status.success(),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    assert_eq!(
+        finish(watcher).trim(),
+        format!("dwr/311-a1/{mac}/hardware/memory {{\"free\":1}}")
+    );
+    let wrong = pub_msg(
+        mqtt_port,
+        &format!("dwr/311-a1/{mac}/x"),
+        "y",
+        &["-u", mac, "-P", "not-the-secret"],
+    );
+    assert!(!wrong.status.success(), "a wrong secret is refused");
+    // Another device's topics are not this device's to read.
+    let sneaky = sub(
+        mqtt_port,
+        "dwr/311-a1/00-11-22-33-44-56/#",
+        1,
+        &[&device[..], &["-V", "mqttv5"]].concat(),
+    );
+    let out = sneaky.wait_with_output().expect("output");
+    assert!(
+        out.stdout.is_empty(),
+        "subscription to another device's topics delivered data"
+    );
+    // Presence: online while connected.
+    let mut holder = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtt_port.to_string(),
+            "-t",
+            &format!("dwr/311-a1/{mac}/tasks/#"),
+            "-W",
+            "20",
+        ])
+        .args(device)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("device connection");
+    let mut online = false;
+    for _ in 0..50 {
+        let (_, body) = http(
+            http_port,
+            "GET",
+            &format!("/api/v1/devices/{device_id}"),
+            &auth,
+            "",
+        );
+        if body.contains("\"online\":true") {
+            online = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(online, "the device shows online while connected");
+    let (_, stats) = http(http_port, "GET", "/api/v1/statistics", &auth, "");
+    assert!(stats.contains("\"online_devices\":1"), "{stats}");
+    let _ = holder.kill();
+    let _ = holder.wait();
     let _ = child.kill();
     let out = child.wait_with_output().expect("output");
     let printed = String::from_utf8_lossy(&out.stdout);

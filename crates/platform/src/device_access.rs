@@ -1,0 +1,206 @@
+//! Who may connect to the broker and what they may do: devices by their MQTT
+//! secret (SHA-256, compared in constant time, no password hashing per
+//! CONNECT) within their own topic tree, the operator's admins by their
+//! console password. One service; the embedded broker calls it through its
+//! `Authenticator` trait, an external broker will call it over HTTP.
+
+use sha2::{Digest, Sha256};
+use store::{Scope, Store, StoreError};
+
+use crate::accounts::{self, Role};
+use crate::identifiers::normalize_mac;
+
+/// The fleet prefix of every device topic (DESIGN.md: `dwr/{model}/{device-id}/…`).
+pub const TOPIC_PREFIX: &str = "dwr";
+
+/// An authenticated MQTT client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A device, confined to `dwr/{model}/{mac}/`.
+    Device {
+        device_id: i64,
+        organisation_id: i64,
+        topic_prefix: String,
+    },
+    /// An operator admin (tools, the platform's own clients): everything.
+    Operator { username: String },
+}
+
+/// Why a CONNECT is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// Unknown user or wrong secret/password.
+    BadCredentials,
+    /// Known, but not allowed to use MQTT.
+    NotAuthorized,
+}
+
+/// A freshly issued device secret: shown once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedSecret {
+    pub username: String,
+    pub secret: String,
+    pub topic_prefix: String,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Equal in time that does not depend on where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn device_prefix(topic_segment: &str, mac: &str) -> String {
+    format!("{TOPIC_PREFIX}/{topic_segment}/{mac}/")
+}
+
+/// Generates a 256-bit secret for a device in `scope`; only its digest is kept.
+pub async fn issue_secret(
+    store: &Store,
+    scope: &Scope,
+    device_id: i64,
+) -> Result<IssuedSecret, StoreError> {
+    let bytes: [u8; 32] = rand::random();
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    store
+        .set_device_secret(scope, device_id, &sha256_hex(secret.as_bytes()))
+        .await?;
+    let device = store.device(scope, device_id).await?;
+    let login = store
+        .device_login(&device.mac)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("device {device_id}")))?;
+    Ok(IssuedSecret {
+        username: device.mac.clone(),
+        secret,
+        topic_prefix: format!("{}#", device_prefix(&login.topic_segment, &device.mac)),
+    })
+}
+
+/// Checks a CONNECT's user name and password (or client certificate).
+pub async fn authenticate(
+    store: &Store,
+    username: Option<&str>,
+    password: Option<&[u8]>,
+    certificate_sha256: Option<&str>,
+) -> Result<Principal, Denial> {
+    let Some(username) = username else {
+        return Err(Denial::NotAuthorized);
+    };
+    if let Ok(mac) = normalize_mac(username) {
+        let login = store
+            .device_login(&mac)
+            .await
+            .map_err(|_| Denial::NotAuthorized)?
+            .ok_or(Denial::BadCredentials)?;
+        let by_secret = match (&login.secret_sha256, password) {
+            (Some(expected), Some(given)) => {
+                constant_time_eq(expected.as_bytes(), sha256_hex(given).as_bytes())
+            }
+            _ => false,
+        };
+        let by_certificate = match (&login.certificate_sha256, certificate_sha256) {
+            (Some(expected), Some(given)) => {
+                constant_time_eq(expected.as_bytes(), given.as_bytes())
+            }
+            _ => false,
+        };
+        if !(by_secret || by_certificate) {
+            return Err(Denial::BadCredentials);
+        }
+        return Ok(Principal::Device {
+            device_id: login.device_id,
+            organisation_id: login.organisation_id,
+            topic_prefix: device_prefix(&login.topic_segment, &login.mac),
+        });
+    }
+    let password =
+        std::str::from_utf8(password.unwrap_or_default()).map_err(|_| Denial::BadCredentials)?;
+    match accounts::login(store, username, password).await {
+        Ok((session, token)) => {
+            // MQTT needs no console session; do not leave one behind.
+            let _ = accounts::logout(store, &token).await;
+            if session.role == Role::OperatorAdmin {
+                Ok(Principal::Operator {
+                    username: session.user.username,
+                })
+            } else {
+                Err(Denial::NotAuthorized)
+            }
+        }
+        Err(_) => Err(Denial::BadCredentials),
+    }
+}
+
+/// A device publishes only below its own prefix; the operator anywhere
+/// (but `$SYS`, which the broker keeps to itself).
+pub fn may_publish(principal: &Principal, topic: &str) -> bool {
+    match principal {
+        Principal::Device { topic_prefix, .. } => topic.starts_with(topic_prefix.as_str()),
+        Principal::Operator { .. } => true,
+    }
+}
+
+/// A device subscribes only to filters inside its own prefix (a filter that
+/// starts with the wildcard-free prefix cannot reach outside it).
+pub fn may_subscribe(principal: &Principal, filter: &str) -> bool {
+    match principal {
+        Principal::Device { topic_prefix, .. } => filter.starts_with(topic_prefix.as_str()),
+        Principal::Operator { .. } => true,
+    }
+}
+
+/// Presence: a device connected or went away.
+pub async fn set_presence(
+    store: &Store,
+    principal: &Principal,
+    online: bool,
+) -> Result<(), StoreError> {
+    match principal {
+        Principal::Device { device_id, .. } => store.set_device_online(*device_id, online).await,
+        Principal::Operator { .. } => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_stay_in_their_own_tree() {
+        let device = Principal::Device {
+            device_id: 1,
+            organisation_id: 1,
+            topic_prefix: device_prefix("311-a1", "00-11-22-33-44-55"),
+        };
+        assert!(may_publish(
+            &device,
+            "dwr/311-a1/00-11-22-33-44-55/hardware/memory"
+        ));
+        assert!(!may_publish(
+            &device,
+            "dwr/311-a1/00-11-22-33-44-56/hardware/memory"
+        ));
+        assert!(!may_publish(&device, "dwr/311-a1/00-11-22-33-44-55"));
+        assert!(may_subscribe(
+            &device,
+            "dwr/311-a1/00-11-22-33-44-55/tasks/#"
+        ));
+        assert!(!may_subscribe(&device, "dwr/311-a1/+/tasks/#"));
+        assert!(!may_subscribe(&device, "dwr/#"));
+        assert!(!may_subscribe(&device, "#"));
+        assert!(
+            constant_time_eq(b"abc", b"abc")
+                && !constant_time_eq(b"abc", b"abd")
+                && !constant_time_eq(b"a", b"ab")
+        );
+    }
+}

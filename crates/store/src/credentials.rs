@@ -1,0 +1,86 @@
+//! Device MQTT credentials and presence. The login lookup is the platform's
+//! own (the broker asks it for every device CONNECT), so it takes no scope;
+//! issuing credentials does.
+
+use crate::{Scope, Store, StoreError, now_millis, with_pool};
+
+/// What the broker's authenticator needs to know of a device.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeviceLogin {
+    pub device_id: i64,
+    pub organisation_id: i64,
+    pub mac: String,
+    /// The model's topic level: the device's topics are `dwr/{topic_segment}/{mac}/…`.
+    pub topic_segment: String,
+    pub secret_sha256: Option<String>,
+    pub certificate_sha256: Option<String>,
+}
+
+impl Store {
+    /// Sets a device's secret digest (replacing the old one), if the device is in `scope`.
+    pub async fn set_device_secret(
+        &self,
+        scope: &Scope,
+        device_id: i64,
+        secret_sha256: &str,
+    ) -> Result<(), StoreError> {
+        self.device(scope, device_id).await?;
+        let now = now_millis();
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO device_credentials (device_id, secret_sha256, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (device_id) DO UPDATE SET secret_sha256 = excluded.secret_sha256, created_at = excluded.created_at",
+            )
+            .bind(device_id)
+            .bind(secret_sha256)
+            .bind(now)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// The device whose MQTT user name (its MAC) is `mac`.
+    pub async fn device_login(&self, mac: &str) -> Result<Option<DeviceLogin>, StoreError> {
+        let row = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT d.id AS device_id, d.organisation_id, d.mac, m.topic_segment, c.secret_sha256, c.certificate_sha256 \
+                 FROM devices d JOIN device_models m ON m.id = d.model_id \
+                 LEFT JOIN device_credentials c ON c.device_id = d.id WHERE d.mac = $1",
+            )
+            .bind(mac)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(row)
+    }
+
+    /// Records a device going online or offline.
+    pub async fn set_device_online(&self, device_id: i64, online: bool) -> Result<(), StoreError> {
+        let now = now_millis();
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE devices SET online = $1, last_seen_at = $2 WHERE id = $3")
+                .bind(online)
+                .bind(now)
+                .bind(device_id)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Devices online in `scope`.
+    pub async fn count_online_devices(&self, scope: &Scope) -> Result<i64, StoreError> {
+        let n: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM devices d JOIN organisations o ON o.id = d.organisation_id \
+                 WHERE o.path LIKE $1 AND d.online = $2",
+            )
+            .bind(scope.pattern())
+            .bind(true)
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(n)
+    }
+}
