@@ -5,6 +5,7 @@
 //! `Authorization: Bearer TOKEN` (scripts). Every handler works inside the
 //! caller's scope, which the store takes as an argument.
 
+mod broker_hooks;
 mod dto;
 mod error;
 mod routes;
@@ -20,9 +21,23 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    pub options: ApiOptions,
+}
+
+/// Switches of the API.
+#[derive(Debug, Clone, Default)]
+pub struct ApiOptions {
+    /// Enables `/api/v1/mqtt/authenticate` and `/api/v1/mqtt/authorize` for
+    /// an external broker (EMQX HTTP authentication and authorization), which
+    /// must send `Authorization: Bearer SECRET`.
+    pub broker_hook_secret: Option<String>,
 }
 
 /// The API's router, ready to serve or to test with `oneshot`.
 pub fn app(store: Store) -> Router {
-    routes::router(Arc::new(AppState { store }))
+    app_with(store, ApiOptions::default())
+}
+
+pub fn app_with(store: Store, options: ApiOptions) -> Router {
+    routes::router(Arc::new(AppState { store, options }))
 }

@@ -32,6 +32,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/devices/{id}/credentials", post(issue_credentials))
         .route("/api/v1/imports/{id}", get(get_import))
         .route("/api/v1/statistics", get(statistics))
+        .route(
+            "/api/v1/mqtt/authenticate",
+            post(crate::broker_hooks::authenticate),
+        )
+        .route(
+            "/api/v1/mqtt/authorize",
+            post(crate::broker_hooks::authorize),
+        )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }
@@ -54,7 +62,7 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-fn bearer_token(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::AUTHORIZATION)?
         .to_str()
@@ -113,7 +121,7 @@ impl Caller {
     }
 }
 
-fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(t)| t)
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }

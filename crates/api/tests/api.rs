@@ -377,3 +377,117 @@ async fn bad_requests_get_problem_details() {
     let (_, _, page) = call(&h.app, Method::GET, "/api/v1/devices/999", &auth, None).await;
     assert_eq!(page["status"], 404);
 }
+
+#[tokio::test]
+async fn an_external_broker_asks_in_emqx_format() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store::Store::open_data_dir(dir.path())
+        .await
+        .expect("store");
+    let admin_password = platform::accounts::bootstrap(&store, None)
+        .await
+        .expect("bootstrap")
+        .expect("admin");
+    let app = api::app_with(
+        store.clone(),
+        api::ApiOptions {
+            broker_hook_secret: Some("hook-secret".into()),
+        },
+    );
+    let admin = format!("Bearer {}", login(&app, "admin", &admin_password).await);
+    let auth = [("authorization", admin.as_str())];
+    call(
+        &app,
+        Method::POST,
+        "/api/v1/device-models",
+        &auth,
+        Some(json!({"name": "DWM-311-A1", "vendor": "D-Link", "hardware_revision": "A1", "topic_segment": "311-a1"})),
+    )
+    .await;
+    call_csv(
+        &app,
+        "/api/v1/devices/import",
+        &auth,
+        "serial,mac,model\nS1,00:11:22:33:44:55,311-a1\n",
+    )
+    .await;
+    let (_, _, page) = call(&app, Method::GET, "/api/v1/devices", &auth, None).await;
+    let id = page["devices"][0]["id"].as_i64().expect("id");
+    let (status, _, creds) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/devices/{id}/credentials"),
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(creds["topic_prefix"], "dwr/311-a1/00-11-22-33-44-55/#");
+    let secret = creds["password"].as_str().expect("secret");
+
+    let hook = [("authorization", "Bearer hook-secret")];
+    let ask = |body: Value| {
+        call(
+            &app,
+            Method::POST,
+            "/api/v1/mqtt/authenticate",
+            &hook,
+            Some(body),
+        )
+    };
+    let (_, _, d) = ask(json!({"clientid": "00-11-22-33-44-55", "username": "00-11-22-33-44-55", "password": secret})).await;
+    assert_eq!(
+        (d["result"].as_str(), d["is_superuser"].as_bool()),
+        (Some("allow"), Some(false))
+    );
+    let (_, _, d) = ask(json!({"username": "00:11:22:33:44:55", "password": "wrong"})).await;
+    assert_eq!(d["result"], "deny");
+    let (_, _, d) = ask(json!({"username": "admin", "password": admin_password})).await;
+    assert_eq!(
+        (d["result"].as_str(), d["is_superuser"].as_bool()),
+        (Some("allow"), Some(true))
+    );
+    let authorize = |topic: &str, action: &str| {
+        call(
+            &app,
+            Method::POST,
+            "/api/v1/mqtt/authorize",
+            &hook,
+            Some(json!({"username": "00-11-22-33-44-55", "topic": topic, "action": action})),
+        )
+    };
+    assert_eq!(
+        authorize("dwr/311-a1/00-11-22-33-44-55/hardware/lte", "publish")
+            .await
+            .2["result"],
+        "allow"
+    );
+    assert_eq!(
+        authorize("dwr/311-a1/00-11-22-33-44-56/hardware/lte", "publish")
+            .await
+            .2["result"],
+        "deny"
+    );
+    assert_eq!(authorize("dwr/#", "subscribe").await.2["result"], "deny");
+    // Without the hook secret the broker gets nothing.
+    let (status, _, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/mqtt/authenticate",
+        &[],
+        Some(json!({"username": "admin"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // And an API without a hook secret has no such endpoint.
+    let plain = api::app(store);
+    let (status, _, _) = call(
+        &plain,
+        Method::POST,
+        "/api/v1/mqtt/authenticate",
+        &hook,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

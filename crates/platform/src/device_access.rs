@@ -140,6 +140,28 @@ pub async fn authenticate(
     }
 }
 
+/// The principal behind a user name, without a password: for an external
+/// broker's authorization request about an already authenticated client.
+pub async fn principal_for(store: &Store, username: &str) -> Result<Option<Principal>, StoreError> {
+    if let Ok(mac) = normalize_mac(username) {
+        return Ok(store
+            .device_login(&mac)
+            .await?
+            .map(|login| Principal::Device {
+                device_id: login.device_id,
+                organisation_id: login.organisation_id,
+                topic_prefix: device_prefix(&login.topic_segment, &login.mac),
+            }));
+    }
+    Ok(store
+        .user_by_username(username)
+        .await?
+        .filter(|u| !u.disabled && Role::parse(&u.role) == Some(Role::OperatorAdmin))
+        .map(|u| Principal::Operator {
+            username: u.username,
+        }))
+}
+
 /// A device publishes only below its own prefix; the operator anywhere
 /// (but `$SYS`, which the broker keeps to itself).
 pub fn may_publish(principal: &Principal, topic: &str) -> bool {

@@ -67,6 +67,10 @@ struct ServeArgs {
     /// MQTT over WebSocket on ADDR (with --mqtt).
     #[arg(long, value_name = "ADDR")]
     mqtt_ws: Option<SocketAddr>,
+    /// Serve /api/v1/mqtt/authenticate and /authorize to an external broker
+    /// (EMQX HTTP auth) that sends `Authorization: Bearer SECRET`.
+    #[arg(long, env = "TELEMARK_BROKER_HOOK_SECRET", hide_env_values = true)]
+    broker_hook_secret: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -454,7 +458,10 @@ async fn run_serve(config: Config, args: &ServeArgs) -> anyhow::Result<()> {
     // console password; each is confined by the registry's ACL.
     let auth = Arc::new(registry::RegistryAuthenticator::new(store.clone()));
     let running = start_broker(&config, auth).await?;
-    let app = api::app(store.clone()).merge(metrics_route(&running.broker));
+    let options = api::ApiOptions {
+        broker_hook_secret: args.broker_hook_secret.clone(),
+    };
+    let app = api::app_with(store.clone(), options).merge(metrics_route(&running.broker));
     let http = serve_http(args.http, app, &running.broker, "HTTP").await?;
     println!(
         "Telemark is up: API http://{http}/api/v1, MQTT {}",

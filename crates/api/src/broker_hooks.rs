@@ -1,0 +1,102 @@
+//! The platform's device access service behind its second door: HTTP
+//! endpoints an external broker calls, in EMQX's HTTP authentication and
+//! authorization format (`{"result": "allow" | "deny"}`).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::HeaderMap;
+use platform::device_access::{self, Principal};
+use serde::{Deserialize, Serialize};
+
+use crate::routes::{bearer_token, json_body};
+use crate::{ApiError, AppState};
+
+/// Other fields EMQX may send (`clientid`, `peerhost`, …) are ignored.
+#[derive(Debug, Deserialize)]
+pub struct AuthenticateRequest {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// SHA-256 of the client certificate, when the broker terminates mTLS.
+    #[serde(default)]
+    pub certificate_sha256: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AuthorizeRequest {
+    pub username: String,
+    pub topic: String,
+    /// `publish` or `subscribe`.
+    pub action: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Decision {
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub is_superuser: Option<bool>,
+}
+
+fn check_hook_secret(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    // Without a configured secret these endpoints do not exist.
+    let Some(expected) = &state.options.broker_hook_secret else {
+        return Err(ApiError::NotFound("no such endpoint".into()));
+    };
+    match bearer_token(headers) {
+        Some(given) if given.as_bytes() == expected.as_bytes() => Ok(()),
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+pub(crate) async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<AuthenticateRequest>, JsonRejection>,
+) -> Result<Json<Decision>, ApiError> {
+    check_hook_secret(&state, &headers)?;
+    let request = json_body(body)?;
+    let result = device_access::authenticate(
+        &state.store,
+        request.username.as_deref(),
+        request.password.as_deref().map(str::as_bytes),
+        request.certificate_sha256.as_deref(),
+    )
+    .await;
+    Ok(Json(match result {
+        Ok(principal) => Decision {
+            result: "allow",
+            is_superuser: Some(matches!(principal, Principal::Operator { .. })),
+        },
+        Err(_) => Decision {
+            result: "deny",
+            is_superuser: None,
+        },
+    }))
+}
+
+pub(crate) async fn authorize(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<AuthorizeRequest>, JsonRejection>,
+) -> Result<Json<Decision>, ApiError> {
+    check_hook_secret(&state, &headers)?;
+    let request = json_body(body)?;
+    let principal = device_access::principal_for(&state.store, &request.username).await?;
+    let allowed = match (principal, request.action.as_str()) {
+        (Some(p), "publish") => device_access::may_publish(&p, &request.topic),
+        (Some(p), "subscribe") => device_access::may_subscribe(&p, &request.topic),
+        (_, "publish" | "subscribe") => false,
+        (_, other) => {
+            return Err(ApiError::field(
+                "action",
+                format!("{other:?} is not publish or subscribe"),
+            ));
+        }
+    };
+    Ok(Json(Decision {
+        result: if allowed { "allow" } else { "deny" },
+        is_superuser: None,
+    }))
+}
