@@ -18,6 +18,8 @@ pub enum ApiError {
     Forbidden(String),
     NotFound(String),
     Conflict(String),
+    /// Too many failed logins; retry after this many seconds.
+    TooManyAttempts(u64),
     BadRequest {
         detail: String,
         errors: Vec<FieldError>,
@@ -87,6 +89,13 @@ impl IntoResponse for ApiError {
                 d.clone(),
                 &[][..],
             ),
+            ApiError::TooManyAttempts(secs) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-attempts",
+                "Too many failed logins",
+                format!("try again in {secs} s"),
+                &[][..],
+            ),
             ApiError::BadRequest { detail, errors } => (
                 StatusCode::BAD_REQUEST,
                 "invalid-request",
@@ -113,12 +122,18 @@ impl IntoResponse for ApiError {
             errors,
         };
         let json = serde_json::to_vec(&body).unwrap_or_default();
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             json,
         )
-            .into_response()
+            .into_response();
+        if let ApiError::TooManyAttempts(secs) = self
+            && let Ok(v) = header::HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        response
     }
 }
 

@@ -9,6 +9,7 @@ mod broker_hooks;
 mod dto;
 mod error;
 mod routes;
+mod throttle;
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ pub use error::ApiError;
 pub struct AppState {
     pub store: Store,
     pub options: ApiOptions,
+    pub(crate) logins: Arc<throttle::LoginThrottle>,
 }
 
 /// Switches of the API.
@@ -39,5 +41,9 @@ pub fn app(store: Store) -> Router {
 }
 
 pub fn app_with(store: Store, options: ApiOptions) -> Router {
-    routes::router(Arc::new(AppState { store, options }))
+    routes::router(Arc::new(AppState {
+        store,
+        options,
+        logins: Arc::default(),
+    }))
 }

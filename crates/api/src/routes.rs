@@ -136,8 +136,21 @@ async fn login(
     body: Result<Json<LoginRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let request = json_body(body)?;
+    if let Some(wait) = state.logins.locked_for(&request.username) {
+        return Err(ApiError::TooManyAttempts(wait.as_secs().max(1)));
+    }
     let (session, token) =
-        accounts::login(&state.store, &request.username, &request.password).await?;
+        match accounts::login(&state.store, &request.username, &request.password).await {
+            Ok(ok) => {
+                state.logins.succeeded(&request.username);
+                ok
+            }
+            Err(accounts::AccountError::BadCredentials) => {
+                state.logins.failed(&request.username);
+                return Err(ApiError::Unauthorized);
+            }
+            Err(e) => return Err(e.into()),
+        };
     let cookie = format!(
         "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
         accounts::SESSION_HOURS * 3600

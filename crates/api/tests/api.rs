@@ -491,3 +491,30 @@ async fn an_external_broker_asks_in_emqx_format() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn repeated_failed_logins_lock_the_name() {
+    let h = harness().await;
+    for _ in 0..5 {
+        let (status, _, _) = call(
+            &h.app,
+            Method::POST,
+            "/api/v1/session",
+            &[],
+            Some(json!({"username": "admin", "password": "guess"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // Even the right password is refused while the name is locked.
+    let (status, headers, body) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/session",
+        &[],
+        Some(json!({"username": "admin", "password": h.admin_password})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(headers.contains_key(header::RETRY_AFTER));
+}
