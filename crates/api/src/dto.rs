@@ -205,3 +205,40 @@ pub struct DeviceCredentialsDto {
     /// Where the device publishes and subscribes.
     pub topic_prefix: String,
 }
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuditListQuery {
+    pub search: Option<String>,
+    pub before_id: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AuditEntryDto {
+    pub id: i64,
+    pub organisation_id: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub address: Option<String>,
+    pub created_at: i64,
+}
+
+impl From<store::AuditEntry> for AuditEntryDto {
+    fn from(e: store::AuditEntry) -> Self {
+        AuditEntryDto {
+            id: e.id,
+            organisation_id: e.organisation_id,
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            before: e.before_value,
+            after: e.after_value,
+            address: e.address,
+            created_at: e.created_at,
+        }
+    }
+}

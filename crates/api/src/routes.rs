@@ -32,6 +32,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/devices/{id}/credentials", post(issue_credentials))
         .route("/api/v1/imports/{id}", get(get_import))
         .route("/api/v1/statistics", get(statistics))
+        .route("/api/v1/audit", get(audit_log))
+        .route("/api/v1/audit.csv", get(audit_csv))
         .route(
             "/api/v1/mqtt/authenticate",
             post(crate::broker_hooks::authenticate),
@@ -76,6 +78,7 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<String> {
 pub(crate) struct Caller {
     session: Session,
     token: String,
+    address: Option<String>,
 }
 
 impl FromRequestParts<Arc<AppState>> for Caller {
@@ -104,11 +107,43 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                 return Err(ApiError::Forbidden("missing or wrong X-CSRF-Token".into()));
             }
         }
-        Ok(Caller { session, token })
+        let address = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip().to_string());
+        Ok(Caller {
+            session,
+            token,
+            address,
+        })
     }
 }
 
 impl Caller {
+    /// Writes the system log entry of a change this caller made.
+    async fn audit(
+        &self,
+        state: &AppState,
+        action: &str,
+        target: String,
+        before: Option<String>,
+        after: Option<String>,
+    ) -> Result<(), ApiError> {
+        state
+            .store
+            .record_audit(&store::NewAuditEntry {
+                organisation_id: self.session.user.organisation_id,
+                actor: self.session.user.username.clone(),
+                action: action.to_owned(),
+                target,
+                before_value: before,
+                after_value: after,
+                address: self.address.clone(),
+            })
+            .await?;
+        Ok(())
+    }
+
     fn require_admin(&self) -> Result<(), ApiError> {
         if self.session.role.is_admin() {
             Ok(())
@@ -207,7 +242,17 @@ async fn create_organisation(
         .store
         .create_organisation(&caller.session.scope, request.parent_id, &request.name)
         .await?;
-    Ok((axum::http::StatusCode::CREATED, Json(org.into())))
+    let dto = OrganisationDto::from(org);
+    caller
+        .audit(
+            &state,
+            "organisation.create",
+            format!("organisation {}", dto.id),
+            None,
+            serde_json::to_string(&dto).ok(),
+        )
+        .await?;
+    Ok((axum::http::StatusCode::CREATED, Json(dto)))
 }
 
 async fn list_models(
@@ -269,7 +314,17 @@ async fn create_model(
             description: m.description,
         })
         .await?;
-    Ok((axum::http::StatusCode::CREATED, Json(model.into())))
+    let dto = DeviceModelDto::from(model);
+    caller
+        .audit(
+            &state,
+            "device_model.create",
+            format!("device model {}", dto.id),
+            None,
+            serde_json::to_string(&dto).ok(),
+        )
+        .await?;
+    Ok((axum::http::StatusCode::CREATED, Json(dto)))
 }
 
 async fn list_devices(
@@ -325,7 +380,20 @@ async fn import_devices(
         q.partial,
     )
     .await?;
-    Ok(Json(record.into()))
+    let dto = ImportRecordDto::from(record);
+    caller
+        .audit(
+            &state,
+            "device.import",
+            format!("import {} ({})", dto.id, dto.source_name),
+            None,
+            Some(format!(
+                "{} accepted, {} rejected",
+                dto.rows_accepted, dto.rows_rejected
+            )),
+        )
+        .await?;
+    Ok(Json(dto))
 }
 
 async fn get_import(
@@ -366,6 +434,15 @@ async fn issue_credentials(
     caller.require_admin()?;
     let issued =
         platform::device_access::issue_secret(&state.store, &caller.session.scope, id).await?;
+    caller
+        .audit(
+            &state,
+            "device.credentials",
+            format!("device {id} ({})", issued.username),
+            None,
+            Some("new MQTT secret issued".into()),
+        )
+        .await?;
     Ok((
         axum::http::StatusCode::CREATED,
         Json(DeviceCredentialsDto {
@@ -374,4 +451,77 @@ async fn issue_credentials(
             topic_prefix: issued.topic_prefix,
         }),
     ))
+}
+
+async fn audit_entries(
+    state: &AppState,
+    caller: &Caller,
+    q: AuditListQuery,
+) -> Result<Vec<store::AuditEntry>, ApiError> {
+    caller.require_admin()?;
+    Ok(state
+        .store
+        .audit_log(
+            &caller.session.scope,
+            &store::AuditQuery {
+                search: q.search,
+                before_id: q.before_id,
+                limit: q.limit.unwrap_or(100),
+            },
+        )
+        .await?)
+}
+
+async fn audit_log(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    q: Result<Query<AuditListQuery>, QueryRejection>,
+) -> Result<Json<Vec<AuditEntryDto>>, ApiError> {
+    let entries = audit_entries(&state, &caller, query(q)?).await?;
+    Ok(Json(entries.into_iter().map(Into::into).collect()))
+}
+
+/// The log as CSV, for a spreadsheet or an auditor.
+async fn audit_csv(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    q: Result<Query<AuditListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let mut q = query(q)?;
+    q.limit = Some(q.limit.unwrap_or(10_000));
+    let entries = audit_entries(&state, &caller, q).await?;
+    fn cell(v: &str) -> String {
+        if v.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", v.replace('"', "\"\""))
+        } else {
+            v.to_owned()
+        }
+    }
+    let mut out =
+        String::from("id,created_at,organisation_id,actor,action,target,before,after,address\n");
+    for e in entries {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{}\n",
+            e.id,
+            e.created_at,
+            e.organisation_id,
+            cell(&e.actor),
+            cell(&e.action),
+            cell(&e.target),
+            cell(e.before_value.as_deref().unwrap_or("")),
+            cell(e.after_value.as_deref().unwrap_or("")),
+            cell(e.address.as_deref().unwrap_or(""))
+        ));
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"telemark-audit.csv\"",
+            ),
+        ],
+        out,
+    )
+        .into_response())
 }

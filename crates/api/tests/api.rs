@@ -518,3 +518,96 @@ async fn repeated_failed_logins_lock_the_name() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert!(headers.contains_key(header::RETRY_AFTER));
 }
+
+#[tokio::test]
+async fn changes_land_in_the_system_log_and_its_csv() {
+    let h = harness().await;
+    let admin = format!("Bearer {}", login(&h.app, "admin", &h.admin_password).await);
+    let auth = [("authorization", admin.as_str())];
+    let (_, _, me) = call(&h.app, Method::GET, "/api/v1/session", &auth, None).await;
+    call(
+        &h.app,
+        Method::POST,
+        "/api/v1/organisations",
+        &auth,
+        Some(json!({"parent_id": me["organisation_id"], "name": "Acme, Inc."})),
+    )
+    .await;
+    call(
+        &h.app,
+        Method::POST,
+        "/api/v1/device-models",
+        &auth,
+        Some(json!({"name": "DWM-311-A1", "vendor": "D-Link", "hardware_revision": "A1", "topic_segment": "311-a1"})),
+    )
+    .await;
+    call_csv(
+        &h.app,
+        "/api/v1/devices/import?source=erp.csv",
+        &auth,
+        "serial,mac,model\nS1,00:11:22:33:44:55,311-a1\n",
+    )
+    .await;
+    let (status, _, log) = call(&h.app, Method::GET, "/api/v1/audit", &auth, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let actions: Vec<&str> = log
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "device.import",
+            "device_model.create",
+            "organisation.create"
+        ],
+        "newest first"
+    );
+    assert_eq!(log[0]["actor"], "admin");
+    assert_eq!(log[0]["after"], "1 accepted, 0 rejected");
+    let (_, _, only) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/audit?search=organisation",
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(only.as_array().map(Vec::len), Some(1));
+    assert!(
+        only[0]["after"]
+            .as_str()
+            .expect("after")
+            .contains("Acme, Inc.")
+    );
+
+    let request = Request::builder()
+        .uri("/api/v1/audit.csv")
+        .header("authorization", admin.as_str())
+        .body(Body::empty())
+        .expect("request");
+    let response = h.app.clone().oneshot(request).await.expect("response");
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/csv; charset=utf-8"
+    );
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).expect("utf8");
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("id,created_at,organisation_id,actor,action,target,before,after,address")
+    );
+    assert_eq!(text.lines().count(), 4);
+    assert!(
+        text.contains("\"{\"\"id\"\""),
+        "a JSON cell is quoted: {text}"
+    );
+}

@@ -5,6 +5,7 @@
 //! and everything below it. It is an argument of the store, so a handler
 //! cannot forget it.
 
+mod audit;
 mod credentials;
 mod devices;
 mod imports;
@@ -20,6 +21,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
 pub use credentials::DeviceLogin;
 pub use devices::{Device, DeviceModel, DevicePage, DeviceQuery, NewDevice, NewDeviceModel};
 pub use imports::{ImportBatch, ImportRecord, Rejection};

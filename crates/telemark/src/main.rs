@@ -363,9 +363,12 @@ async fn serve_http(
     let local = listener.local_addr()?;
     let shutdown_broker = broker.clone();
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown_broker.shutting_down().await })
-            .await;
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown_broker.shutting_down().await })
+        .await;
     });
     Ok(local)
 }
