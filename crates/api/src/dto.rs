@@ -11,6 +11,7 @@ pub struct LoginRequest {
 
 #[derive(Debug, Serialize)]
 pub struct SessionDto {
+    pub user_id: i64,
     pub username: String,
     pub role: String,
     pub organisation_id: i64,
@@ -241,4 +242,49 @@ impl From<store::AuditEntry> for AuditEntryDto {
             created_at: e.created_at,
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUserDto {
+    pub organisation_id: i64,
+    pub username: String,
+    pub password: String,
+    pub role: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserDto {
+    pub id: i64,
+    pub organisation_id: i64,
+    pub username: String,
+    pub role: String,
+    pub disabled: bool,
+    pub created_at: i64,
+}
+
+impl From<store::User> for UserDto {
+    fn from(u: store::User) -> Self {
+        UserDto {
+            id: u.id,
+            organisation_id: u.organisation_id,
+            username: u.username,
+            role: u.role,
+            disabled: u.disabled,
+            created_at: u.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChangeDto {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserStateDto {
+    pub disabled: bool,
 }

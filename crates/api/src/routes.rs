@@ -25,6 +25,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/api/v1/organisations",
             get(list_organisations).post(create_organisation),
         )
+        .route("/api/v1/session/password", post(change_password))
+        .route("/api/v1/users", get(list_users).post(create_user))
+        .route("/api/v1/users/{id}/state", post(set_user_state))
         .route("/api/v1/device-models", get(list_models).post(create_model))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
@@ -191,6 +194,7 @@ async fn login(
         accounts::SESSION_HOURS * 3600
     );
     let dto = SessionDto {
+        user_id: session.user.id,
         username: session.user.username.clone(),
         role: session.role.as_str().to_owned(),
         organisation_id: session.user.organisation_id,
@@ -202,6 +206,7 @@ async fn login(
 
 async fn me(caller: Caller) -> Json<SessionDto> {
     Json(SessionDto {
+        user_id: caller.session.user.id,
         username: caller.session.user.username.clone(),
         role: caller.session.role.as_str().to_owned(),
         organisation_id: caller.session.user.organisation_id,
@@ -524,4 +529,114 @@ async fn audit_csv(
         out,
     )
         .into_response())
+}
+
+async fn list_users(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Vec<UserDto>>, ApiError> {
+    caller.require_admin()?;
+    let users = state.store.users(&caller.session.scope).await?;
+    Ok(Json(users.into_iter().map(Into::into).collect()))
+}
+
+async fn create_user(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: Result<Json<NewUserDto>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<UserDto>), ApiError> {
+    caller.require_admin()?;
+    let request = json_body(body)?;
+    let user = accounts::create_user(
+        &state.store,
+        &caller.session,
+        request.organisation_id,
+        &request.username,
+        &request.password,
+        &request.role,
+    )
+    .await?;
+    let dto = UserDto::from(user);
+    caller
+        .audit(
+            &state,
+            "user.create",
+            format!("user {} ({})", dto.id, dto.username),
+            None,
+            Some(format!(
+                "role {} in organisation {}",
+                dto.role, dto.organisation_id
+            )),
+        )
+        .await?;
+    Ok((axum::http::StatusCode::CREATED, Json(dto)))
+}
+
+async fn set_user_state(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    body: Result<Json<UserStateDto>, JsonRejection>,
+) -> Result<Json<UserDto>, ApiError> {
+    caller.require_admin()?;
+    let request = json_body(body)?;
+    if id == caller.session.user.id && request.disabled {
+        return Err(ApiError::bad_request("you cannot disable yourself"));
+    }
+    let before = state.store.user(&caller.session.scope, id).await?;
+    state
+        .store
+        .set_user_disabled(&caller.session.scope, id, request.disabled)
+        .await?;
+    caller
+        .audit(
+            &state,
+            if request.disabled {
+                "user.disable"
+            } else {
+                "user.enable"
+            },
+            format!("user {id} ({})", before.username),
+            Some(format!("disabled={}", before.disabled)),
+            Some(format!("disabled={}", request.disabled)),
+        )
+        .await?;
+    Ok(Json(
+        state.store.user(&caller.session.scope, id).await?.into(),
+    ))
+}
+
+async fn change_password(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: Result<Json<PasswordChangeDto>, JsonRejection>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let request = json_body(body)?;
+    match accounts::change_password(
+        &state.store,
+        &caller.session,
+        &request.current_password,
+        &request.new_password,
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(accounts::AccountError::BadCredentials) => {
+            return Err(ApiError::field(
+                "current_password",
+                "is not the current password",
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    caller
+        .audit(
+            &state,
+            "user.password",
+            format!("user {}", caller.session.user.id),
+            None,
+            None,
+        )
+        .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }

@@ -611,3 +611,118 @@ async fn changes_land_in_the_system_log_and_its_csv() {
         "a JSON cell is quoted: {text}"
     );
 }
+
+#[tokio::test]
+async fn users_roles_password_change_and_disable() {
+    let h = harness().await;
+    let admin = format!("Bearer {}", login(&h.app, "admin", &h.admin_password).await);
+    let auth = [("authorization", admin.as_str())];
+    let (_, _, me) = call(&h.app, Method::GET, "/api/v1/session", &auth, None).await;
+    let (_, _, acme) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/organisations",
+        &auth,
+        Some(json!({"parent_id": me["organisation_id"], "name": "Acme"})),
+    )
+    .await;
+    // A role must fit the organisation, a password the policy.
+    let (status, _, body) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/users",
+        &auth,
+        Some(json!({"organisation_id": acme["id"], "username": "ops", "password": "long-enough-1", "role": "operator-admin"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _, _) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/users",
+        &auth,
+        Some(json!({"organisation_id": acme["id"], "username": "eng", "password": "short", "role": "engineer"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, eng) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/users",
+        &auth,
+        Some(json!({"organisation_id": acme["id"], "username": "eng", "password": "engineer-pass-1", "role": "engineer"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{eng}");
+    let (status, _, _) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/users",
+        &auth,
+        Some(json!({"organisation_id": acme["id"], "username": "eng", "password": "engineer-pass-1", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // The engineer changes its password, and is not an admin.
+    let eng_token = format!("Bearer {}", login(&h.app, "eng", "engineer-pass-1").await);
+    let eng_auth = [("authorization", eng_token.as_str())];
+    let (status, _, _) = call(&h.app, Method::GET, "/api/v1/users", &eng_auth, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, body) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/session/password",
+        &eng_auth,
+        Some(json!({"current_password": "wrong", "new_password": "engineer-pass-2"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["errors"][0]["field"], "current_password");
+    let (status, _, _) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/session/password",
+        &eng_auth,
+        Some(json!({"current_password": "engineer-pass-1", "new_password": "engineer-pass-2"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    login(&h.app, "eng", "engineer-pass-2").await;
+
+    // Disabling ends its sessions and its logins.
+    let (status, _, user) = call(
+        &h.app,
+        Method::POST,
+        &format!("/api/v1/users/{}/state", eng["id"]),
+        &auth,
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    assert_eq!(
+        (status, user["disabled"].as_bool()),
+        (StatusCode::OK, Some(true))
+    );
+    let (status, _, _) = call(&h.app, Method::GET, "/api/v1/session", &eng_auth, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/session",
+        &[],
+        Some(json!({"username": "eng", "password": "engineer-pass-2"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = call(
+        &h.app,
+        Method::POST,
+        &format!("/api/v1/users/{}/state", me["user_id"]),
+        &auth,
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no disabling oneself");
+    let (_, _, users) = call(&h.app, Method::GET, "/api/v1/users", &auth, None).await;
+    assert_eq!(users.as_array().map(Vec::len), Some(2));
+}

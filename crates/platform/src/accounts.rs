@@ -51,6 +51,14 @@ impl Role {
         )
     }
 
+    /// Whether a user of this role may belong to an organisation of `kind`.
+    pub fn fits(self, kind: OrganisationKind) -> bool {
+        match self {
+            Role::Engineer | Role::Viewer => true,
+            admin => Role::admin_of(kind) == admin,
+        }
+    }
+
     /// The admin role that belongs to an organisation kind.
     pub fn admin_of(kind: OrganisationKind) -> Role {
         match kind {
@@ -226,4 +234,74 @@ pub async fn bootstrap(
         )
         .await?;
     Ok(Some(password))
+}
+
+/// Creates a user in an organisation inside the creator's scope, with a role
+/// that fits the organisation and a password that passes the policy.
+pub async fn create_user(
+    store: &Store,
+    creator: &Session,
+    organisation_id: i64,
+    username: &str,
+    password: &str,
+    role: &str,
+) -> Result<User, AccountError> {
+    if !creator.role.is_admin() {
+        return Err(AccountError::Invalid("only admins create users".into()));
+    }
+    let username = username.trim();
+    if username.is_empty() || username.contains(char::is_whitespace) || username.len() > 64 {
+        return Err(AccountError::Invalid(
+            "a user name is 1 to 64 characters without spaces".into(),
+        ));
+    }
+    if crate::identifiers::normalize_mac(username).is_ok() {
+        return Err(AccountError::Invalid(
+            "a user name must not look like a MAC address (device ids do)".into(),
+        ));
+    }
+    let role =
+        Role::parse(role).ok_or_else(|| AccountError::Invalid(format!("unknown role {role:?}")))?;
+    let organisation = store.organisation(&creator.scope, organisation_id).await?;
+    if !role.fits(organisation.kind) {
+        return Err(AccountError::Invalid(format!(
+            "the {} role does not belong to a {}",
+            role.as_str(),
+            organisation.kind.as_str()
+        )));
+    }
+    check_password(username, password)?;
+    Ok(store
+        .create_user(
+            &creator.scope,
+            &NewUser {
+                organisation_id,
+                username: username.to_owned(),
+                password_hash: hash_password(password)?,
+                role: role.as_str().to_owned(),
+            },
+        )
+        .await?)
+}
+
+/// Changes the caller's own password after checking the current one.
+pub async fn change_password(
+    store: &Store,
+    session: &Session,
+    current: &str,
+    new: &str,
+) -> Result<(), AccountError> {
+    let hash = session.user.password_hash.clone();
+    let current = current.to_owned();
+    let ok = tokio::task::spawn_blocking(move || verify_password(&current, &hash))
+        .await
+        .unwrap_or(false);
+    if !ok {
+        return Err(AccountError::BadCredentials);
+    }
+    check_password(&session.user.username, new)?;
+    store
+        .set_password_hash(session.user.id, &hash_password(new)?)
+        .await?;
+    Ok(())
 }

@@ -90,6 +90,44 @@ impl Store {
         Ok(n)
     }
 
+    /// One user, if in `scope`.
+    pub async fn user(&self, scope: &Scope, id: i64) -> Result<User, StoreError> {
+        let row: Option<User> = with_pool!(self, pool => {
+            sqlx::query_as(&format!(
+                "SELECT {USER_COLUMNS} FROM users u JOIN organisations o ON o.id = u.organisation_id \
+                 WHERE u.id = $1 AND o.path LIKE $2"
+            ))
+            .bind(id)
+            .bind(scope.pattern())
+            .fetch_optional(pool)
+            .await?
+        });
+        row.ok_or_else(|| StoreError::NotFound(format!("user {id}")))
+    }
+
+    /// Disables or enables a user in `scope`; a disabled user's sessions end.
+    pub async fn set_user_disabled(
+        &self,
+        scope: &Scope,
+        id: i64,
+        disabled: bool,
+    ) -> Result<(), StoreError> {
+        self.user(scope, id).await?;
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
+                .bind(disabled)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            if disabled {
+                sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     pub async fn set_password_hash(
         &self,
         user_id: i64,
