@@ -187,14 +187,33 @@ impl From<store::ImportRecord> for ImportRecordDto {
     }
 }
 
+/// A counter now, on the same day last week, and the change.
+#[derive(Debug, Serialize)]
+pub struct CounterDto {
+    pub value: i64,
+    pub week_ago: Option<i64>,
+    pub change: Option<i64>,
+}
+
+impl CounterDto {
+    pub fn new(value: i64, week_ago: Option<i64>) -> Self {
+        CounterDto {
+            value,
+            week_ago,
+            change: week_ago.map(|w| value - w),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct StatisticsDto {
-    pub devices: i64,
-    /// Devices connected to the broker now ("monitoring").
-    pub online_devices: i64,
-    pub users: i64,
-    pub system_integrators: i64,
-    pub business_customers: i64,
+    /// Imported devices.
+    pub devices: CounterDto,
+    /// Devices connected now ("monitoring").
+    pub online_devices: CounterDto,
+    pub users: CounterDto,
+    pub system_integrators: CounterDto,
+    pub business_customers: CounterDto,
 }
 
 #[derive(Debug, Serialize)]

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use platform::accounts::{self, Role, Session};
 use sha2::{Digest, Sha256};
-use store::{DeviceQuery, NewDeviceModel, OrganisationKind};
+use store::{DeviceQuery, NewDeviceModel};
 
 use crate::dto::*;
 use crate::{ApiError, AppState};
@@ -420,14 +420,18 @@ async fn statistics(
     caller: Caller,
 ) -> Result<Json<StatisticsDto>, ApiError> {
     let scope = &caller.session.scope;
-    let orgs = state.store.organisations(scope).await?;
-    let count = |kind| orgs.iter().filter(|o| o.kind == kind).count() as i64;
+    let now = state.store.counters(scope).await?;
+    let today = store::today();
+    // Looking is also a snapshot: today's row exists once anyone has looked.
+    state.store.save_daily_counters(scope, today, &now).await?;
+    let week_ago = state.store.daily_counters(scope, today - 7).await?;
+    let w = |f: fn(&store::Counters) -> i64| week_ago.as_ref().map(f);
     Ok(Json(StatisticsDto {
-        devices: state.store.count_devices(scope).await?,
-        online_devices: state.store.count_online_devices(scope).await?,
-        users: state.store.count_users(scope).await?,
-        system_integrators: count(OrganisationKind::Integrator),
-        business_customers: count(OrganisationKind::Customer),
+        devices: CounterDto::new(now.devices, w(|c| c.devices)),
+        online_devices: CounterDto::new(now.online_devices, w(|c| c.online_devices)),
+        users: CounterDto::new(now.users, w(|c| c.users)),
+        system_integrators: CounterDto::new(now.integrators, w(|c| c.integrators)),
+        business_customers: CounterDto::new(now.customers, w(|c| c.customers)),
     }))
 }
 

@@ -281,13 +281,32 @@ async fn tenants_see_only_their_own() {
     let (_, _, stats) = call(&h.app, Method::GET, "/api/v1/statistics", &auth, None).await;
     assert_eq!(
         (
-            stats["devices"].as_i64(),
-            stats["system_integrators"].as_i64()
+            stats["devices"]["value"].as_i64(),
+            stats["system_integrators"]["value"].as_i64()
         ),
         (Some(1), Some(2))
     );
+    // Week over week, from the snapshot of the same day last week.
+    let root_scope = h.store.scope_of(root).await.expect("scope");
+    h.store
+        .save_daily_counters(
+            &root_scope,
+            store::today() - 7,
+            &store::Counters {
+                devices: 0,
+                integrators: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("snapshot");
+    let (_, _, stats) = call(&h.app, Method::GET, "/api/v1/statistics", &auth, None).await;
+    assert_eq!(stats["devices"]["week_ago"].as_i64(), Some(0));
+    assert_eq!(stats["devices"]["change"].as_i64(), Some(1));
+    assert_eq!(stats["system_integrators"]["change"].as_i64(), Some(1));
     let (_, _, stats) = call(&h.app, Method::GET, "/api/v1/statistics", &acme_auth, None).await;
-    assert_eq!(stats["devices"].as_i64(), Some(0));
+    assert_eq!(stats["devices"]["value"].as_i64(), Some(0));
+    assert!(stats["devices"]["week_ago"].is_null());
 }
 
 async fn call_csv(

@@ -10,6 +10,7 @@ mod credentials;
 mod devices;
 mod imports;
 mod organisations;
+mod statistics;
 mod users;
 
 use std::path::Path;
@@ -26,6 +27,7 @@ pub use credentials::DeviceLogin;
 pub use devices::{Device, DeviceModel, DevicePage, DeviceQuery, NewDevice, NewDeviceModel};
 pub use imports::{ImportBatch, ImportRecord, Rejection};
 pub use organisations::{Organisation, OrganisationKind, Scope};
+pub use statistics::{Counters, today};
 pub use users::{NewUser, User};
 
 /// What went wrong in the store. Unique and scope violations are told apart

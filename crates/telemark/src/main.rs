@@ -466,6 +466,18 @@ async fn run_serve(config: Config, args: &ServeArgs) -> anyhow::Result<()> {
     };
     let app = api::app_with(store.clone(), options).merge(metrics_route(&running.broker));
     let http = serve_http(args.http, app, &running.broker, "HTTP").await?;
+    // Daily statistics snapshots for week-over-week change. Idempotent
+    // upserts, so several `telemark serve` on one database need no lease.
+    let snapshot_store = store.clone();
+    tokio::spawn(async move {
+        let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            hourly.tick().await;
+            if let Err(e) = snapshot_store.snapshot_all().await {
+                tracing::warn!(error = %e, "daily statistics snapshot failed");
+            }
+        }
+    });
     println!(
         "Telemark is up: API http://{http}/api/v1, MQTT {}",
         describe_listeners(&config)
