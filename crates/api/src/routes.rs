@@ -370,18 +370,30 @@ async fn get_device(
 async fn import_devices(
     State(state): State<Arc<AppState>>,
     caller: Caller,
+    headers: HeaderMap,
     q: Result<Query<ImportQuery>, QueryRejection>,
-    body: String,
+    body: axum::body::Bytes,
 ) -> Result<Json<ImportRecordDto>, ApiError> {
     caller.require_admin()?;
     let q = query(q)?;
-    let source = q.source.unwrap_or_else(|| "upload.csv".into());
-    let record = platform::import::import_csv(
+    // CSV by default; an ERP batch as application/json.
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let (format, default_source) = if json {
+        (platform::import::ImportFormat::ErpJson, "erp.json")
+    } else {
+        (platform::import::ImportFormat::Csv, "upload.csv")
+    };
+    let source = q.source.unwrap_or_else(|| default_source.into());
+    let record = platform::import::import(
         &state.store,
         &caller.session.scope,
         &caller.session.user.username,
         &source,
-        body.as_bytes(),
+        &body,
+        format,
         q.partial,
     )
     .await?;

@@ -22,6 +22,8 @@ pub enum ImportError {
     Empty,
     #[error("not CSV: {0}")]
     Csv(#[from] csv::Error),
+    #[error("not an ERP batch ({{\"devices\": [...]}}): {0}")]
+    Json(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -116,7 +118,7 @@ pub fn parse_csv(input: impl Read, ctx: &ImportContext) -> Result<ParsedImport, 
             continue;
         }
         let field = |c: Option<usize>| c.and_then(|i| record.get(i)).unwrap_or("").to_owned();
-        match validate_row(
+        let row = validate_row(
             ctx,
             &field(c_name),
             &field(c_model),
@@ -126,26 +128,8 @@ pub fn parse_csv(input: impl Read, ctx: &ImportContext) -> Result<ParsedImport, 
             &field(c_iccid),
             &field(c_org),
             &field(c_labels),
-        ) {
-            Err(reason) => parsed.rejected.push(Rejection { line, reason }),
-            Ok(device) => {
-                if let Some(first) = seen_serial.get(&device.serial) {
-                    parsed.rejected.push(Rejection {
-                        line,
-                        reason: format!("serial {} repeats line {first}", device.serial),
-                    });
-                } else if let Some(first) = seen_mac.get(&device.mac) {
-                    parsed.rejected.push(Rejection {
-                        line,
-                        reason: format!("MAC {} repeats line {first}", device.mac),
-                    });
-                } else {
-                    seen_serial.insert(device.serial.clone(), line);
-                    seen_mac.insert(device.mac.clone(), line);
-                    parsed.rows.push((line, device));
-                }
-            }
-        }
+        );
+        accept_row(&mut parsed, &mut seen_serial, &mut seen_mac, line, row);
     }
     Ok(parsed)
 }
@@ -218,6 +202,102 @@ fn validate_row(
     }
 }
 
+/// One device of an ERP JSON batch: `{"devices": [ {...}, ... ]}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErpDevice {
+    #[serde(default)]
+    name: String,
+    model: String,
+    serial: String,
+    mac: String,
+    #[serde(default)]
+    imei: Option<String>,
+    #[serde(default)]
+    iccid: Option<String>,
+    #[serde(default)]
+    organisation: Option<serde_json::Value>,
+    #[serde(default)]
+    labels: Vec<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErpBatch {
+    devices: Vec<serde_json::Value>,
+}
+
+/// Parses and validates an ERP JSON batch. A rejection's `line` is the
+/// device's position in the `devices` array, counted from 1.
+pub fn parse_erp_json(input: &[u8], ctx: &ImportContext) -> Result<ParsedImport, ImportError> {
+    let batch: ErpBatch =
+        serde_json::from_slice(input).map_err(|e| ImportError::Json(e.to_string()))?;
+    let mut parsed = ParsedImport::default();
+    let mut seen_serial: HashMap<String, i64> = HashMap::new();
+    let mut seen_mac: HashMap<String, i64> = HashMap::new();
+    for (index, value) in batch.devices.into_iter().enumerate() {
+        let item = index as i64 + 1;
+        let device: ErpDevice = match serde_json::from_value(value) {
+            Ok(d) => d,
+            Err(e) => {
+                parsed.rejected.push(Rejection {
+                    line: item,
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let organisation = match device.organisation {
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(serde_json::Value::String(s)) => s,
+            Some(other) => other.to_string(),
+        };
+        let row = validate_row(
+            ctx,
+            &device.name,
+            &device.model,
+            &device.serial,
+            &device.mac,
+            device.imei.as_deref().unwrap_or(""),
+            device.iccid.as_deref().unwrap_or(""),
+            &organisation,
+            &device.labels.join(";"),
+        );
+        accept_row(&mut parsed, &mut seen_serial, &mut seen_mac, item, row);
+    }
+    Ok(parsed)
+}
+
+/// Adds a validated row, or its rejection, and catches repeats in the batch.
+fn accept_row(
+    parsed: &mut ParsedImport,
+    seen_serial: &mut HashMap<String, i64>,
+    seen_mac: &mut HashMap<String, i64>,
+    line: i64,
+    row: Result<NewDevice, String>,
+) {
+    match row {
+        Err(reason) => parsed.rejected.push(Rejection { line, reason }),
+        Ok(device) => {
+            if let Some(first) = seen_serial.get(&device.serial) {
+                parsed.rejected.push(Rejection {
+                    line,
+                    reason: format!("serial {} repeats line {first}", device.serial),
+                });
+            } else if let Some(first) = seen_mac.get(&device.mac) {
+                parsed.rejected.push(Rejection {
+                    line,
+                    reason: format!("MAC {} repeats line {first}", device.mac),
+                });
+            } else {
+                seen_serial.insert(device.serial.clone(), line);
+                seen_mac.insert(device.mac.clone(), line);
+                parsed.rows.push((line, device));
+            }
+        }
+    }
+}
+
 /// Builds the import context for a scope from the store: its organisations
 /// (by name and id) and every device model (by name and topic segment).
 pub async fn context_for(
@@ -242,6 +322,13 @@ pub async fn context_for(
     Ok(ctx)
 }
 
+/// The two import formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportFormat {
+    Csv,
+    ErpJson,
+}
+
 /// Parses, validates and imports a CSV file into `scope`, and records it.
 pub async fn import_csv(
     store: &Store,
@@ -251,8 +338,38 @@ pub async fn import_csv(
     input: impl Read,
     partial: bool,
 ) -> Result<ImportRecord, ImportError> {
+    let mut bytes = Vec::new();
+    let mut input = input;
+    input
+        .read_to_end(&mut bytes)
+        .map_err(|e| ImportError::Json(e.to_string()))?;
+    import(
+        store,
+        scope,
+        actor,
+        source_name,
+        &bytes,
+        ImportFormat::Csv,
+        partial,
+    )
+    .await
+}
+
+/// Parses, validates and imports a batch in either format, and records it.
+pub async fn import(
+    store: &Store,
+    scope: &Scope,
+    actor: &str,
+    source_name: &str,
+    input: &[u8],
+    format: ImportFormat,
+    partial: bool,
+) -> Result<ImportRecord, ImportError> {
     let ctx = context_for(store, scope, scope.organisation_id).await?;
-    let parsed = parse_csv(input, &ctx)?;
+    let parsed = match format {
+        ImportFormat::Csv => parse_csv(input, &ctx)?,
+        ImportFormat::ErpJson => parse_erp_json(input, &ctx)?,
+    };
     Ok(store
         .import_devices(
             scope,

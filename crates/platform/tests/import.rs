@@ -196,3 +196,42 @@ async fn a_file_that_is_not_an_import_is_refused_whole() {
     let empty = import_csv(&store, &scope, "a", "x.csv", "".as_bytes(), false).await;
     assert!(empty.is_err());
 }
+
+#[tokio::test]
+async fn an_erp_json_batch_names_its_bad_items_by_position() {
+    use platform::import::{ImportFormat, import};
+    let (store, scope, _, _dir) = setup().await;
+    let batch = br#"{"devices": [
+        {"serial": "E1", "mac": "00:11:22:33:55:01", "model": "DWM-311-A1", "labels": ["erp"]},
+        {"serial": "E2", "mac": "bad", "model": "DWM-311-A1"},
+        {"serial": "E3", "mac": "00:11:22:33:55:03", "model": "DWM-311-A1", "colour": "red"},
+        {"serial": "E4", "mac": "00:11:22:33:55:04", "model": "DWM-311-A1", "organisation": "Harbour Logistics"}
+    ]}"#;
+    let record = import(
+        &store,
+        &scope,
+        "erp",
+        "erp-batch-17.json",
+        batch,
+        ImportFormat::ErpJson,
+        true,
+    )
+    .await
+    .expect("import");
+    assert_eq!((record.rows_accepted, record.rows_rejected), (2, 2));
+    assert_eq!(record.rejections[0].line, 2);
+    assert!(record.rejections[0].reason.contains("MAC address"));
+    assert_eq!(record.rejections[1].line, 3);
+    assert!(record.rejections[1].reason.contains("colour"));
+    let not_a_batch = import(
+        &store,
+        &scope,
+        "erp",
+        "x.json",
+        b"[1,2]",
+        ImportFormat::ErpJson,
+        true,
+    )
+    .await;
+    assert!(matches!(not_a_batch, Err(ImportError::Json(_))));
+}

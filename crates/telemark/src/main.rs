@@ -43,8 +43,32 @@ enum Command {
     },
     /// Print the commented default configuration file.
     Config,
+    /// Import into the registry from a file.
+    Import {
+        #[command(subcommand)]
+        what: ImportWhat,
+    },
     /// Load-test an MQTT broker (this one or any other) on one address.
     Bench(Box<BenchArgs>),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportWhat {
+    /// Devices from CSV (header row) or an ERP JSON batch (`.json`).
+    Devices {
+        file: PathBuf,
+        /// Data directory of the embedded SQLite database.
+        #[arg(long, default_value = "telemark-data")]
+        data: PathBuf,
+        #[arg(long, env = "TELEMARK_DATABASE")]
+        database: Option<String>,
+        /// The organisation to import into (and below); the operator by default.
+        #[arg(long)]
+        organisation: Option<i64>,
+        /// Import the valid rows even when some are rejected.
+        #[arg(long)]
+        partial: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -233,6 +257,25 @@ fn main() -> anyhow::Result<()> {
             user,
             password,
         } => passwd(&file, &user, password),
+        Command::Import {
+            what:
+                ImportWhat::Devices {
+                    file,
+                    data,
+                    database,
+                    organisation,
+                    partial,
+                },
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(import_devices(
+                &file,
+                &data,
+                database.as_deref(),
+                organisation,
+                partial,
+            )),
         Command::Config => {
             print!("{}", config::DEFAULT_FILE);
             Ok(())
@@ -283,6 +326,85 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     eprintln!("{}", report.summary());
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+async fn import_devices(
+    file: &std::path::Path,
+    data: &std::path::Path,
+    database: Option<&str>,
+    organisation: Option<i64>,
+    partial: bool,
+) -> anyhow::Result<()> {
+    let store = match database {
+        Some(url) => store::Store::open(url).await?,
+        None => store::Store::open_data_dir(data).await?,
+    };
+    let organisation = match organisation {
+        Some(id) => id,
+        None => store
+            .user_by_username("admin")
+            .await?
+            .map(|u| u.organisation_id)
+            .context("no operator yet: run `telemark serve` once, or pass --organisation")?,
+    };
+    let scope = store.scope_of(organisation).await?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let format = if file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    {
+        platform::import::ImportFormat::ErpJson
+    } else {
+        platform::import::ImportFormat::Csv
+    };
+    let source = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.set_message(format!("importing {source}"));
+    progress.enable_steady_tick(std::time::Duration::from_millis(100));
+    let actor = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    let record =
+        platform::import::import(&store, &scope, &actor, &source, &bytes, format, partial).await;
+    progress.finish_and_clear();
+    let record = record?;
+    store
+        .record_audit(&store::NewAuditEntry {
+            organisation_id: organisation,
+            actor,
+            action: "device.import".into(),
+            target: format!("import {} ({})", record.id, record.source_name),
+            before_value: None,
+            after_value: Some(format!(
+                "{} accepted, {} rejected",
+                record.rows_accepted, record.rows_rejected
+            )),
+            address: None,
+        })
+        .await?;
+    println!(
+        "import {}: {} accepted, {} rejected{}",
+        record.id,
+        record.rows_accepted,
+        record.rows_rejected,
+        if !partial && record.rows_rejected > 0 {
+            " (nothing written: use --partial to keep the valid rows)"
+        } else {
+            ""
+        }
+    );
+    for r in &record.rejections {
+        println!("  line {}: {}", r.line, r.reason);
+    }
+    store.close().await;
+    if record.rows_rejected > 0 && !partial {
+        std::process::exit(1);
     }
     Ok(())
 }

@@ -615,3 +615,102 @@ fn serve_runs_store_api_and_broker_with_the_admin_from_the_environment() {
     let out = again.wait_with_output().expect("output");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("First start"));
 }
+
+#[test]
+fn import_devices_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let http_port = free_port();
+    // First start creates the operator; a device model comes through the API.
+    let mut serve = telemark()
+        .args([
+            "serve",
+            "--data",
+            data.to_str().expect("path"),
+            "--http",
+            &format!("127.0.0.1:{http_port}"),
+            "--mqtt",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .env("TELEMARK_ADMIN_PASSWORD", "cli-admin-secret")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    wait_for_port(http_port);
+    let (_, body) = http(
+        http_port,
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        r#"{"username":"admin","password":"cli-admin-secret"}"#,
+    );
+    let token = body
+        .split("\"token\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("token")
+        .to_owned();
+    let bearer = format!("Bearer {token}");
+    let (status, _) = http(
+        http_port,
+        "POST",
+        "/api/v1/device-models",
+        &[
+            ("Authorization", &bearer),
+            ("Content-Type", "application/json"),
+        ],
+        r#"{"name":"DWM-312-A2","vendor":"D-Link","hardware_revision":"A2","topic_segment":"312-a2"}"#,
+    );
+    assert_eq!(status, 201);
+    let _ = serve.kill();
+    let _ = serve.wait();
+
+    let good = dir.path().join("fleet.csv");
+    std::fs::write(
+        &good,
+        "serial,mac,model\nC1,00:11:22:33:66:01,312-a2\nC2,00:11:22:33:66:02,312-a2\n",
+    )
+    .expect("write");
+    let out = run(
+        telemark().args([
+            "import",
+            "devices",
+            good.to_str().expect("path"),
+            "--data",
+            data.to_str().expect("path"),
+        ]),
+        Duration::from_secs(30),
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("2 accepted, 0 rejected"), "{printed}");
+
+    let mixed = dir.path().join("mixed.csv");
+    std::fs::write(
+        &mixed,
+        "serial,mac,model\nC3,00:11:22:33:66:03,312-a2\nC4,not-a-mac,312-a2\n",
+    )
+    .expect("write");
+    let out = run(
+        telemark().args([
+            "import",
+            "devices",
+            mixed.to_str().expect("path"),
+            "--data",
+            data.to_str().expect("path"),
+        ]),
+        Duration::from_secs(30),
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        printed.contains("0 accepted, 1 rejected") && printed.contains("line 3:"),
+        "{printed}"
+    );
+}
