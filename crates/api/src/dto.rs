@@ -307,3 +307,95 @@ pub struct PasswordChangeDto {
 pub struct UserStateDto {
     pub disabled: bool,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewServiceModelDto {
+    pub name: String,
+    #[serde(default)]
+    pub features: Vec<String>,
+    pub duration_days: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceModelDto {
+    pub id: i64,
+    pub name: String,
+    pub features: Vec<String>,
+    pub duration_days: i64,
+}
+
+impl From<store::ServiceModel> for ServiceModelDto {
+    fn from(m: store::ServiceModel) -> Self {
+        ServiceModelDto {
+            id: m.id,
+            name: m.name,
+            features: m
+                .features
+                .split(',')
+                .filter(|f| !f.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            duration_days: m.duration_days,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateKeysDto {
+    pub organisation_id: i64,
+    pub service_model_id: i64,
+    pub count: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindDto {
+    pub device_id: i64,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LicenseListQuery {
+    pub state: Option<String>,
+    pub after_id: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LicenseKeyDto {
+    pub id: i64,
+    pub key: String,
+    pub organisation_id: i64,
+    pub service_model_id: i64,
+    /// available, bound, deployed, expired or revoked.
+    pub state: String,
+    pub device_id: Option<i64>,
+    /// The signed token the device verifies offline (while bound).
+    pub token: Option<String>,
+    pub created_at: i64,
+    pub bound_at: Option<i64>,
+    pub expires_at: Option<i64>,
+}
+
+impl From<store::LicenseKey> for LicenseKeyDto {
+    fn from(k: store::LicenseKey) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        LicenseKeyDto {
+            state: platform::licensing::effective_state(&k, now).to_owned(),
+            id: k.id,
+            key: k.license_key,
+            organisation_id: k.organisation_id,
+            service_model_id: k.service_model_id,
+            device_id: k.device_id,
+            token: k.token,
+            created_at: k.created_at,
+            bound_at: k.bound_at,
+            expires_at: k.expires_at,
+        }
+    }
+}

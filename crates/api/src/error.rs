@@ -169,3 +169,13 @@ impl From<platform::import::ImportError> for ApiError {
         }
     }
 }
+
+impl From<platform::licensing::LicenseOpError> for ApiError {
+    fn from(e: platform::licensing::LicenseOpError) -> Self {
+        use platform::licensing::LicenseOpError as L;
+        match e {
+            L::Invalid(detail) => ApiError::Conflict(detail),
+            L::Store(s) => s.into(),
+        }
+    }
+}

@@ -25,6 +25,18 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/api/v1/organisations",
             get(list_organisations).post(create_organisation),
         )
+        .route(
+            "/api/v1/service-models",
+            get(list_service_models).post(create_service_model),
+        )
+        .route(
+            "/api/v1/license-keys",
+            get(list_license_keys).post(generate_license_keys),
+        )
+        .route("/api/v1/license-keys/{id}/bind", post(bind_license))
+        .route("/api/v1/license-keys/{id}/unbind", post(unbind_license))
+        .route("/api/v1/license-keys/{id}/revoke", post(revoke_license))
+        .route("/api/v1/license/public-key", get(license_public_key))
         .route("/api/v1/session/password", post(change_password))
         .route("/api/v1/users", get(list_users).post(create_user))
         .route("/api/v1/users/{id}/state", post(set_user_state))
@@ -655,4 +667,179 @@ async fn change_password(
         )
         .await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+async fn list_service_models(
+    State(state): State<Arc<AppState>>,
+    _caller: Caller,
+) -> Result<Json<Vec<ServiceModelDto>>, ApiError> {
+    Ok(Json(
+        state
+            .store
+            .service_models()
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+async fn create_service_model(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: Result<Json<NewServiceModelDto>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<ServiceModelDto>), ApiError> {
+    if caller.session.role != Role::OperatorAdmin {
+        return Err(ApiError::Forbidden(
+            "only the operator manages service models".into(),
+        ));
+    }
+    let m = json_body(body)?;
+    if m.name.trim().is_empty() {
+        return Err(ApiError::field("name", "must not be empty"));
+    }
+    if !(1..=36_500).contains(&m.duration_days) {
+        return Err(ApiError::field("duration_days", "must be 1 to 36500"));
+    }
+    let model = state
+        .store
+        .create_service_model(m.name.trim(), &m.features, m.duration_days)
+        .await?;
+    let dto = ServiceModelDto::from(model);
+    caller
+        .audit(
+            &state,
+            "service_model.create",
+            format!("service model {} ({})", dto.id, dto.name),
+            None,
+            None,
+        )
+        .await?;
+    Ok((axum::http::StatusCode::CREATED, Json(dto)))
+}
+
+async fn list_license_keys(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    q: Result<Query<LicenseListQuery>, QueryRejection>,
+) -> Result<Json<Vec<LicenseKeyDto>>, ApiError> {
+    let q = query(q)?;
+    let keys = state
+        .store
+        .license_keys(
+            &caller.session.scope,
+            &store::LicenseQuery {
+                state: q.state,
+                after_id: q.after_id,
+                limit: q.limit.unwrap_or(100),
+            },
+        )
+        .await?;
+    Ok(Json(keys.into_iter().map(Into::into).collect()))
+}
+
+async fn generate_license_keys(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: Result<Json<GenerateKeysDto>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<Vec<LicenseKeyDto>>), ApiError> {
+    caller.require_admin()?;
+    let g = json_body(body)?;
+    let keys = platform::licensing::generate(
+        &state.store,
+        &caller.session.scope,
+        g.organisation_id,
+        g.service_model_id,
+        g.count,
+    )
+    .await?;
+    caller
+        .audit(
+            &state,
+            "license.generate",
+            format!("organisation {}", g.organisation_id),
+            None,
+            Some(format!(
+                "{} keys of service model {}",
+                keys.len(),
+                g.service_model_id
+            )),
+        )
+        .await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(keys.into_iter().map(Into::into).collect()),
+    ))
+}
+
+async fn bind_license(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    body: Result<Json<BindDto>, JsonRejection>,
+) -> Result<Json<LicenseKeyDto>, ApiError> {
+    caller.require_admin()?;
+    let b = json_body(body)?;
+    let key =
+        platform::licensing::bind(&state.store, &caller.session.scope, id, b.device_id).await?;
+    caller
+        .audit(
+            &state,
+            "license.bind",
+            format!("license key {id} ({})", key.license_key),
+            Some("available".into()),
+            Some(format!("bound to device {}", b.device_id)),
+        )
+        .await?;
+    Ok(Json(key.into()))
+}
+
+async fn unbind_license(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<LicenseKeyDto>, ApiError> {
+    caller.require_admin()?;
+    let before = state.store.license_key(&caller.session.scope, id).await?;
+    let key = platform::licensing::unbind(&state.store, &caller.session.scope, id).await?;
+    caller
+        .audit(
+            &state,
+            "license.unbind",
+            format!("license key {id} ({})", key.license_key),
+            before.device_id.map(|d| format!("bound to device {d}")),
+            Some("available".into()),
+        )
+        .await?;
+    Ok(Json(key.into()))
+}
+
+async fn revoke_license(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<LicenseKeyDto>, ApiError> {
+    caller.require_admin()?;
+    let before = state.store.license_key(&caller.session.scope, id).await?;
+    let key = platform::licensing::revoke(&state.store, &caller.session.scope, id).await?;
+    caller
+        .audit(
+            &state,
+            "license.revoke",
+            format!("license key {id} ({})", key.license_key),
+            Some(before.state),
+            Some("revoked".into()),
+        )
+        .await?;
+    Ok(Json(key.into()))
+}
+
+/// Public: devices verify license tokens offline with this key.
+async fn license_public_key(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let key = platform::licensing::public_key(&state.store).await?;
+    Ok(Json(
+        serde_json::json!({ "algorithm": "ed25519", "public_key": key }),
+    ))
 }

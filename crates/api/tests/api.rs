@@ -745,3 +745,195 @@ async fn users_roles_password_change_and_disable() {
     let (_, _, users) = call(&h.app, Method::GET, "/api/v1/users", &auth, None).await;
     assert_eq!(users.as_array().map(Vec::len), Some(2));
 }
+
+#[tokio::test]
+async fn license_keys_bind_to_a_device_with_a_token_it_can_verify() {
+    let h = harness().await;
+    let admin = format!("Bearer {}", login(&h.app, "admin", &h.admin_password).await);
+    let auth = [("authorization", admin.as_str())];
+    let (_, _, me) = call(&h.app, Method::GET, "/api/v1/session", &auth, None).await;
+    let root = me["organisation_id"].clone();
+    call(
+        &h.app,
+        Method::POST,
+        "/api/v1/device-models",
+        &auth,
+        Some(json!({"name": "DWM-311-A1", "vendor": "D-Link", "hardware_revision": "A1", "topic_segment": "311-a1"})),
+    )
+    .await;
+    call_csv(
+        &h.app,
+        "/api/v1/devices/import",
+        &auth,
+        "serial,mac,model\nL1,00:11:22:33:77:01,311-a1\nL2,00:11:22:33:77:02,311-a1\n",
+    )
+    .await;
+    let (_, _, page) = call(&h.app, Method::GET, "/api/v1/devices", &auth, None).await;
+    let (d1, d2) = (
+        page["devices"][0]["id"].clone(),
+        page["devices"][1]["id"].clone(),
+    );
+
+    let (status, _, plan) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/service-models",
+        &auth,
+        Some(json!({"name": "Fleet Pro", "features": ["telemetry", "fota"], "duration_days": 365})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{plan}");
+    let (status, _, keys) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/license-keys",
+        &auth,
+        Some(json!({"organisation_id": root, "service_model_id": plan["id"], "count": 3})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{keys}");
+    let keys = keys.as_array().expect("keys").clone();
+    assert_eq!(keys.len(), 3);
+    let key_text = keys[0]["key"].as_str().expect("key");
+    assert_eq!(key_text.len(), 23);
+    assert_eq!(key_text.matches('-').count(), 3);
+    assert!(keys.iter().all(|k| k["state"] == "available"));
+    let k1 = keys[0]["id"].as_i64().expect("id");
+
+    let (status, _, bound) = call(
+        &h.app,
+        Method::POST,
+        &format!("/api/v1/license-keys/{k1}/bind"),
+        &auth,
+        Some(json!({"device_id": d1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{bound}");
+    assert_eq!(bound["state"], "bound");
+    let token = bound["token"].as_str().expect("token");
+    // The device checks it offline with the platform's public key.
+    let (_, _, public) = call(&h.app, Method::GET, "/api/v1/license/public-key", &[], None).await;
+    let public = license::public_key_from_base64(public["public_key"].as_str().expect("key"))
+        .expect("public key");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs() as i64;
+    let claims =
+        license::verify(&public, token, "00-11-22-33-77-01", now).expect("valid for this device");
+    assert_eq!(claims.features, ["telemetry", "fota"]);
+    assert!(claims.expires_at - now > 364 * 86_400);
+    assert!(license::verify(&public, token, "00-11-22-33-77-02", now).is_err());
+    let (_, _, device) = call(
+        &h.app,
+        Method::GET,
+        &format!("/api/v1/devices/{d1}"),
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(device["license_state"], "bound");
+
+    // One license per device; a bound key cannot be bound again.
+    let k2 = keys[1]["id"].as_i64().expect("id");
+    let (status, _, _) = call(
+        &h.app,
+        Method::POST,
+        &format!("/api/v1/license-keys/{k2}/bind"),
+        &auth,
+        Some(json!({"device_id": d1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _, _) = call(
+        &h.app,
+        Method::POST,
+        &format!("/api/v1/license-keys/{k1}/bind"),
+        &auth,
+        Some(json!({"device_id": d2})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // Unbind frees it; revoke ends it.
+    let (_, _, freed) = call(
+        &h.app,
+        Method::POST,
+        &format!("/api/v1/license-keys/{k1}/unbind"),
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (freed["state"].as_str(), freed["token"].is_null()),
+        (Some("available"), true)
+    );
+    let (_, _, device) = call(
+        &h.app,
+        Method::GET,
+        &format!("/api/v1/devices/{d1}"),
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(device["license_state"], "unlicensed");
+    let (_, _, rebound) = call(
+        &h.app,
+        Method::POST,
+        &format!("/api/v1/license-keys/{k1}/bind"),
+        &auth,
+        Some(json!({"device_id": d2})),
+    )
+    .await;
+    assert_eq!(rebound["state"], "bound");
+    let (_, _, revoked) = call(
+        &h.app,
+        Method::POST,
+        &format!("/api/v1/license-keys/{k1}/revoke"),
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(revoked["state"], "revoked");
+    let (_, _, device) = call(
+        &h.app,
+        Method::GET,
+        &format!("/api/v1/devices/{d2}"),
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(device["license_state"], "revoked");
+    let (_, _, available) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/license-keys?state=available",
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(available.as_array().map(Vec::len), Some(2));
+    let (_, _, log) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/audit?search=license",
+        &auth,
+        None,
+    )
+    .await;
+    let actions: Vec<&str> = log
+        .as_array()
+        .expect("log")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "license.revoke",
+            "license.bind",
+            "license.unbind",
+            "license.bind",
+            "license.generate"
+        ]
+    );
+}

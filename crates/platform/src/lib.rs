@@ -8,3 +8,4 @@ pub mod accounts;
 pub mod device_access;
 pub mod identifiers;
 pub mod import;
+pub mod licensing;

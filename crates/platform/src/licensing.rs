@@ -1,0 +1,182 @@
+//! License keys: generated in human-readable groups, bound to one device
+//! with a token signed by the platform's ed25519 key, unbound, revoked.
+
+use license::LicenseClaims;
+use store::{LicenseKey, Scope, Store, StoreError};
+
+/// Letters and digits that cannot be misread for one another.
+const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+const SIGNING_KEY: &str = "license-signing-key";
+
+/// Why a license operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LicenseOpError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// `ABCDE-FGHIJ-KLMNO-PQRST`: 20 symbols of 32, 100 bits.
+pub fn new_key() -> String {
+    let bytes: [u8; 20] = rand::random();
+    let symbols: Vec<char> = bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect();
+    symbols
+        .chunks(5)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+async fn signing_key(store: &Store) -> Result<license::SigningKey, LicenseOpError> {
+    let hex = store
+        .platform_secret(SIGNING_KEY, || {
+            let secret: [u8; 32] = rand::random();
+            secret.iter().map(|b| format!("{b:02x}")).collect()
+        })
+        .await?;
+    let mut secret = [0u8; 32];
+    for (i, slot) in secret.iter_mut().enumerate() {
+        *slot = hex
+            .get(i * 2..i * 2 + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or_else(|| LicenseOpError::Invalid("the stored signing key is damaged".into()))?;
+    }
+    Ok(license::signing_key(&secret))
+}
+
+/// The platform's public key, base64url: what devices verify tokens with.
+pub async fn public_key(store: &Store) -> Result<String, LicenseOpError> {
+    Ok(license::public_key_to_base64(
+        &signing_key(store).await?.verifying_key(),
+    ))
+}
+
+/// Generates `count` available keys of a service model for an organisation.
+pub async fn generate(
+    store: &Store,
+    scope: &Scope,
+    organisation_id: i64,
+    service_model_id: i64,
+    count: u32,
+) -> Result<Vec<LicenseKey>, LicenseOpError> {
+    if !(1..=10_000).contains(&count) {
+        return Err(LicenseOpError::Invalid("count must be 1 to 10000".into()));
+    }
+    let keys: Vec<String> = (0..count).map(|_| new_key()).collect();
+    Ok(store
+        .insert_license_keys(scope, organisation_id, service_model_id, &keys)
+        .await?)
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Binds an available key to a device of the key's organisation (or below),
+/// signs its token, and starts its term.
+pub async fn bind(
+    store: &Store,
+    scope: &Scope,
+    key_id: i64,
+    device_id: i64,
+) -> Result<LicenseKey, LicenseOpError> {
+    let mut key = store.license_key(scope, key_id).await?;
+    if key.state != "available" {
+        return Err(LicenseOpError::Invalid(format!(
+            "the key is {}, not available",
+            key.state
+        )));
+    }
+    let device = store.device(scope, device_id).await?;
+    let key_scope = store.scope_of(key.organisation_id).await?;
+    if store.device(&key_scope, device_id).await.is_err() {
+        return Err(LicenseOpError::Invalid(
+            "the device does not belong to the key's organisation".into(),
+        ));
+    }
+    if store.license_of_device(device_id).await?.is_some() {
+        return Err(LicenseOpError::Invalid(
+            "the device already has a license".into(),
+        ));
+    }
+    let model = store.service_model(key.service_model_id).await?;
+    let issued_at = now_secs();
+    let expires_at = issued_at + model.duration_days * 86_400;
+    let claims = LicenseClaims {
+        key: key.license_key.clone(),
+        device: device.mac.clone(),
+        service_model: model.name.clone(),
+        features: model
+            .features
+            .split(',')
+            .filter(|f| !f.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        issued_at,
+        expires_at,
+    };
+    key.token = Some(license::sign(&signing_key(store).await?, &claims));
+    key.state = "bound".into();
+    key.device_id = Some(device_id);
+    key.bound_at = Some(issued_at * 1000);
+    key.expires_at = Some(expires_at * 1000);
+    store.update_license(&key).await?;
+    Ok(key)
+}
+
+/// Frees a bound key for another device.
+pub async fn unbind(
+    store: &Store,
+    scope: &Scope,
+    key_id: i64,
+) -> Result<LicenseKey, LicenseOpError> {
+    let mut key = store.license_key(scope, key_id).await?;
+    if key.state != "bound" {
+        return Err(LicenseOpError::Invalid(format!(
+            "the key is {}, not bound",
+            key.state
+        )));
+    }
+    key.state = "available".into();
+    key.device_id = None;
+    key.token = None;
+    key.bound_at = None;
+    key.expires_at = None;
+    store.update_license(&key).await?;
+    Ok(key)
+}
+
+/// Revokes a key for good; its device becomes unlicensed.
+pub async fn revoke(
+    store: &Store,
+    scope: &Scope,
+    key_id: i64,
+) -> Result<LicenseKey, LicenseOpError> {
+    let mut key = store.license_key(scope, key_id).await?;
+    if key.state == "revoked" {
+        return Err(LicenseOpError::Invalid("the key is already revoked".into()));
+    }
+    key.state = "revoked".into();
+    key.token = None;
+    store.update_license(&key).await?;
+    Ok(key)
+}
+
+/// `expired` when the term is over, else the stored state.
+pub fn effective_state(key: &LicenseKey, now_millis: i64) -> &str {
+    match key.expires_at {
+        Some(expires)
+            if now_millis >= expires && matches!(key.state.as_str(), "bound" | "deployed") =>
+        {
+            "expired"
+        }
+        _ => key.state.as_str(),
+    }
+}
