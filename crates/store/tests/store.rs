@@ -324,3 +324,78 @@ async fn import_batches_are_recorded_on_every_backend() {
         assert!(read.partial);
     }
 }
+
+#[tokio::test]
+async fn licenses_and_platform_secrets_on_every_backend() {
+    let (stores, _dir) = stores().await;
+    for store in &stores {
+        let operator = store.create_operator("Ops").await.expect("operator");
+        let root = store.scope_of(operator.id).await.expect("scope");
+        let m = store
+            .create_device_model(&model("DWM-311-A1", "311-a1"))
+            .await
+            .expect("model");
+        let ids = store
+            .insert_devices(&root, &[device(operator.id, m.id, 1)])
+            .await
+            .expect("device");
+        let plan = store
+            .create_service_model("Basic", &["telemetry".into()], 30)
+            .await
+            .expect("plan");
+        assert!(store.create_service_model("Basic", &[], 30).await.is_err());
+        let keys = store
+            .insert_license_keys(
+                &root,
+                operator.id,
+                plan.id,
+                &["AAAAA-BBBBB".into(), "CCCCC-DDDDD".into()],
+            )
+            .await
+            .expect("keys");
+        let mut key = keys[0].clone();
+        key.state = "bound".into();
+        key.device_id = Some(ids[0]);
+        key.token = Some("token".into());
+        store.update_license(&key).await.expect("bind");
+        assert_eq!(
+            store
+                .license_of_device(ids[0])
+                .await
+                .expect("lookup")
+                .map(|k| k.id),
+            Some(key.id)
+        );
+        assert_eq!(
+            store
+                .device(&root, ids[0])
+                .await
+                .expect("device")
+                .license_state,
+            "bound",
+            "{}",
+            store.backend()
+        );
+        let bound = store
+            .license_keys(
+                &root,
+                &store::LicenseQuery {
+                    state: Some("bound".into()),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("list");
+        assert_eq!(bound.len(), 1);
+        let first = store
+            .platform_secret("k", || "one".into())
+            .await
+            .expect("secret");
+        let second = store
+            .platform_secret("k", || "two".into())
+            .await
+            .expect("secret");
+        assert_eq!((first.as_str(), second.as_str()), ("one", "one"));
+    }
+}
