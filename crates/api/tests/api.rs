@@ -937,3 +937,214 @@ async fn license_keys_bind_to_a_device_with_a_token_it_can_verify() {
         ]
     );
 }
+
+/// Every role of one integrator against every endpoint that names another
+/// integrator's object: 403 or 404, and never the other tenant's data.
+#[tokio::test]
+async fn tenant_isolation_matrix() {
+    let h = harness().await;
+    let admin = format!("Bearer {}", login(&h.app, "admin", &h.admin_password).await);
+    let op = [("authorization", admin.as_str())];
+    let (_, _, me) = call(&h.app, Method::GET, "/api/v1/session", &op, None).await;
+    let (_, _, a) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/organisations",
+        &op,
+        Some(json!({"parent_id": me["organisation_id"], "name": "Tenant A"})),
+    )
+    .await;
+    let (_, _, b) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/organisations",
+        &op,
+        Some(json!({"parent_id": me["organisation_id"], "name": "Tenant B"})),
+    )
+    .await;
+    let (_, _, b_customer) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/organisations",
+        &op,
+        Some(json!({"parent_id": b["id"], "name": "B Customer"})),
+    )
+    .await;
+    call(
+        &h.app,
+        Method::POST,
+        "/api/v1/device-models",
+        &op,
+        Some(json!({"name": "DWM-311-A1", "vendor": "D-Link", "hardware_revision": "A1", "topic_segment": "311-a1"})),
+    )
+    .await;
+    let (_, _, b_import) = call_csv(
+        &h.app,
+        "/api/v1/devices/import?source=b-secret.csv",
+        &op,
+        &format!(
+            "serial,mac,model,organisation\nB-SECRET-1,00:11:22:33:88:01,311-a1,{}\n",
+            b_customer["id"]
+        ),
+    )
+    .await;
+    let (_, _, page) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/devices?search=B-SECRET",
+        &op,
+        None,
+    )
+    .await;
+    let b_device = page["devices"][0]["id"].as_i64().expect("device");
+    let (_, _, plan) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/service-models",
+        &op,
+        Some(json!({"name": "P", "duration_days": 30})),
+    )
+    .await;
+    let (_, _, b_keys) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/license-keys",
+        &op,
+        Some(json!({"organisation_id": b["id"], "service_model_id": plan["id"], "count": 1})),
+    )
+    .await;
+    let b_key = b_keys[0]["id"].as_i64().expect("key");
+    let (_, _, b_user) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/users",
+        &op,
+        Some(json!({"organisation_id": b["id"], "username": "b-admin", "password": "b-admin-password", "role": "integrator-admin"})),
+    )
+    .await;
+
+    let mut tokens = Vec::new();
+    for role in ["integrator-admin", "engineer", "viewer"] {
+        let name = format!("a-{role}");
+        let (status, _, _) = call(
+            &h.app,
+            Method::POST,
+            "/api/v1/users",
+            &op,
+            Some(json!({"organisation_id": a["id"], "username": name, "password": "tenant-a-password", "role": role})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        tokens.push((
+            role,
+            format!("Bearer {}", login(&h.app, &name, "tenant-a-password").await),
+        ));
+    }
+    let b_id = b["id"].clone();
+    let requests: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, format!("/api/v1/devices/{b_device}"), None),
+        (
+            Method::GET,
+            format!("/api/v1/devices?organisation_id={b_id}"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/imports/{}", b_import["id"]),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/devices/{b_device}/credentials"),
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/v1/organisations".into(),
+            Some(json!({"parent_id": b_id, "name": "x"})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/users".into(),
+            Some(
+                json!({"organisation_id": b_id, "username": "x-user", "password": "long-password-1", "role": "viewer"}),
+            ),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/users/{}/state", b_user["id"]),
+            Some(json!({"disabled": true})),
+        ),
+        (
+            Method::POST,
+            "/api/v1/license-keys".into(),
+            Some(json!({"organisation_id": b_id, "service_model_id": plan["id"], "count": 1})),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/license-keys/{b_key}/bind"),
+            Some(json!({"device_id": b_device})),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/license-keys/{b_key}/unbind"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/license-keys/{b_key}/revoke"),
+            None,
+        ),
+    ];
+    for (role, token) in &tokens {
+        let auth = [("authorization", token.as_str())];
+        for (method, uri, body) in &requests {
+            let (status, _, response) =
+                call(&h.app, method.clone(), uri, &auth, body.clone()).await;
+            let text = response.to_string();
+            assert!(
+                status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND,
+                "{role} {method} {uri} answered {status}: {text}"
+            );
+            assert!(
+                !text.contains("B-SECRET")
+                    && !text.contains("b-secret")
+                    && !text.contains("Tenant B"),
+                "{role} {uri} leaked: {text}"
+            );
+        }
+        // Lists show A's world only.
+        for uri in [
+            "/api/v1/organisations",
+            "/api/v1/devices",
+            "/api/v1/license-keys",
+            "/api/v1/users",
+            "/api/v1/audit",
+        ] {
+            let (_, _, response) = call(&h.app, Method::GET, uri, &auth, None).await;
+            let text = response.to_string();
+            assert!(
+                !text.contains("B-SECRET")
+                    && !text.contains("Tenant B")
+                    && !text.contains("b-admin"),
+                "{role} {uri} leaked: {text}"
+            );
+        }
+    }
+    // Nothing of B changed.
+    let (_, _, key) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/license-keys?state=available",
+        &op,
+        None,
+    )
+    .await;
+    assert!(
+        key.as_array()
+            .expect("keys")
+            .iter()
+            .any(|k| k["id"].as_i64() == Some(b_key))
+    );
+    login(&h.app, "b-admin", "b-admin-password").await;
+}
