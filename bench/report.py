@@ -150,8 +150,9 @@ print("\nEvery row is one `telemark bench` run; the raw JSON reports carry sent,
 print("received, loss, duplicates, order, latency percentiles and the broker's CPU and peak RSS.")
 
 here = os.path.dirname(os.path.abspath(__file__))
-log = os.path.join(here, "optimisations.md")
-if os.path.exists(log):
-    print()
-    with open(log) as f:
-        print(f.read().rstrip())
+for extra in ("optimisations.md", "platform.md"):
+    path = os.path.join(here, extra)
+    if os.path.exists(path):
+        print()
+        with open(path) as f:
+            print(f.read().rstrip())
