@@ -159,34 +159,13 @@ fn source(options: &Options, index: usize) -> Option<IpAddr> {
     Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + n)))
 }
 
-/// Opens `count` connections, `parallel` at a time.
+/// Opens `count` connections, in order.
 async fn open_many(
     options: &Options,
     role: &str,
     count: usize,
 ) -> Result<Vec<BenchConnection>, BenchError> {
-    let mut out = Vec::with_capacity(count);
-    let parallel = 256;
-    let mut index = 0;
-    while index < count {
-        let mut set = JoinSet::new();
-        for i in index..(index + parallel).min(count) {
-            let id = format!("{}-{role}-{i}", options.prefix);
-            let addr = options.addr;
-            let src = source(options, i);
-            let version = options.version;
-            set.spawn(async move { (i, BenchConnection::connect(addr, src, &id, version).await) });
-        }
-        let mut batch = Vec::new();
-        while let Some(joined) = set.join_next().await {
-            let (i, conn) = joined.map_err(|e| BenchError::Options(e.to_string()))?;
-            batch.push((i, conn?));
-        }
-        batch.sort_by_key(|(i, _)| *i);
-        out.extend(batch.into_iter().map(|(_, c)| c));
-        index += parallel;
-    }
-    Ok(out)
+    open_many_from(options, role, count, 0).await
 }
 
 /// Runs one scenario and reports what it measured.
@@ -690,11 +669,16 @@ async fn open_many_from(
             let addr = options.addr;
             let src = source(options, offset + i);
             let version = options.version;
-            set.spawn(async move { BenchConnection::connect(addr, src, &id, version).await });
+            set.spawn(async move { (i, BenchConnection::connect(addr, src, &id, version).await) });
         }
+        let mut batch = Vec::new();
         while let Some(joined) = set.join_next().await {
-            out.push(joined.map_err(|e| BenchError::Options(e.to_string()))??);
+            let (i, conn) = joined.map_err(|e| BenchError::Options(e.to_string()))?;
+            batch.push((i, conn?));
         }
+        // Publishers and subscribers are paired by position.
+        batch.sort_by_key(|(i, _)| *i);
+        out.extend(batch.into_iter().map(|(_, c)| c));
         index += parallel;
     }
     Ok(out)

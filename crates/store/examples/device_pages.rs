@@ -9,14 +9,23 @@ use store::{DeviceQuery, NewDevice, NewDeviceModel, Store};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let total: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let total: u32 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000);
     let dir = tempfile::tempdir()?;
     let store = Store::open_data_dir(dir.path()).await?;
     let op = store.create_operator("Ops").await?;
     let root = store.scope_of(op.id).await?;
-    let integrator = store.create_organisation(&root, op.id, "Integrator").await?;
+    let integrator = store
+        .create_organisation(&root, op.id, "Integrator")
+        .await?;
     let customer = store
-        .create_organisation(&store.scope_of(integrator.id).await?, integrator.id, "Customer")
+        .create_organisation(
+            &store.scope_of(integrator.id).await?,
+            integrator.id,
+            "Customer",
+        )
         .await?;
     let model = store
         .create_device_model(&NewDeviceModel {
@@ -32,11 +41,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let devices: Vec<NewDevice> = chunk
             .iter()
             .map(|n| NewDevice {
-                organisation_id: if n % 2 == 0 { customer.id } else { integrator.id },
+                organisation_id: if n % 2 == 0 {
+                    customer.id
+                } else {
+                    integrator.id
+                },
                 model_id: model.id,
                 name: format!("router-{n:06}"),
                 serial: format!("SN{n:09}"),
-                mac: format!("02-00-{:02x}-{:02x}-{:02x}-{:02x}", n >> 24, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff),
+                mac: format!(
+                    "02-00-{:02x}-{:02x}-{:02x}-{:02x}",
+                    n >> 24,
+                    (n >> 16) & 0xff,
+                    (n >> 8) & 0xff,
+                    n & 0xff
+                ),
                 imei: None,
                 iccid: None,
                 labels: vec![],
@@ -44,10 +63,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         store.insert_devices(&root, &devices).await?;
     }
-    println!("inserted {total} devices in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "inserted {total} devices in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let mut timings = Vec::new();
-    let scopes = [("operator", root.clone()), ("customer", store.scope_of(customer.id).await?)];
+    let scopes = [
+        ("operator", root.clone()),
+        ("customer", store.scope_of(customer.id).await?),
+    ];
     for (name, scope) in &scopes {
         let mut after = None;
         let mut pages = 0;
@@ -56,7 +81,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         loop {
             let t = Instant::now();
             let page = store
-                .devices(scope, &DeviceQuery { after_id: after, limit: 100, ..Default::default() })
+                .devices(
+                    scope,
+                    &DeviceQuery {
+                        after_id: after,
+                        limit: 100,
+                        ..Default::default()
+                    },
+                )
                 .await?;
             let ms = t.elapsed().as_secs_f64() * 1000.0;
             slowest = slowest.max(ms);
@@ -67,15 +99,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 None => break,
             }
         }
-        println!("{name}: {pages} pages of 100, mean {:.2} ms, slowest {slowest:.2} ms", sum / f64::from(pages));
+        println!(
+            "{name}: {pages} pages of 100, mean {:.2} ms, slowest {slowest:.2} ms",
+            sum / f64::from(pages)
+        );
         timings.push(slowest);
     }
     for search in ["SN00009", "router-05", "02-00-00-01"] {
         let t = Instant::now();
         let page = store
-            .devices(&root, &DeviceQuery { search: Some(search.into()), limit: 100, ..Default::default() })
+            .devices(
+                &root,
+                &DeviceQuery {
+                    search: Some(search.into()),
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
             .await?;
-        println!("search {search:?}: {} found in {:.2} ms", page.devices.len(), t.elapsed().as_secs_f64() * 1000.0);
+        println!(
+            "search {search:?}: {} found in {:.2} ms",
+            page.devices.len(),
+            t.elapsed().as_secs_f64() * 1000.0
+        );
     }
     let t = Instant::now();
     let n = store.count_devices(&root).await?;

@@ -77,6 +77,27 @@ pub struct DevicePage {
     pub next_after_id: Option<i64>,
 }
 
+/// One device row; the parameters are bound by [`bind_new_device`].
+pub(crate) const INSERT_DEVICE: &str = "INSERT INTO devices (organisation_id, model_id, name, serial, mac, imei, iccid, labels, \
+     license_state, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'unlicensed', $9)";
+
+/// Binds a device to [`INSERT_DEVICE`] (on either backend).
+macro_rules! bind_new_device {
+    ($query:expr, $device:expr, $created_at:expr) => {
+        $query
+            .bind($device.organisation_id)
+            .bind($device.model_id)
+            .bind(&$device.name)
+            .bind(&$device.serial)
+            .bind(&$device.mac)
+            .bind(&$device.imei)
+            .bind(&$device.iccid)
+            .bind($device.labels.join(","))
+            .bind($created_at)
+    };
+}
+pub(crate) use bind_new_device;
+
 const DEVICE_COLUMNS: &str = "d.id, d.organisation_id, d.model_id, d.name, d.serial, d.mac, d.imei, d.iccid, \
      d.labels, d.license_state, d.firmware_version, d.created_at, d.last_seen_at, d.online";
 
@@ -135,19 +156,8 @@ impl Store {
                 if !path.as_deref().is_some_and(|p| scope.contains(p)) {
                     return Err(StoreError::NotFound(format!("organisation {}", device.organisation_id)));
                 }
-                let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO devices (organisation_id, model_id, name, serial, mac, imei, iccid, labels, \
-                     license_state, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'unlicensed', $9) RETURNING id",
-                )
-                .bind(device.organisation_id)
-                .bind(device.model_id)
-                .bind(&device.name)
-                .bind(&device.serial)
-                .bind(&device.mac)
-                .bind(&device.imei)
-                .bind(&device.iccid)
-                .bind(device.labels.join(","))
-                .bind(created_at)
+                let sql = format!("{INSERT_DEVICE} RETURNING id");
+                let id: i64 = bind_new_device!(sqlx::query_scalar(&sql), device, created_at)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| match StoreError::from(e) {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use crate::devices::{INSERT_DEVICE, bind_new_device};
 use crate::{NewDevice, Scope, Store, StoreError, now_millis, with_pool};
 
 /// A row that was not imported, and why.
@@ -101,19 +102,7 @@ impl Store {
             let mut written = 0i64;
             if write {
                 for (_, device) in &accepted {
-                    sqlx::query(
-                        "INSERT INTO devices (organisation_id, model_id, name, serial, mac, imei, iccid, labels, \
-                         license_state, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'unlicensed', $9)",
-                    )
-                    .bind(device.organisation_id)
-                    .bind(device.model_id)
-                    .bind(&device.name)
-                    .bind(&device.serial)
-                    .bind(&device.mac)
-                    .bind(&device.imei)
-                    .bind(&device.iccid)
-                    .bind(device.labels.join(","))
-                    .bind(created_at)
+                    bind_new_device!(sqlx::query(INSERT_DEVICE), device, created_at)
                     .execute(&mut *tx)
                     .await?;
                     written += 1;
