@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use broker::{
     Action, AuthConversation, AuthStep, Authenticator, BoxFuture, ClientIdentity, ConnectRequest,
-    FileAuthenticator, ListenerKind, TlsFiles,
+    FileAuthenticator, ListenerKind,
 };
 use bytes::Bytes;
 use common::*;
@@ -256,41 +256,10 @@ impl Authenticator for CertificateAuth {
 
 #[tokio::test]
 async fn mutual_tls_passes_the_client_certificate_to_the_authenticator() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     use sha2::Digest;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca_params = CertificateParams::new(vec![]).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    // OpenSSL takes a certificate whose issuer equals its subject for
-    // self-signed: the CA needs a name of its own.
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Telemark test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-    let server_key = KeyPair::generate().expect("key");
-    let server = CertificateParams::new(vec!["localhost".into()])
-        .expect("params")
-        .signed_by(&server_key, &issuer)
-        .expect("server cert");
-    let client_key = KeyPair::generate().expect("key");
-    let client = CertificateParams::new(vec!["device-1".into()])
-        .expect("params")
-        .signed_by(&client_key, &issuer)
-        .expect("client cert");
-    let write = |name: &str, pem: String| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, pem).expect("write pem");
-        path
-    };
-    let tls = TlsFiles {
-        certificate: write("server.crt", server.pem()),
-        private_key: write("server.key", server_key.serialize_pem()),
-        client_ca: Some(write("ca.crt", ca.pem())),
-        require_client_certificate: true,
-    };
+    let ca = TestCa::new();
+    let tls = ca.server_files(true);
+    let (client, client_key) = ca.issue("device-1");
     let fingerprint: String = sha2::Sha256::digest(client.der())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -310,10 +279,8 @@ async fn mutual_tls_passes_the_client_certificate_to_the_authenticator() {
     );
 
     // rumqttc over TLS with the client certificate.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().clone()).expect("root");
     let client_config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
+        .with_root_certificates(ca.roots())
         .with_client_auth_cert(
             vec![client.der().clone()],
             rustls::pki_types::PrivateKeyDer::try_from(client_key.serialize_der())
@@ -352,10 +319,8 @@ async fn mutual_tls_passes_the_client_certificate_to_the_authenticator() {
     );
 
     // Without a client certificate the handshake is refused.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().clone()).expect("root");
     let anonymous = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
+        .with_root_certificates(ca.roots())
         .with_no_client_auth();
     let mut options = rumqttc::MqttOptions::new("intruder", "localhost", addr.port());
     options.set_transport(rumqttc::Transport::tls_with_config(

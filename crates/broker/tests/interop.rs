@@ -193,34 +193,9 @@ async fn websocket_on_another_path_is_refused() {
 
 #[tokio::test]
 async fn mqtt_over_secure_websocket() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     use std::sync::Arc;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca_params = CertificateParams::new(vec![]).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Telemark test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-    let server_key = KeyPair::generate().expect("key");
-    let server = CertificateParams::new(vec!["localhost".into()])
-        .expect("params")
-        .signed_by(&server_key, &issuer)
-        .expect("cert");
-    let write = |name: &str, pem: String| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, pem).expect("write");
-        path
-    };
-    let tls = broker::TlsFiles {
-        certificate: write("server.crt", server.pem()),
-        private_key: write("server.key", server_key.serialize_pem()),
-        client_ca: None,
-        require_client_certificate: false,
-    };
+    let ca = TestCa::new();
+    let tls = ca.server_files(false);
     let broker = broker::Broker::new(quick_settings(), Arc::new(broker::AllowAll));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -231,10 +206,8 @@ async fn mqtt_over_secure_websocket() {
         broker::ListenerKind::SecureWebSocket(tls.acceptor().expect("acceptor")),
     );
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().clone()).expect("root");
     let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
+        .with_root_certificates(ca.roots())
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");

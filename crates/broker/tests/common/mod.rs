@@ -356,3 +356,67 @@ impl Client {
         let _ = self.stream.shutdown().await;
     }
 }
+
+/// A certificate authority made for one test, with its files in a temp dir.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    pub certificate: rcgen::Certificate,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec![]).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        // OpenSSL takes a certificate whose issuer equals its subject for
+        // self-signed: the CA needs a name of its own.
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Telemark test CA");
+        let certificate = params.self_signed(&key).expect("ca");
+        TestCa {
+            dir: tempfile::tempdir().expect("tempdir"),
+            params,
+            key,
+            certificate,
+        }
+    }
+
+    /// A certificate for `name`, signed by this CA, with its key.
+    pub fn issue(&self, name: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec![name.into()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("certificate");
+        (cert, key)
+    }
+
+    pub fn write(&self, name: &str, pem: String) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, pem).expect("write pem");
+        path
+    }
+
+    /// Server files for `localhost`; with `client_ca`, clients need a
+    /// certificate from this CA.
+    pub fn server_files(&self, client_ca: bool) -> broker::TlsFiles {
+        let (server, key) = self.issue("localhost");
+        broker::TlsFiles {
+            certificate: self.write("server.crt", server.pem()),
+            private_key: self.write("server.key", key.serialize_pem()),
+            client_ca: client_ca.then(|| self.write("ca.crt", self.certificate.pem())),
+            require_client_certificate: client_ca,
+        }
+    }
+
+    pub fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.certificate.der().clone()).expect("root");
+        roots
+    }
+}
