@@ -63,6 +63,19 @@ async fn call(
     (status, headers, json)
 }
 
+/// The DWM-311-A1 model every test fleet uses.
+async fn create_model(app: &axum::Router, auth: &[(&str, &str)]) {
+    let (status, _, body) = call(
+        app,
+        Method::POST,
+        "/api/v1/device-models",
+        auth,
+        Some(json!({"name": "DWM-311-A1", "vendor": "D-Link", "hardware_revision": "A1", "topic_segment": "311-a1"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
 async fn login(app: &axum::Router, user: &str, password: &str) -> String {
     let (status, _, body) = call(
         app,
@@ -415,14 +428,7 @@ async fn an_external_broker_asks_in_emqx_format() {
     );
     let admin = format!("Bearer {}", login(&app, "admin", &admin_password).await);
     let auth = [("authorization", admin.as_str())];
-    call(
-        &app,
-        Method::POST,
-        "/api/v1/device-models",
-        &auth,
-        Some(json!({"name": "DWM-311-A1", "vendor": "D-Link", "hardware_revision": "A1", "topic_segment": "311-a1"})),
-    )
-    .await;
+    create_model(&app, &auth).await;
     call_csv(
         &app,
         "/api/v1/devices/import",
@@ -552,14 +558,7 @@ async fn changes_land_in_the_system_log_and_its_csv() {
         Some(json!({"parent_id": me["organisation_id"], "name": "Acme, Inc."})),
     )
     .await;
-    call(
-        &h.app,
-        Method::POST,
-        "/api/v1/device-models",
-        &auth,
-        Some(json!({"name": "DWM-311-A1", "vendor": "D-Link", "hardware_revision": "A1", "topic_segment": "311-a1"})),
-    )
-    .await;
+    create_model(&h.app, &auth).await;
     call_csv(
         &h.app,
         "/api/v1/devices/import?source=erp.csv",
@@ -753,14 +752,7 @@ async fn license_keys_bind_to_a_device_with_a_token_it_can_verify() {
     let auth = [("authorization", admin.as_str())];
     let (_, _, me) = call(&h.app, Method::GET, "/api/v1/session", &auth, None).await;
     let root = me["organisation_id"].clone();
-    call(
-        &h.app,
-        Method::POST,
-        "/api/v1/device-models",
-        &auth,
-        Some(json!({"name": "DWM-311-A1", "vendor": "D-Link", "hardware_revision": "A1", "topic_segment": "311-a1"})),
-    )
-    .await;
+    create_model(&h.app, &auth).await;
     call_csv(
         &h.app,
         "/api/v1/devices/import",
@@ -970,14 +962,7 @@ async fn tenant_isolation_matrix() {
         Some(json!({"parent_id": b["id"], "name": "B Customer"})),
     )
     .await;
-    call(
-        &h.app,
-        Method::POST,
-        "/api/v1/device-models",
-        &op,
-        Some(json!({"name": "DWM-311-A1", "vendor": "D-Link", "hardware_revision": "A1", "topic_segment": "311-a1"})),
-    )
-    .await;
+    create_model(&h.app, &op).await;
     let (_, _, b_import) = call_csv(
         &h.app,
         "/api/v1/devices/import?source=b-secret.csv",

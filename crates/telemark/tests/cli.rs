@@ -396,6 +396,28 @@ fn http(
     (status, body)
 }
 
+/// The string value of `"key":"…"` in a JSON text.
+fn json_string(body: &str, key: &str) -> String {
+    body.split(&format!("\"{key}\":\""))
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no {key} in {body}"))
+        .to_owned()
+}
+
+/// Logs in through the API; returns the `Authorization` header value.
+fn api_login(port: u16, username: &str, password: &str) -> String {
+    let (status, body) = http(
+        port,
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        &format!(r#"{{"username":"{username}","password":"{password}"}}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    format!("Bearer {}", json_string(&body, "token"))
+}
+
 #[test]
 fn serve_runs_store_api_and_broker_with_the_admin_from_the_environment() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -418,21 +440,7 @@ fn serve_runs_store_api_and_broker_with_the_admin_from_the_environment() {
         .expect("telemark serve starts");
     wait_for_port(http_port);
     wait_for_port(mqtt_port);
-    let (status, body) = http(
-        http_port,
-        "POST",
-        "/api/v1/session",
-        &[("Content-Type", "application/json")],
-        r#"{"username":"admin","password":"first-admin-secret"}"#,
-    );
-    assert_eq!(status, 200, "{body}");
-    let token = body
-        .split("\"token\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("token")
-        .to_owned();
-    let bearer = format!("Bearer {token}");
+    let bearer = api_login(http_port, "admin", "first-admin-secret");
     let (status, body) = http(
         http_port,
         "GET",
@@ -501,12 +509,7 @@ fn serve_runs_store_api_and_broker_with_the_admin_from_the_environment() {
         "",
     );
     assert_eq!(status, 201, "{body}");
-    let secret = body
-        .split("\"password\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("secret")
-        .to_owned();
+    let secret = json_string(&body, "password");
     let mac = "00-11-22-33-44-55";
     let device = ["-u", mac, "-P", secret.as_str(), "-i", mac];
     let watcher = sub(mqtt_port, "dwr/311-a1/+/hardware/#", 1, &admin);
@@ -603,14 +606,7 @@ fn serve_runs_store_api_and_broker_with_the_admin_from_the_environment() {
         .spawn()
         .expect("restart");
     wait_for_port(http_port);
-    let (status, _) = http(
-        http_port,
-        "POST",
-        "/api/v1/session",
-        &[("Content-Type", "application/json")],
-        r#"{"username":"admin","password":"first-admin-secret"}"#,
-    );
-    assert_eq!(status, 200);
+    api_login(http_port, "admin", "first-admin-secret");
     let _ = again.kill();
     let out = again.wait_with_output().expect("output");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("First start"));
@@ -639,20 +635,7 @@ fn import_devices_from_the_command_line() {
         .spawn()
         .expect("serve");
     wait_for_port(http_port);
-    let (_, body) = http(
-        http_port,
-        "POST",
-        "/api/v1/session",
-        &[("Content-Type", "application/json")],
-        r#"{"username":"admin","password":"cli-admin-secret"}"#,
-    );
-    let token = body
-        .split("\"token\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("token")
-        .to_owned();
-    let bearer = format!("Bearer {token}");
+    let bearer = api_login(http_port, "admin", "cli-admin-secret");
     let (status, _) = http(
         http_port,
         "POST",
