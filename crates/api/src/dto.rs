@@ -214,6 +214,7 @@ pub struct StatisticsDto {
     pub users: CounterDto,
     pub system_integrators: CounterDto,
     pub business_customers: CounterDto,
+    pub license_keys: CounterDto,
 }
 
 #[derive(Debug, Serialize)]

@@ -456,6 +456,7 @@ async fn statistics(
         users: CounterDto::new(now.users, w(|c| c.users)),
         system_integrators: CounterDto::new(now.integrators, w(|c| c.integrators)),
         business_customers: CounterDto::new(now.customers, w(|c| c.customers)),
+        license_keys: CounterDto::new(now.license_keys, w(|c| c.license_keys)),
     }))
 }
 

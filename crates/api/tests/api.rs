@@ -895,6 +895,8 @@ async fn license_keys_bind_to_a_device_with_a_token_it_can_verify() {
     )
     .await;
     assert_eq!(device["license_state"], "revoked");
+    let (_, _, stats) = call(&h.app, Method::GET, "/api/v1/statistics", &auth, None).await;
+    assert_eq!(stats["license_keys"]["value"].as_i64(), Some(3));
     let (_, _, available) = call(
         &h.app,
         Method::GET,

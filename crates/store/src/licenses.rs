@@ -155,6 +155,19 @@ impl Store {
         Ok(rows)
     }
 
+    /// License keys owned in `scope`, whatever their state.
+    pub async fn count_license_keys(&self, scope: &Scope) -> Result<i64, StoreError> {
+        let n: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM license_keys k JOIN organisations o ON o.id = k.organisation_id WHERE o.path LIKE $1",
+            )
+            .bind(scope.pattern())
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(n)
+    }
+
     /// The license currently bound or deployed on a device.
     pub async fn license_of_device(
         &self,

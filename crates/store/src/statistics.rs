@@ -9,6 +9,7 @@ pub struct Counters {
     pub users: i64,
     pub integrators: i64,
     pub customers: i64,
+    pub license_keys: i64,
 }
 
 /// Today's UTC day number.
@@ -27,6 +28,7 @@ impl Store {
             users: self.count_users(scope).await?,
             integrators: count(OrganisationKind::Integrator),
             customers: count(OrganisationKind::Customer),
+            license_keys: self.count_license_keys(scope).await?,
         })
     }
 
@@ -39,10 +41,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         with_pool!(self, pool => {
             sqlx::query(
-                "INSERT INTO daily_statistics (organisation_id, day, devices, online_devices, users, integrators, customers) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (organisation_id, day) DO UPDATE SET \
+                "INSERT INTO daily_statistics (organisation_id, day, devices, online_devices, users, integrators, customers, \
+                 license_keys) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (organisation_id, day) DO UPDATE SET \
                  devices = excluded.devices, online_devices = excluded.online_devices, users = excluded.users, \
-                 integrators = excluded.integrators, customers = excluded.customers",
+                 integrators = excluded.integrators, customers = excluded.customers, license_keys = excluded.license_keys",
             )
             .bind(scope.organisation_id)
             .bind(day)
@@ -51,6 +53,7 @@ impl Store {
             .bind(c.users)
             .bind(c.integrators)
             .bind(c.customers)
+            .bind(c.license_keys)
             .execute(pool)
             .await?;
         });
@@ -65,7 +68,7 @@ impl Store {
     ) -> Result<Option<Counters>, StoreError> {
         let row = with_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT devices, online_devices, users, integrators, customers FROM daily_statistics \
+                "SELECT devices, online_devices, users, integrators, customers, license_keys FROM daily_statistics \
                  WHERE organisation_id = $1 AND day = $2",
             )
             .bind(scope.organisation_id)
