@@ -388,6 +388,18 @@ async fn licenses_and_platform_secrets_on_every_backend() {
             .await
             .expect("list");
         assert_eq!(bound.len(), 1);
+        assert_eq!(store.snapshot_all().await.expect("snapshot"), 1);
+        let today = store
+            .daily_counters(&root, store::today())
+            .await
+            .expect("read")
+            .expect("taken");
+        assert_eq!(
+            (today.devices, today.license_keys),
+            (1, 2),
+            "{}",
+            store.backend()
+        );
         let first = store
             .platform_secret("k", || "one".into())
             .await
