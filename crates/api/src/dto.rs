@@ -400,3 +400,32 @@ impl From<store::LicenseKey> for LicenseKeyDto {
         }
     }
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiTokenDto {
+    pub name: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApiTokenDto {
+    pub id: i64,
+    pub name: String,
+    pub revoked: bool,
+    pub created_at: i64,
+    /// Only in the answer that creates it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl From<store::ApiToken> for ApiTokenDto {
+    fn from(t: store::ApiToken) -> Self {
+        ApiTokenDto {
+            id: t.id,
+            name: t.name,
+            revoked: t.revoked,
+            created_at: t.created_at,
+            token: None,
+        }
+    }
+}

@@ -38,6 +38,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/license-keys/{id}/revoke", post(revoke_license))
         .route("/api/v1/license/public-key", get(license_public_key))
         .route("/api/v1/session/password", post(change_password))
+        .route(
+            "/api/v1/tokens",
+            get(list_api_tokens).post(create_api_token),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            axum::routing::delete(revoke_api_token),
+        )
         .route("/api/v1/users", get(list_users).post(create_user))
         .route("/api/v1/users/{id}/state", post(set_user_state))
         .route("/api/v1/device-models", get(list_models).post(create_model))
@@ -843,4 +851,58 @@ async fn license_public_key(
     Ok(Json(
         serde_json::json!({ "algorithm": "ed25519", "public_key": key }),
     ))
+}
+
+async fn list_api_tokens(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Vec<ApiTokenDto>>, ApiError> {
+    let tokens = state.store.api_tokens(caller.session.user.id).await?;
+    Ok(Json(tokens.into_iter().map(Into::into).collect()))
+}
+
+async fn create_api_token(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: Result<Json<NewApiTokenDto>, JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<ApiTokenDto>), ApiError> {
+    let request = json_body(body)?;
+    let (row, token) =
+        accounts::create_api_token(&state.store, &caller.session, &request.name).await?;
+    caller
+        .audit(
+            &state,
+            "token.create",
+            format!("API token {} ({})", row.id, row.name),
+            None,
+            None,
+        )
+        .await?;
+    let mut dto = ApiTokenDto::from(row);
+    dto.token = Some(token);
+    Ok((axum::http::StatusCode::CREATED, Json(dto)))
+}
+
+async fn revoke_api_token(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    if !state
+        .store
+        .revoke_api_token(caller.session.user.id, id)
+        .await?
+    {
+        return Err(ApiError::NotFound(format!("API token {id}")));
+    }
+    caller
+        .audit(
+            &state,
+            "token.revoke",
+            format!("API token {id}"),
+            None,
+            None,
+        )
+        .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }

@@ -1135,3 +1135,45 @@ async fn tenant_isolation_matrix() {
     );
     login(&h.app, "b-admin", "b-admin-password").await;
 }
+
+#[tokio::test]
+async fn long_lived_api_tokens_work_until_revoked() {
+    let h = harness().await;
+    let admin = format!("Bearer {}", login(&h.app, "admin", &h.admin_password).await);
+    let auth = [("authorization", admin.as_str())];
+    let (status, _, created) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/tokens",
+        &auth,
+        Some(json!({"name": "erp sync"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let token = created["token"].as_str().expect("token").to_owned();
+    assert!(token.starts_with("tmk_"));
+    let bearer = format!("Bearer {token}");
+    let script = [("authorization", bearer.as_str())];
+    let (status, _, me) = call(&h.app, Method::GET, "/api/v1/session", &script, None).await;
+    assert_eq!(
+        (status, me["username"].as_str()),
+        (StatusCode::OK, Some("admin"))
+    );
+    // Listed without the secret.
+    let (_, _, list) = call(&h.app, Method::GET, "/api/v1/tokens", &auth, None).await;
+    assert_eq!(list[0]["name"], "erp sync");
+    assert!(list[0].get("token").is_none());
+    let (status, _, _) = call(
+        &h.app,
+        Method::DELETE,
+        &format!("/api/v1/tokens/{}", created["id"]),
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = call(&h.app, Method::GET, "/api/v1/session", &script, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = call(&h.app, Method::DELETE, "/api/v1/tokens/999", &auth, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

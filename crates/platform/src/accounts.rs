@@ -183,12 +183,41 @@ async fn session_for(store: &Store, user: User) -> Result<Session, AccountError>
     Ok(Session { user, role, scope })
 }
 
-/// The session a token opens, if it is live and its user enabled.
+/// Long-lived API tokens start with this, so they are told from sessions.
+pub const API_TOKEN_PREFIX: &str = "tmk_";
+
+/// The session a token opens (a login session, or a long-lived API token),
+/// if it is live and its user enabled.
 pub async fn session(store: &Store, token: &str) -> Result<Option<Session>, AccountError> {
-    match store.session_user(&token_digest(token)).await? {
+    let digest = token_digest(token);
+    let user = if token.starts_with(API_TOKEN_PREFIX) {
+        store.api_token_user(&digest).await?
+    } else {
+        store.session_user(&digest).await?
+    };
+    match user {
         Some(user) => Ok(Some(session_for(store, user).await?)),
         None => Ok(None),
     }
+}
+
+/// Creates a long-lived API token for the caller; returns it once.
+pub async fn create_api_token(
+    store: &Store,
+    session: &Session,
+    name: &str,
+) -> Result<(store::ApiToken, String), AccountError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 100 {
+        return Err(AccountError::Invalid(
+            "a token needs a name of 1 to 100 characters".into(),
+        ));
+    }
+    let token = format!("{API_TOKEN_PREFIX}{}", new_token());
+    let row = store
+        .create_api_token(session.user.id, name, &token_digest(&token))
+        .await?;
+    Ok((row, token))
 }
 
 pub async fn logout(store: &Store, token: &str) -> Result<(), AccountError> {

@@ -30,7 +30,7 @@ pub use imports::{ImportBatch, ImportRecord, Rejection};
 pub use licenses::{LicenseKey, LicenseQuery, ServiceModel};
 pub use organisations::{Organisation, OrganisationKind, Scope};
 pub use statistics::{Counters, today};
-pub use users::{NewUser, User};
+pub use users::{ApiToken, NewUser, User};
 
 /// What went wrong in the store. Unique and scope violations are told apart
 /// from database failures so the API can answer 409 or 404.

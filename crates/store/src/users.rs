@@ -189,3 +189,77 @@ impl Store {
         Ok(())
     }
 }
+
+/// A long-lived API token (its secret is never stored).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ApiToken {
+    pub id: i64,
+    pub user_id: i64,
+    pub name: String,
+    pub revoked: bool,
+    pub created_at: i64,
+}
+
+impl Store {
+    pub async fn create_api_token(
+        &self,
+        user_id: i64,
+        name: &str,
+        token_sha256: &str,
+    ) -> Result<ApiToken, StoreError> {
+        let now = now_millis();
+        let row = with_pool!(self, pool => {
+            sqlx::query_as(
+                "INSERT INTO api_tokens (user_id, name, token_sha256, revoked, created_at) VALUES ($1, $2, $3, $4, $5) \
+                 RETURNING id, user_id, name, revoked, created_at",
+            )
+            .bind(user_id)
+            .bind(name)
+            .bind(token_sha256)
+            .bind(false)
+            .bind(now)
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(row)
+    }
+
+    pub async fn api_tokens(&self, user_id: i64) -> Result<Vec<ApiToken>, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as("SELECT id, user_id, name, revoked, created_at FROM api_tokens WHERE user_id = $1 ORDER BY id")
+                .bind(user_id)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// Revokes one of the user's tokens; false when it has none by that id.
+    pub async fn revoke_api_token(&self, user_id: i64, id: i64) -> Result<bool, StoreError> {
+        let done = with_pool!(self, pool => {
+            sqlx::query("UPDATE api_tokens SET revoked = $1 WHERE id = $2 AND user_id = $3")
+                .bind(true)
+                .bind(id)
+                .bind(user_id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    /// The enabled user a live API token belongs to.
+    pub async fn api_token_user(&self, token_sha256: &str) -> Result<Option<User>, StoreError> {
+        let row = with_pool!(self, pool => {
+            sqlx::query_as(&format!(
+                "SELECT {USER_COLUMNS} FROM api_tokens t JOIN users u ON u.id = t.user_id \
+                 WHERE t.token_sha256 = $1 AND t.revoked = $2 AND u.disabled = $2"
+            ))
+            .bind(token_sha256)
+            .bind(false)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(row)
+    }
+}
