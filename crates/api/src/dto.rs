@@ -382,12 +382,8 @@ pub struct LicenseKeyDto {
 
 impl From<store::LicenseKey> for LicenseKeyDto {
     fn from(k: store::LicenseKey) -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
         LicenseKeyDto {
-            state: platform::licensing::effective_state(&k, now).to_owned(),
+            state: platform::licensing::effective_state(&k, store::now_millis()).to_owned(),
             id: k.id,
             key: k.license_key,
             organisation_id: k.organisation_id,

@@ -167,6 +167,25 @@ impl Caller {
         Ok(())
     }
 
+    /// Audits a creation with the new object as its after value, and answers 201.
+    async fn created<T: serde::Serialize>(
+        &self,
+        state: &AppState,
+        action: &str,
+        target: String,
+        dto: T,
+    ) -> Result<(axum::http::StatusCode, Json<T>), ApiError> {
+        self.audit(
+            state,
+            action,
+            target,
+            None,
+            serde_json::to_string(&dto).ok(),
+        )
+        .await?;
+        Ok((axum::http::StatusCode::CREATED, Json(dto)))
+    }
+
     fn require_admin(&self) -> Result<(), ApiError> {
         if self.session.role.is_admin() {
             Ok(())
@@ -268,16 +287,10 @@ async fn create_organisation(
         .create_organisation(&caller.session.scope, request.parent_id, &request.name)
         .await?;
     let dto = OrganisationDto::from(org);
+    let target = format!("organisation {}", dto.id);
     caller
-        .audit(
-            &state,
-            "organisation.create",
-            format!("organisation {}", dto.id),
-            None,
-            serde_json::to_string(&dto).ok(),
-        )
-        .await?;
-    Ok((axum::http::StatusCode::CREATED, Json(dto)))
+        .created(&state, "organisation.create", target, dto)
+        .await
 }
 
 async fn list_models(
@@ -340,16 +353,10 @@ async fn create_model(
         })
         .await?;
     let dto = DeviceModelDto::from(model);
+    let target = format!("device model {}", dto.id);
     caller
-        .audit(
-            &state,
-            "device_model.create",
-            format!("device model {}", dto.id),
-            None,
-            serde_json::to_string(&dto).ok(),
-        )
-        .await?;
-    Ok((axum::http::StatusCode::CREATED, Json(dto)))
+        .created(&state, "device_model.create", target, dto)
+        .await
 }
 
 async fn list_devices(

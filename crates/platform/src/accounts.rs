@@ -101,17 +101,25 @@ fn verify_password(password: &str, hash: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The digest a session token is stored as.
-pub fn token_digest(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// Lower-case hex of bytes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn new_token() -> String {
+/// SHA-256 as lower-case hex: how tokens and device secrets are stored.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+/// The digest a session or API token is stored as.
+pub fn token_digest(token: &str) -> String {
+    sha256_hex(token.as_bytes())
+}
+
+/// 256 random bits as hex.
+pub(crate) fn new_token() -> String {
     let bytes: [u8; 32] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&bytes)
 }
 
 /// A password policy an operator can live with: long enough, not the user name.
@@ -137,13 +145,13 @@ pub struct Session {
     pub scope: Scope,
 }
 
-/// Checks the password (argon2 runs even for an unknown user, so timing does
-/// not tell which names exist) and opens a session; returns its token.
-pub async fn login(
+/// Checks a user name and password (argon2 runs even for an unknown user,
+/// so timing does not tell which names exist), without opening a session.
+pub async fn verify_login(
     store: &Store,
     username: &str,
     password: &str,
-) -> Result<(Session, String), AccountError> {
+) -> Result<Session, AccountError> {
     // A real hash of a random password, verified for unknown users.
     static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let user = store.user_by_username(username).await?;
@@ -161,19 +169,22 @@ pub async fn login(
         Some(u) if ok && !u.disabled => u,
         _ => return Err(AccountError::BadCredentials),
     };
-    let token = new_token();
-    let expires = store_now() + SESSION_HOURS * 3600 * 1000;
-    store
-        .create_session(user.id, &token_digest(&token), expires)
-        .await?;
-    Ok((session_for(store, user).await?, token))
+    session_for(store, user).await
 }
 
-fn store_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// Checks the password and opens a session; returns its token.
+pub async fn login(
+    store: &Store,
+    username: &str,
+    password: &str,
+) -> Result<(Session, String), AccountError> {
+    let session = verify_login(store, username, password).await?;
+    let token = new_token();
+    let expires = store::now_millis() + SESSION_HOURS * 3600 * 1000;
+    store
+        .create_session(session.user.id, &token_digest(&token), expires)
+        .await?;
+    Ok((session, token))
 }
 
 async fn session_for(store: &Store, user: User) -> Result<Session, AccountError> {

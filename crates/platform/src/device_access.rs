@@ -4,10 +4,9 @@
 //! console password. One service; the embedded broker calls it through its
 //! `Authenticator` trait, an external broker will call it over HTTP.
 
-use sha2::{Digest, Sha256};
 use store::{Scope, Store, StoreError};
 
-use crate::accounts::{self, Role};
+use crate::accounts::{self, Role, new_token, sha256_hex};
 use crate::identifiers::normalize_mac;
 
 /// The fleet prefix of every device topic (DESIGN.md: `dwr/{model}/{device-id}/…`).
@@ -43,13 +42,6 @@ pub struct IssuedSecret {
     pub topic_prefix: String,
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Equal in time that does not depend on where the inputs differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -68,8 +60,7 @@ pub async fn issue_secret(
     scope: &Scope,
     device_id: i64,
 ) -> Result<IssuedSecret, StoreError> {
-    let bytes: [u8; 32] = rand::random();
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = new_token();
     store
         .set_device_secret(scope, device_id, &sha256_hex(secret.as_bytes()))
         .await?;
@@ -124,10 +115,8 @@ pub async fn authenticate(
     }
     let password =
         std::str::from_utf8(password.unwrap_or_default()).map_err(|_| Denial::BadCredentials)?;
-    match accounts::login(store, username, password).await {
-        Ok((session, token)) => {
-            // MQTT needs no console session; do not leave one behind.
-            let _ = accounts::logout(store, &token).await;
+    match accounts::verify_login(store, username, password).await {
+        Ok(session) => {
             if session.role == Role::OperatorAdmin {
                 Ok(Principal::Operator {
                     username: session.user.username,

@@ -33,10 +33,7 @@ pub fn new_key() -> String {
 
 async fn signing_key(store: &Store) -> Result<license::SigningKey, LicenseOpError> {
     let hex = store
-        .platform_secret(SIGNING_KEY, || {
-            let secret: [u8; 32] = rand::random();
-            secret.iter().map(|b| format!("{b:02x}")).collect()
-        })
+        .platform_secret(SIGNING_KEY, crate::accounts::new_token)
         .await?;
     let mut secret = [0u8; 32];
     for (i, slot) in secret.iter_mut().enumerate() {
@@ -73,10 +70,7 @@ pub async fn generate(
 }
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    store::now_millis() / 1000
 }
 
 /// Binds an available key to a device of the key's organisation (or below),

@@ -150,7 +150,8 @@ impl Store {
     }
 }
 
-pub(crate) fn now_millis() -> i64 {
+/// Unix time in milliseconds: every stored time.
+pub fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
