@@ -6,16 +6,15 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
 use axum::http::HeaderMap;
 use platform::device_access::{self, Principal};
 use serde::{Deserialize, Serialize};
 
-use crate::routes::{bearer_token, json_body};
+use crate::routes::{JsonObject, bearer_token};
 use crate::{ApiError, AppState};
 
 /// Other fields EMQX may send (`clientid`, `peerhost`, …) are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct AuthenticateRequest {
     pub username: Option<String>,
     pub password: Option<String>,
@@ -24,7 +23,7 @@ pub struct AuthenticateRequest {
     pub certificate_sha256: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct AuthorizeRequest {
     pub username: String,
     pub topic: String,
@@ -32,7 +31,7 @@ pub struct AuthorizeRequest {
     pub action: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Decision {
     pub result: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -50,13 +49,27 @@ fn check_hook_secret(state: &AppState, headers: &HeaderMap) -> Result<(), ApiErr
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/mqtt/authenticate",
+    tag = "broker",
+    description = "may this client connect (EMQX HTTP authentication); needs `Authorization: Bearer` with the broker hook secret",
+    request_body = AuthenticateRequest,
+    responses(
+        (status = 200, description = "allow or deny", body = Decision),
+        (status = 400, description = "invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "wrong hook secret", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no broker hook secret is configured", body = crate::error::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn authenticate(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Json<AuthenticateRequest>, JsonRejection>,
+    body: JsonObject<AuthenticateRequest>,
 ) -> Result<Json<Decision>, ApiError> {
     check_hook_secret(&state, &headers)?;
-    let request = json_body(body)?;
+    let request = body.parse()?;
     let result = device_access::authenticate(
         &state.store,
         request.username.as_deref(),
@@ -76,13 +89,27 @@ pub(crate) async fn authenticate(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/mqtt/authorize",
+    tag = "broker",
+    description = "may this client publish or subscribe to this topic (EMQX HTTP authorization); needs `Authorization: Bearer` with the broker hook secret",
+    request_body = AuthorizeRequest,
+    responses(
+        (status = 200, description = "allow or deny", body = Decision),
+        (status = 400, description = "invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "wrong hook secret", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no broker hook secret is configured", body = crate::error::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn authorize(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Json<AuthorizeRequest>, JsonRejection>,
+    body: JsonObject<AuthorizeRequest>,
 ) -> Result<Json<Decision>, ApiError> {
     check_hook_secret(&state, &headers)?;
-    let request = json_body(body)?;
+    let request = body.parse()?;
     let principal = device_access::principal_for(&state.store, &request.username).await?;
     let allowed = match (principal, request.action.as_str()) {
         (Some(p), "publish") => device_access::may_publish(&p, &request.topic),

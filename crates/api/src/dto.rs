@@ -1,15 +1,16 @@
 //! The API's JSON contracts. Domain and store types stay free of serde.
 
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub username: String,
     pub password: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SessionDto {
     pub user_id: i64,
     pub username: String,
@@ -23,7 +24,7 @@ pub struct SessionDto {
     pub token: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OrganisationDto {
     pub id: i64,
     pub parent_id: Option<i64>,
@@ -44,21 +45,25 @@ impl From<store::Organisation> for OrganisationDto {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrganisationDto {
     pub parent_id: i64,
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceModelDto {
     #[serde(default)]
     pub id: i64,
+    #[schema(min_length = 1)]
     pub name: String,
+    #[schema(min_length = 1)]
     pub vendor: String,
     pub hardware_revision: String,
+    #[schema(pattern = "^[a-z0-9-]+$", example = "311-a1")]
     pub topic_segment: String,
     #[serde(default)]
     pub description: String,
@@ -77,7 +82,7 @@ impl From<store::DeviceModel> for DeviceModelDto {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeviceDto {
     pub id: i64,
     pub organisation_id: i64,
@@ -121,23 +126,26 @@ impl From<store::Device> for DeviceDto {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DevicePageDto {
     pub devices: Vec<DeviceDto>,
     pub next_after_id: Option<i64>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceListQuery {
     pub search: Option<String>,
     pub model_id: Option<i64>,
     pub organisation_id: Option<i64>,
     pub after_id: Option<i64>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ImportQuery {
     #[serde(default)]
@@ -145,13 +153,13 @@ pub struct ImportQuery {
     pub source: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RejectionDto {
     pub line: i64,
     pub reason: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ImportRecordDto {
     pub id: i64,
     pub organisation_id: i64,
@@ -188,7 +196,7 @@ impl From<store::ImportRecord> for ImportRecordDto {
 }
 
 /// A counter now, on the same day last week, and the change.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CounterDto {
     pub value: i64,
     pub week_ago: Option<i64>,
@@ -205,7 +213,7 @@ impl CounterDto {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StatisticsDto {
     /// Imported devices.
     pub devices: CounterDto,
@@ -217,7 +225,7 @@ pub struct StatisticsDto {
     pub license_keys: CounterDto,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeviceCredentialsDto {
     /// The MQTT user name: the device id (its MAC).
     pub username: String,
@@ -227,15 +235,17 @@ pub struct DeviceCredentialsDto {
     pub topic_prefix: String,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditListQuery {
     pub search: Option<String>,
     pub before_id: Option<i64>,
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AuditEntryDto {
     pub id: i64,
     pub organisation_id: i64,
@@ -264,16 +274,21 @@ impl From<store::AuditEntry> for AuditEntryDto {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUserDto {
     pub organisation_id: i64,
     pub username: String,
+    #[schema(min_length = 10)]
     pub password: String,
+    #[schema(
+        example = "engineer",
+        pattern = "^(operator-admin|integrator-admin|customer-admin|engineer|viewer)$"
+    )]
     pub role: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct UserDto {
     pub id: i64,
     pub organisation_id: i64,
@@ -296,29 +311,31 @@ impl From<store::User> for UserDto {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChangeDto {
     pub current_password: String,
     pub new_password: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserStateDto {
     pub disabled: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewServiceModelDto {
+    #[schema(min_length = 1)]
     pub name: String,
     #[serde(default)]
     pub features: Vec<String>,
+    #[schema(minimum = 1, maximum = 36500)]
     pub duration_days: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ServiceModelDto {
     pub id: i64,
     pub name: String,
@@ -342,29 +359,32 @@ impl From<store::ServiceModel> for ServiceModelDto {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateKeysDto {
     pub organisation_id: i64,
     pub service_model_id: i64,
+    #[schema(minimum = 1, maximum = 10000)]
     pub count: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BindDto {
     pub device_id: i64,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LicenseListQuery {
     pub state: Option<String>,
     pub after_id: Option<i64>,
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LicenseKeyDto {
     pub id: i64,
     pub key: String,
@@ -397,13 +417,14 @@ impl From<store::LicenseKey> for LicenseKeyDto {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiTokenDto {
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ApiTokenDto {
     pub id: i64,
     pub name: String,
@@ -424,4 +445,37 @@ impl From<store::ApiToken> for ApiTokenDto {
             token: None,
         }
     }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublicKeyDto {
+    pub algorithm: &'static str,
+    /// Base64 of the 32-byte ed25519 public key.
+    pub public_key: String,
+}
+
+/// An ERP batch as `POST /api/v1/devices/import` takes it (documentation;
+/// the platform parses it itself to report each bad device by position).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ErpBatchDoc {
+    pub devices: Vec<ErpDeviceDoc>,
+}
+
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ErpDeviceDoc {
+    pub name: Option<String>,
+    /// A device model name, e.g. `DWM-311-A1`.
+    pub model: String,
+    pub serial: String,
+    /// Any common notation; stored as `00-11-22-33-44-55`.
+    pub mac: String,
+    /// 15 digits with a valid Luhn check digit.
+    pub imei: Option<String>,
+    /// 19 or 20 digits with a valid Luhn check digit.
+    pub iccid: Option<String>,
+    /// Id or name of the owner organisation; the importer's own by default.
+    pub organisation: Option<String>,
+    pub labels: Option<Vec<String>>,
 }

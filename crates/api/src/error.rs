@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 /// A field that failed validation.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -27,15 +27,18 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 7807 problem document (`application/problem+json`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
     #[serde(rename = "type")]
-    kind: &'a str,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
-    errors: &'a [FieldError],
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The fields that failed validation, each with its message.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
 }
 
 impl ApiError {
@@ -115,11 +118,11 @@ impl IntoResponse for ApiError {
             }
         };
         let body = Problem {
-            kind: &format!("https://telemark.dev/problems/{kind}"),
-            title,
+            kind: format!("https://telemark.dev/problems/{kind}"),
+            title: title.to_owned(),
             status: status.as_u16(),
-            detail: &detail,
-            errors,
+            detail,
+            errors: errors.to_vec(),
         };
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = (
@@ -175,6 +178,8 @@ impl From<platform::licensing::LicenseOpError> for ApiError {
         use platform::licensing::LicenseOpError as L;
         match e {
             L::Invalid(detail) => ApiError::Conflict(detail),
+            L::Field { field, message } => ApiError::field(field, message),
+            L::Damaged(what) => ApiError::Internal(what.to_owned()),
             L::Store(s) => s.into(),
         }
     }

@@ -2,71 +2,105 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Request};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use platform::accounts::{self, Role, Session};
 use sha2::{Digest, Sha256};
 use store::{DeviceQuery, NewDeviceModel};
+use utoipa::openapi::security::SecurityScheme;
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::dto::*;
 use crate::{ApiError, AppState};
 
 const COOKIE: &str = "telemark_session";
 
+/// The routes with their OpenAPI description, which `/api/openapi.json` serves.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/api/v1/session", post(login).get(me).delete(logout))
+    let (router, mut document) = OpenApiRouter::with_openapi(ApiDocument::openapi())
+        .routes(routes!(login, me, logout))
+        .routes(routes!(change_password))
+        .routes(routes!(list_api_tokens, create_api_token))
+        .routes(routes!(revoke_api_token))
+        .routes(routes!(list_organisations, create_organisation))
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(set_user_state))
+        .routes(routes!(list_models, create_model))
+        .routes(routes!(list_devices))
+        .routes(routes!(get_device))
+        .routes(routes!(import_devices))
+        .routes(routes!(issue_credentials))
+        .routes(routes!(get_import))
+        .routes(routes!(list_service_models, create_service_model))
+        .routes(routes!(list_license_keys, generate_license_keys))
+        .routes(routes!(bind_license))
+        .routes(routes!(unbind_license))
+        .routes(routes!(revoke_license))
+        .routes(routes!(license_public_key))
+        .routes(routes!(statistics))
+        .routes(routes!(audit_log))
+        .routes(routes!(audit_csv))
+        .routes(routes!(crate::broker_hooks::authenticate))
+        .routes(routes!(crate::broker_hooks::authorize))
+        .split_for_parts();
+    document.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let document = Arc::new(document);
+    router
         .route(
-            "/api/v1/organisations",
-            get(list_organisations).post(create_organisation),
-        )
-        .route(
-            "/api/v1/service-models",
-            get(list_service_models).post(create_service_model),
-        )
-        .route(
-            "/api/v1/license-keys",
-            get(list_license_keys).post(generate_license_keys),
-        )
-        .route("/api/v1/license-keys/{id}/bind", post(bind_license))
-        .route("/api/v1/license-keys/{id}/unbind", post(unbind_license))
-        .route("/api/v1/license-keys/{id}/revoke", post(revoke_license))
-        .route("/api/v1/license/public-key", get(license_public_key))
-        .route("/api/v1/session/password", post(change_password))
-        .route(
-            "/api/v1/tokens",
-            get(list_api_tokens).post(create_api_token),
-        )
-        .route(
-            "/api/v1/tokens/{id}",
-            axum::routing::delete(revoke_api_token),
-        )
-        .route("/api/v1/users", get(list_users).post(create_user))
-        .route("/api/v1/users/{id}/state", post(set_user_state))
-        .route("/api/v1/device-models", get(list_models).post(create_model))
-        .route("/api/v1/devices", get(list_devices))
-        .route("/api/v1/devices/{id}", get(get_device))
-        .route("/api/v1/devices/import", post(import_devices))
-        .route("/api/v1/devices/{id}/credentials", post(issue_credentials))
-        .route("/api/v1/imports/{id}", get(get_import))
-        .route("/api/v1/statistics", get(statistics))
-        .route("/api/v1/audit", get(audit_log))
-        .route("/api/v1/audit.csv", get(audit_csv))
-        .route(
-            "/api/v1/mqtt/authenticate",
-            post(crate::broker_hooks::authenticate),
-        )
-        .route(
-            "/api/v1/mqtt/authorize",
-            post(crate::broker_hooks::authorize),
+            "/api/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { Json(document.as_ref().clone()) }
+            }),
         )
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Telemark API",
+        description = "Device registry, licensing, users and audit of the Telemark IoT platform. \
+            Log in with `POST /api/v1/session`; send the returned token as `Authorization: Bearer`, \
+            or use the session cookie and echo `csrf_token` as `X-CSRF-Token` on unsafe methods."
+    ),
+    modifiers(&Authentication),
+    security(("bearer" = []), ("session_cookie" = []))
+)]
+struct ApiDocument;
+
+struct Authentication;
+
+impl Modify for Authentication {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "a session token from the login, or a long-lived `tmk_` API token",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session_cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(COOKIE))),
+        );
+    }
 }
 
 fn csrf_for(token: &str) -> String {
@@ -198,9 +232,61 @@ impl Caller {
     }
 }
 
-pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(t)| t)
-        .map_err(|e| ApiError::bad_request(e.body_text()))
+/// An object id from the path; one that is not a number gets a problem
+/// document like every other bad request.
+pub(crate) struct Id(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<i64>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(Id(id)),
+            Err(e) => Err(ApiError::field("id", id_problem(&e))),
+        }
+    }
+}
+
+fn id_problem(e: &PathRejection) -> String {
+    format!("must be a whole number ({})", e.body_text())
+}
+
+/// The page size a list query asked for, within what the endpoint serves.
+fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::field("limit", format!("must be 1 to {max}"))),
+    }
+}
+
+/// A JSON object body. Serde would also take a struct from an array of its
+/// fields in order; a request body must say which field is which. The error
+/// waits until the handler has checked the caller's rights, so a caller
+/// without them learns nothing from a 400.
+pub(crate) struct JsonObject<T>(Result<T, ApiError>);
+
+impl<T> JsonObject<T> {
+    pub(crate) fn parse(self) -> Result<T, ApiError> {
+        self.0
+    }
+}
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonObject<T> {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let parsed = match Json::<serde_json::Value>::from_request(req, state).await {
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+            Ok(Json(value)) if !value.is_object() => {
+                Err(ApiError::bad_request("the body must be a JSON object"))
+            }
+            Ok(Json(value)) => {
+                serde_json::from_value(value).map_err(|e| ApiError::bad_request(e.to_string()))
+            }
+        };
+        Ok(JsonObject(parsed))
+    }
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -208,11 +294,24 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/session",
+    tag = "session",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "logged in; sets the session cookie", body = SessionDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "too many failed logins; see Retry-After", body = crate::error::Problem, content_type = "application/problem+json")
+    ),
+    security(())
+)]
 async fn login(
     State(state): State<Arc<AppState>>,
-    body: Result<Json<LoginRequest>, JsonRejection>,
+    body: JsonObject<LoginRequest>,
 ) -> Result<Response, ApiError> {
-    let request = json_body(body)?;
+    let request = body.parse()?;
     if let Some(wait) = state.logins.locked_for(&request.username) {
         return Err(ApiError::TooManyAttempts(wait.as_secs().max(1)));
     }
@@ -243,6 +342,15 @@ async fn login(
     Ok(([(header::SET_COOKIE, cookie)], Json(dto)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/session",
+    tag = "session",
+    responses(
+        (status = 200, description = "who is logged in", body = SessionDto),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn me(caller: Caller) -> Json<SessionDto> {
     Json(SessionDto {
         user_id: caller.session.user.id,
@@ -254,6 +362,16 @@ async fn me(caller: Caller) -> Json<SessionDto> {
     })
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/session",
+    tag = "session",
+    responses(
+        (status = 204, description = "logged out; the cookie is cleared"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn logout(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Response, ApiError> {
     accounts::logout(&state.store, &caller.token).await?;
     let expired = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
@@ -264,6 +382,15 @@ async fn logout(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Re
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/organisations",
+    tag = "organisations",
+    responses(
+        (status = 200, description = "the caller's organisation and those below it", body = Vec<OrganisationDto>),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn list_organisations(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -272,13 +399,27 @@ async fn list_organisations(
     Ok(Json(orgs.into_iter().map(Into::into).collect()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/organisations",
+    tag = "organisations",
+    request_body = NewOrganisationDto,
+    responses(
+        (status = 201, description = "created", body = OrganisationDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn create_organisation(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    body: Result<Json<NewOrganisationDto>, JsonRejection>,
+    body: JsonObject<NewOrganisationDto>,
 ) -> Result<(axum::http::StatusCode, Json<OrganisationDto>), ApiError> {
     caller.require_admin()?;
-    let request = json_body(body)?;
+    let request = body.parse()?;
     if request.name.trim().is_empty() {
         return Err(ApiError::field("name", "must not be empty"));
     }
@@ -293,6 +434,15 @@ async fn create_organisation(
         .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/device-models",
+    tag = "devices",
+    responses(
+        (status = 200, description = "device models", body = Vec<DeviceModelDto>),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn list_models(
     State(state): State<Arc<AppState>>,
     _caller: Caller,
@@ -301,17 +451,30 @@ async fn list_models(
     Ok(Json(models.into_iter().map(Into::into).collect()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/device-models",
+    tag = "devices",
+    request_body = DeviceModelDto,
+    responses(
+        (status = 201, description = "created", body = DeviceModelDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn create_model(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    body: Result<Json<DeviceModelDto>, JsonRejection>,
+    body: JsonObject<DeviceModelDto>,
 ) -> Result<(axum::http::StatusCode, Json<DeviceModelDto>), ApiError> {
     if caller.session.role != Role::OperatorAdmin {
         return Err(ApiError::Forbidden(
             "only the operator manages device models".into(),
         ));
     }
-    let m = json_body(body)?;
+    let m = body.parse()?;
     let mut errors = Vec::new();
     for (field, value) in [
         ("name", &m.name),
@@ -359,6 +522,18 @@ async fn create_model(
         .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices",
+    tag = "devices",
+    params(DeviceListQuery),
+    responses(
+        (status = 200, description = "a page of devices; pass `next_after_id` as `after_id` for the next", body = DevicePageDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "the organisation filter names no organisation in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn list_devices(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -374,7 +549,7 @@ async fn list_devices(
                 model_id: q.model_id,
                 organisation_id: q.organisation_id,
                 after_id: q.after_id,
-                limit: q.limit.unwrap_or(100),
+                limit: page_limit(q.limit, 100, 1000)?,
             },
         )
         .await?;
@@ -384,16 +559,41 @@ async fn list_devices(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    params(("id" = i64, Path, description = "the object's id")),
+    responses(
+        (status = 200, description = "the device", body = DeviceDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn get_device(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Id(id): Id,
 ) -> Result<Json<DeviceDto>, ApiError> {
     Ok(Json(
         state.store.device(&caller.session.scope, id).await?.into(),
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/import",
+    tag = "devices",
+    params(ImportQuery),
+    request_body(description = "CSV with a header row (text/csv), or an ERP batch (application/json)", content((String = "text/csv"), (ErpBatchDoc = "application/json"))),
+    responses(
+        (status = 200, description = "the import record, with each rejected row's line and reason", body = ImportRecordDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn import_devices(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -440,10 +640,22 @@ async fn import_devices(
     Ok(Json(dto))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/imports/{id}",
+    tag = "devices",
+    params(("id" = i64, Path, description = "the object's id")),
+    responses(
+        (status = 200, description = "an import record", body = ImportRecordDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn get_import(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Id(id): Id,
 ) -> Result<Json<ImportRecordDto>, ApiError> {
     Ok(Json(
         state
@@ -454,6 +666,15 @@ async fn get_import(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/statistics",
+    tag = "statistics",
+    responses(
+        (status = 200, description = "the dashboard counters with their change since the same day last week", body = StatisticsDto),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn statistics(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -475,10 +696,23 @@ async fn statistics(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{id}/credentials",
+    tag = "devices",
+    params(("id" = i64, Path, description = "the object's id")),
+    responses(
+        (status = 201, description = "new MQTT credentials, shown once", body = DeviceCredentialsDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn issue_credentials(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Id(id): Id,
 ) -> Result<(axum::http::StatusCode, Json<DeviceCredentialsDto>), ApiError> {
     caller.require_admin()?;
     let issued =
@@ -508,6 +742,7 @@ async fn audit_entries(
     q: AuditListQuery,
 ) -> Result<Vec<store::AuditEntry>, ApiError> {
     caller.require_admin()?;
+    let limit = page_limit(q.limit, 100, 10_000)?;
     Ok(state
         .store
         .audit_log(
@@ -515,12 +750,24 @@ async fn audit_entries(
             &store::AuditQuery {
                 search: q.search,
                 before_id: q.before_id,
-                limit: q.limit.unwrap_or(100),
+                limit,
             },
         )
         .await?)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "audit",
+    params(AuditListQuery),
+    responses(
+        (status = 200, description = "system log entries, newest first", body = Vec<AuditEntryDto>),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn audit_log(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -530,6 +777,18 @@ async fn audit_log(
     Ok(Json(entries.into_iter().map(Into::into).collect()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit.csv",
+    tag = "audit",
+    params(AuditListQuery),
+    responses(
+        (status = 200, description = "the system log as CSV", content_type = "text/csv", body = String),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 /// The log as CSV, for a spreadsheet or an auditor.
 async fn audit_csv(
     State(state): State<Arc<AppState>>,
@@ -575,6 +834,16 @@ async fn audit_csv(
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "users",
+    responses(
+        (status = 200, description = "users of the caller's organisations", body = Vec<UserDto>),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn list_users(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -584,13 +853,27 @@ async fn list_users(
     Ok(Json(users.into_iter().map(Into::into).collect()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    tag = "users",
+    request_body = NewUserDto,
+    responses(
+        (status = 201, description = "created", body = UserDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn create_user(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    body: Result<Json<NewUserDto>, JsonRejection>,
+    body: JsonObject<NewUserDto>,
 ) -> Result<(axum::http::StatusCode, Json<UserDto>), ApiError> {
     caller.require_admin()?;
-    let request = json_body(body)?;
+    let request = body.parse()?;
     let user = accounts::create_user(
         &state.store,
         &caller.session,
@@ -616,14 +899,28 @@ async fn create_user(
     Ok((axum::http::StatusCode::CREATED, Json(dto)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{id}/state",
+    tag = "users",
+    params(("id" = i64, Path, description = "the object's id")),
+    request_body = UserStateDto,
+    responses(
+        (status = 200, description = "the user after the change", body = UserDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn set_user_state(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<i64>,
-    body: Result<Json<UserStateDto>, JsonRejection>,
+    Id(id): Id,
+    body: JsonObject<UserStateDto>,
 ) -> Result<Json<UserDto>, ApiError> {
     caller.require_admin()?;
-    let request = json_body(body)?;
+    let request = body.parse()?;
     if id == caller.session.user.id && request.disabled {
         return Err(ApiError::bad_request("you cannot disable yourself"));
     }
@@ -650,12 +947,24 @@ async fn set_user_state(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/session/password",
+    tag = "session",
+    request_body = PasswordChangeDto,
+    responses(
+        (status = 204, description = "password changed"),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn change_password(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    body: Result<Json<PasswordChangeDto>, JsonRejection>,
+    body: JsonObject<PasswordChangeDto>,
 ) -> Result<axum::http::StatusCode, ApiError> {
-    let request = json_body(body)?;
+    let request = body.parse()?;
     match accounts::change_password(
         &state.store,
         &caller.session,
@@ -685,6 +994,15 @@ async fn change_password(
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/service-models",
+    tag = "licenses",
+    responses(
+        (status = 200, description = "service models (plans)", body = Vec<ServiceModelDto>),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn list_service_models(
     State(state): State<Arc<AppState>>,
     _caller: Caller,
@@ -700,17 +1018,30 @@ async fn list_service_models(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/service-models",
+    tag = "licenses",
+    request_body = NewServiceModelDto,
+    responses(
+        (status = 201, description = "created", body = ServiceModelDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn create_service_model(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    body: Result<Json<NewServiceModelDto>, JsonRejection>,
+    body: JsonObject<NewServiceModelDto>,
 ) -> Result<(axum::http::StatusCode, Json<ServiceModelDto>), ApiError> {
     if caller.session.role != Role::OperatorAdmin {
         return Err(ApiError::Forbidden(
             "only the operator manages service models".into(),
         ));
     }
-    let m = json_body(body)?;
+    let m = body.parse()?;
     if m.name.trim().is_empty() {
         return Err(ApiError::field("name", "must not be empty"));
     }
@@ -734,6 +1065,17 @@ async fn create_service_model(
     Ok((axum::http::StatusCode::CREATED, Json(dto)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/license-keys",
+    tag = "licenses",
+    params(LicenseListQuery),
+    responses(
+        (status = 200, description = "license keys", body = Vec<LicenseKeyDto>),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn list_license_keys(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -747,20 +1089,33 @@ async fn list_license_keys(
             &store::LicenseQuery {
                 state: q.state,
                 after_id: q.after_id,
-                limit: q.limit.unwrap_or(100),
+                limit: page_limit(q.limit, 100, 1000)?,
             },
         )
         .await?;
     Ok(Json(keys.into_iter().map(Into::into).collect()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/license-keys",
+    tag = "licenses",
+    request_body = GenerateKeysDto,
+    responses(
+        (status = 201, description = "the new keys", body = Vec<LicenseKeyDto>),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn generate_license_keys(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    body: Result<Json<GenerateKeysDto>, JsonRejection>,
+    body: JsonObject<GenerateKeysDto>,
 ) -> Result<(axum::http::StatusCode, Json<Vec<LicenseKeyDto>>), ApiError> {
     caller.require_admin()?;
-    let g = json_body(body)?;
+    let g = body.parse()?;
     let keys = platform::licensing::generate(
         &state.store,
         &caller.session.scope,
@@ -788,14 +1143,29 @@ async fn generate_license_keys(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/license-keys/{id}/bind",
+    tag = "licenses",
+    params(("id" = i64, Path, description = "the object's id")),
+    request_body = BindDto,
+    responses(
+        (status = 200, description = "the key, bound", body = LicenseKeyDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn bind_license(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<i64>,
-    body: Result<Json<BindDto>, JsonRejection>,
+    Id(id): Id,
+    body: JsonObject<BindDto>,
 ) -> Result<Json<LicenseKeyDto>, ApiError> {
     caller.require_admin()?;
-    let b = json_body(body)?;
+    let b = body.parse()?;
     let key =
         platform::licensing::bind(&state.store, &caller.session.scope, id, b.device_id).await?;
     caller
@@ -810,10 +1180,24 @@ async fn bind_license(
     Ok(Json(key.into()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/license-keys/{id}/unbind",
+    tag = "licenses",
+    params(("id" = i64, Path, description = "the object's id")),
+    responses(
+        (status = 200, description = "the key, available again", body = LicenseKeyDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn unbind_license(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Id(id): Id,
 ) -> Result<Json<LicenseKeyDto>, ApiError> {
     caller.require_admin()?;
     let before = state.store.license_key(&caller.session.scope, id).await?;
@@ -830,10 +1214,24 @@ async fn unbind_license(
     Ok(Json(key.into()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/license-keys/{id}/revoke",
+    tag = "licenses",
+    params(("id" = i64, Path, description = "the object's id")),
+    responses(
+        (status = 200, description = "the key, revoked", body = LicenseKeyDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn revoke_license(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Id(id): Id,
 ) -> Result<Json<LicenseKeyDto>, ApiError> {
     caller.require_admin()?;
     let before = state.store.license_key(&caller.session.scope, id).await?;
@@ -850,16 +1248,34 @@ async fn revoke_license(
     Ok(Json(key.into()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/license/public-key",
+    tag = "licenses",
+    responses(
+        (status = 200, description = "the ed25519 key devices verify license tokens with", body = PublicKeyDto)
+    ),
+    security(())
+)]
 /// Public: devices verify license tokens offline with this key.
 async fn license_public_key(
     State(state): State<Arc<AppState>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let key = platform::licensing::public_key(&state.store).await?;
-    Ok(Json(
-        serde_json::json!({ "algorithm": "ed25519", "public_key": key }),
-    ))
+) -> Result<Json<PublicKeyDto>, ApiError> {
+    Ok(Json(PublicKeyDto {
+        algorithm: "ed25519",
+        public_key: platform::licensing::public_key(&state.store).await?,
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "session",
+    responses(
+        (status = 200, description = "the caller's API tokens, without their secrets", body = Vec<ApiTokenDto>),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn list_api_tokens(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -868,12 +1284,24 @@ async fn list_api_tokens(
     Ok(Json(tokens.into_iter().map(Into::into).collect()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "session",
+    request_body = NewApiTokenDto,
+    responses(
+        (status = 201, description = "the token; its secret is shown once", body = ApiTokenDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn create_api_token(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    body: Result<Json<NewApiTokenDto>, JsonRejection>,
+    body: JsonObject<NewApiTokenDto>,
 ) -> Result<(axum::http::StatusCode, Json<ApiTokenDto>), ApiError> {
-    let request = json_body(body)?;
+    let request = body.parse()?;
     let (row, token) =
         accounts::create_api_token(&state.store, &caller.session, &request.name).await?;
     caller
@@ -890,10 +1318,23 @@ async fn create_api_token(
     Ok((axum::http::StatusCode::CREATED, Json(dto)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "session",
+    params(("id" = i64, Path, description = "the object's id")),
+    responses(
+        (status = 204, description = "revoked"),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn revoke_api_token(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<i64>,
+    Id(id): Id,
 ) -> Result<axum::http::StatusCode, ApiError> {
     if !state
         .store

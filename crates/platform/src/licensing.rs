@@ -11,8 +11,18 @@ const SIGNING_KEY: &str = "license-signing-key";
 /// Why a license operation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum LicenseOpError {
+    /// The key's state does not allow the operation.
     #[error("{0}")]
     Invalid(String),
+    /// The request itself is out of range.
+    #[error("{field}: {message}")]
+    Field {
+        field: &'static str,
+        message: &'static str,
+    },
+    /// Platform state that should never be wrong is.
+    #[error("{0}")]
+    Damaged(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -40,7 +50,7 @@ async fn signing_key(store: &Store) -> Result<license::SigningKey, LicenseOpErro
         *slot = hex
             .get(i * 2..i * 2 + 2)
             .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .ok_or_else(|| LicenseOpError::Invalid("the stored signing key is damaged".into()))?;
+            .ok_or_else(|| LicenseOpError::Damaged("the stored license signing key is damaged"))?;
     }
     Ok(license::signing_key(&secret))
 }
@@ -61,7 +71,10 @@ pub async fn generate(
     count: u32,
 ) -> Result<Vec<LicenseKey>, LicenseOpError> {
     if !(1..=10_000).contains(&count) {
-        return Err(LicenseOpError::Invalid("count must be 1 to 10000".into()));
+        return Err(LicenseOpError::Field {
+            field: "count",
+            message: "must be 1 to 10000",
+        });
     }
     let keys: Vec<String> = (0..count).map(|_| new_key()).collect();
     Ok(store
