@@ -235,6 +235,38 @@ pub struct DeviceCredentialsDto {
     pub topic_prefix: String,
 }
 
+/// How the device gets its client certificate: send `csr_pem` (the device
+/// keeps its key), or `certificate_pem` (issued by another CA), or neither
+/// (the platform makes the key too and returns it once).
+#[derive(Debug, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRequestDto {
+    pub csr_pem: Option<String>,
+    pub certificate_pem: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceCertificateDto {
+    /// The MQTT user name to send with the certificate: the device id (its MAC).
+    pub username: String,
+    pub certificate_pem: String,
+    /// Only when the platform made the key; shown once, never stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_key_pem: Option<String>,
+    /// The device CA that signed it (absent for a registered certificate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// What the broker matches: SHA-256 of the certificate's DER, hex.
+    pub certificate_sha256: String,
+    pub topic_prefix: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceCaDto {
+    /// Trust this on an MQTT listener that takes device certificates.
+    pub certificate_pem: String,
+}
+
 #[derive(Debug, Deserialize, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]

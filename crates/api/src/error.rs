@@ -184,3 +184,15 @@ impl From<platform::licensing::LicenseOpError> for ApiError {
         }
     }
 }
+
+impl From<platform::device_certificates::CertificateError> for ApiError {
+    fn from(e: platform::device_certificates::CertificateError) -> Self {
+        use platform::device_certificates::CertificateError as C;
+        match e {
+            C::BadRequest(m) => ApiError::field("csr_pem", m),
+            C::BadCertificate(m) => ApiError::field("certificate_pem", m),
+            C::Signing(m) => ApiError::Internal(m),
+            C::Store(s) => s.into(),
+        }
+    }
+}

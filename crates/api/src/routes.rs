@@ -39,6 +39,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(get_device))
         .routes(routes!(import_devices))
         .routes(routes!(issue_credentials))
+        .routes(routes!(issue_certificate))
+        .routes(routes!(device_ca))
         .routes(routes!(get_import))
         .routes(routes!(list_service_models, create_service_model))
         .routes(routes!(list_license_keys, generate_license_keys))
@@ -734,6 +736,96 @@ async fn issue_credentials(
             topic_prefix: issued.topic_prefix,
         }),
     ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{id}/certificate",
+    tag = "devices",
+    params(("id" = i64, Path, description = "the object's id")),
+    request_body = CertificateRequestDto,
+    responses(
+        (status = 201, description = "the device's client certificate; the broker accepts it from now on", body = DeviceCertificateDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "another device already has this certificate", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+async fn issue_certificate(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Id(id): Id,
+    body: JsonObject<CertificateRequestDto>,
+) -> Result<(axum::http::StatusCode, Json<DeviceCertificateDto>), ApiError> {
+    use platform::device_certificates::{CertificateRequest, issue_certificate};
+    caller.require_admin()?;
+    let request = match body.parse()? {
+        CertificateRequestDto {
+            csr_pem: Some(_),
+            certificate_pem: Some(_),
+        } => {
+            return Err(ApiError::bad_request(
+                "send csr_pem or certificate_pem, not both",
+            ));
+        }
+        CertificateRequestDto {
+            csr_pem: Some(csr), ..
+        } => CertificateRequest::Csr(csr),
+        CertificateRequestDto {
+            certificate_pem: Some(pem),
+            ..
+        } => CertificateRequest::Existing(pem),
+        _ => CertificateRequest::Generate,
+    };
+    let how = match &request {
+        CertificateRequest::Csr(_) => "signed from the device's CSR",
+        CertificateRequest::Generate => "generated with its key",
+        CertificateRequest::Existing(_) => "registered",
+    };
+    let issued = issue_certificate(&state.store, &caller.session.scope, id, request).await?;
+    caller
+        .audit(
+            &state,
+            "device.certificate",
+            format!("device {id} ({})", issued.username),
+            None,
+            Some(format!(
+                "client certificate {how}, sha256 {}",
+                issued.certificate_sha256
+            )),
+        )
+        .await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(DeviceCertificateDto {
+            username: issued.username,
+            certificate_pem: issued.certificate_pem,
+            private_key_pem: issued.private_key_pem,
+            ca_pem: issued.ca_pem,
+            certificate_sha256: issued.certificate_sha256,
+            topic_prefix: issued.topic_prefix,
+        }),
+    ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/device-ca",
+    tag = "devices",
+    responses(
+        (status = 200, description = "the CA that signs device certificates", body = DeviceCaDto),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+async fn device_ca(
+    State(state): State<Arc<AppState>>,
+    _caller: Caller,
+) -> Result<Json<DeviceCaDto>, ApiError> {
+    Ok(Json(DeviceCaDto {
+        certificate_pem: platform::device_certificates::device_ca_pem(&state.store).await?,
+    }))
 }
 
 async fn audit_entries(

@@ -1234,3 +1234,134 @@ async fn the_openapi_document_describes_every_endpoint() {
         }
     }
 }
+
+#[tokio::test]
+async fn device_certificates_from_a_csr_a_registered_pem_or_generated() {
+    let h = harness().await;
+    let admin = format!("Bearer {}", login(&h.app, "admin", &h.admin_password).await);
+    let auth = [("authorization", admin.as_str())];
+    create_model(&h.app, &auth).await;
+    call_csv(
+        &h.app,
+        "/api/v1/devices/import",
+        &auth,
+        "serial,mac,model\nC1,00:11:22:33:88:01,311-a1\nC2,00:11:22:33:88:02,311-a1\n",
+    )
+    .await;
+    let (_, _, page) = call(&h.app, Method::GET, "/api/v1/devices", &auth, None).await;
+    let (d1, d2) = (
+        page["devices"][0]["id"].as_i64().expect("id"),
+        page["devices"][1]["id"].as_i64().expect("id"),
+    );
+    // The device makes its key and a CSR; its key never leaves it. The
+    // subject it asks for is replaced by its own id.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["evil.example".into()]).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "someone else");
+    let csr = params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let (status, _, issued) = call(
+        &h.app,
+        Method::POST,
+        &format!("/api/v1/devices/{d1}/certificate"),
+        &auth,
+        Some(json!({ "csr_pem": csr })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    assert!(
+        issued["private_key_pem"].is_null(),
+        "no key when the device sent a CSR"
+    );
+    assert_eq!(issued["username"], "00-11-22-33-88-01");
+    let fingerprint = issued["certificate_sha256"].as_str().expect("sha256");
+    let principal = platform::device_access::authenticate(
+        &h.store,
+        Some("00-11-22-33-88-01"),
+        None,
+        Some(fingerprint),
+    )
+    .await
+    .expect("the broker accepts the certificate");
+    assert!(matches!(
+        principal,
+        platform::device_access::Principal::Device { .. }
+    ));
+    // Another device presenting that certificate is not that device.
+    assert!(
+        platform::device_access::authenticate(
+            &h.store,
+            Some("00-11-22-33-88-02"),
+            None,
+            Some(fingerprint)
+        )
+        .await
+        .is_err()
+    );
+    // The same certificate cannot belong to two devices.
+    let pem = issued["certificate_pem"].as_str().expect("pem").to_owned();
+    let (status, _, body) = call(
+        &h.app,
+        Method::POST,
+        &format!("/api/v1/devices/{d2}/certificate"),
+        &auth,
+        Some(json!({ "certificate_pem": pem })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // Bad input is named by field.
+    for (body, field) in [
+        (json!({"csr_pem": "not a request"}), "csr_pem"),
+        (
+            json!({"certificate_pem": "-----BEGIN CERTIFICATE-----\nAAAA\n"}),
+            "certificate_pem",
+        ),
+        (
+            json!({"certificate_pem": key.serialize_pem()}),
+            "certificate_pem",
+        ),
+    ] {
+        let (status, _, problem) = call(
+            &h.app,
+            Method::POST,
+            &format!("/api/v1/devices/{d2}/certificate"),
+            &auth,
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
+    // Generated: key and certificate, signed by the device CA the API shows.
+    let (status, _, generated) = call(
+        &h.app,
+        Method::POST,
+        &format!("/api/v1/devices/{d2}/certificate"),
+        &auth,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{generated}");
+    assert!(
+        generated["private_key_pem"]
+            .as_str()
+            .is_some_and(|k| k.contains("PRIVATE KEY"))
+    );
+    let (_, _, ca) = call(&h.app, Method::GET, "/api/v1/device-ca", &auth, None).await;
+    assert_eq!(ca["certificate_pem"], generated["ca_pem"]);
+    // Each issue is in the system log.
+    let (_, _, log) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/audit?search=device.certificate",
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(log.as_array().map(Vec::len), Some(2), "{log}");
+}

@@ -50,7 +50,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn device_prefix(topic_segment: &str, mac: &str) -> String {
+pub(crate) fn device_topic_prefix(topic_segment: &str, mac: &str) -> String {
     format!("{TOPIC_PREFIX}/{topic_segment}/{mac}/")
 }
 
@@ -72,7 +72,10 @@ pub async fn issue_secret(
     Ok(IssuedSecret {
         username: device.mac.clone(),
         secret,
-        topic_prefix: format!("{}#", device_prefix(&login.topic_segment, &device.mac)),
+        topic_prefix: format!(
+            "{}#",
+            device_topic_prefix(&login.topic_segment, &device.mac)
+        ),
     })
 }
 
@@ -110,7 +113,7 @@ pub async fn authenticate(
         return Ok(Principal::Device {
             device_id: login.device_id,
             organisation_id: login.organisation_id,
-            topic_prefix: device_prefix(&login.topic_segment, &login.mac),
+            topic_prefix: device_topic_prefix(&login.topic_segment, &login.mac),
         });
     }
     let password =
@@ -139,7 +142,7 @@ pub async fn principal_for(store: &Store, username: &str) -> Result<Option<Princ
             .map(|login| Principal::Device {
                 device_id: login.device_id,
                 organisation_id: login.organisation_id,
-                topic_prefix: device_prefix(&login.topic_segment, &login.mac),
+                topic_prefix: device_topic_prefix(&login.topic_segment, &login.mac),
             }));
     }
     Ok(store
@@ -190,7 +193,7 @@ mod tests {
         let device = Principal::Device {
             device_id: 1,
             organisation_id: 1,
-            topic_prefix: device_prefix("311-a1", "00-11-22-33-44-55"),
+            topic_prefix: device_topic_prefix("311-a1", "00-11-22-33-44-55"),
         };
         assert!(may_publish(
             &device,

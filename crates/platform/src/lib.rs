@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod device_access;
+pub mod device_certificates;
 pub mod identifiers;
 pub mod import;
 pub mod licensing;

@@ -40,6 +40,30 @@ impl Store {
         Ok(())
     }
 
+    /// Sets the SHA-256 of the client certificate a device may connect with
+    /// (replacing the old one), if the device is in `scope`.
+    pub async fn set_device_certificate(
+        &self,
+        scope: &Scope,
+        device_id: i64,
+        certificate_sha256: &str,
+    ) -> Result<(), StoreError> {
+        self.device(scope, device_id).await?;
+        let now = now_millis();
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO device_credentials (device_id, certificate_sha256, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (device_id) DO UPDATE SET certificate_sha256 = excluded.certificate_sha256, created_at = excluded.created_at",
+            )
+            .bind(device_id)
+            .bind(certificate_sha256)
+            .bind(now)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
     /// The device whose MQTT user name (its MAC) is `mac`.
     pub async fn device_login(&self, mac: &str) -> Result<Option<DeviceLogin>, StoreError> {
         let row = with_pool!(self, pool => {

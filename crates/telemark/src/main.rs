@@ -91,6 +91,14 @@ struct ServeArgs {
     /// MQTT over WebSocket on ADDR (with --mqtt).
     #[arg(long, value_name = "ADDR")]
     mqtt_ws: Option<SocketAddr>,
+    /// MQTT over TLS on ADDR (with --mqtt, --tls-cert and --tls-key). Devices
+    /// may log in with a certificate from the platform's device CA.
+    #[arg(long, value_name = "ADDR")]
+    mqtt_tls: Option<SocketAddr>,
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<PathBuf>,
     /// Serve /api/v1/mqtt/authenticate and /authorize to an external broker
     /// (EMQX HTTP auth) that sends `Authorization: Bearer SECRET`.
     #[arg(long, env = "TELEMARK_BROKER_HOOK_SECRET", hide_env_values = true)]
@@ -238,13 +246,21 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             raise_file_limit();
             let mut config = Config::load(args.config.as_deref())?;
-            if args.mqtt.is_some() || args.mqtt_ws.is_some() {
+            if args.mqtt.is_some() || args.mqtt_ws.is_some() || args.mqtt_tls.is_some() {
                 config.listeners = config::Listeners {
                     tcp: args.mqtt,
-                    tls: None,
+                    tls: args.mqtt_tls,
                     ws: args.mqtt_ws,
                     wss: None,
                 };
+            }
+            if let (Some(certificate), Some(private_key)) = (&args.tls_cert, &args.tls_key) {
+                config.tls = Some(config::Tls {
+                    certificate: certificate.clone(),
+                    private_key: private_key.clone(),
+                    client_ca: None,
+                    require_client_certificate: false,
+                });
             }
             config.validate()?;
             tokio::runtime::Builder::new_multi_thread()
@@ -563,7 +579,7 @@ async fn run_broker(config: Config) -> anyhow::Result<()> {
 }
 
 /// The platform: store, first-start admin, embedded broker, HTTP API.
-async fn run_serve(config: Config, args: &ServeArgs) -> anyhow::Result<()> {
+async fn run_serve(mut config: Config, args: &ServeArgs) -> anyhow::Result<()> {
     let store = match &args.database {
         Some(url) => store::Store::open(url).await?,
         None => store::Store::open_data_dir(&args.data).await?,
@@ -579,8 +595,17 @@ async fn run_serve(config: Config, args: &ServeArgs) -> anyhow::Result<()> {
             println!("Change it after the first login.");
         }
     }
-    // Devices log in with their MQTT secret, operator admins with their
-    // console password; each is confined by the registry's ACL.
+    // TLS listeners take device certificates from the platform's own device
+    // CA unless the configuration names another.
+    if let Some(tls) = config.tls.as_mut().filter(|t| t.client_ca.is_none()) {
+        let pem = platform::device_certificates::device_ca_pem(&store).await?;
+        std::fs::create_dir_all(&args.data)?;
+        let path = args.data.join("device-ca.pem");
+        std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+        tls.client_ca = Some(path);
+    }
+    // Devices log in with their MQTT secret or certificate, operator admins
+    // with their console password; each is confined by the registry's ACL.
     let auth = Arc::new(registry::RegistryAuthenticator::new(store.clone()));
     let running = start_broker(&config, auth).await?;
     let options = api::ApiOptions {

@@ -207,10 +207,10 @@ fn password_file_from_telemark_passwd() {
     assert_eq!(finish(s).trim(), "t x");
 }
 
-#[test]
-fn mosquitto_clients_over_tls_with_a_test_ca() {
+/// A test CA and a server certificate for 127.0.0.1 signed by it, written
+/// to `dir`: (CA file, certificate file, key file).
+fn test_server_certificates(dir: &Path) -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let dir = tempfile::tempdir().expect("tempdir");
     let ca_key = KeyPair::generate().expect("key");
     let mut ca_params = CertificateParams::new(vec![]).expect("params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -230,13 +230,21 @@ fn mosquitto_clients_over_tls_with_a_test_ca() {
         .signed_by(&server_key, &issuer)
         .expect("server cert");
     let write = |name: &str, pem: String| {
-        let path = dir.path().join(name);
+        let path = dir.join(name);
         std::fs::write(&path, pem).expect("write");
         path.to_str().expect("path").to_owned()
     };
-    let ca_file = write("ca.crt", ca.pem());
-    let cert = write("server.crt", server.pem());
-    let key = write("server.key", server_key.serialize_pem());
+    (
+        write("ca.crt", ca.pem()),
+        write("server.crt", server.pem()),
+        write("server.key", server_key.serialize_pem()),
+    )
+}
+
+#[test]
+fn mosquitto_clients_over_tls_with_a_test_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca_file, cert, key) = test_server_certificates(dir.path());
     let tls_port = free_port();
     let broker = start(&[
         "--tls",
@@ -696,4 +704,115 @@ fn import_devices_from_the_command_line() {
         printed.contains("0 accepted, 1 rejected") && printed.contains("line 3:"),
         "{printed}"
     );
+}
+
+#[test]
+fn devices_log_in_with_a_certificate_from_the_platform_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca_file, cert, key) = test_server_certificates(dir.path());
+    let (http_port, mqtt_port, tls_port) = (free_port(), free_port(), free_port());
+    let data = dir.path().join("data");
+    let mut child = telemark()
+        .args(["serve", "--data", data.to_str().expect("path")])
+        .args(["--http", &format!("127.0.0.1:{http_port}")])
+        .args(["--mqtt", &format!("127.0.0.1:{mqtt_port}")])
+        .args(["--mqtt-tls", &format!("127.0.0.1:{tls_port}")])
+        .args(["--tls-cert", &cert, "--tls-key", &key])
+        .env("TELEMARK_ADMIN_PASSWORD", "first-admin-secret")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("telemark serve starts");
+    wait_for_port(http_port);
+    wait_for_port(tls_port);
+    let bearer = api_login(http_port, "admin", "first-admin-secret");
+    let auth = [
+        ("Authorization", bearer.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let (status, body) = http(
+        http_port,
+        "POST",
+        "/api/v1/device-models",
+        &auth,
+        r#"{"name":"DWM-311-A1","vendor":"D-Link","hardware_revision":"A1","topic_segment":"311-a1"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http(
+        http_port,
+        "POST",
+        "/api/v1/devices/import",
+        &[
+            ("Authorization", bearer.as_str()),
+            ("Content-Type", "text/csv"),
+        ],
+        "serial,mac,model\nSN1,00:11:22:33:44:55,311-a1\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, page) = http(http_port, "GET", "/api/v1/devices", &auth, "");
+    let page: serde_json::Value = serde_json::from_str(&page).expect("json");
+    let device_id = page["devices"][0]["id"].as_i64().expect("id");
+    let (status, body) = http(
+        http_port,
+        "POST",
+        &format!("/api/v1/devices/{device_id}/certificate"),
+        &auth,
+        "{}",
+    );
+    assert_eq!(status, 201, "{body}");
+    let issued: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let write = |name: &str, key: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, issued[key].as_str().expect("pem")).expect("write");
+        path.to_str().expect("path").to_owned()
+    };
+    let device_cert = write("device.crt", "certificate_pem");
+    let device_key = write("device.key", "private_key_pem");
+    let mac = "00-11-22-33-44-55";
+    let with_certificate = [
+        "--cafile",
+        ca_file.as_str(),
+        "--cert",
+        device_cert.as_str(),
+        "--key",
+        device_key.as_str(),
+        "-u",
+        mac,
+        "-i",
+        mac,
+    ];
+    let admin = ["-u", "admin", "-P", "first-admin-secret"];
+    let watcher = sub(mqtt_port, "dwr/311-a1/+/hardware/#", 1, &admin);
+    settle();
+    let out = pub_msg(
+        tls_port,
+        &format!("dwr/311-a1/{mac}/hardware/loadavg"),
+        "1.5",
+        &[&with_certificate[..], &["-q", "1"]].concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        finish(watcher).trim(),
+        format!("dwr/311-a1/{mac}/hardware/loadavg 1.5")
+    );
+    // The same user name over TLS without the certificate (and no secret) is refused.
+    let out = pub_msg(
+        tls_port,
+        &format!("dwr/311-a1/{mac}/hardware/loadavg"),
+        "1.5",
+        &["--cafile", ca_file.as_str(), "-u", mac],
+    );
+    assert!(!out.status.success(), "no certificate, no entry");
+    // The device CA is what the listener trusts, and the API shows it.
+    let (status, body) = http(http_port, "GET", "/api/v1/device-ca", &auth, "");
+    assert_eq!(status, 200, "{body}");
+    let ca: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(ca["certificate_pem"], issued["ca_pem"]);
+    let _ = child.kill();
+    let _ = child.wait();
 }
