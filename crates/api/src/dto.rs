@@ -153,6 +153,40 @@ pub struct ImportQuery {
     pub source: Option<String>,
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct KeyImportQuery {
+    /// The organisation that bought the keys.
+    pub organisation_id: i64,
+    pub service_model_id: i64,
+    /// Accept the good rows even when some are rejected.
+    #[serde(default)]
+    pub partial: bool,
+    /// The file name the ERP export had, for the import record.
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ImportListQuery {
+    /// `devices` or `license_keys`.
+    #[param(pattern = "^(devices|license_keys)$")]
+    pub kind: Option<String>,
+    /// The last id of the previous page.
+    pub before_id: Option<i64>,
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// An ERP key batch as `POST /api/v1/license-keys/import` takes it.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ErpKeyBatchDoc {
+    pub license_keys: Vec<String>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RejectionDto {
     pub line: i64,
@@ -162,6 +196,8 @@ pub struct RejectionDto {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ImportRecordDto {
     pub id: i64,
+    /// `devices` or `license_keys`.
+    pub kind: String,
     pub organisation_id: i64,
     pub actor: String,
     pub source_name: String,
@@ -176,6 +212,7 @@ impl From<store::ImportRecord> for ImportRecordDto {
     fn from(r: store::ImportRecord) -> Self {
         ImportRecordDto {
             id: r.id,
+            kind: r.kind,
             organisation_id: r.organisation_id,
             actor: r.actor,
             source_name: r.source_name,

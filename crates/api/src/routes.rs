@@ -42,6 +42,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(issue_certificate))
         .routes(routes!(device_ca))
         .routes(routes!(get_import))
+        .routes(routes!(list_imports))
+        .routes(routes!(import_license_keys))
         .routes(routes!(list_service_models, create_service_model))
         .routes(routes!(list_license_keys, generate_license_keys))
         .routes(routes!(bind_license))
@@ -605,17 +607,7 @@ async fn import_devices(
 ) -> Result<Json<ImportRecordDto>, ApiError> {
     caller.require_admin()?;
     let q = query(q)?;
-    // CSV by default; an ERP batch as application/json.
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let (format, default_source) = if json {
-        (platform::import::ImportFormat::ErpJson, "erp.json")
-    } else {
-        (platform::import::ImportFormat::Csv, "upload.csv")
-    };
-    let source = q.source.unwrap_or_else(|| default_source.into());
+    let (format, source) = import_format(&headers, q.source);
     let record = platform::import::import(
         &state.store,
         &caller.session.scope,
@@ -640,6 +632,115 @@ async fn import_devices(
         )
         .await?;
     Ok(Json(dto))
+}
+
+/// CSV by default; an ERP batch as application/json. The source name is
+/// the file name the caller gave, or one that says which it was.
+fn import_format(
+    headers: &HeaderMap,
+    source: Option<String>,
+) -> (platform::import::ImportFormat, String) {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let (format, default_source) = if json {
+        (platform::import::ImportFormat::ErpJson, "erp.json")
+    } else {
+        (platform::import::ImportFormat::Csv, "upload.csv")
+    };
+    (format, source.unwrap_or_else(|| default_source.into()))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/license-keys/import",
+    tag = "licenses",
+    params(KeyImportQuery),
+    request_body(description = "CSV with a `key` column (text/csv), or an ERP batch (application/json)", content((String = "text/csv"), (ErpKeyBatchDoc = "application/json"))),
+    responses(
+        (status = 200, description = "the import record, with each rejected line and reason", body = ImportRecordDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such organisation in the caller's scope, or no such service model", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+async fn import_license_keys(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    q: Result<Query<KeyImportQuery>, QueryRejection>,
+    body: axum::body::Bytes,
+) -> Result<Json<ImportRecordDto>, ApiError> {
+    caller.require_admin()?;
+    let q = query(q)?;
+    let (format, source) = import_format(&headers, q.source);
+    let record = platform::licensing::import_keys(
+        &state.store,
+        &caller.session.scope,
+        platform::licensing::KeyImport {
+            actor: &caller.session.user.username,
+            source_name: &source,
+            organisation_id: q.organisation_id,
+            service_model_id: q.service_model_id,
+            partial: q.partial,
+        },
+        &body,
+        format,
+    )
+    .await?;
+    let dto = ImportRecordDto::from(record);
+    caller
+        .audit(
+            &state,
+            "license.import",
+            format!("import {} ({})", dto.id, dto.source_name),
+            None,
+            Some(format!(
+                "{} keys of service model {} for organisation {}, {} rejected",
+                dto.rows_accepted, q.service_model_id, q.organisation_id, dto.rows_rejected
+            )),
+        )
+        .await?;
+    Ok(Json(dto))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/imports",
+    tag = "devices",
+    params(ImportListQuery),
+    responses(
+        (status = 200, description = "ERP import records, newest first (rejections with each record)", body = Vec<ImportRecordDto>),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+async fn list_imports(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    q: Result<Query<ImportListQuery>, QueryRejection>,
+) -> Result<Json<Vec<ImportRecordDto>>, ApiError> {
+    let q = query(q)?;
+    if let Some(kind) = &q.kind
+        && kind != "devices"
+        && kind != "license_keys"
+    {
+        return Err(ApiError::field("kind", "must be devices or license_keys"));
+    }
+    let records = state
+        .store
+        .import_records(
+            &caller.session.scope,
+            &store::ImportQuery {
+                kind: q.kind,
+                before_id: q.before_id,
+                limit: page_limit(q.limit, 100, 1000)?,
+            },
+        )
+        .await?;
+    Ok(Json(records.into_iter().map(Into::into).collect()))
 }
 
 #[utoipa::path(

@@ -1047,6 +1047,19 @@ async fn tenant_isolation_matrix() {
         ),
         (
             Method::POST,
+            format!("/api/v1/devices/{b_device}/certificate"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!(
+                "/api/v1/license-keys/import?organisation_id={b_id}&service_model_id={}",
+                plan["id"]
+            ),
+            Some(json!({"license_keys": ["TENANT-B-KEY-1"]})),
+        ),
+        (
+            Method::POST,
             "/api/v1/organisations".into(),
             Some(json!({"parent_id": b_id, "name": "x"})),
         ),
@@ -1107,6 +1120,7 @@ async fn tenant_isolation_matrix() {
             "/api/v1/license-keys",
             "/api/v1/users",
             "/api/v1/audit",
+            "/api/v1/imports",
         ] {
             let (_, _, response) = call(&h.app, Method::GET, uri, &auth, None).await;
             let text = response.to_string();
@@ -1117,6 +1131,13 @@ async fn tenant_isolation_matrix() {
                 "{role} {uri} leaked: {text}"
             );
         }
+        let (_, _, imports) = call(&h.app, Method::GET, "/api/v1/imports", &auth, None).await;
+        assert!(
+            imports
+                .as_array()
+                .is_some_and(|list| list.iter().all(|r| r["id"] != b_import["id"])),
+            "{role} sees B's import record: {imports}"
+        );
     }
     // Nothing of B changed.
     let (_, _, key) = call(
@@ -1364,4 +1385,118 @@ async fn device_certificates_from_a_csr_a_registered_pem_or_generated() {
     )
     .await;
     assert_eq!(log.as_array().map(Vec::len), Some(2), "{log}");
+}
+
+#[tokio::test]
+async fn license_keys_imported_from_the_erp_with_a_record_per_batch() {
+    let h = harness().await;
+    let admin = format!("Bearer {}", login(&h.app, "admin", &h.admin_password).await);
+    let auth = [("authorization", admin.as_str())];
+    let (_, _, me) = call(&h.app, Method::GET, "/api/v1/session", &auth, None).await;
+    let root = me["organisation_id"].as_i64().expect("org");
+    let (_, _, plan) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/service-models",
+        &auth,
+        Some(json!({"name": "Fleet Basic", "duration_days": 365})),
+    )
+    .await;
+    let plan = plan["id"].as_i64().expect("plan");
+    let uri = |partial: bool| {
+        format!(
+            "/api/v1/license-keys/import?organisation_id={root}&service_model_id={plan}&source=erp-keys.csv&partial={partial}"
+        )
+    };
+    // Line 3 is too short, line 5 repeats line 2: all or nothing writes none.
+    let csv = "key,order\nabcd1-efgh2-jkmn3,PO-1\nSHORT,PO-1\nZZZZ9-YYYY8-XXXX7,PO-2\nABCD1-EFGH2-JKMN3,PO-3\n";
+    let (status, _, record) = call_csv(&h.app, &uri(false), &auth, csv).await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    assert_eq!(record["kind"], "license_keys");
+    assert_eq!(record["rows_accepted"], 0, "{record}");
+    assert_eq!(record["rows_rejected"], 2);
+    assert_eq!(record["rejections"][0]["line"], 3);
+    assert_eq!(record["rejections"][1]["line"], 5);
+    assert!(
+        record["rejections"][1]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("repeats line 2")),
+        "{record}"
+    );
+    let (_, _, keys) = call(&h.app, Method::GET, "/api/v1/license-keys", &auth, None).await;
+    assert_eq!(
+        keys.as_array().map(Vec::len),
+        Some(0),
+        "nothing half-written"
+    );
+    // Partial: the two good keys, upper-cased, available to bind.
+    let (_, _, record) = call_csv(&h.app, &uri(true), &auth, csv).await;
+    assert_eq!(record["rows_accepted"], 2, "{record}");
+    let (_, _, keys) = call(&h.app, Method::GET, "/api/v1/license-keys", &auth, None).await;
+    let texts: Vec<&str> = keys
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter_map(|k| k["key"].as_str())
+        .collect();
+    assert_eq!(texts, ["ABCD1-EFGH2-JKMN3", "ZZZZ9-YYYY8-XXXX7"]);
+    assert!(
+        keys.as_array()
+            .expect("keys")
+            .iter()
+            .all(|k| k["state"] == "available")
+    );
+    // The ERP's JSON batch: a known key is rejected by position.
+    let (status, _, record) = call(
+        &h.app,
+        Method::POST,
+        &format!("/api/v1/license-keys/import?organisation_id={root}&service_model_id={plan}"),
+        &auth,
+        Some(json!({"license_keys": ["NEWKEY-0001", "ZZZZ9-YYYY8-XXXX7"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    assert_eq!(record["rows_accepted"], 0);
+    assert_eq!(record["rejections"][0]["line"], 2);
+    assert!(
+        record["rejections"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("already registered"))
+    );
+    // A file without a key column is refused as a whole.
+    let (status, _, problem) = call_csv(&h.app, &uri(false), &auth, "serial\nX\n").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    // The import records list both kinds, filterable.
+    let (_, _, records) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/imports?kind=license_keys",
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(records.as_array().map(Vec::len), Some(3), "{records}");
+    assert_eq!(records[0]["source_name"], "erp.json");
+    // A viewer may not import.
+    let (_, _, viewer) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/users",
+        &auth,
+        Some(json!({"organisation_id": root, "username": "watcher", "password": "watcher-password", "role": "viewer"})),
+    )
+    .await;
+    assert_eq!(viewer["role"], "viewer");
+    let token = format!(
+        "Bearer {}",
+        login(&h.app, "watcher", "watcher-password").await
+    );
+    let (status, _, _) = call_csv(
+        &h.app,
+        &uri(true),
+        &[("authorization", token.as_str())],
+        "key\nVIEWER-KEY-1\n",
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }

@@ -24,6 +24,8 @@ pub enum ImportError {
     Csv(#[from] csv::Error),
     #[error("not an ERP batch ({{\"devices\": [...]}}): {0}")]
     Json(String),
+    #[error("not an ERP key batch ({{\"license_keys\": [\"KEY\", ...]}}): {0}")]
+    KeysJson(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

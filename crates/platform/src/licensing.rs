@@ -2,7 +2,11 @@
 //! with a token signed by the platform's ed25519 key, unbound, revoked.
 
 use license::LicenseClaims;
-use store::{LicenseKey, Scope, Store, StoreError};
+use std::collections::HashMap;
+
+use store::{ImportBatch, ImportRecord, LicenseKey, Rejection, Scope, Store, StoreError};
+
+use crate::import::{ImportError, ImportFormat};
 
 /// Letters and digits that cannot be misread for one another.
 const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
@@ -186,4 +190,124 @@ pub fn effective_state(key: &LicenseKey, now_millis: i64) -> &str {
         }
         _ => key.state.as_str(),
     }
+}
+
+/// A license key as the ERP wrote it, normalised: trimmed, upper-case,
+/// 8 to 64 letters, digits and inner dashes.
+pub fn normalize_key(raw: &str) -> Result<String, String> {
+    let key = raw.trim().to_ascii_uppercase();
+    if !(8..=64).contains(&key.len()) {
+        return Err(format!("license key {raw:?} must be 8 to 64 characters"));
+    }
+    let symbols_ok = key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !symbols_ok || key.starts_with('-') || key.ends_with('-') || key.contains("--") {
+        return Err(format!(
+            "license key {raw:?} may hold only letters, digits and single dashes between them"
+        ));
+    }
+    Ok(key)
+}
+
+/// Reads an ERP key batch: CSV with a `key` (or `license_key`) column, other
+/// columns ignored, or JSON `{"license_keys": ["KEY", ...]}`. A rejection's
+/// line is the CSV line, or the key's position in the JSON array from 1.
+pub fn parse_key_batch(
+    input: &[u8],
+    format: ImportFormat,
+) -> Result<(Vec<(i64, String)>, Vec<Rejection>), ImportError> {
+    let raw: Vec<(i64, String)> = match format {
+        ImportFormat::Csv => {
+            let mut reader = csv::ReaderBuilder::new()
+                .trim(csv::Trim::All)
+                .flexible(true)
+                .from_reader(input);
+            let headers: Vec<String> = reader
+                .headers()?
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect();
+            if headers.iter().all(|h| h.is_empty()) {
+                return Err(ImportError::Empty);
+            }
+            let column = headers
+                .iter()
+                .position(|h| h == "key" || h == "license_key")
+                .ok_or_else(|| ImportError::MissingColumns("key".into()))?;
+            let mut rows = Vec::new();
+            for record in reader.records() {
+                let record = record?;
+                let line = record.position().map_or(0, |p| p.line() as i64);
+                rows.push((line, record.get(column).unwrap_or_default().to_owned()));
+            }
+            rows
+        }
+        ImportFormat::ErpJson => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct KeyBatch {
+                license_keys: Vec<String>,
+            }
+            let batch: KeyBatch =
+                serde_json::from_slice(input).map_err(|e| ImportError::KeysJson(e.to_string()))?;
+            (1..).zip(batch.license_keys).collect()
+        }
+    };
+    if raw.is_empty() {
+        return Err(ImportError::Empty);
+    }
+    let mut rows = Vec::with_capacity(raw.len());
+    let mut rejected = Vec::new();
+    let mut seen: HashMap<String, i64> = HashMap::new();
+    for (line, text) in raw {
+        match normalize_key(&text) {
+            Err(reason) => rejected.push(Rejection { line, reason }),
+            Ok(key) => {
+                if let Some(first) = seen.insert(key.clone(), line) {
+                    rejected.push(Rejection {
+                        line,
+                        reason: format!("license key {key} repeats line {first}"),
+                    });
+                } else {
+                    rows.push((line, key));
+                }
+            }
+        }
+    }
+    Ok((rows, rejected))
+}
+
+/// Where imported keys go and how the batch is taken.
+#[derive(Debug, Clone)]
+pub struct KeyImport<'a> {
+    pub actor: &'a str,
+    pub source_name: &'a str,
+    pub organisation_id: i64,
+    pub service_model_id: i64,
+    pub partial: bool,
+}
+
+/// Parses an ERP key batch and imports it into `scope`; the record says
+/// what was accepted and each rejected line.
+pub async fn import_keys(
+    store: &Store,
+    scope: &Scope,
+    import: KeyImport<'_>,
+    input: &[u8],
+    format: ImportFormat,
+) -> Result<ImportRecord, ImportError> {
+    let (rows, rejected) = parse_key_batch(input, format)?;
+    Ok(store
+        .import_license_keys(
+            scope,
+            import.organisation_id,
+            import.service_model_id,
+            ImportBatch {
+                actor: import.actor.to_owned(),
+                source_name: import.source_name.to_owned(),
+                partial: import.partial,
+                rows,
+                rejected,
+            },
+        )
+        .await?)
 }

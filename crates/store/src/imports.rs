@@ -1,5 +1,6 @@
-//! Device import batches and their records: who imported what, when, from
-//! which file, what was accepted and what was rejected on which line.
+//! ERP import batches (devices, license keys) and their records: who
+//! imported what, when, from which file, what was accepted and what was
+//! rejected on which line.
 
 use std::collections::HashMap;
 
@@ -16,18 +17,44 @@ pub struct Rejection {
 /// A validated batch: the rows that passed the platform's checks (with their
 /// line numbers) and those that did not.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImportBatch {
+pub struct ImportBatch<Row = NewDevice> {
     pub actor: String,
     pub source_name: String,
     /// Accept the good rows even when some are rejected; otherwise all or nothing.
     pub partial: bool,
-    pub rows: Vec<(i64, NewDevice)>,
+    pub rows: Vec<(i64, Row)>,
     pub rejected: Vec<Rejection>,
+}
+
+/// What an import brought in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportKind {
+    Devices,
+    LicenseKeys,
+}
+
+impl ImportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImportKind::Devices => "devices",
+            ImportKind::LicenseKeys => "license_keys",
+        }
+    }
+}
+
+/// A page of import records, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportQuery {
+    pub kind: Option<String>,
+    pub before_id: Option<i64>,
+    pub limit: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportRecord {
     pub id: i64,
+    /// `devices` or `license_keys`.
+    pub kind: String,
     pub organisation_id: i64,
     pub actor: String,
     pub source_name: String,
@@ -41,6 +68,7 @@ pub struct ImportRecord {
 #[derive(sqlx::FromRow)]
 struct ImportRow {
     id: i64,
+    kind: String,
     organisation_id: i64,
     actor: String,
     source_name: String,
@@ -50,7 +78,149 @@ struct ImportRow {
     created_at: i64,
 }
 
+/// Writes the record of an import (and its rejections) in the batch's
+/// transaction; a macro because the transaction's type is the backend's.
+macro_rules! write_record {
+    ($tx:ident, $scope:expr, $batch:expr, $kind:expr, $written:expr, $rejected:expr, $created_at:expr) => {{
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO device_imports (organisation_id, actor, source_name, partial, rows_accepted, rows_rejected, created_at, kind) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind($scope.organisation_id)
+        .bind(&$batch.actor)
+        .bind(&$batch.source_name)
+        .bind($batch.partial)
+        .bind($written)
+        .bind($rejected.len() as i64)
+        .bind($created_at)
+        .bind($kind.as_str())
+        .fetch_one(&mut *$tx)
+        .await?;
+        for r in &$rejected {
+            sqlx::query("INSERT INTO device_import_rejections (import_id, line, reason) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(r.line)
+                .bind(&r.reason)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        ImportRecord {
+            id,
+            kind: $kind.as_str().to_owned(),
+            organisation_id: $scope.organisation_id,
+            actor: $batch.actor.clone(),
+            source_name: $batch.source_name.clone(),
+            partial: $batch.partial,
+            rows_accepted: $written,
+            rows_rejected: $rejected.len() as i64,
+            created_at: $created_at,
+            rejections: $rejected,
+        }
+    }};
+}
+
+const RECORD_COLUMNS: &str = "i.id, i.kind, i.organisation_id, i.actor, i.source_name, i.partial, i.rows_accepted, i.rows_rejected, i.created_at";
+
+impl ImportRow {
+    fn into_record(self, rejections: Vec<Rejection>) -> ImportRecord {
+        ImportRecord {
+            id: self.id,
+            kind: self.kind,
+            organisation_id: self.organisation_id,
+            actor: self.actor,
+            source_name: self.source_name,
+            partial: self.partial,
+            rows_accepted: self.rows_accepted,
+            rows_rejected: self.rows_rejected,
+            created_at: self.created_at,
+            rejections,
+        }
+    }
+}
+
 impl Store {
+    /// Imports license keys bought through the ERP as `available` keys of
+    /// one organisation (inside `scope`) and service model, in one
+    /// transaction, and records the batch. A key that is already known is
+    /// rejected with its line; without `partial`, any rejection means no key
+    /// is written. The record is written either way.
+    pub async fn import_license_keys(
+        &self,
+        scope: &Scope,
+        organisation_id: i64,
+        service_model_id: i64,
+        batch: ImportBatch<String>,
+    ) -> Result<ImportRecord, StoreError> {
+        self.organisation(scope, organisation_id).await?;
+        self.service_model(service_model_id).await?;
+        let created_at = now_millis();
+        let record = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut rejected = batch.rejected.clone();
+            let mut accepted = Vec::with_capacity(batch.rows.len());
+            for (line, key) in &batch.rows {
+                let taken: Option<i64> = sqlx::query_scalar("SELECT id FROM license_keys WHERE license_key = $1")
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if taken.is_some() {
+                    rejected.push(Rejection { line: *line, reason: format!("license key {key} is already registered") });
+                } else {
+                    accepted.push(key);
+                }
+            }
+            rejected.sort_by_key(|r| r.line);
+            let mut written = 0i64;
+            if batch.partial || rejected.is_empty() {
+                for key in accepted {
+                    sqlx::query(
+                        "INSERT INTO license_keys (license_key, organisation_id, service_model_id, state, created_at) \
+                         VALUES ($1, $2, $3, 'available', $4)",
+                    )
+                    .bind(key)
+                    .bind(organisation_id)
+                    .bind(service_model_id)
+                    .bind(created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    written += 1;
+                }
+            }
+            let record = write_record!(tx, scope, batch, ImportKind::LicenseKeys, written, rejected, created_at);
+            tx.commit().await?;
+            record
+        });
+        Ok(record)
+    }
+
+    /// Import records made inside `scope`, newest first.
+    pub async fn import_records(
+        &self,
+        scope: &Scope,
+        query: &ImportQuery,
+    ) -> Result<Vec<ImportRecord>, StoreError> {
+        let limit = i64::from(query.limit.clamp(1, 1000));
+        let rows: Vec<ImportRow> = with_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new(format!(
+                "SELECT {RECORD_COLUMNS} FROM device_imports i JOIN organisations o ON o.id = i.organisation_id WHERE o.path LIKE "
+            ));
+            q.push_bind(scope.pattern());
+            if let Some(kind) = &query.kind {
+                q.push(" AND i.kind = ").push_bind(kind.clone());
+            }
+            if let Some(before) = query.before_id {
+                q.push(" AND i.id < ").push_bind(before);
+            }
+            q.push(" ORDER BY i.id DESC LIMIT ").push_bind(limit);
+            q.build_query_as().fetch_all(pool).await?
+        });
+        // Lists show counts; the rejections come with one record.
+        Ok(rows
+            .into_iter()
+            .map(|row| row.into_record(Vec::new()))
+            .collect())
+    }
+
     /// Imports a batch in one transaction and records it. Rows whose serial
     /// or MAC is already registered, or whose organisation is outside
     /// `scope`, are rejected with their line; without `partial`, any
@@ -108,39 +278,9 @@ impl Store {
                     written += 1;
                 }
             }
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO device_imports (organisation_id, actor, source_name, partial, rows_accepted, rows_rejected, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-            )
-            .bind(scope.organisation_id)
-            .bind(&batch.actor)
-            .bind(&batch.source_name)
-            .bind(batch.partial)
-            .bind(written)
-            .bind(rejected.len() as i64)
-            .bind(created_at)
-            .fetch_one(&mut *tx)
-            .await?;
-            for r in &rejected {
-                sqlx::query("INSERT INTO device_import_rejections (import_id, line, reason) VALUES ($1, $2, $3)")
-                    .bind(id)
-                    .bind(r.line)
-                    .bind(&r.reason)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            let record = write_record!(tx, scope, batch, ImportKind::Devices, written, rejected, created_at);
             tx.commit().await?;
-            ImportRecord {
-                id,
-                organisation_id: scope.organisation_id,
-                actor: batch.actor.clone(),
-                source_name: batch.source_name.clone(),
-                partial: batch.partial,
-                rows_accepted: written,
-                rows_rejected: rejected.len() as i64,
-                created_at,
-                rejections: rejected,
-            }
+            record
         });
         Ok(record)
     }
@@ -148,10 +288,10 @@ impl Store {
     /// One import record with its rejections, if made inside `scope`.
     pub async fn import_record(&self, scope: &Scope, id: i64) -> Result<ImportRecord, StoreError> {
         let (row, rejections): (Option<ImportRow>, Vec<Rejection>) = with_pool!(self, pool => {
-            let row: Option<ImportRow> = sqlx::query_as(
-                "SELECT i.id, i.organisation_id, i.actor, i.source_name, i.partial, i.rows_accepted, i.rows_rejected, i.created_at \
-                 FROM device_imports i JOIN organisations o ON o.id = i.organisation_id WHERE i.id = $1 AND o.path LIKE $2",
-            )
+            let row: Option<ImportRow> = sqlx::query_as(&format!(
+                "SELECT {RECORD_COLUMNS} FROM device_imports i JOIN organisations o ON o.id = i.organisation_id \
+                 WHERE i.id = $1 AND o.path LIKE $2"
+            ))
             .bind(id)
             .bind(scope.pattern())
             .fetch_optional(pool)
@@ -163,16 +303,6 @@ impl Store {
             (row, rejections)
         });
         let row = row.ok_or_else(|| StoreError::NotFound(format!("import {id}")))?;
-        Ok(ImportRecord {
-            id: row.id,
-            organisation_id: row.organisation_id,
-            actor: row.actor,
-            source_name: row.source_name,
-            partial: row.partial,
-            rows_accepted: row.rows_accepted,
-            rows_rejected: row.rows_rejected,
-            created_at: row.created_at,
-            rejections,
-        })
+        Ok(row.into_record(rejections))
     }
 }

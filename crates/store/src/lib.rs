@@ -26,7 +26,7 @@ use sqlx::sqlite::{
 pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
 pub use credentials::DeviceLogin;
 pub use devices::{Device, DeviceModel, DevicePage, DeviceQuery, NewDevice, NewDeviceModel};
-pub use imports::{ImportBatch, ImportRecord, Rejection};
+pub use imports::{ImportBatch, ImportKind, ImportQuery, ImportRecord, Rejection};
 pub use licenses::{LicenseKey, LicenseQuery, ServiceModel};
 pub use organisations::{Organisation, OrganisationKind, Scope};
 pub use statistics::{Counters, today};

@@ -322,6 +322,65 @@ async fn import_batches_are_recorded_on_every_backend() {
             .expect("record");
         assert_eq!(read.rejections, partial.rejections);
         assert!(read.partial);
+
+        // License keys from the ERP: the same record table, its own kind.
+        let plan = store
+            .create_service_model("Basic", &[], 365)
+            .await
+            .expect("plan");
+        let keys = |partial, keys: &[&str]| ImportBatch {
+            actor: "erp".into(),
+            source_name: "keys.csv".into(),
+            partial,
+            rows: (2..).zip(keys.iter().map(|k| k.to_string())).collect(),
+            rejected: Vec::new(),
+        };
+        let first = store
+            .import_license_keys(
+                &root,
+                operator.id,
+                plan.id,
+                keys(false, &["KEY-AAAA-1", "KEY-BBBB-2"]),
+            )
+            .await
+            .expect("keys");
+        assert_eq!(
+            (first.kind.as_str(), first.rows_accepted),
+            ("license_keys", 2)
+        );
+        let again = store
+            .import_license_keys(
+                &root,
+                operator.id,
+                plan.id,
+                keys(false, &["KEY-CCCC-3", "KEY-AAAA-1"]),
+            )
+            .await
+            .expect("keys");
+        assert_eq!(
+            (again.rows_accepted, again.rows_rejected),
+            (0, 1),
+            "{}",
+            store.backend()
+        );
+        assert_eq!(again.rejections[0].line, 3);
+        let kinds: Vec<String> = store
+            .import_records(
+                &root,
+                &store::ImportQuery {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("records")
+            .into_iter()
+            .map(|r| r.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            ["license_keys", "license_keys", "devices", "devices"]
+        );
     }
 }
 
