@@ -208,13 +208,20 @@ pub fn normalize_key(raw: &str) -> Result<String, String> {
     Ok(key)
 }
 
+/// Keys that passed, with their lines, and lines that did not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParsedKeys {
+    pub rows: Vec<(i64, String)>,
+    pub rejected: Vec<Rejection>,
+}
+
 /// Reads an ERP key batch: CSV with a `key` (or `license_key`) column, other
 /// columns ignored, or JSON `{"license_keys": ["KEY", ...]}`. A rejection's
 /// line is the CSV line, or the key's position in the JSON array from 1.
 pub fn parse_key_batch(
     input: &[u8],
     format: ImportFormat,
-) -> Result<(Vec<(i64, String)>, Vec<Rejection>), ImportError> {
+) -> Result<ParsedKeys, ImportError> {
     let raw: Vec<(i64, String)> = match format {
         ImportFormat::Csv => {
             let mut reader = csv::ReaderBuilder::new()
@@ -273,7 +280,7 @@ pub fn parse_key_batch(
             }
         }
     }
-    Ok((rows, rejected))
+    Ok(ParsedKeys { rows, rejected })
 }
 
 /// Where imported keys go and how the batch is taken.
@@ -295,7 +302,7 @@ pub async fn import_keys(
     input: &[u8],
     format: ImportFormat,
 ) -> Result<ImportRecord, ImportError> {
-    let (rows, rejected) = parse_key_batch(input, format)?;
+    let ParsedKeys { rows, rejected } = parse_key_batch(input, format)?;
     Ok(store
         .import_license_keys(
             scope,
