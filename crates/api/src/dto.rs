@@ -129,6 +129,9 @@ impl From<store::Device> for DeviceDto {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DevicePageDto {
     pub devices: Vec<DeviceDto>,
+    /// Pass as `after` for the next page; null on the last one.
+    pub next_cursor: Option<String>,
+    /// In id order only: pass as `after_id` for the next page.
     pub next_after_id: Option<i64>,
 }
 
@@ -136,9 +139,21 @@ pub struct DevicePageDto {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceListQuery {
+    /// Prefix of the name, serial number, MAC, IMEI or ICCID.
     pub search: Option<String>,
     pub model_id: Option<i64>,
+    /// This organisation and those below it.
     pub organisation_id: Option<i64>,
+    /// unlicensed, licensed, …
+    pub license_state: Option<String>,
+    pub online: Option<bool>,
+    pub label: Option<String>,
+    /// id, name, serial or last_seen; a leading '-' reverses it.
+    #[param(pattern = "^-?(id|name|serial|last_seen)$")]
+    pub sort: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub after: Option<String>,
+    /// The `next_after_id` of the previous page (id order).
     pub after_id: Option<i64>,
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,

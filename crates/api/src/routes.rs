@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use platform::accounts::{self, Role, Session};
 use sha2::{Digest, Sha256};
-use store::{DeviceQuery, NewDeviceModel};
+use store::{DeviceCursor, DeviceQuery, DeviceSort, NewDeviceModel};
 use utoipa::openapi::security::SecurityScheme;
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -544,6 +544,21 @@ async fn list_devices(
     q: Result<Query<DeviceListQuery>, QueryRejection>,
 ) -> Result<Json<DevicePageDto>, ApiError> {
     let q = query(q)?;
+    let (sort, descending) = match q.sort.as_deref().unwrap_or("id") {
+        s if s.starts_with('-') => (device_sort(&s[1..])?, true),
+        s => (device_sort(s)?, false),
+    };
+    let after = match (&q.after, q.after_id) {
+        (Some(cursor), _) => Some(decode_cursor(cursor, sort)?),
+        (None, Some(id)) if sort == DeviceSort::Id => Some(DeviceCursor::Id(id)),
+        (None, Some(_)) => {
+            return Err(ApiError::field(
+                "after_id",
+                "pages in another order than id continue with `after`",
+            ));
+        }
+        (None, None) => None,
+    };
     let page = state
         .store
         .devices(
@@ -552,15 +567,80 @@ async fn list_devices(
                 search: q.search,
                 model_id: q.model_id,
                 organisation_id: q.organisation_id,
-                after_id: q.after_id,
+                license_state: q.license_state,
+                online: q.online,
+                label: q.label,
+                sort,
+                descending,
+                after,
                 limit: page_limit(q.limit, 100, 1000)?,
             },
         )
         .await?;
     Ok(Json(DevicePageDto {
         devices: page.devices.into_iter().map(Into::into).collect(),
-        next_after_id: page.next_after_id,
+        next_after_id: match &page.next {
+            Some(DeviceCursor::Id(id)) => Some(*id),
+            _ => None,
+        },
+        next_cursor: page.next.as_ref().map(encode_cursor),
     }))
+}
+
+fn device_sort(name: &str) -> Result<DeviceSort, ApiError> {
+    Ok(match name {
+        "id" => DeviceSort::Id,
+        "name" => DeviceSort::Name,
+        "serial" => DeviceSort::Serial,
+        "last_seen" => DeviceSort::LastSeen,
+        _ => {
+            return Err(ApiError::field(
+                "sort",
+                "must be id, name, serial or last_seen, with an optional leading '-'",
+            ));
+        }
+    })
+}
+
+/// A cursor is opaque to clients: the sort value and id, hex-encoded so it
+/// needs no escaping in a URL.
+fn encode_cursor(cursor: &DeviceCursor) -> String {
+    let text = match cursor {
+        DeviceCursor::Id(id) => format!("i:{id}"),
+        DeviceCursor::Number(value, id) => format!("n:{id}:{value}"),
+        DeviceCursor::Text(value, id) => format!("t:{id}:{value}"),
+    };
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(hex: &str, sort: DeviceSort) -> Result<DeviceCursor, ApiError> {
+    let bad = || ApiError::field("after", "is not a cursor this list gave out");
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect();
+    let text = String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())?;
+    let mut parts = text.splitn(3, ':');
+    let (kind, id) = (parts.next(), parts.next().and_then(|i| i.parse().ok()));
+    let cursor = match (kind, id, parts.next()) {
+        (Some("i"), Some(id), None) => DeviceCursor::Id(id),
+        (Some("n"), Some(id), Some(v)) => DeviceCursor::Number(v.parse().map_err(|_| bad())?, id),
+        (Some("t"), Some(id), Some(v)) => DeviceCursor::Text(v.to_owned(), id),
+        _ => return Err(bad()),
+    };
+    let fits = matches!(
+        (&cursor, sort),
+        (DeviceCursor::Id(_), DeviceSort::Id)
+            | (DeviceCursor::Number(..), DeviceSort::LastSeen)
+            | (
+                DeviceCursor::Text(..),
+                DeviceSort::Name | DeviceSort::Serial
+            )
+    );
+    if fits { Ok(cursor) } else { Err(bad()) }
 }
 
 #[utoipa::path(

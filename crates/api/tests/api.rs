@@ -1500,3 +1500,75 @@ async fn license_keys_imported_from_the_erp_with_a_record_per_batch() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn the_device_list_sorts_filters_and_pages_with_a_cursor() {
+    let h = harness().await;
+    let admin = format!("Bearer {}", login(&h.app, "admin", &h.admin_password).await);
+    let auth = [("authorization", admin.as_str())];
+    create_model(&h.app, &auth).await;
+    let mut csv = String::from("name,serial,mac,model,labels\n");
+    for n in 0..25 {
+        let label = if n % 5 == 0 { "pilot" } else { "field" };
+        csv.push_str(&format!(
+            "site-{:02},S{n:04},00:11:22:44:00:{n:02x},311-a1,{label}\n",
+            25 - n
+        ));
+    }
+    let (status, _, record) = call_csv(&h.app, "/api/v1/devices/import", &auth, &csv).await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    // Name order, ten at a time, by cursor.
+    let mut names = Vec::new();
+    let mut uri = "/api/v1/devices?sort=name&limit=10".to_owned();
+    for _ in 0..5 {
+        let (status, _, page) = call(&h.app, Method::GET, &uri, &auth, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        names.extend(
+            page["devices"]
+                .as_array()
+                .expect("devices")
+                .iter()
+                .map(|d| d["name"].as_str().expect("name").to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => uri = format!("/api/v1/devices?sort=name&limit=10&after={cursor}"),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (1..=25).map(|n| format!("site-{n:02}")).collect();
+    assert_eq!(names, expected);
+    let (_, _, page) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/devices?label=pilot&sort=-serial",
+        &auth,
+        None,
+    )
+    .await;
+    let serials: Vec<&str> = page["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter_map(|d| d["serial"].as_str())
+        .collect();
+    assert_eq!(serials, ["S0020", "S0015", "S0010", "S0005", "S0000"]);
+    // A MAC typed with colons finds the device.
+    let (_, _, page) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/devices?search=00:11:22:44:00:0a",
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(page["devices"][0]["serial"], "S0010", "{page}");
+    for (uri, field) in [
+        ("/api/v1/devices?sort=colour", "sort"),
+        ("/api/v1/devices?sort=name&after=zz", "after"),
+        ("/api/v1/devices?sort=name&after_id=3", "after_id"),
+    ] {
+        let (status, _, problem) = call(&h.app, Method::GET, uri, &auth, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
+}

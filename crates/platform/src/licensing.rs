@@ -218,10 +218,7 @@ pub struct ParsedKeys {
 /// Reads an ERP key batch: CSV with a `key` (or `license_key`) column, other
 /// columns ignored, or JSON `{"license_keys": ["KEY", ...]}`. A rejection's
 /// line is the CSV line, or the key's position in the JSON array from 1.
-pub fn parse_key_batch(
-    input: &[u8],
-    format: ImportFormat,
-) -> Result<ParsedKeys, ImportError> {
+pub fn parse_key_batch(input: &[u8], format: ImportFormat) -> Result<ParsedKeys, ImportError> {
     let raw: Vec<(i64, String)> = match format {
         ImportFormat::Csv => {
             let mut reader = csv::ReaderBuilder::new()

@@ -78,13 +78,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut pages = 0;
         let mut slowest = 0.0f64;
         let mut sum = 0.0;
+        let mut all = Vec::new();
         loop {
             let t = Instant::now();
             let page = store
                 .devices(
                     scope,
                     &DeviceQuery {
-                        after_id: after,
+                        after: after.clone(),
                         limit: 100,
                         ..Default::default()
                     },
@@ -92,20 +93,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .await?;
             let ms = t.elapsed().as_secs_f64() * 1000.0;
             slowest = slowest.max(ms);
+            all.push(ms);
             sum += ms;
             pages += 1;
-            match page.next_after_id {
+            match page.next {
                 Some(next) => after = Some(next),
                 None => break,
             }
         }
+        all.sort_by(f64::total_cmp);
+        let p99 = all[(all.len() * 99 / 100).min(all.len() - 1)];
         println!(
-            "{name}: {pages} pages of 100, mean {:.2} ms, slowest {slowest:.2} ms",
+            "{name}: {pages} pages of 100, mean {:.2} ms, p99 {p99:.2} ms, slowest {slowest:.2} ms",
             sum / f64::from(pages)
         );
         timings.push(slowest);
     }
-    for search in ["SN00009", "router-05", "02-00-00-01"] {
+    for search in ["SN00009", "router-05", "02-00-00-01", "02:00:00:01:86"] {
         let t = Instant::now();
         let page = store
             .devices(

@@ -57,7 +57,7 @@ pub struct NewDevice {
     pub labels: Vec<String>,
 }
 
-/// A page of the device list: filters, and where the last page ended.
+/// A page of the device list: filters, order, and where the last page ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceQuery {
     /// Prefix of name, serial, MAC, IMEI or ICCID.
@@ -65,16 +65,78 @@ pub struct DeviceQuery {
     pub model_id: Option<i64>,
     /// Only this organisation and those below it (inside the scope).
     pub organisation_id: Option<i64>,
-    /// Keyset pagination: devices after this id.
-    pub after_id: Option<i64>,
+    pub license_state: Option<String>,
+    pub online: Option<bool>,
+    /// Devices that carry this label.
+    pub label: Option<String>,
+    pub sort: DeviceSort,
+    pub descending: bool,
+    /// Keyset pagination: the last device of the previous page.
+    pub after: Option<DeviceCursor>,
     pub limit: u32,
+}
+
+/// The orders the device list can be read in; ties are broken by id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceSort {
+    #[default]
+    Id,
+    Name,
+    Serial,
+    /// Never-seen devices count as seen at time 0.
+    LastSeen,
+}
+
+impl DeviceSort {
+    fn column(self) -> &'static str {
+        match self {
+            DeviceSort::Id => "d.id",
+            DeviceSort::Name => "d.name",
+            DeviceSort::Serial => "d.serial",
+            DeviceSort::LastSeen => "COALESCE(d.last_seen_at, 0)",
+        }
+    }
+}
+
+/// Where a page ended: the sort value and id of its last device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceCursor {
+    Id(i64),
+    Text(String, i64),
+    Number(i64, i64),
+}
+
+impl DeviceCursor {
+    fn of(sort: DeviceSort, device: &Device) -> Self {
+        match sort {
+            DeviceSort::Id => DeviceCursor::Id(device.id),
+            DeviceSort::Name => DeviceCursor::Text(device.name.clone(), device.id),
+            DeviceSort::Serial => DeviceCursor::Text(device.serial.clone(), device.id),
+            DeviceSort::LastSeen => {
+                DeviceCursor::Number(device.last_seen_at.unwrap_or(0), device.id)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevicePage {
     pub devices: Vec<Device>,
-    /// Pass as `after_id` for the next page; None on the last one.
-    pub next_after_id: Option<i64>,
+    /// Pass as `after` for the next page; None on the last one.
+    pub next: Option<DeviceCursor>,
+}
+
+/// The smallest string greater than every string that starts with `prefix`
+/// (in byte order), so a prefix search is an index range scan.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        if let Some(next) = char::from_u32(last as u32 + 1) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
 }
 
 /// One device row; the parameters are bound by [`bind_new_device`].
@@ -201,40 +263,84 @@ impl Store {
             Some(id) => self.organisation(scope, id).await?.path,
             None => scope.path.clone(),
         };
-        let devices: Vec<Device> = with_pool!(self, pool => {
+        let sort = query.sort;
+        let (cmp, direction) = if query.descending {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
+        let mut devices: Vec<Device> = with_pool!(self, pool => {
             let mut q = sqlx::QueryBuilder::new(format!(
                 "SELECT {DEVICE_COLUMNS} FROM devices d JOIN organisations o ON o.id = d.organisation_id WHERE o.path LIKE "
             ));
             q.push_bind(format!("{subtree}%"));
-            if let Some(after) = query.after_id {
-                q.push(" AND d.id > ").push_bind(after);
+            match &query.after {
+                None => {}
+                Some(DeviceCursor::Id(id)) => {
+                    q.push(format!(" AND d.id {cmp} ")).push_bind(*id);
+                }
+                Some(DeviceCursor::Text(value, id)) => {
+                    let column = sort.column();
+                    q.push(format!(" AND ({column} {cmp} ")).push_bind(value.clone());
+                    q.push(format!(" OR ({column} = ")).push_bind(value.clone());
+                    q.push(format!(" AND d.id {cmp} ")).push_bind(*id).push("))");
+                }
+                Some(DeviceCursor::Number(value, id)) => {
+                    let column = sort.column();
+                    q.push(format!(" AND ({column} {cmp} ")).push_bind(*value);
+                    q.push(format!(" OR ({column} = ")).push_bind(*value);
+                    q.push(format!(" AND d.id {cmp} ")).push_bind(*id).push("))");
+                }
             }
             if let Some(model) = query.model_id {
                 q.push(" AND d.model_id = ").push_bind(model);
             }
+            if let Some(state) = &query.license_state {
+                q.push(" AND d.license_state = ").push_bind(state.clone());
+            }
+            if let Some(online) = query.online {
+                q.push(" AND d.online = ").push_bind(online);
+            }
+            if let Some(label) = query.label.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+                q.push(" AND (',' || d.labels || ',') LIKE ")
+                    .push_bind(format!("%,{},%", label.replace(['%', '_'], "")));
+            }
             if let Some(search) = query.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-                let pattern = format!("{}%", search.replace(['%', '_'], ""));
-                q.push(" AND (d.name LIKE ").push_bind(pattern.clone());
-                q.push(" OR d.serial LIKE ").push_bind(pattern.clone());
-                q.push(" OR d.mac LIKE ").push_bind(pattern.to_ascii_lowercase());
-                q.push(" OR d.imei LIKE ").push_bind(pattern.clone());
-                q.push(" OR d.iccid LIKE ").push_bind(pattern);
+                // Each identifier is its own index range, the union of them a
+                // short list of ids: no scan of the whole registry.
+                let mac = search.to_ascii_lowercase().replace(':', "-");
+                q.push(" AND d.id IN (");
+                let columns = [("name", search), ("serial", search), ("mac", mac.as_str()), ("imei", search), ("iccid", search)];
+                for (i, (column, prefix)) in columns.into_iter().enumerate() {
+                    if i > 0 {
+                        q.push(" UNION ALL ");
+                    }
+                    q.push(format!("SELECT id FROM devices WHERE {column} >= ")).push_bind(prefix.to_owned());
+                    if let Some(upper) = prefix_upper_bound(prefix) {
+                        q.push(format!(" AND {column} < ")).push_bind(upper);
+                    }
+                    // The range is exact in byte order; LIKE keeps it exact under
+                    // any collation.
+                    q.push(format!(" AND {column} LIKE ")).push_bind(format!("{}%", prefix.replace(['%', '_'], "")));
+                }
                 q.push(")");
             }
-            q.push(" ORDER BY d.id LIMIT ").push_bind(i64::from(limit) + 1);
+            let column = sort.column();
+            if sort == DeviceSort::Id {
+                q.push(format!(" ORDER BY d.id {direction} LIMIT "));
+            } else {
+                q.push(format!(" ORDER BY {column} {direction}, d.id {direction} LIMIT "));
+            }
+            q.push_bind(i64::from(limit) + 1);
             q.build_query_as().fetch_all(pool).await?
         });
-        let mut devices = devices;
-        let next_after_id = if devices.len() > limit as usize {
+        let next = if devices.len() > limit as usize {
             devices.truncate(limit as usize);
-            devices.last().map(|d| d.id)
+            devices.last().map(|d| DeviceCursor::of(sort, d))
         } else {
             None
         };
-        Ok(DevicePage {
-            devices,
-            next_after_id,
-        })
+        Ok(DevicePage { devices, next })
     }
 
     /// Devices in `scope`.

@@ -25,7 +25,10 @@ use sqlx::sqlite::{
 
 pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
 pub use credentials::DeviceLogin;
-pub use devices::{Device, DeviceModel, DevicePage, DeviceQuery, NewDevice, NewDeviceModel};
+pub use devices::{
+    Device, DeviceCursor, DeviceModel, DevicePage, DeviceQuery, DeviceSort, NewDevice,
+    NewDeviceModel,
+};
 pub use imports::{ImportBatch, ImportKind, ImportQuery, ImportRecord, Rejection};
 pub use licenses::{LicenseKey, LicenseQuery, ServiceModel};
 pub use organisations::{Organisation, OrganisationKind, Scope};

@@ -2,7 +2,9 @@
 //! server (scripts/test starts one on 127.0.0.1), on a fresh PostgreSQL
 //! database: the same calls, the same answers.
 
-use store::{DeviceQuery, NewDevice, NewDeviceModel, OrganisationKind, Store, StoreError};
+use store::{
+    DeviceQuery, DeviceSort, NewDevice, NewDeviceModel, OrganisationKind, Store, StoreError,
+};
 
 /// One store per backend, each empty.
 async fn stores() -> (Vec<Store>, tempfile::TempDir) {
@@ -186,28 +188,82 @@ async fn devices_are_tenant_scoped_unique_and_paged() {
             "SN00000000"
         );
 
-        // Keyset pages of 100 cover everything once, in order.
-        let mut seen = Vec::new();
-        let mut after = None;
-        loop {
-            let page = store
+        // Keyset pages of 100 cover everything once, in order, in every
+        // sort order and direction.
+        let a_scope_ref = &a_scope;
+        let all_pages = |query: DeviceQuery| async move {
+            let mut seen = Vec::new();
+            let mut query = query;
+            loop {
+                let page = store.devices(a_scope_ref, &query).await.expect("page");
+                seen.extend(page.devices.iter().map(|d| d.id));
+                match page.next {
+                    Some(next) => query.after = Some(next),
+                    None => break,
+                }
+            }
+            seen
+        };
+        let pages = DeviceQuery {
+            limit: 100,
+            ..Default::default()
+        };
+        assert_eq!(all_pages(pages.clone()).await, ids, "{}", store.backend());
+        let mut reversed = ids.clone();
+        reversed.reverse();
+        let by_name_desc = DeviceQuery {
+            sort: DeviceSort::Name,
+            descending: true,
+            ..pages.clone()
+        };
+        assert_eq!(all_pages(by_name_desc).await, reversed);
+        // Last seen: the two devices seen lately come last, in the order seen.
+        store.set_device_online(ids[7], true).await.expect("online");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        store.set_device_online(ids[3], true).await.expect("online");
+        let by_seen = all_pages(DeviceQuery {
+            sort: DeviceSort::LastSeen,
+            ..pages.clone()
+        })
+        .await;
+        assert_eq!(by_seen.len(), 250);
+        assert_eq!(by_seen[248..], [ids[7], ids[3]]);
+        let online = store
+            .devices(
+                &a_scope,
+                &DeviceQuery {
+                    online: Some(true),
+                    ..pages.clone()
+                },
+            )
+            .await
+            .expect("online");
+        assert_eq!(online.devices.len(), 2);
+        for (label, expected) in [("lab", 100), ("la", 0)] {
+            let labelled = store
                 .devices(
                     &a_scope,
                     &DeviceQuery {
-                        after_id: after,
-                        limit: 100,
-                        ..Default::default()
+                        label: Some(label.into()),
+                        ..pages.clone()
                     },
                 )
                 .await
-                .expect("page");
-            seen.extend(page.devices.iter().map(|d| d.id));
-            match page.next_after_id {
-                Some(next) => after = Some(next),
-                None => break,
-            }
+                .expect("label");
+            assert_eq!(labelled.devices.len(), expected, "label {label}");
         }
-        assert_eq!(seen, ids, "{}", store.backend());
+        let unlicensed = store
+            .devices(
+                &a_scope,
+                &DeviceQuery {
+                    license_state: Some("unlicensed".into()),
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("state");
+        assert_eq!(unlicensed.devices.len(), 250);
         let found = store
             .devices(
                 &root,
