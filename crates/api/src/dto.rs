@@ -563,3 +563,77 @@ pub struct ErpDeviceDoc {
     pub organisation: Option<String>,
     pub labels: Option<Vec<String>>,
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LatestReadingDto {
+    /// e.g. `cpu.usage_percent`, `lte.rsrp_dbm` (docs/device-protocol.md).
+    pub metric: String,
+    /// Device time, Unix ms.
+    pub ts: i64,
+    pub value: f64,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesQuery {
+    /// Unix ms; default 24 hours before `to`.
+    pub from: Option<i64>,
+    /// Unix ms; default now.
+    pub to: Option<i64>,
+    /// Resolution in ms; default the range in 300 steps.
+    #[param(minimum = 1000)]
+    pub step: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeriesDto {
+    pub metric: String,
+    pub from: i64,
+    pub to: i64,
+    pub step: i64,
+    pub points: Vec<SeriesPointDto>,
+}
+
+/// The readings of one step: its start, min, max, mean and how many.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeriesPointDto {
+    pub ts: i64,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub count: i64,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct LogListQuery {
+    /// `syslog` or `dmesg`; both by default.
+    #[param(pattern = "^(syslog|dmesg)$")]
+    pub stream: Option<String>,
+    /// Lines containing this text.
+    pub search: Option<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// Newest first: the last id of the previous page.
+    pub before_id: Option<i64>,
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogLineDto {
+    pub id: i64,
+    pub stream: String,
+    pub ts: i64,
+    pub line: String,
+}
+
+/// Messages of this device that broke the device contract.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TelemetryFaultsDto {
+    pub count: i64,
+    pub last_error: Option<String>,
+    pub last_at: Option<i64>,
+}

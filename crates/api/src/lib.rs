@@ -27,12 +27,14 @@ pub struct AppState {
 }
 
 /// Switches of the API.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ApiOptions {
     /// Enables `/api/v1/mqtt/authenticate` and `/api/v1/mqtt/authorize` for
     /// an external broker (EMQX HTTP authentication and authorization), which
     /// must send `Authorization: Bearer SECRET`.
     pub broker_hook_secret: Option<String>,
+    /// The telemetry ingest of this process: latest values and live readings.
+    pub ingest: Option<Arc<platform::telemetry::Ingest>>,
 }
 
 /// The API's router, ready to serve or to test with `oneshot`.

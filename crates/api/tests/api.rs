@@ -424,6 +424,7 @@ async fn an_external_broker_asks_in_emqx_format() {
         store.clone(),
         api::ApiOptions {
             broker_hook_secret: Some("hook-secret".into()),
+            ..Default::default()
         },
     );
     let admin = format!("Bearer {}", login(&app, "admin", &admin_password).await);

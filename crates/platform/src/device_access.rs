@@ -79,6 +79,16 @@ pub async fn issue_secret(
     })
 }
 
+/// The MQTT user name of the platform's own services (ingest, tasks).
+pub const INTERNAL_USERNAME: &str = "telemark-platform";
+const INTERNAL_SECRET: &str = "internal-mqtt-secret";
+
+/// The secret the platform's own MQTT clients log in with: one per
+/// database, so every `telemark serve` on it shares it.
+pub async fn internal_secret(store: &Store) -> Result<String, StoreError> {
+    store.platform_secret(INTERNAL_SECRET, new_token).await
+}
+
 /// Checks a CONNECT's user name and password (or client certificate).
 pub async fn authenticate(
     store: &Store,
@@ -89,6 +99,19 @@ pub async fn authenticate(
     let Some(username) = username else {
         return Err(Denial::NotAuthorized);
     };
+    if username == INTERNAL_USERNAME {
+        let expected = internal_secret(store)
+            .await
+            .map_err(|_| Denial::NotAuthorized)?;
+        return match password {
+            Some(given) if constant_time_eq(expected.as_bytes(), given) => {
+                Ok(Principal::Operator {
+                    username: INTERNAL_USERNAME.to_owned(),
+                })
+            }
+            _ => Err(Denial::BadCredentials),
+        };
+    }
     if let Ok(mac) = normalize_mac(username) {
         let login = store
             .device_login(&mac)

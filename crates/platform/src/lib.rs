@@ -10,3 +10,4 @@ pub mod device_certificates;
 pub mod identifiers;
 pub mod import;
 pub mod licensing;
+pub mod telemetry;

@@ -12,6 +12,7 @@ mod imports;
 mod licenses;
 mod organisations;
 mod statistics;
+mod telemetry;
 mod users;
 
 use std::path::Path;
@@ -33,6 +34,9 @@ pub use imports::{ImportBatch, ImportKind, ImportQuery, ImportRecord, Rejection}
 pub use licenses::{LicenseKey, LicenseQuery, ServiceModel};
 pub use organisations::{Organisation, OrganisationKind, Scope};
 pub use statistics::{Counters, today};
+pub use telemetry::{
+    LatestReading, LogLine, LogQuery, NewLogLine, NewReading, SeriesPoint, TelemetryFault,
+};
 pub use users::{ApiToken, NewUser, User};
 
 /// What went wrong in the store. Unique and scope violations are told apart

@@ -608,8 +608,33 @@ async fn run_serve(mut config: Config, args: &ServeArgs) -> anyhow::Result<()> {
     // with their console password; each is confined by the registry's ACL.
     let auth = Arc::new(registry::RegistryAuthenticator::new(store.clone()));
     let running = start_broker(&config, auth).await?;
+    // The platform reads device telemetry from the broker as a client.
+    let ingest = platform::telemetry::Ingest::new(store.clone());
+    let (stop_ingest, stop_rx) = tokio::sync::watch::channel(false);
+    let ingest_task = match config.listeners.tcp {
+        Some(addr) => {
+            let connection = platform::telemetry::BrokerConnection {
+                host: loopback_for(addr).to_string(),
+                port: addr.port(),
+                username: platform::device_access::INTERNAL_USERNAME.to_owned(),
+                password: platform::device_access::internal_secret(&store).await?,
+                filter: format!("{}/#", device_protocol::PREFIX),
+                client_id: "telemark-platform-ingest".to_owned(),
+            };
+            Some(tokio::spawn(platform::telemetry::run(
+                ingest.clone(),
+                connection,
+                stop_rx,
+            )))
+        }
+        None => {
+            tracing::warn!("no plain MQTT listener: device telemetry is not ingested");
+            None
+        }
+    };
     let options = api::ApiOptions {
         broker_hook_secret: args.broker_hook_secret.clone(),
+        ingest: Some(ingest.clone()),
     };
     let app = api::app_with(store.clone(), options).merge(metrics_route(&running.broker));
     let http = serve_http(args.http, app, &running.broker, "HTTP").await?;
@@ -631,9 +656,22 @@ async fn run_serve(mut config: Config, args: &ServeArgs) -> anyhow::Result<()> {
     );
     shutdown_signal().await;
     info!("shutting down");
+    let _ = stop_ingest.send(true);
+    if let Some(task) = ingest_task {
+        let _ = task.await;
+    }
     running.stop().await;
     store.close().await;
     Ok(())
+}
+
+/// The address to reach a listener bound to `addr` from this process.
+fn loopback_for(addr: SocketAddr) -> std::net::IpAddr {
+    match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv6() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip => ip,
+    }
 }
 
 fn describe_listeners(config: &Config) -> String {

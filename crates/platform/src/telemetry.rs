@@ -1,0 +1,349 @@
+//! Ingest of the black box: every message on a device topic is checked
+//! against the device contract, its numbers become readings written to the
+//! store in batches, its log lines are kept, and what breaks the contract is
+//! counted per device. The latest value of each metric stays in memory, and
+//! live readings go out on a broadcast channel for the console.
+//!
+//! The platform reads the broker as any MQTT client does (DESIGN.md), so the
+//! same code serves the embedded broker and an external cluster.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use device_protocol::{Reading, split_topic};
+use store::{NewLogLine, NewReading, Store};
+use tokio::sync::broadcast;
+
+/// Flush when this many rows wait, or every [`FLUSH_EVERY`].
+const BATCH_ROWS: usize = 5_000;
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// A device that keeps sending bad messages is logged once a minute.
+const FAULT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// One reading as the console's live view gets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveReading {
+    pub device_id: i64,
+    pub metric: String,
+    pub ts: i64,
+    pub value: f64,
+}
+
+/// Counters of what the ingest saw, for `/metrics` and the benchmark.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    pub messages: AtomicU64,
+    pub readings_stored: AtomicU64,
+    pub log_lines_stored: AtomicU64,
+    pub rejected: AtomicU64,
+    pub unknown_devices: AtomicU64,
+    pub write_failures: AtomicU64,
+}
+
+#[derive(Default)]
+struct Pending {
+    readings: Vec<NewReading>,
+    lines: Vec<NewLogLine>,
+    faults: HashMap<i64, (u64, String)>,
+    firmware: HashMap<i64, String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct KnownDevice {
+    id: i64,
+}
+
+pub struct Ingest {
+    store: Store,
+    /// MAC and model segment → device, or None for a topic no device owns.
+    devices: Mutex<HashMap<(String, String), Option<KnownDevice>>>,
+    pending: Mutex<Pending>,
+    latest: Mutex<HashMap<i64, HashMap<String, (i64, f64)>>>,
+    fault_logged: Mutex<HashMap<String, Instant>>,
+    live: broadcast::Sender<LiveReading>,
+    pub counters: IngestCounters,
+}
+
+impl Ingest {
+    pub fn new(store: Store) -> Arc<Self> {
+        Arc::new(Ingest {
+            store,
+            devices: Mutex::default(),
+            pending: Mutex::default(),
+            latest: Mutex::default(),
+            fault_logged: Mutex::default(),
+            live: broadcast::channel(4096).0,
+            counters: IngestCounters::default(),
+        })
+    }
+
+    /// Live readings of every device, for the console's stream.
+    pub fn subscribe_live(&self) -> broadcast::Receiver<LiveReading> {
+        self.live.subscribe()
+    }
+
+    /// The latest value of each metric of a device, as ingested here.
+    pub fn latest(&self, device_id: i64) -> Vec<(String, i64, f64)> {
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(String, i64, f64)> = latest
+            .get(&device_id)
+            .map(|m| m.iter().map(|(k, (ts, v))| (k.clone(), *ts, *v)).collect())
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    async fn device(&self, model: &str, mac: &str) -> Option<KnownDevice> {
+        let key = (mac.to_owned(), model.to_owned());
+        if let Some(known) = self
+            .devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return *known;
+        }
+        let found = match self.store.device_login(mac).await {
+            Ok(Some(login)) if login.topic_segment == model => Some(KnownDevice {
+                id: login.device_id,
+            }),
+            Ok(_) => None,
+            // Not cached: the next message asks again.
+            Err(e) => {
+                tracing::warn!(error = %e, "device lookup failed");
+                return None;
+            }
+        };
+        self.devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, found);
+        found
+    }
+
+    /// Forgets what it knows of devices (after an import or a deletion).
+    pub fn forget_devices(&self) {
+        self.devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    fn log_fault(&self, topic: &str, error: &str) {
+        let mut logged = self.fault_logged.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let key = topic.rsplitn(2, '/').nth(1).unwrap_or(topic).to_owned();
+        if logged
+            .get(&key)
+            .is_none_or(|at| now.duration_since(*at) >= FAULT_LOG_EVERY)
+        {
+            logged.insert(key, now);
+            tracing::warn!(%topic, %error, "device message breaks the contract (logged once a minute per device)");
+        }
+    }
+
+    /// Takes one message from the broker. Never fails: a bad message is
+    /// counted against its device.
+    pub async fn handle(&self, topic: &str, payload: &[u8]) {
+        self.counters.messages.fetch_add(1, Ordering::Relaxed);
+        let Some((model, mac, suffix)) = split_topic(topic) else {
+            return;
+        };
+        let Some(device) = self.device(model, mac).await else {
+            self.counters
+                .unknown_devices
+                .fetch_add(1, Ordering::Relaxed);
+            self.log_fault(topic, "no device in the registry owns this topic");
+            return;
+        };
+        let reading = match device_protocol::parse(suffix, payload) {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                let error = e.to_string();
+                self.log_fault(topic, &error);
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let fault = pending.faults.entry(device.id).or_default();
+                fault.0 += 1;
+                fault.1 = error;
+                return;
+            }
+        };
+        let ts = reading.timestamp();
+        let metrics = reading.metrics();
+        if !metrics.is_empty() {
+            let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = latest.entry(device.id).or_default();
+            for (metric, value) in &metrics {
+                entry.insert(metric.clone(), (ts, *value));
+                // Nobody listening is fine.
+                let _ = self.live.send(LiveReading {
+                    device_id: device.id,
+                    metric: metric.clone(),
+                    ts,
+                    value: *value,
+                });
+            }
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending
+            .readings
+            .extend(metrics.into_iter().map(|(metric, value)| NewReading {
+                device_id: device.id,
+                metric,
+                ts,
+                value,
+            }));
+        match reading {
+            Reading::Syslog(batch) => {
+                pending
+                    .lines
+                    .extend(batch.lines.into_iter().map(|l| NewLogLine {
+                        device_id: device.id,
+                        stream: "syslog".into(),
+                        ts: l.ts,
+                        line: l.text,
+                    }))
+            }
+            Reading::Dmesg(batch) => {
+                pending
+                    .lines
+                    .extend(batch.lines.into_iter().map(|l| NewLogLine {
+                        device_id: device.id,
+                        stream: "dmesg".into(),
+                        ts: l.ts,
+                        line: l.text,
+                    }))
+            }
+            Reading::Firmware(f) => {
+                pending.firmware.insert(device.id, f.version);
+            }
+            _ => {}
+        }
+    }
+
+    fn should_flush(&self) -> bool {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.readings.len() + pending.lines.len() >= BATCH_ROWS
+    }
+
+    /// Writes what waits. On a write failure the batch is kept for the next
+    /// flush, up to ten batches, so a short database outage loses nothing.
+    pub async fn flush(&self) -> Result<usize, store::StoreError> {
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let rows = batch.readings.len() + batch.lines.len();
+        let result = async {
+            self.store.insert_readings(&batch.readings).await?;
+            self.store.insert_log_lines(&batch.lines).await?;
+            Ok::<_, store::StoreError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.readings.len() < BATCH_ROWS * 10 {
+                let newer_readings = std::mem::replace(&mut pending.readings, batch.readings);
+                pending.readings.extend(newer_readings);
+                let newer_lines = std::mem::replace(&mut pending.lines, batch.lines);
+                pending.lines.extend(newer_lines);
+            }
+            return Err(e);
+        }
+        self.counters
+            .readings_stored
+            .fetch_add(batch.readings.len() as u64, Ordering::Relaxed);
+        self.counters
+            .log_lines_stored
+            .fetch_add(batch.lines.len() as u64, Ordering::Relaxed);
+        for (device_id, (count, error)) in batch.faults {
+            self.store
+                .record_telemetry_faults(device_id, count as i64, &error)
+                .await?;
+        }
+        for (device_id, version) in batch.firmware {
+            self.store.set_device_firmware(device_id, &version).await?;
+        }
+        Ok(rows)
+    }
+}
+
+/// Where the ingest reads device messages.
+#[derive(Debug, Clone)]
+pub struct BrokerConnection {
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+    /// `dwr/#` on the embedded broker; `$share/telemark/dwr/#` on a cluster
+    /// with several platform instances.
+    pub filter: String,
+    pub client_id: String,
+}
+
+/// Reads the broker until `stop` fires, reconnecting after failures, and
+/// flushes batches to the store. Flushes what waits before it returns.
+pub async fn run(
+    ingest: Arc<Ingest>,
+    connection: BrokerConnection,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new(&connection.client_id, &connection.host, connection.port);
+    options
+        .set_credentials(&connection.username, &connection.password)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(false)
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_inflight(1000);
+    let (client, mut events) = AsyncClient::new(options, 1024);
+    let flusher = {
+        let ingest = ingest.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FLUSH_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => break,
+                }
+                if let Err(e) = ingest.flush().await {
+                    tracing::warn!(error = %e, "telemetry batch not written; kept for the next try");
+                }
+            }
+        })
+    };
+    loop {
+        let event = tokio::select! {
+            event = events.poll() => event,
+            _ = stop.changed() => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                if let Err(e) = client.subscribe(&connection.filter, QoS::AtLeastOnce).await {
+                    tracing::warn!(error = %e, "ingest cannot subscribe");
+                }
+                tracing::info!(filter = %connection.filter, "ingest subscribed");
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                ingest.handle(&p.topic, &p.payload).await;
+                if ingest.should_flush()
+                    && let Err(e) = ingest.flush().await
+                {
+                    tracing::warn!(error = %e, "telemetry batch not written; kept for the next try");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "ingest lost the broker; reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+    flusher.abort();
+    if let Err(e) = ingest.flush().await {
+        tracing::warn!(error = %e, "last telemetry batch not written");
+    }
+}

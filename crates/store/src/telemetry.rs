@@ -1,0 +1,279 @@
+//! The black box: readings (device, metric, time, value) written in
+//! batches, read back over a time range at a chosen resolution; log lines;
+//! contract faults per device. The ingest resolves devices itself, so
+//! writes take no scope; every read does.
+
+use crate::{Scope, Store, StoreError, now_millis, with_pool};
+
+/// Rows per INSERT: four parameters each, well inside both backends' limits.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewReading {
+    pub device_id: i64,
+    pub metric: String,
+    pub ts: i64,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewLogLine {
+    pub device_id: i64,
+    /// `syslog` or `dmesg`.
+    pub stream: String,
+    pub ts: i64,
+    pub line: String,
+}
+
+/// One step of a series: the readings in `[ts, ts + step)`.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct SeriesPoint {
+    pub ts: i64,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LatestReading {
+    pub metric: String,
+    pub ts: i64,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LogLine {
+    pub id: i64,
+    pub stream: String,
+    pub ts: i64,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogQuery {
+    pub stream: Option<String>,
+    /// Lines containing this text.
+    pub search: Option<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// Newest first: lines before this id.
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TelemetryFault {
+    pub count: i64,
+    pub last_error: String,
+    pub last_at: i64,
+}
+
+impl Store {
+    /// Writes readings in one transaction.
+    pub async fn insert_readings(&self, readings: &[NewReading]) -> Result<(), StoreError> {
+        if readings.is_empty() {
+            return Ok(());
+        }
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for chunk in readings.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::new("INSERT INTO readings (device_id, metric, ts, value) ");
+                q.push_values(chunk, |mut row, r| {
+                    row.push_bind(r.device_id).push_bind(&r.metric).push_bind(r.ts).push_bind(r.value);
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    pub async fn insert_log_lines(&self, lines: &[NewLogLine]) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for chunk in lines.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::new("INSERT INTO device_logs (device_id, stream, ts, line) ");
+                q.push_values(chunk, |mut row, l| {
+                    row.push_bind(l.device_id).push_bind(&l.stream).push_bind(l.ts).push_bind(&l.line);
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Counts `count` messages that broke the contract and keeps the last error.
+    pub async fn record_telemetry_faults(
+        &self,
+        device_id: i64,
+        count: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let now = now_millis();
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO telemetry_faults (device_id, count, last_error, last_at) VALUES ($1, $4, $2, $3) \
+                 ON CONFLICT (device_id) DO UPDATE SET count = telemetry_faults.count + excluded.count, \
+                 last_error = excluded.last_error, last_at = excluded.last_at",
+            )
+            .bind(device_id)
+            .bind(error)
+            .bind(now)
+            .bind(count)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    pub async fn telemetry_fault(
+        &self,
+        scope: &Scope,
+        device_id: i64,
+    ) -> Result<Option<TelemetryFault>, StoreError> {
+        self.device(scope, device_id).await?;
+        let row = with_pool!(self, pool => {
+            sqlx::query_as("SELECT count, last_error, last_at FROM telemetry_faults WHERE device_id = $1")
+                .bind(device_id)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row)
+    }
+
+    pub async fn set_device_firmware(
+        &self,
+        device_id: i64,
+        version: &str,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE devices SET firmware_version = $1 WHERE id = $2 AND (firmware_version IS NULL OR firmware_version <> $1)")
+                .bind(version)
+                .bind(device_id)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// A device's series over `[from, to)` in steps of `step_ms`: min, max
+    /// and mean of each step that has readings.
+    pub async fn series(
+        &self,
+        scope: &Scope,
+        device_id: i64,
+        metric: &str,
+        from: i64,
+        to: i64,
+        step_ms: i64,
+    ) -> Result<Vec<SeriesPoint>, StoreError> {
+        self.device(scope, device_id).await?;
+        let step = step_ms.max(1);
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT (ts / $4) * $4 AS ts, MIN(value) AS min, MAX(value) AS max, AVG(value) AS mean, COUNT(*) AS count \
+                 FROM readings WHERE device_id = $1 AND metric = $2 AND ts >= $3 AND ts < $5 \
+                 GROUP BY ts / $4 ORDER BY 1",
+            )
+            .bind(device_id)
+            .bind(metric)
+            .bind(from)
+            .bind(step)
+            .bind(to)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows)
+    }
+
+    /// The last reading of each of a device's metrics.
+    pub async fn latest_readings(
+        &self,
+        scope: &Scope,
+        device_id: i64,
+    ) -> Result<Vec<LatestReading>, StoreError> {
+        self.device(scope, device_id).await?;
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT r.metric, r.ts, r.value FROM readings r \
+                 JOIN (SELECT metric, MAX(ts) AS ts FROM readings WHERE device_id = $1 GROUP BY metric) m \
+                 ON m.metric = r.metric AND m.ts = r.ts WHERE r.device_id = $1 ORDER BY r.metric",
+            )
+            .bind(device_id)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows)
+    }
+
+    /// The metrics a device has readings of.
+    pub async fn device_metrics(
+        &self,
+        scope: &Scope,
+        device_id: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .latest_readings(scope, device_id)
+            .await?
+            .into_iter()
+            .map(|r| r.metric)
+            .collect())
+    }
+
+    /// A device's log lines, newest first.
+    pub async fn device_logs(
+        &self,
+        scope: &Scope,
+        device_id: i64,
+        query: &LogQuery,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        self.device(scope, device_id).await?;
+        let limit = i64::from(query.limit.clamp(1, 1000));
+        let rows = with_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new("SELECT id, stream, ts, line FROM device_logs WHERE device_id = ");
+            q.push_bind(device_id);
+            if let Some(stream) = &query.stream {
+                q.push(" AND stream = ").push_bind(stream.clone());
+            }
+            if let Some(search) = query.search.as_deref().filter(|s| !s.is_empty()) {
+                q.push(" AND line LIKE ").push_bind(format!("%{}%", search.replace(['%', '_'], "")));
+            }
+            if let Some(from) = query.from {
+                q.push(" AND ts >= ").push_bind(from);
+            }
+            if let Some(to) = query.to {
+                q.push(" AND ts < ").push_bind(to);
+            }
+            if let Some(before) = query.before_id {
+                q.push(" AND id < ").push_bind(before);
+            }
+            q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+            q.build_query_as().fetch_all(pool).await?
+        });
+        Ok(rows)
+    }
+
+    /// Deletes readings and log lines older than `before` (Unix ms); returns
+    /// how many rows went.
+    pub async fn prune_telemetry(&self, before: i64) -> Result<u64, StoreError> {
+        let n = with_pool!(self, pool => {
+            let a = sqlx::query("DELETE FROM readings WHERE ts < $1").bind(before).execute(pool).await?.rows_affected();
+            let b = sqlx::query("DELETE FROM device_logs WHERE ts < $1").bind(before).execute(pool).await?.rows_affected();
+            a + b
+        });
+        Ok(n)
+    }
+
+    /// Readings stored in all, for ingest accounting.
+    pub async fn count_readings(&self) -> Result<i64, StoreError> {
+        let n = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM readings").fetch_one(pool).await?
+        });
+        Ok(n)
+    }
+}
