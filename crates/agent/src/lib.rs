@@ -1,0 +1,21 @@
+//! The device side of the device contract (`docs/device-protocol.md`):
+//! [`collect`] reads the black box from a Linux system, [`buffer`] keeps
+//! readings on disk while the broker is away, [`session`] runs the MQTT
+//! connection, and [`sim`] drives a whole simulated fleet with the same
+//! payloads.
+
+pub mod buffer;
+pub mod collect;
+pub mod provisioning;
+pub mod session;
+pub mod sim;
+
+pub use provisioning::Provisioning;
+
+/// Unix milliseconds now.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,228 @@
+//! The agent's MQTT session: connect as the device (secret or client
+//! certificate), announce `status` online with `offline` as the will,
+//! publish readings on their intervals, keep them on disk while the broker
+//! is away and send them in order when it is back; reconnect with jittered
+//! exponential backoff so a fleet does not return all at once.
+
+use std::time::Duration;
+
+use device_protocol::{Reading, Status, Topic, VERSION};
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::buffer::{Buffered, DiskBuffer};
+use crate::collect::{SystemCollector, firmware};
+use crate::{Provisioning, now_millis};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Config(String),
+    #[error("buffer: {0}")]
+    Buffer(#[from] std::io::Error),
+}
+
+/// The MQTT options of a device of the contract: id, credentials, will.
+pub fn device_options(p: &Provisioning) -> Result<MqttOptions, AgentError> {
+    let address = p.broker_address().map_err(AgentError::Config)?;
+    let mut options = MqttOptions::new(&p.device_id, &address.host, address.port);
+    options
+        .set_credentials(&p.device_id, p.secret.clone().unwrap_or_default())
+        .set_keep_alive(Duration::from_secs(60))
+        // QoS 1 in flight survives a reconnect.
+        .set_clean_session(false)
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_last_will(LastWill::new(
+            Topic::Status.for_device(&p.model, &p.device_id),
+            status("offline"),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if address.tls {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let read = |path: &Option<std::path::PathBuf>,
+                    what: &str|
+         -> Result<Option<Vec<u8>>, AgentError> {
+            path.as_ref()
+                .map(|f| {
+                    std::fs::read(f)
+                        .map_err(|e| AgentError::Config(format!("{what} {}: {e}", f.display())))
+                })
+                .transpose()
+        };
+        let ca = read(&p.ca_file, "ca_file")?
+            .ok_or_else(|| AgentError::Config("mqtts:// needs ca_file".into()))?;
+        let client_auth = match (
+            read(&p.certificate_file, "certificate_file")?,
+            read(&p.key_file, "key_file")?,
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            _ => None,
+        };
+        options.set_transport(Transport::Tls(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        }));
+    }
+    Ok(options)
+}
+
+pub fn status(state: &str) -> Vec<u8> {
+    Reading::Status(Status {
+        v: VERSION,
+        ts: now_millis(),
+        state: state.to_owned(),
+    })
+    .to_json()
+}
+
+/// Backoff after the `attempt`-th failure in a row: 0.5 s doubling to 60 s,
+/// ±25 % jitter.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 0.5 * 2f64.powi(attempt.min(7) as i32);
+    let jitter = 0.75 + rand::random::<f64>() * 0.5;
+    Duration::from_secs_f64(base.min(60.0) * jitter)
+}
+
+enum Link {
+    Up,
+    Down,
+}
+
+/// What the agent did, when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentReport {
+    pub published: u64,
+    pub buffered: usize,
+    pub dropped: u64,
+}
+
+/// Runs the agent until `stop` turns true.
+pub async fn run(
+    p: Provisioning,
+    mut stop: watch::Receiver<bool>,
+) -> Result<AgentReport, AgentError> {
+    let options = device_options(&p)?;
+    let mut buffer = DiskBuffer::open(&p.buffer_dir, p.buffer_capacity)?;
+    if !buffer.is_empty() {
+        tracing::info!(
+            waiting = buffer.len(),
+            "readings from the last run wait to be sent"
+        );
+    }
+    let (client, mut events) = AsyncClient::new(options, 256);
+    let (link_tx, mut link) = mpsc::channel(8);
+    let poller = tokio::spawn(async move {
+        let mut failures = 0u32;
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    failures = 0;
+                    if link_tx.send(Link::Up).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if link_tx.send(Link::Down).await.is_err() {
+                        return;
+                    }
+                    let wait = backoff(failures);
+                    failures += 1;
+                    tracing::warn!(error = %e, retry_in = ?wait, "broker unreachable");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    });
+    let topic = |t: Topic| t.for_device(&p.model, &p.device_id);
+    let every = |secs: u64| {
+        let mut i = tokio::time::interval(Duration::from_secs(secs.max(1)));
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    };
+    let (mut hardware, mut network, mut lte, mut uptime, mut logs) = (
+        every(p.intervals.hardware),
+        every(p.intervals.network),
+        every(p.intervals.lte),
+        every(p.intervals.uptime),
+        every(p.intervals.logs),
+    );
+    let mut collector = SystemCollector::new(p.log_file.clone());
+    let mut connected = false;
+    let mut report = AgentReport::default();
+    loop {
+        let readings: Vec<Reading> = tokio::select! {
+            _ = stop.changed() => break,
+            event = link.recv() => {
+                match event {
+                    Some(Link::Up) => {
+                        connected = true;
+                        tracing::info!("connected");
+                        let _ = client.publish(topic(Topic::Status), QoS::AtLeastOnce, true, status("online")).await;
+                        // What waited goes first, in order.
+                        let waiting = buffer.drain()?;
+                        if !waiting.is_empty() {
+                            tracing::info!(count = waiting.len(), dropped = buffer.dropped(), "sending buffered readings");
+                        }
+                        for item in waiting {
+                            if client.publish(item.topic, QoS::AtLeastOnce, item.retain, item.payload.into_bytes()).await.is_ok() {
+                                report.published += 1;
+                            }
+                        }
+                        [firmware(&p.firmware_file), collector.ipv4()].into_iter().flatten().collect()
+                    }
+                    Some(Link::Down) => {
+                        connected = false;
+                        Vec::new()
+                    }
+                    None => break,
+                }
+            }
+            _ = hardware.tick() => [collector.loadavg(), collector.memory(), collector.cpu()].into_iter().flatten().collect(),
+            _ = network.tick() => collector.traffic().into_iter().collect(),
+            _ = lte.tick() => collector.lte().into_iter().collect(),
+            _ = uptime.tick() => collector.uptime().into_iter().collect(),
+            _ = logs.tick() => collector.syslog().into_iter().collect(),
+        };
+        for reading in readings {
+            let t = reading.topic();
+            let payload = reading.to_json();
+            if connected {
+                if client
+                    .publish(topic(t), QoS::AtLeastOnce, t.retain(), payload)
+                    .await
+                    .is_ok()
+                {
+                    report.published += 1;
+                }
+            } else {
+                buffer.push(Buffered {
+                    topic: topic(t),
+                    payload: String::from_utf8_lossy(&payload).into_owned(),
+                    retain: t.retain(),
+                })?;
+            }
+        }
+    }
+    if connected {
+        // A clean goodbye sends no will: say offline ourselves.
+        let _ = client
+            .publish(
+                topic(Topic::Status),
+                QoS::AtLeastOnce,
+                true,
+                status("offline"),
+            )
+            .await;
+        let _ = client.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    poller.abort();
+    report.buffered = buffer.len();
+    report.dropped = buffer.dropped();
+    Ok(report)
+}
