@@ -1,6 +1,7 @@
 //! `telemark`: the MQTT broker and device management platform in one binary.
 
 mod config;
+mod demo;
 mod registry;
 
 use std::net::SocketAddr;
@@ -50,6 +51,41 @@ enum Command {
     },
     /// Load-test an MQTT broker (this one or any other) on one address.
     Bench(Box<BenchArgs>),
+    /// The platform with a simulated fleet, for a first look.
+    Demo(Box<DemoArgs>),
+    /// Run on a device: publish its black box to the platform.
+    Agent {
+        /// The provisioning file (TOML; see docs/device-protocol.md).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Simulate a fleet of devices against a broker.
+    Sim(Box<SimArgs>),
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Devices in the simulated fleet.
+    #[arg(long, default_value_t = 50)]
+    devices: usize,
+}
+
+#[derive(Debug, Args)]
+struct SimArgs {
+    /// CSV with the columns device_id,model,secret (the credentials the API issued).
+    #[arg(long)]
+    fleet: PathBuf,
+    /// The broker: mqtt://HOST:PORT.
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    broker: String,
+    /// Seconds between a device's readings.
+    #[arg(long, default_value_t = 10)]
+    interval: u64,
+    /// Chance per interval that a device drops off for a while.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -266,7 +302,7 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(run_serve(config, &args))
+                .block_on(run_platform(config, &args, None))
         }
         Command::Passwd {
             file,
@@ -303,7 +339,105 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(run_bench(*args))
         }
+        Command::Demo(args) => {
+            raise_file_limit();
+            let mut config = Config::load(args.serve.config.as_deref())?;
+            if let Some(mqtt) = args.serve.mqtt {
+                config.listeners = config::Listeners {
+                    tcp: Some(mqtt),
+                    tls: None,
+                    ws: args.serve.mqtt_ws,
+                    wss: None,
+                };
+            }
+            config.validate()?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run_platform(config, &args.serve, Some(args.devices)))
+        }
+        Command::Agent { config } => {
+            let provisioning = agent::Provisioning::load(&config)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(async move {
+                    let (stop, stopped) = tokio::sync::watch::channel(false);
+                    let task = tokio::spawn(agent::session::run(provisioning, stopped));
+                    shutdown_signal().await;
+                    let _ = stop.send(true);
+                    let report = task.await??;
+                    info!(
+                        published = report.published,
+                        buffered = report.buffered,
+                        dropped = report.dropped,
+                        "agent stopped"
+                    );
+                    Ok(())
+                })
+        }
+        Command::Sim(args) => {
+            raise_file_limit();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run_sim(*args))
+        }
     }
+}
+
+/// Reads `device_id,model,secret` rows (a header row is skipped).
+fn read_fleet(path: &std::path::Path) -> anyhow::Result<Vec<agent::sim::SimDevice>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut devices = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if line.trim().is_empty() || (n == 0 && fields.first() == Some(&"device_id")) {
+            continue;
+        }
+        let [device_id, model, secret] = fields[..] else {
+            anyhow::bail!(
+                "{}:{}: expected device_id,model,secret",
+                path.display(),
+                n + 1
+            );
+        };
+        devices.push(agent::sim::SimDevice {
+            device_id: device_id.to_owned(),
+            model: model.to_owned(),
+            secret: secret.to_owned(),
+        });
+    }
+    Ok(devices)
+}
+
+async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
+    let devices = read_fleet(&args.fleet)?;
+    let total = devices.len();
+    let counters = std::sync::Arc::new(agent::sim::SimCounters::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let fleet = tokio::spawn(agent::sim::run_fleet(
+        devices,
+        agent::sim::SimOptions {
+            broker: args.broker,
+            interval: std::time::Duration::from_secs(args.interval.max(1)),
+            dropout: args.dropout,
+            firmware: "1.0.0".into(),
+        },
+        counters.clone(),
+        stopped,
+    ));
+    println!("simulating {total} devices; Ctrl-C stops");
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    let _ = fleet.await;
+    println!(
+        "sent {} messages, {} readings",
+        counters.messages.load(std::sync::atomic::Ordering::Relaxed),
+        counters.readings.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    Ok(())
 }
 
 /// One descriptor per connection: take the hard limit, not the usual 1024.
@@ -579,7 +713,11 @@ async fn run_broker(config: Config) -> anyhow::Result<()> {
 }
 
 /// The platform: store, first-start admin, embedded broker, HTTP API.
-async fn run_serve(mut config: Config, args: &ServeArgs) -> anyhow::Result<()> {
+async fn run_platform(
+    mut config: Config,
+    args: &ServeArgs,
+    demo_devices: Option<usize>,
+) -> anyhow::Result<()> {
     let store = match &args.database {
         Some(url) => store::Store::open(url).await?,
         None => store::Store::open_data_dir(&args.data).await?,
@@ -654,8 +792,34 @@ async fn run_serve(mut config: Config, args: &ServeArgs) -> anyhow::Result<()> {
         "Telemark is up: API http://{http}/api/v1, MQTT {}",
         describe_listeners(&config)
     );
+    let (stop_fleet, fleet_stopped) = tokio::sync::watch::channel(false);
+    let fleet = match (demo_devices, config.listeners.tcp) {
+        (Some(count), Some(addr)) => {
+            let devices = demo::seed(&store, count).await?;
+            println!(
+                "Demo fleet: {} simulated devices publishing every 5 s. Log in as admin.",
+                devices.len()
+            );
+            Some(tokio::spawn(agent::sim::run_fleet(
+                devices,
+                agent::sim::SimOptions {
+                    broker: format!("mqtt://{}:{}", loopback_for(addr), addr.port()),
+                    interval: std::time::Duration::from_secs(5),
+                    dropout: 0.002,
+                    firmware: "2.1.4".into(),
+                },
+                std::sync::Arc::default(),
+                fleet_stopped,
+            )))
+        }
+        _ => None,
+    };
     shutdown_signal().await;
     info!("shutting down");
+    let _ = stop_fleet.send(true);
+    if let Some(fleet) = fleet {
+        let _ = fleet.await;
+    }
     let _ = stop_ingest.send(true);
     if let Some(task) = ingest_task {
         let _ = task.await;

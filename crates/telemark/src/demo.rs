@@ -1,0 +1,164 @@
+//! `telemark demo`: a platform with a live simulated fleet, so a newcomer
+//! sees the console move at once. The fleet: two system integrators, three
+//! business customers, two device models, devices spread across the
+//! customers, each with its own MQTT secret, and a plan with license keys.
+
+use agent::sim::SimDevice;
+use store::{NewDevice, NewDeviceModel, Store};
+
+const INTEGRATORS: [(&str, &[&str]); 2] = [
+    ("Nordic Routers Oy", &["Harbour Logistics", "City Transit"]),
+    ("Baltic Connect AS", &["Agro Sensors"]),
+];
+
+/// Creates the demo fleet on first start (later starts reuse it) and
+/// returns each device with a fresh secret for the simulator.
+pub async fn seed(store: &Store, devices: usize) -> anyhow::Result<Vec<SimDevice>> {
+    let admin = store
+        .user_by_username("admin")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no admin user"))?;
+    let root = store.scope_of(admin.organisation_id).await?;
+    let existing = store.count_devices(&root).await?;
+    if existing == 0 {
+        let mut customers = Vec::new();
+        for (integrator, its_customers) in INTEGRATORS {
+            let org = store
+                .create_organisation(&root, admin.organisation_id, integrator)
+                .await?;
+            let scope = store.scope_of(org.id).await?;
+            for customer in its_customers {
+                customers.push(store.create_organisation(&scope, org.id, customer).await?);
+            }
+        }
+        let mut models = Vec::new();
+        for (name, segment, revision) in [
+            ("DWM-311-A1", "311-a1", "A1"),
+            ("DWM-312-A2", "312-a2", "A2"),
+        ] {
+            models.push(
+                store
+                    .create_device_model(&NewDeviceModel {
+                        name: name.into(),
+                        vendor: "D-Link".into(),
+                        hardware_revision: revision.into(),
+                        topic_segment: segment.into(),
+                        description: format!("LTE router {name}"),
+                    })
+                    .await?,
+            );
+        }
+        let fleet: Vec<NewDevice> = (0..devices)
+            .map(|n| {
+                let customer = &customers[n % customers.len()];
+                let model = &models[n % models.len()];
+                NewDevice {
+                    organisation_id: customer.id,
+                    model_id: model.id,
+                    name: format!(
+                        "{}-{:03}",
+                        customer
+                            .name
+                            .split(' ')
+                            .next()
+                            .unwrap_or("site")
+                            .to_lowercase(),
+                        n + 1
+                    ),
+                    serial: format!("DL{:08}", 24_000_000 + n),
+                    mac: format!(
+                        "00-1b-11-{:02x}-{:02x}-{:02x}",
+                        (n >> 16) & 0xff,
+                        (n >> 8) & 0xff,
+                        n & 0xff
+                    ),
+                    imei: Some(luhn_complete(&format!("35693803{:06}", 100_000 + n))),
+                    iccid: Some(luhn_complete(&format!("894601{:012}", 2_000_000 + n))),
+                    labels: vec![if n % 4 == 0 {
+                        "pilot".into()
+                    } else {
+                        "field".into()
+                    }],
+                }
+            })
+            .collect();
+        store.insert_devices(&root, &fleet).await?;
+        let plan = store
+            .create_service_model(
+                "Fleet Monitoring",
+                &["telemetry".into(), "alarms".into()],
+                365,
+            )
+            .await?;
+        platform::licensing::generate(store, &root, customers[0].id, plan.id, 20).await?;
+    }
+    let models = store.device_models().await?;
+    let mut sim = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .devices(
+                &root,
+                &store::DeviceQuery {
+                    after: after.take(),
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        for device in &page.devices {
+            let issued = platform::device_access::issue_secret(store, &root, device.id).await?;
+            let model = models
+                .iter()
+                .find(|m| m.id == device.model_id)
+                .map(|m| m.topic_segment.clone())
+                .unwrap_or_default();
+            sim.push(SimDevice {
+                device_id: issued.username,
+                model,
+                secret: issued.secret,
+            });
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    Ok(sim)
+}
+
+/// Appends the Luhn check digit to `digits`.
+fn luhn_complete(digits: &str) -> String {
+    let sum: u32 = digits
+        .chars()
+        .rev()
+        .filter_map(|c| c.to_digit(10))
+        .enumerate()
+        .map(|(i, d)| {
+            if i % 2 == 0 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                d
+            }
+        })
+        .sum();
+    format!("{digits}{}", (10 - sum % 10) % 10)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn luhn_check_digits_validate() {
+        let imei = super::luhn_complete("35693803100000");
+        assert!(
+            platform::identifiers::validate_imei(&imei).is_ok(),
+            "{imei}"
+        );
+        let iccid = super::luhn_complete("894601000002000000");
+        assert!(
+            platform::identifiers::validate_iccid(&iccid).is_ok(),
+            "{iccid}"
+        );
+    }
+}
