@@ -261,13 +261,11 @@ impl SystemCollector {
                 text: l.to_owned(),
             })
             .collect();
-        (!lines.is_empty()).then(|| {
-            Reading::Syslog(LogBatch {
-                v: VERSION,
-                ts: now,
-                lines,
-            })
-        })
+        (!lines.is_empty()).then_some(Reading::Syslog(LogBatch {
+            v: VERSION,
+            ts: now,
+            lines,
+        }))
     }
 }
 

@@ -50,6 +50,9 @@ struct Pending {
     firmware: HashMap<i64, String>,
 }
 
+/// Device → metric → (device time, value).
+type LatestByDevice = HashMap<i64, HashMap<String, (i64, f64)>>;
+
 #[derive(Debug, Clone, Copy)]
 struct KnownDevice {
     id: i64,
@@ -60,7 +63,7 @@ pub struct Ingest {
     /// MAC and model segment → device, or None for a topic no device owns.
     devices: Mutex<HashMap<(String, String), Option<KnownDevice>>>,
     pending: Mutex<Pending>,
-    latest: Mutex<HashMap<i64, HashMap<String, (i64, f64)>>>,
+    latest: Mutex<LatestByDevice>,
     fault_logged: Mutex<HashMap<String, Instant>>,
     live: broadcast::Sender<LiveReading>,
     pub counters: IngestCounters,
@@ -134,7 +137,10 @@ impl Ingest {
     fn log_fault(&self, topic: &str, error: &str) {
         let mut logged = self.fault_logged.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let key = topic.rsplitn(2, '/').nth(1).unwrap_or(topic).to_owned();
+        // One key per device, whichever of its topics was bad.
+        let key = split_topic(topic).map_or(topic.to_owned(), |(model, device, _)| {
+            format!("{model}/{device}")
+        });
         if logged
             .get(&key)
             .is_none_or(|at| now.duration_since(*at) >= FAULT_LOG_EVERY)

@@ -816,3 +816,196 @@ fn devices_log_in_with_a_certificate_from_the_platform_ca() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `telemark serve` on fixed ports and a data directory, killed when dropped.
+struct Platform {
+    child: Child,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_platform(data: &Path, http_port: u16, mqtt_port: u16) -> Platform {
+    let child = telemark()
+        .args(["serve", "--data", data.to_str().expect("path")])
+        .args(["--http", &format!("127.0.0.1:{http_port}")])
+        .args(["--mqtt", &format!("127.0.0.1:{mqtt_port}")])
+        .env("TELEMARK_ADMIN_PASSWORD", "first-admin-secret")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("telemark serve starts");
+    wait_for_port(http_port);
+    wait_for_port(mqtt_port);
+    Platform { child }
+}
+
+/// Polls `check` every 200 ms for up to `secs` seconds.
+fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+#[test]
+fn the_agent_fills_the_black_box_and_buffers_across_a_platform_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let mut platform = start_platform(&data, http_port, mqtt_port);
+    let bearer = api_login(http_port, "admin", "first-admin-secret");
+    let auth = [
+        ("Authorization", bearer.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let (status, body) = http(
+        http_port,
+        "POST",
+        "/api/v1/device-models",
+        &auth,
+        r#"{"name":"DWM-311-A1","vendor":"D-Link","hardware_revision":"A1","topic_segment":"311-a1"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http(
+        http_port,
+        "POST",
+        "/api/v1/devices/import",
+        &[
+            ("Authorization", bearer.as_str()),
+            ("Content-Type", "text/csv"),
+        ],
+        "serial,mac,model\nAG1,00:11:22:33:55:01,311-a1\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = http(
+        http_port,
+        "POST",
+        "/api/v1/devices/1/credentials",
+        &auth,
+        "",
+    );
+    let secret = json_string(&body, "password");
+    let mac = "00-11-22-33-55-01";
+    std::fs::write(dir.path().join("release"), "VERSION_ID=\"7.4.1\"\n").expect("release");
+    let syslog = dir.path().join("messages");
+    std::fs::write(&syslog, "").expect("log");
+    let provisioning = dir.path().join("agent.toml");
+    std::fs::write(
+        &provisioning,
+        format!(
+            "broker = \"mqtt://127.0.0.1:{mqtt_port}\"\ndevice_id = \"{mac}\"\nmodel = \"311-a1\"\n\
+             secret = \"{secret}\"\nbuffer_dir = \"{}\"\nfirmware_file = \"{}\"\nlog_file = \"{}\"\n\
+             [intervals]\nhardware = 1\nnetwork = 1\nuptime = 1\nlogs = 1\n",
+            dir.path().join("buffer").display(),
+            dir.path().join("release").display(),
+            syslog.display()
+        ),
+    )
+    .expect("provisioning");
+    let mut agent = telemark()
+        .args(["agent", "--config", provisioning.to_str().expect("path")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent starts");
+    let metrics = |port: u16| {
+        let (_, body) = http(port, "GET", "/api/v1/devices/1/metrics", &auth, "");
+        body
+    };
+    assert!(
+        eventually(20, || metrics(http_port).contains("memory.used_percent")
+            && metrics(http_port).contains("cpu.usage_percent")),
+        "the agent's readings reach the store: {}",
+        metrics(http_port)
+    );
+    let (_, device) = http(http_port, "GET", "/api/v1/devices/1", &auth, "");
+    assert!(
+        device.contains("\"firmware_version\":\"7.4.1\""),
+        "{device}"
+    );
+    assert!(device.contains("\"online\":true"), "{device}");
+    // A log line written on the device lands in its black box, searchable.
+    std::fs::write(&syslog, "kernel: wwan0: link up, 150 Mbit/s\n").expect("log");
+    assert!(
+        eventually(15, || http(
+            http_port,
+            "GET",
+            "/api/v1/devices/1/logs?search=link%20up",
+            &auth,
+            ""
+        )
+        .1
+        .contains("wwan0: link up")),
+        "syslog line stored"
+    );
+    // A malformed message on the device's topic is counted, not fatal.
+    let admin = ["-u", "admin", "-P", "first-admin-secret"];
+    let out = pub_msg(
+        mqtt_port,
+        &format!("dwr/311-a1/{mac}/hardware/memory"),
+        "{\"v\":1,\"ts\":1,\"free\":\"lots\"}",
+        &admin,
+    );
+    assert!(out.status.success());
+    assert!(
+        eventually(10, || http(
+            http_port,
+            "GET",
+            "/api/v1/devices/1/telemetry-faults",
+            &auth,
+            ""
+        )
+        .1
+        .contains("\"count\":1")),
+        "the fault is counted"
+    );
+
+    // The platform goes away for a few seconds; the agent keeps its
+    // readings and sends them when it is back.
+    drop(platform);
+    let outage_start = now_ms();
+    std::thread::sleep(Duration::from_secs(4));
+    let outage_end = now_ms();
+    platform = start_platform(&data, http_port, mqtt_port);
+    let bearer = api_login(http_port, "admin", "first-admin-secret");
+    let auth = [("Authorization", bearer.as_str())];
+    let in_outage = || {
+        let (_, body) = http(
+            http_port,
+            "GET",
+            &format!(
+                "/api/v1/devices/1/metrics/memory.used_percent?from={outage_start}&to={outage_end}&step=1000"
+            ),
+            &auth,
+            "",
+        );
+        let series: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        series["points"].as_array().map_or(0, Vec::len)
+    };
+    assert!(
+        eventually(30, || in_outage() >= 2),
+        "readings taken while the platform was down arrive after it is back ({} found)",
+        in_outage()
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+    drop(platform);
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
