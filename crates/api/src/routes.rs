@@ -1080,18 +1080,21 @@ async fn device_series(
     let Path((id, metric)) = path.map_err(|e| ApiError::field("id", id_problem(&e)))?;
     let q = query(q)?;
     let to = q.to.unwrap_or_else(|| store::now_millis() + 1);
-    let from = q.from.unwrap_or(to - 24 * 3600 * 1000);
+    let from = q.from.unwrap_or(to.saturating_sub(24 * 3600 * 1000));
     if from >= to {
         return Err(ApiError::field("from", "must be before to"));
     }
+    // Any two i64 have a difference that fits in i128: no overflow from
+    // extreme values a client may send.
+    let span = i128::from(to) - i128::from(from);
     let step = match q.step {
         Some(step) if step < 1000 => {
             return Err(ApiError::field("step", "must be at least 1000 ms"));
         }
         Some(step) => step,
-        None => ((to - from) / 300).max(1000),
+        None => i64::try_from(span / 300).unwrap_or(i64::MAX).max(1000),
     };
-    if (to - from) / step > 10_000 {
+    if span / i128::from(step) > 10_000 {
         return Err(ApiError::field(
             "step",
             "gives more than 10000 points over this range",

@@ -526,3 +526,98 @@ async fn licenses_and_platform_secrets_on_every_backend() {
         assert_eq!((first.as_str(), second.as_str()), ("one", "one"));
     }
 }
+
+#[tokio::test]
+async fn telemetry_series_logs_and_faults_on_every_backend() {
+    use store::{LogQuery, NewLogLine, NewReading};
+    let (stores, _dir) = stores().await;
+    for store in &stores {
+        let operator = store.create_operator("Ops").await.expect("operator");
+        let root = store.scope_of(operator.id).await.expect("scope");
+        let m = store
+            .create_device_model(&model("DWM-311-A1", "311-a1"))
+            .await
+            .expect("model");
+        let ids = store
+            .insert_devices(&root, &[device(operator.id, m.id, 1)])
+            .await
+            .expect("device");
+        let id = ids[0];
+        // Two readings a second for a minute, values 0..120.
+        let readings: Vec<NewReading> = (0..120)
+            .map(|n| NewReading {
+                device_id: id,
+                metric: "cpu.usage_percent".into(),
+                ts: 1_000_000 + n * 500,
+                value: n as f64,
+            })
+            .collect();
+        store.insert_readings(&readings).await.expect("readings");
+        let series = store
+            .series(&root, id, "cpu.usage_percent", 1_000_000, 1_060_000, 10_000)
+            .await
+            .expect("series");
+        assert_eq!(series.len(), 6, "{}", store.backend());
+        assert_eq!(series[0].ts, 1_000_000);
+        assert_eq!(
+            (series[0].min, series[0].max, series[0].count),
+            (0.0, 19.0, 20)
+        );
+        assert!((series[0].mean - 9.5).abs() < 1e-9);
+        let latest = store.latest_readings(&root, id).await.expect("latest");
+        assert_eq!(latest[0].value, 119.0);
+        store
+            .insert_log_lines(&[
+                NewLogLine {
+                    device_id: id,
+                    stream: "syslog".into(),
+                    ts: 1,
+                    line: "wwan0: link up".into(),
+                },
+                NewLogLine {
+                    device_id: id,
+                    stream: "dmesg".into(),
+                    ts: 2,
+                    line: "usb 1-1: new high-speed USB device".into(),
+                },
+            ])
+            .await
+            .expect("logs");
+        let found = store
+            .device_logs(
+                &root,
+                id,
+                &LogQuery {
+                    search: Some("link".into()),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("search");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].stream, "syslog");
+        store
+            .record_telemetry_faults(id, 3, "hardware/memory: missing field")
+            .await
+            .expect("fault");
+        store
+            .record_telemetry_faults(id, 1, "status: bad state")
+            .await
+            .expect("fault");
+        let fault = store
+            .telemetry_fault(&root, id)
+            .await
+            .expect("fault")
+            .expect("some");
+        assert_eq!(
+            (fault.count, fault.last_error.as_str()),
+            (4, "status: bad state")
+        );
+        assert_eq!(
+            store.prune_telemetry(1_030_000).await.expect("prune"),
+            60 + 2
+        );
+        assert_eq!(store.count_readings().await.expect("count"), 60);
+    }
+}
