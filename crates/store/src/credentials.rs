@@ -24,20 +24,8 @@ impl Store {
         device_id: i64,
         secret_sha256: &str,
     ) -> Result<(), StoreError> {
-        self.device(scope, device_id).await?;
-        let now = now_millis();
-        with_pool!(self, pool => {
-            sqlx::query(
-                "INSERT INTO device_credentials (device_id, secret_sha256, created_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (device_id) DO UPDATE SET secret_sha256 = excluded.secret_sha256, created_at = excluded.created_at",
-            )
-            .bind(device_id)
-            .bind(secret_sha256)
-            .bind(now)
-            .execute(pool)
-            .await?;
-        });
-        Ok(())
+        self.set_device_credential(scope, device_id, "secret_sha256", secret_sha256)
+            .await
     }
 
     /// Sets the SHA-256 of the client certificate a device may connect with
@@ -48,18 +36,32 @@ impl Store {
         device_id: i64,
         certificate_sha256: &str,
     ) -> Result<(), StoreError> {
+        self.set_device_credential(scope, device_id, "certificate_sha256", certificate_sha256)
+            .await
+    }
+
+    /// Sets one credential column, keeping the other: a device may have a
+    /// secret and a certificate at once.
+    async fn set_device_credential(
+        &self,
+        scope: &Scope,
+        device_id: i64,
+        column: &'static str,
+        digest: &str,
+    ) -> Result<(), StoreError> {
         self.device(scope, device_id).await?;
         let now = now_millis();
+        let sql = format!(
+            "INSERT INTO device_credentials (device_id, {column}, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (device_id) DO UPDATE SET {column} = excluded.{column}, created_at = excluded.created_at"
+        );
         with_pool!(self, pool => {
-            sqlx::query(
-                "INSERT INTO device_credentials (device_id, certificate_sha256, created_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (device_id) DO UPDATE SET certificate_sha256 = excluded.certificate_sha256, created_at = excluded.created_at",
-            )
-            .bind(device_id)
-            .bind(certificate_sha256)
-            .bind(now)
-            .execute(pool)
-            .await?;
+            sqlx::query(&sql)
+                .bind(device_id)
+                .bind(digest)
+                .bind(now)
+                .execute(pool)
+                .await?;
         });
         Ok(())
     }
