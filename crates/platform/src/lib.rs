@@ -5,6 +5,7 @@
 //! from CSV with a rejection per bad line ([`import`]).
 
 pub mod accounts;
+pub mod alarms;
 pub mod device_access;
 pub mod device_certificates;
 pub mod identifiers;

@@ -66,11 +66,21 @@ pub struct Ingest {
     latest: Mutex<LatestByDevice>,
     fault_logged: Mutex<HashMap<String, Instant>>,
     live: broadcast::Sender<LiveReading>,
+    alarms: Option<Arc<crate::alarms::AlarmEngine>>,
     pub counters: IngestCounters,
 }
 
 impl Ingest {
     pub fn new(store: Store) -> Arc<Self> {
+        Self::build(store, None)
+    }
+
+    /// An ingest whose readings also feed the alarm engine's threshold rules.
+    pub fn with_alarms(store: Store, alarms: Arc<crate::alarms::AlarmEngine>) -> Arc<Self> {
+        Self::build(store, Some(alarms))
+    }
+
+    fn build(store: Store, alarms: Option<Arc<crate::alarms::AlarmEngine>>) -> Arc<Self> {
         Arc::new(Ingest {
             store,
             devices: Mutex::default(),
@@ -78,6 +88,7 @@ impl Ingest {
             latest: Mutex::default(),
             fault_logged: Mutex::default(),
             live: broadcast::channel(4096).0,
+            alarms,
             counters: IngestCounters::default(),
         })
     }
@@ -192,6 +203,9 @@ impl Ingest {
                     value: *value,
                 });
             }
+        }
+        if let Some(alarms) = &self.alarms {
+            alarms.observe(device.id, ts, &metrics).await;
         }
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending

@@ -5,6 +5,7 @@
 //! and everything below it. It is an argument of the store, so a handler
 //! cannot forget it.
 
+mod alarms;
 mod audit;
 mod credentials;
 mod devices;
@@ -24,6 +25,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use alarms::{Alarm, AlarmQuery, AlarmRule, DeviceContext, NewAlarmRule, Webhook};
 pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
 pub use credentials::DeviceLogin;
 pub use devices::{

@@ -1,0 +1,346 @@
+//! The alarm engine on a real SQLite store, fed through the real ingest: an
+//! LTE fade raises an alarm after the rule's duration and clears when the
+//! signal is back; offline and firmware rules; webhook calls, signed, reach
+//! a local HTTP receiver and are audited.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use device_protocol::{Firmware, Lte, Reading, VERSION};
+use platform::alarms::{AlarmEngine, run_webhooks, signature};
+use platform::telemetry::Ingest;
+use store::{NewAlarmRule, NewDevice, NewDeviceModel, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A local webhook receiver: keeps (signature header, body) of each POST.
+async fn receiver() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/hooks/alarms",
+        listener.local_addr().expect("addr")
+    );
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut data = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read headers, then the body by its length.
+            loop {
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&data).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if data.len() >= end + 4 + length {
+                        let signature = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("x-telemark-signature:")
+                                    .map(|v| v.trim().to_owned())
+                            })
+                            .unwrap_or_default();
+                        let body = text[end + 4..end + 4 + length].to_owned();
+                        seen.lock().expect("lock").push((signature, body));
+                        break;
+                    }
+                }
+            }
+            let _ = socket
+                .write_all(
+                    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    (url, got)
+}
+
+fn lte(ts: i64, rsrp: f64) -> Vec<u8> {
+    Reading::Lte(Lte {
+        v: VERSION,
+        ts,
+        technology: "lte".into(),
+        rsrp_dbm: Some(rsrp),
+        rsrq_db: Some(-12.0),
+        sinr_db: Some(3.0),
+        rssi_dbm: None,
+        band: Some("B20".into()),
+        carrier_aggregation: Vec::new(),
+        operator: None,
+        cell_id: None,
+        smcc: None,
+        smnc: None,
+    })
+    .to_json()
+}
+
+async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_signal_fade_raises_and_clears_an_alarm_and_tells_the_webhook() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_data_dir(dir.path()).await.expect("store");
+    let operator = store.create_operator("Ops").await.expect("operator");
+    let root = store.scope_of(operator.id).await.expect("scope");
+    let customer = store
+        .create_organisation(&root, operator.id, "Integrator")
+        .await
+        .expect("integrator");
+    let model = store
+        .create_device_model(&NewDeviceModel {
+            name: "DWM-311-A1".into(),
+            vendor: "D-Link".into(),
+            hardware_revision: "A1".into(),
+            topic_segment: "311-a1".into(),
+            description: String::new(),
+        })
+        .await
+        .expect("model");
+    let ids = store
+        .insert_devices(
+            &root,
+            &[NewDevice {
+                organisation_id: customer.id,
+                model_id: model.id,
+                name: "harbour-1".into(),
+                serial: "SN1".into(),
+                mac: "00-11-22-33-44-55".into(),
+                imei: None,
+                iccid: None,
+                labels: vec![],
+            }],
+        )
+        .await
+        .expect("device");
+    let device = ids[0];
+    let rule = |name: &str, kind: &str| NewAlarmRule {
+        organisation_id: operator.id,
+        model_id: Some(model.id),
+        name: name.into(),
+        kind: kind.into(),
+        metric: None,
+        comparison: None,
+        threshold: None,
+        duration_secs: 0,
+        expected_firmware: None,
+        severity: "major".into(),
+    };
+    store
+        .create_alarm_rule(
+            &root,
+            &NewAlarmRule {
+                metric: Some("lte.rsrp_dbm".into()),
+                comparison: Some("<".into()),
+                threshold: Some(-110.0),
+                duration_secs: 30,
+                ..rule("Weak LTE signal", "threshold")
+            },
+        )
+        .await
+        .expect("rule");
+    let (url, calls) = receiver().await;
+    store
+        .create_webhook(&root, operator.id, &url, "hook-secret")
+        .await
+        .expect("webhook");
+    let (engine, events) = AlarmEngine::new(store.clone()).await.expect("engine");
+    tokio::spawn(run_webhooks(store.clone(), events));
+    let ingest = Ingest::with_alarms(store.clone(), engine.clone());
+    let topic = "dwr/311-a1/00-11-22-33-44-55/hardware/lte";
+    let open = || async {
+        store
+            .alarms(
+                &root,
+                &store::AlarmQuery {
+                    state: Some("open".into()),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("alarms")
+    };
+
+    // The fade starts; 20 s of it is not yet an alarm, 31 s is.
+    let t0 = 1_764_000_000_000;
+    ingest.handle(topic, &lte(t0, -95.0)).await;
+    ingest.handle(topic, &lte(t0 + 10_000, -114.0)).await;
+    ingest.handle(topic, &lte(t0 + 30_000, -116.0)).await;
+    assert!(
+        open().await.is_empty(),
+        "20 s below the threshold is not 30"
+    );
+    ingest.handle(topic, &lte(t0 + 41_000, -117.5)).await;
+    let alarms = open().await;
+    assert_eq!(alarms.len(), 1);
+    assert_eq!(alarms[0].state, "active");
+    assert_eq!(alarms[0].device_id, device);
+    assert!(
+        alarms[0].message.contains("lte.rsrp_dbm -117.5 < -110"),
+        "{}",
+        alarms[0].message
+    );
+    // Still fading: no second alarm.
+    ingest.handle(topic, &lte(t0 + 51_000, -119.0)).await;
+    assert_eq!(open().await.len(), 1);
+    assert!(
+        eventually(|| calls.lock().expect("lock").len() == 1).await,
+        "raised reaches the webhook"
+    );
+    {
+        let calls = calls.lock().expect("lock");
+        let (sig, body) = &calls[0];
+        assert!(body.contains("\"event\":\"alarm.raised\""), "{body}");
+        assert_eq!(
+            sig,
+            &signature("hook-secret", body.as_bytes()),
+            "signed with the webhook's secret"
+        );
+    }
+    // Acknowledged by an engineer, then the signal recovers: cleared.
+    let acked = store
+        .acknowledge_alarm(&root, alarms[0].id, "noc-engineer")
+        .await
+        .expect("ack");
+    assert_eq!(acked.state, "acknowledged");
+    assert!(
+        store
+            .acknowledge_alarm(&root, alarms[0].id, "again")
+            .await
+            .is_err()
+    );
+    ingest.handle(topic, &lte(t0 + 61_000, -92.0)).await;
+    assert!(open().await.is_empty());
+    let history = store
+        .alarms(
+            &root,
+            &store::AlarmQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(history[0].state, "cleared");
+    assert_eq!(history[0].acknowledged_by.as_deref(), Some("noc-engineer"));
+    assert!(
+        eventually(|| calls
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|(_, b)| b.contains("alarm.cleared")))
+        .await
+    );
+    let mut audited = 0;
+    for _ in 0..100 {
+        audited = store
+            .audit_log(
+                &root,
+                &store::AuditQuery {
+                    search: Some("webhook.delivered".into()),
+                    before_id: None,
+                    limit: 10,
+                },
+            )
+            .await
+            .expect("audit")
+            .len();
+        if audited >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(audited >= 2, "deliveries are audited");
+
+    // Offline and firmware rules, by the periodic pass.
+    store
+        .create_alarm_rule(
+            &root,
+            &NewAlarmRule {
+                duration_secs: 60,
+                ..rule("Offline", "offline")
+            },
+        )
+        .await
+        .expect("offline rule");
+    store
+        .create_alarm_rule(
+            &root,
+            &NewAlarmRule {
+                expected_firmware: Some("2.1.4".into()),
+                ..rule("Old firmware", "firmware")
+            },
+        )
+        .await
+        .expect("firmware rule");
+    engine.refresh_rules().await.expect("refresh");
+    store.set_device_online(device, true).await.expect("online");
+    store
+        .set_device_online(device, false)
+        .await
+        .expect("offline");
+    ingest
+        .handle(
+            "dwr/311-a1/00-11-22-33-44-55/system/firmware",
+            &Reading::Firmware(Firmware {
+                v: VERSION,
+                ts: t0,
+                version: "2.0.9".into(),
+            })
+            .to_json(),
+        )
+        .await;
+    ingest.flush().await.expect("flush");
+    let now = store::now_millis();
+    engine
+        .evaluate_presence_and_firmware(now)
+        .await
+        .expect("pass");
+    let names: Vec<String> = open().await.into_iter().map(|a| a.message).collect();
+    assert_eq!(
+        names.len(),
+        1,
+        "offline for less than 60 s is no alarm yet: {names:?}"
+    );
+    assert!(
+        names[0].contains("firmware 2.0.9 is not 2.1.4"),
+        "{names:?}"
+    );
+    engine
+        .evaluate_presence_and_firmware(now + 61_000)
+        .await
+        .expect("pass");
+    assert_eq!(open().await.len(), 2, "and after 61 s it is");
+    store.set_device_online(device, true).await.expect("back");
+    engine
+        .evaluate_presence_and_firmware(now + 62_000)
+        .await
+        .expect("pass");
+    assert_eq!(
+        open().await.len(),
+        1,
+        "back online clears the offline alarm"
+    );
+}
