@@ -637,3 +637,147 @@ pub struct TelemetryFaultsDto {
     pub last_error: Option<String>,
     pub last_at: Option<i64>,
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAlarmRuleDto {
+    /// The rule watches this organisation's devices and those below it.
+    pub organisation_id: i64,
+    /// Only devices of this model (all models when absent).
+    pub model_id: Option<i64>,
+    #[schema(min_length = 1, max_length = 200)]
+    pub name: String,
+    /// `threshold` (a metric beyond a value), `offline`, or `firmware` (not the expected version).
+    #[schema(pattern = "^(threshold|offline|firmware)$")]
+    pub kind: String,
+    /// For `threshold`: e.g. `lte.rsrp_dbm`, `memory.used_percent`.
+    pub metric: Option<String>,
+    /// For `threshold`: `>` or `<`.
+    #[schema(pattern = "^[<>]$")]
+    pub comparison: Option<String>,
+    pub threshold: Option<f64>,
+    /// How long the condition must hold (threshold, offline).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 604800)]
+    pub duration_secs: i64,
+    /// For `firmware`.
+    pub expected_firmware: Option<String>,
+    /// `critical`, `major`, `minor` or `warning`.
+    #[schema(pattern = "^(critical|major|minor|warning)$")]
+    pub severity: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlarmRuleDto {
+    pub id: i64,
+    pub organisation_id: i64,
+    pub model_id: Option<i64>,
+    pub name: String,
+    pub kind: String,
+    pub metric: Option<String>,
+    pub comparison: Option<String>,
+    pub threshold: Option<f64>,
+    pub duration_secs: i64,
+    pub expected_firmware: Option<String>,
+    pub severity: String,
+    pub enabled: bool,
+    pub created_at: i64,
+}
+
+impl From<store::AlarmRule> for AlarmRuleDto {
+    fn from(r: store::AlarmRule) -> Self {
+        AlarmRuleDto {
+            id: r.id,
+            organisation_id: r.organisation_id,
+            model_id: r.model_id,
+            name: r.name,
+            kind: r.kind,
+            metric: r.metric,
+            comparison: r.comparison,
+            threshold: r.threshold,
+            duration_secs: r.duration_secs,
+            expected_firmware: r.expected_firmware,
+            severity: r.severity,
+            enabled: r.enabled,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleStateDto {
+    pub enabled: bool,
+}
+
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmListQuery {
+    /// `open` (active or acknowledged), `active`, `acknowledged` or `cleared`.
+    #[param(pattern = "^(open|active|acknowledged|cleared)$")]
+    pub state: Option<String>,
+    pub device_id: Option<i64>,
+    /// Newest first: the last id of the previous page.
+    pub before_id: Option<i64>,
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlarmDto {
+    pub id: i64,
+    pub rule_id: i64,
+    pub device_id: i64,
+    pub organisation_id: i64,
+    /// `active`, `acknowledged` or `cleared`.
+    pub state: String,
+    pub severity: String,
+    pub message: String,
+    pub value: Option<f64>,
+    pub raised_at: i64,
+    pub acknowledged_at: Option<i64>,
+    pub acknowledged_by: Option<String>,
+    pub cleared_at: Option<i64>,
+}
+
+impl From<store::Alarm> for AlarmDto {
+    fn from(a: store::Alarm) -> Self {
+        AlarmDto {
+            id: a.id,
+            rule_id: a.rule_id,
+            device_id: a.device_id,
+            organisation_id: a.organisation_id,
+            state: a.state,
+            severity: a.severity,
+            message: a.message,
+            value: a.value,
+            raised_at: a.raised_at,
+            acknowledged_at: a.acknowledged_at,
+            acknowledged_by: a.acknowledged_by,
+            cleared_at: a.cleared_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewWebhookDto {
+    /// Hears of the alarms of this organisation and those below it.
+    pub organisation_id: i64,
+    /// `http://` or `https://`.
+    #[schema(pattern = "^https?://")]
+    pub url: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookDto {
+    pub id: i64,
+    pub organisation_id: i64,
+    pub url: String,
+    /// The HMAC-SHA256 key of `X-Telemark-Signature: sha256=…`; only in the
+    /// answer that creates it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    pub created_at: i64,
+}

@@ -35,6 +35,8 @@ pub struct ApiOptions {
     pub broker_hook_secret: Option<String>,
     /// The telemetry ingest of this process: latest values and live readings.
     pub ingest: Option<Arc<platform::telemetry::Ingest>>,
+    /// The alarm engine: told of rule changes and acknowledgements.
+    pub alarms: Option<Arc<platform::alarms::AlarmEngine>>,
 }
 
 /// The API's router, ready to serve or to test with `oneshot`.

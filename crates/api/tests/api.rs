@@ -1066,6 +1066,38 @@ async fn tenant_isolation_matrix() {
         ),
         (
             Method::POST,
+            "/api/v1/alarm-rules".into(),
+            Some(
+                json!({"organisation_id": b_id, "name": "x", "kind": "offline", "severity": "minor"}),
+            ),
+        ),
+        (
+            Method::POST,
+            "/api/v1/webhooks".into(),
+            Some(json!({"organisation_id": b_id, "url": "http://127.0.0.1:9/x"})),
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/devices/{b_device}/metrics"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/devices/{b_device}/metrics/cpu.usage_percent"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/devices/{b_device}/logs"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/devices/{b_device}/telemetry-faults"),
+            None,
+        ),
+        (
+            Method::POST,
             "/api/v1/users".into(),
             Some(
                 json!({"organisation_id": b_id, "username": "x-user", "password": "long-password-1", "role": "viewer"}),
@@ -1572,4 +1604,131 @@ async fn the_device_list_sorts_filters_and_pages_with_a_cursor() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
         assert_eq!(problem["errors"][0]["field"], field, "{problem}");
     }
+}
+
+#[tokio::test]
+async fn alarm_rules_alarms_and_webhooks_through_the_api() {
+    let h = harness().await;
+    let admin = format!("Bearer {}", login(&h.app, "admin", &h.admin_password).await);
+    let auth = [("authorization", admin.as_str())];
+    let (_, _, me) = call(&h.app, Method::GET, "/api/v1/session", &auth, None).await;
+    let root = me["organisation_id"].clone();
+    // Every broken field is named.
+    let (status, _, problem) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/alarm-rules",
+        &auth,
+        Some(json!({"organisation_id": root, "name": " ", "kind": "threshold", "severity": "loud", "duration_secs": -1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "name",
+            "severity",
+            "duration_secs",
+            "metric",
+            "comparison",
+            "threshold"
+        ]
+    );
+    let (status, _, rule) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/alarm-rules",
+        &auth,
+        Some(json!({"organisation_id": root, "name": "Weak LTE", "kind": "threshold", "metric": "lte.rsrp_dbm",
+                    "comparison": "<", "threshold": -110.0, "duration_secs": 600, "severity": "major"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{rule}");
+    assert_eq!(rule["enabled"], true);
+    let (status, _, off) = call(
+        &h.app,
+        Method::POST,
+        &format!("/api/v1/alarm-rules/{}/state", rule["id"]),
+        &auth,
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{off}");
+    assert_eq!(off["enabled"], false);
+    let (_, _, rules) = call(&h.app, Method::GET, "/api/v1/alarm-rules", &auth, None).await;
+    assert_eq!(rules.as_array().map(Vec::len), Some(1));
+    let (status, _, alarms) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/alarms?state=open",
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(alarms, json!([]));
+    let (status, _, _) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/alarms?state=sleeping",
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/alarms/99/acknowledge",
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A webhook's secret is shown once.
+    let (status, _, hook) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/webhooks",
+        &auth,
+        Some(json!({"organisation_id": root, "url": "http://127.0.0.1:9/alarms"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    assert_eq!(hook["secret"].as_str().map(str::len), Some(64));
+    let (_, _, hooks) = call(&h.app, Method::GET, "/api/v1/webhooks", &auth, None).await;
+    assert!(hooks[0]["secret"].is_null(), "{hooks}");
+    let (status, _, _) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/webhooks",
+        &auth,
+        Some(json!({"organisation_id": root, "url": "ftp://example"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = call(
+        &h.app,
+        Method::DELETE,
+        &format!("/api/v1/webhooks/{}", hook["id"]),
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, _, log) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/audit?search=Weak%20LTE",
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(log.as_array().map(Vec::len), Some(2), "{log}");
 }

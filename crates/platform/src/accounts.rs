@@ -117,7 +117,7 @@ pub fn token_digest(token: &str) -> String {
 }
 
 /// 256 random bits as hex.
-pub(crate) fn new_token() -> String {
+pub fn new_token() -> String {
     let bytes: [u8; 32] = rand::random();
     hex(&bytes)
 }

@@ -79,11 +79,12 @@ impl Store {
                 q.push(" AND a.id < ").push_bind(before);
             }
             if let Some(search) = query.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-                let pattern = format!("{}%", search.replace(['%', '_'], ""));
+                // Anywhere in who, what or which: "Weak LTE" finds the rule's entries.
+                let pattern = format!("%{}%", crate::like_literal(search));
                 q.push(" AND (a.actor LIKE ").push_bind(pattern.clone());
-                q.push(" OR a.action LIKE ").push_bind(pattern.clone());
-                q.push(" OR a.target LIKE ").push_bind(pattern);
-                q.push(")");
+                q.push(" ESCAPE '\\' OR a.action LIKE ").push_bind(pattern.clone());
+                q.push(" ESCAPE '\\' OR a.target LIKE ").push_bind(pattern);
+                q.push(" ESCAPE '\\')");
             }
             q.push(" ORDER BY a.id DESC LIMIT ").push_bind(limit);
             q.build_query_as().fetch_all(pool).await?

@@ -303,7 +303,8 @@ impl Store {
             }
             if let Some(label) = query.label.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
                 q.push(" AND (',' || d.labels || ',') LIKE ")
-                    .push_bind(format!("%,{},%", label.replace(['%', '_'], "")));
+                    .push_bind(format!("%,{},%", crate::like_literal(label)))
+                    .push(" ESCAPE '\\'");
             }
             if let Some(search) = query.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
                 // Each identifier is its own index range, the union of them a
@@ -321,7 +322,9 @@ impl Store {
                     }
                     // The range is exact in byte order; LIKE keeps it exact under
                     // any collation.
-                    q.push(format!(" AND {column} LIKE ")).push_bind(format!("{}%", prefix.replace(['%', '_'], "")));
+                    q.push(format!(" AND {column} LIKE "))
+                        .push_bind(format!("{}%", crate::like_literal(prefix)))
+                        .push(" ESCAPE '\\'");
                 }
                 q.push(")");
             }

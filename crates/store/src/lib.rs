@@ -25,6 +25,13 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+/// `text` as a LIKE pattern that matches it literally, for `LIKE … ESCAPE '\'`.
+pub(crate) fn like_literal(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
 pub use alarms::{Alarm, AlarmQuery, AlarmRule, DeviceContext, NewAlarmRule, Webhook};
 pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
 pub use credentials::DeviceLogin;

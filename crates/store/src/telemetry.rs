@@ -241,7 +241,9 @@ impl Store {
                 q.push(" AND stream = ").push_bind(stream.clone());
             }
             if let Some(search) = query.search.as_deref().filter(|s| !s.is_empty()) {
-                q.push(" AND line LIKE ").push_bind(format!("%{}%", search.replace(['%', '_'], "")));
+                q.push(" AND line LIKE ")
+                    .push_bind(format!("%{}%", crate::like_literal(search)))
+                    .push(" ESCAPE '\\'");
             }
             if let Some(from) = query.from {
                 q.push(" AND ts >= ").push_bind(from);

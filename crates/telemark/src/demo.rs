@@ -91,6 +91,45 @@ pub async fn seed(store: &Store, devices: usize) -> anyhow::Result<Vec<SimDevice
             )
             .await?;
         platform::licensing::generate(store, &root, customers[0].id, plan.id, 20).await?;
+        // Alarm rules an operator starts with; the simulator's fades and
+        // dropouts trip the first and the last now and then.
+        let rule = |name: &str,
+                    kind: &str,
+                    metric: Option<(&str, &str, f64)>,
+                    duration_secs,
+                    severity: &str| {
+            store::NewAlarmRule {
+                organisation_id: admin.organisation_id,
+                model_id: None,
+                name: name.into(),
+                kind: kind.into(),
+                metric: metric.map(|m| m.0.to_owned()),
+                comparison: metric.map(|m| m.1.to_owned()),
+                threshold: metric.map(|m| m.2),
+                duration_secs,
+                expected_firmware: None,
+                severity: severity.into(),
+            }
+        };
+        for r in [
+            rule(
+                "Weak LTE signal",
+                "threshold",
+                Some(("lte.rsrp_dbm", "<", -110.0)),
+                60,
+                "major",
+            ),
+            rule(
+                "Memory nearly full",
+                "threshold",
+                Some(("memory.used_percent", ">", 90.0)),
+                300,
+                "minor",
+            ),
+            rule("Device offline", "offline", None, 120, "critical"),
+        ] {
+            store.create_alarm_rule(&root, &r).await?;
+        }
     }
     let models = store.device_models().await?;
     let mut sim = Vec::new();

@@ -746,9 +746,18 @@ async fn run_platform(
     // with their console password; each is confined by the registry's ACL.
     let auth = Arc::new(registry::RegistryAuthenticator::new(store.clone()));
     let running = start_broker(&config, auth).await?;
-    // The platform reads device telemetry from the broker as a client.
-    let ingest = platform::telemetry::Ingest::new(store.clone());
+    // Alarms: thresholds on ingest, offline and firmware in a leased pass,
+    // webhooks for every change.
+    let (alarms, alarm_events) = platform::alarms::AlarmEngine::new(store.clone()).await?;
     let (stop_ingest, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(platform::alarms::run_webhooks(store.clone(), alarm_events));
+    tokio::spawn(platform::alarms::run_periodic(
+        alarms.clone(),
+        format!("{}-{}", std::process::id(), platform::accounts::new_token()),
+        stop_rx.clone(),
+    ));
+    // The platform reads device telemetry from the broker as a client.
+    let ingest = platform::telemetry::Ingest::with_alarms(store.clone(), alarms.clone());
     let ingest_task = match config.listeners.tcp {
         Some(addr) => {
             let connection = platform::telemetry::BrokerConnection {
@@ -773,6 +782,7 @@ async fn run_platform(
     let options = api::ApiOptions {
         broker_hook_secret: args.broker_hook_secret.clone(),
         ingest: Some(ingest.clone()),
+        alarms: Some(alarms.clone()),
     };
     let app = api::app_with(store.clone(), options).merge(metrics_route(&running.broker));
     let http = serve_http(args.http, app, &running.broker, "HTTP").await?;
@@ -796,6 +806,7 @@ async fn run_platform(
     let fleet = match (demo_devices, config.listeners.tcp) {
         (Some(count), Some(addr)) => {
             let devices = demo::seed(&store, count).await?;
+            alarms.refresh_rules().await?;
             println!(
                 "Demo fleet: {} simulated devices publishing every 5 s. Log in as admin.",
                 devices.len()
