@@ -367,3 +367,77 @@ pub async fn run(
         tracing::warn!(error = %e, "last telemetry batch not written");
     }
 }
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// How long the black box keeps what.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub raw_days: u32,
+    pub hourly_days: u32,
+}
+
+/// One retention pass at `now`: roll every full hour up to an hour ago into
+/// hourly aggregates (an hour of grace for late, buffered readings), then
+/// delete raw readings and logs past `raw_days` and aggregates past
+/// `hourly_days`. Returns the hours rolled up.
+pub async fn retention_pass(
+    store: &Store,
+    retention: Retention,
+    now: i64,
+) -> Result<u32, store::StoreError> {
+    let until = (now / HOUR_MS - 1) * HOUR_MS;
+    let start = match store.rolled_up_until().await? {
+        Some(mark) => mark,
+        None => match store.oldest_reading().await? {
+            Some(oldest) => (oldest / HOUR_MS) * HOUR_MS,
+            None => until,
+        },
+    };
+    let mut hours = 0;
+    let mut hour = start;
+    while hour < until {
+        store.roll_up_hours(hour, hour + HOUR_MS).await?;
+        hour += HOUR_MS;
+        hours += 1;
+    }
+    store
+        .prune_telemetry(now - i64::from(retention.raw_days) * DAY_MS)
+        .await?;
+    store
+        .prune_hourly(now - i64::from(retention.hourly_days) * DAY_MS)
+        .await?;
+    Ok(hours)
+}
+
+/// Runs [`retention_pass`] every five minutes on whichever instance holds
+/// the lease.
+pub async fn run_retention(
+    store: Store,
+    retention: Retention,
+    holder: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(300));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match store
+            .take_lease("telemetry-retention", &holder, 600_000)
+            .await
+        {
+            Ok(true) => match retention_pass(&store, retention, store::now_millis()).await {
+                Ok(hours) if hours > 0 => tracing::info!(hours, "telemetry rolled up"),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "telemetry retention failed; next pass retries")
+                }
+            },
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "retention lease not taken"),
+        }
+    }
+}

@@ -344,3 +344,40 @@ async fn a_signal_fade_raises_and_clears_an_alarm_and_tells_the_webhook() {
         "back online clears the offline alarm"
     );
 }
+
+#[tokio::test]
+async fn retention_rolls_up_full_hours_and_prunes_by_age() {
+    use platform::telemetry::{Retention, retention_pass};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_data_dir(dir.path()).await.expect("store");
+    let hour = 3_600_000i64;
+    let now = 20_000 * hour + 1_234;
+    // Ten days of hourly readings, up to now.
+    let readings: Vec<store::NewReading> = (0..240)
+        .map(|n| store::NewReading {
+            device_id: 1,
+            metric: "cpu.usage_percent".into(),
+            ts: now - (240 - n) * hour,
+            value: n as f64,
+        })
+        .collect();
+    store.insert_readings(&readings).await.expect("insert");
+    let retention = Retention {
+        raw_days: 7,
+        hourly_days: 9,
+    };
+    let hours = retention_pass(&store, retention, now).await.expect("pass");
+    // From the oldest reading's hour to an hour before now.
+    assert_eq!(hours, 239);
+    assert_eq!(
+        store.rolled_up_until().await.expect("mark"),
+        Some((now / hour - 1) * hour)
+    );
+    // Raw: the last 7 days are left.
+    assert_eq!(store.count_readings().await.expect("count"), 7 * 24);
+    // A second pass has nothing to roll up.
+    assert_eq!(
+        retention_pass(&store, retention, now).await.expect("pass"),
+        0
+    );
+}

@@ -174,7 +174,33 @@ impl Store {
     ) -> Result<Vec<SeriesPoint>, StoreError> {
         self.device(scope, device_id).await?;
         let step = step_ms.max(1);
-        let rows = with_pool!(self, pool => {
+        // Steps of an hour or more read the hourly table for what it has
+        // rolled up, raw readings for the rest.
+        let raw_from = match self.rolled_up_until().await? {
+            Some(mark) if step >= 3_600_000 && from < mark => mark.min(to),
+            _ => from,
+        };
+        let mut points: Vec<SeriesPoint> = Vec::new();
+        if raw_from > from {
+            let hourly: Vec<SeriesPoint> = with_pool!(self, pool => {
+                sqlx::query_as(
+                    "SELECT (hour / $4) * $4 AS ts, MIN(min) AS min, MAX(max) AS max, \
+                     SUM(mean * count) / CAST(SUM(count) AS DOUBLE PRECISION) AS mean, CAST(SUM(count) AS BIGINT) AS count \
+                     FROM readings_hourly WHERE device_id = $1 AND metric = $2 AND hour >= $3 AND hour < $5 \
+                     GROUP BY hour / $4 ORDER BY 1",
+                )
+                .bind(device_id)
+                .bind(metric)
+                .bind(from)
+                .bind(step)
+                .bind(raw_from)
+                .fetch_all(pool)
+                .await?
+            });
+            points.extend(hourly);
+        }
+        let from = raw_from;
+        let rows: Vec<SeriesPoint> = with_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT (ts / $4) * $4 AS ts, MIN(value) AS min, MAX(value) AS max, AVG(value) AS mean, COUNT(*) AS count \
                  FROM readings WHERE device_id = $1 AND metric = $2 AND ts >= $3 AND ts < $5 \
@@ -188,7 +214,21 @@ impl Store {
             .fetch_all(pool)
             .await?
         });
-        Ok(rows)
+        for p in rows {
+            // A step split by the roll-up mark is one point.
+            match points.last_mut() {
+                Some(last) if last.ts == p.ts => {
+                    let count = last.count + p.count;
+                    last.mean =
+                        (last.mean * last.count as f64 + p.mean * p.count as f64) / count as f64;
+                    last.min = last.min.min(p.min);
+                    last.max = last.max.max(p.max);
+                    last.count = count;
+                }
+                _ => points.push(p),
+            }
+        }
+        Ok(points)
     }
 
     /// The last reading of each of a device's metrics.
@@ -258,6 +298,62 @@ impl Store {
             q.build_query_as().fetch_all(pool).await?
         });
         Ok(rows)
+    }
+
+    /// Where the hourly roll-up has come to (an hour boundary, Unix ms).
+    pub async fn rolled_up_until(&self) -> Result<Option<i64>, StoreError> {
+        let value = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT value FROM job_marks WHERE name = 'hourly-rollup'")
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(value)
+    }
+
+    /// The time of the oldest raw reading.
+    pub async fn oldest_reading(&self) -> Result<Option<i64>, StoreError> {
+        let value: Option<i64> = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT MIN(ts) FROM readings").fetch_one(pool).await?
+        });
+        Ok(value)
+    }
+
+    /// Rolls the raw readings of `[from, to)` (hour boundaries) up into
+    /// hourly min/max/mean, and marks `to` as done, in one transaction.
+    pub async fn roll_up_hours(&self, from: i64, to: i64) -> Result<u64, StoreError> {
+        let rows = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let rows = sqlx::query(
+                "INSERT INTO readings_hourly (device_id, metric, hour, min, max, mean, count) \
+                 SELECT device_id, metric, (ts / 3600000) * 3600000, MIN(value), MAX(value), AVG(value), COUNT(*) \
+                 FROM readings WHERE ts >= $1 AND ts < $2 GROUP BY device_id, metric, ts / 3600000 \
+                 ON CONFLICT (device_id, metric, hour) DO UPDATE SET min = excluded.min, max = excluded.max, \
+                 mean = excluded.mean, count = excluded.count",
+            )
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query(
+                "INSERT INTO job_marks (name, value) VALUES ('hourly-rollup', $1) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            rows
+        });
+        Ok(rows)
+    }
+
+    /// Deletes hourly aggregates older than `before`.
+    pub async fn prune_hourly(&self, before: i64) -> Result<u64, StoreError> {
+        let n = with_pool!(self, pool => {
+            sqlx::query("DELETE FROM readings_hourly WHERE hour < $1").bind(before).execute(pool).await?.rows_affected()
+        });
+        Ok(n)
     }
 
     /// Deletes readings and log lines older than `before` (Unix ms); returns

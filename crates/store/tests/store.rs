@@ -621,3 +621,76 @@ async fn telemetry_series_logs_and_faults_on_every_backend() {
         assert_eq!(store.count_readings().await.expect("count"), 60);
     }
 }
+
+#[tokio::test]
+async fn hourly_roll_up_serves_long_ranges_on_every_backend() {
+    use store::NewReading;
+    let (stores, _dir) = stores().await;
+    for store in &stores {
+        let operator = store.create_operator("Ops").await.expect("operator");
+        let root = store.scope_of(operator.id).await.expect("scope");
+        let m = store
+            .create_device_model(&model("DWM-311-A1", "311-a1"))
+            .await
+            .expect("model");
+        let id = store
+            .insert_devices(&root, &[device(operator.id, m.id, 1)])
+            .await
+            .expect("device")[0];
+        let hour = 3_600_000i64;
+        let base = 1_000 * hour;
+        // Three hours, a reading a minute: values 0..60 in each hour.
+        let readings: Vec<NewReading> = (0..180)
+            .map(|n| NewReading {
+                device_id: id,
+                metric: "memory.used_percent".into(),
+                ts: base + n * 60_000,
+                value: (n % 60) as f64,
+            })
+            .collect();
+        store.insert_readings(&readings).await.expect("insert");
+        assert_eq!(store.oldest_reading().await.expect("oldest"), Some(base));
+        // The first two hours rolled up; raw readings of the first one pruned.
+        store.roll_up_hours(base, base + hour).await.expect("roll");
+        store
+            .roll_up_hours(base + hour, base + 2 * hour)
+            .await
+            .expect("roll");
+        assert_eq!(
+            store.rolled_up_until().await.expect("mark"),
+            Some(base + 2 * hour)
+        );
+        store.prune_telemetry(base + hour).await.expect("prune");
+        let series = store
+            .series(
+                &root,
+                id,
+                "memory.used_percent",
+                base,
+                base + 3 * hour,
+                hour,
+            )
+            .await
+            .expect("series");
+        assert_eq!(series.len(), 3, "{}: {series:?}", store.backend());
+        for point in &series {
+            assert_eq!((point.min, point.max, point.count), (0.0, 59.0, 60));
+            assert!((point.mean - 29.5).abs() < 1e-9);
+        }
+        // Two hours in one step: one point from the aggregates.
+        let wide = store
+            .series(
+                &root,
+                id,
+                "memory.used_percent",
+                base,
+                base + 2 * hour,
+                2 * hour,
+            )
+            .await
+            .expect("series");
+        assert_eq!(wide.len(), 1);
+        assert_eq!(wide[0].count, 120);
+        assert_eq!(store.prune_hourly(base + hour).await.expect("prune"), 1);
+    }
+}

@@ -15,6 +15,7 @@ pub struct Config {
     pub tls: Option<Tls>,
     pub auth: Auth,
     pub metrics: Metrics,
+    pub telemetry: Telemetry,
     pub broker: broker::Settings,
 }
 
@@ -70,6 +71,25 @@ pub struct Metrics {
     pub bind: Option<SocketAddr>,
 }
 
+/// How long the black box keeps what.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Telemetry {
+    /// Raw readings and log lines.
+    pub raw_retention_days: u32,
+    /// Hourly min/max/mean of every metric.
+    pub hourly_retention_days: u32,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            raw_retention_days: 7,
+            hourly_retention_days: 365,
+        }
+    }
+}
+
 /// The commented default file that `telemark config` prints.
 pub const DEFAULT_FILE: &str = r#"# Telemark configuration. Every key is optional; shown are the defaults.
 # Environment variables override the file: TELEMARK__BROKER__MAX_CONNECTIONS=5000.
@@ -94,6 +114,10 @@ ws = "127.0.0.1:8083"         # MQTT over WebSocket, path /mqtt
 
 [metrics]
 # bind = "127.0.0.1:9183"                      # Prometheus /metrics
+
+[telemetry]
+raw_retention_days = 7                        # readings and device logs
+hourly_retention_days = 365                   # hourly min/max/mean
 
 [broker]
 max_connections = 200000

@@ -756,6 +756,15 @@ async fn run_platform(
         format!("{}-{}", std::process::id(), platform::accounts::new_token()),
         stop_rx.clone(),
     ));
+    tokio::spawn(platform::telemetry::run_retention(
+        store.clone(),
+        platform::telemetry::Retention {
+            raw_days: config.telemetry.raw_retention_days,
+            hourly_days: config.telemetry.hourly_retention_days,
+        },
+        format!("{}-{}", std::process::id(), platform::accounts::new_token()),
+        stop_rx.clone(),
+    ));
     // The platform reads device telemetry from the broker as a client.
     let ingest = platform::telemetry::Ingest::with_alarms(store.clone(), alarms.clone());
     let ingest_task = match config.listeners.tcp {
