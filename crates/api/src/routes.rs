@@ -44,6 +44,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(device_series))
         .routes(routes!(device_logs))
         .routes(routes!(device_faults))
+        .routes(routes!(device_live))
         .routes(routes!(device_ca))
         .routes(routes!(get_import))
         .routes(routes!(list_imports))
@@ -1589,6 +1590,62 @@ async fn delete_webhook(
         )
         .await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}/live",
+    tag = "telemetry",
+    description = "A WebSocket (send `Upgrade: websocket`): one text message per reading as the platform ingests it, `{\"metric\", \"ts\", \"value\"}`.",
+    params(("id" = i64, Path, description = "the object's id")),
+    responses(
+        (status = 101, description = "switching to the WebSocket protocol"),
+        (status = 400, description = "not a WebSocket request, or a bad id", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+async fn device_live(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Id(id): Id,
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Result<Response, ApiError> {
+    state.store.device(&caller.session.scope, id).await?;
+    let upgrade = upgrade.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Some(ingest) = state.options.ingest.clone() else {
+        return Err(ApiError::NotFound(
+            "this server ingests no telemetry".into(),
+        ));
+    };
+    let mut readings = ingest.subscribe_live();
+    Ok(upgrade.on_upgrade(move |mut socket| async move {
+        use axum::extract::ws::Message;
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            tokio::select! {
+                reading = readings.recv() => match reading {
+                    Ok(r) if r.device_id == id => {
+                        let text = serde_json::json!({"metric": r.metric, "ts": r.ts, "value": r.value}).to_string();
+                        if socket.send(Message::Text(text.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    // A slow viewer skips readings rather than slowing the ingest.
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                },
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }))
 }
 
 async fn audit_entries(

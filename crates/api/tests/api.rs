@@ -1732,3 +1732,88 @@ async fn alarm_rules_alarms_and_webhooks_through_the_api() {
     .await;
     assert_eq!(log.as_array().map(Vec::len), Some(2), "{log}");
 }
+
+#[tokio::test]
+async fn a_device_s_readings_stream_live_over_a_websocket() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let h = harness().await;
+    let ingest = platform::telemetry::Ingest::new(h.store.clone());
+    let app = api::app_with(
+        h.store.clone(),
+        api::ApiOptions {
+            ingest: Some(ingest.clone()),
+            ..Default::default()
+        },
+    );
+    let admin = format!("Bearer {}", login(&app, "admin", &h.admin_password).await);
+    let auth = [("authorization", admin.as_str())];
+    create_model(&app, &auth).await;
+    call_csv(
+        &app,
+        "/api/v1/devices/import",
+        &auth,
+        "serial,mac,model\nW1,00:11:22:33:99:01,311-a1\nW2,00:11:22:33:99:02,311-a1\n",
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
+    });
+    let request = |token: Option<&str>| {
+        let mut r = format!("ws://{addr}/api/v1/devices/1/live")
+            .into_client_request()
+            .expect("request");
+        if let Some(t) = token {
+            r.headers_mut()
+                .insert("authorization", t.parse().expect("header"));
+        }
+        r
+    };
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    assert!(
+        tokio_tungstenite::client_async(request(None), stream)
+            .await
+            .is_err(),
+        "no login, no stream"
+    );
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut socket, _) = tokio_tungstenite::client_async(request(Some(&admin)), stream)
+        .await
+        .expect("websocket");
+    let cpu = |ts: i64, usage: f64| {
+        device_protocol::Reading::Cpu(device_protocol::Cpu {
+            v: device_protocol::VERSION,
+            ts,
+            usage_percent: usage,
+            cores: 2,
+        })
+        .to_json()
+    };
+    // Give the server a moment to subscribe after the upgrade.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    ingest
+        .handle("dwr/311-a1/00-11-22-33-99-02/hardware/cpu", &cpu(1, 11.0))
+        .await;
+    ingest
+        .handle("dwr/311-a1/00-11-22-33-99-01/hardware/cpu", &cpu(2, 42.5))
+        .await;
+    let message = tokio::time::timeout(std::time::Duration::from_secs(5), socket.next())
+        .await
+        .expect("a reading in time")
+        .expect("open")
+        .expect("message");
+    let reading: Value = serde_json::from_str(message.to_text().expect("text")).expect("json");
+    assert_eq!(
+        reading,
+        json!({"metric": "cpu.usage_percent", "ts": 2, "value": 42.5}),
+        "only this device's readings"
+    );
+}
