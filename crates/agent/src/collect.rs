@@ -22,6 +22,9 @@ pub struct SystemCollector {
     last_traffic: HashMap<String, (u64, u64, i64)>,
     log_file: Option<PathBuf>,
     log_offset: Option<u64>,
+    /// The kernel ring buffer, opened once; None after it could not be.
+    kmsg: Option<std::fs::File>,
+    kmsg_tried: bool,
 }
 
 impl SystemCollector {
@@ -32,6 +35,8 @@ impl SystemCollector {
             last_traffic: HashMap::new(),
             log_file,
             log_offset: None,
+            kmsg: None,
+            kmsg_tried: false,
         }
     }
 
@@ -269,6 +274,71 @@ impl SystemCollector {
     }
 }
 
+impl SystemCollector {
+    /// Kernel messages since the last call, from /dev/kmsg (readable with
+    /// CAP_SYSLOG or where `kernel.dmesg_restrict` is 0; absent otherwise).
+    /// The first call starts at the buffer's end.
+    pub fn dmesg(&mut self) -> Option<Reading> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if !self.kmsg_tried {
+            self.kmsg_tried = true;
+            // O_NONBLOCK: a read with nothing new returns at once.
+            const O_NONBLOCK: i32 = 0o4000;
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(O_NONBLOCK)
+                .open("/dev/kmsg")
+            {
+                Ok(mut file) => {
+                    if file.seek(SeekFrom::End(0)).is_ok() {
+                        self.kmsg = Some(file);
+                    }
+                }
+                Err(e) => tracing::info!(error = %e, "no kernel messages (/dev/kmsg)"),
+            }
+        }
+        self.kmsg.as_ref()?;
+        let now = now_millis();
+        let boot = self
+            .read("uptime")
+            .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|up| now - (up * 1000.0) as i64)
+            .unwrap_or(now);
+        let file = self.kmsg.as_mut()?;
+        let mut lines = Vec::new();
+        let mut record = vec![0u8; 8192];
+        while lines.len() < 500 {
+            match file.read(&mut record) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let text = String::from_utf8_lossy(&record[..n]);
+                    // "priority,sequence,microseconds,flags;message"
+                    let Some((header, message)) = text.split_once(';') else {
+                        continue;
+                    };
+                    let micros = header
+                        .split(',')
+                        .nth(2)
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .unwrap_or(0);
+                    lines.push(LogLine {
+                        ts: boot + micros / 1000,
+                        text: message.lines().next().unwrap_or_default().to_owned(),
+                    });
+                }
+                // Overwritten records (EPIPE) are skipped; WouldBlock means done.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => continue,
+                Err(_) => break,
+            }
+        }
+        (!lines.is_empty()).then_some(Reading::Dmesg(LogBatch {
+            v: VERSION,
+            ts: now,
+            lines,
+        }))
+    }
+}
+
 /// The firmware version: `VERSION_ID` (or `PRETTY_NAME`) of an os-release
 /// file, or the first line of any other file.
 pub fn firmware(path: &Path) -> Option<Reading> {
@@ -309,6 +379,38 @@ mod tests {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(c.cpu().is_some());
+    }
+
+    #[test]
+    fn reads_new_kernel_messages_where_permitted() {
+        let mut c = SystemCollector::new(None);
+        let _ = c.dmesg();
+        let marker = format!("telemark-agent-test {}", now_millis());
+        // Writing to /dev/kmsg needs root, as reading may: else the test
+        // has nothing to check on this machine.
+        let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") else {
+            eprintln!("/dev/kmsg not writable here; skipped");
+            return;
+        };
+        if c.kmsg.is_none() || std::io::Write::write_all(&mut kmsg, marker.as_bytes()).is_err() {
+            eprintln!("/dev/kmsg not usable here; skipped");
+            return;
+        }
+        // Some sandboxed kernels hand a record over only once the next one
+        // is written.
+        let _ = std::io::Write::write_all(&mut kmsg, b"telemark-agent-test end");
+        // The kernel may hand it over a moment later.
+        let mut seen = Vec::new();
+        for _ in 0..50 {
+            if let Some(Reading::Dmesg(batch)) = c.dmesg() {
+                seen.extend(batch.lines.into_iter().map(|l| l.text));
+            }
+            if seen.contains(&marker) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("{marker} not read back; read {seen:?}");
     }
 
     #[test]

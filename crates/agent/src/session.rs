@@ -186,7 +186,7 @@ pub async fn run(
             _ = network.tick() => collector.traffic().into_iter().collect(),
             _ = lte.tick() => collector.lte().into_iter().collect(),
             _ = uptime.tick() => collector.uptime().into_iter().collect(),
-            _ = logs.tick() => collector.syslog().into_iter().collect(),
+            _ = logs.tick() => [collector.syslog(), collector.dmesg()].into_iter().flatten().collect(),
         };
         for reading in readings {
             let t = reading.topic();
