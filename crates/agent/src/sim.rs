@@ -355,8 +355,14 @@ async fn run_device(
                 )
                 .await;
             let _ = client.disconnect().await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            poller.abort();
+            // The event loop sends what is queued, then DISCONNECT, then ends.
+            let abort = poller.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(10), poller)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
             return;
         }
     }

@@ -38,6 +38,9 @@ pub struct ClientIdentity {
     pub certificate_fingerprint: Option<Arc<str>>,
     /// Whatever the embedder wants to keep with the connection (a device id, a tenant).
     pub attributes: Option<Arc<dyn Any + Send + Sync>>,
+    /// A deeper (or shallower) queue than `max_queued_messages` for this
+    /// client: the embedder's own services read everyone's messages.
+    pub max_queued_messages: Option<usize>,
 }
 
 impl ClientIdentity {
@@ -47,6 +50,7 @@ impl ClientIdentity {
             username: request.username.as_deref().map(Into::into),
             certificate_fingerprint: request.certificate_fingerprint.as_deref().map(Into::into),
             attributes: None,
+            max_queued_messages: None,
         }
     }
 }
@@ -412,6 +416,7 @@ mod tests {
             username: user.map(Into::into),
             certificate_fingerprint: None,
             attributes: None,
+            max_queued_messages: None,
         }
     }
 

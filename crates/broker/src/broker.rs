@@ -259,11 +259,10 @@ impl BrokerShared {
             retain,
             subscription_ids,
         };
-        if !state.enqueue(
-            delivery,
-            self.settings.max_queued_messages,
-            self.settings.queue_policy,
-        ) {
+        let limit = state
+            .queue_limit
+            .unwrap_or(self.settings.max_queued_messages);
+        if !state.enqueue(delivery, limit, self.settings.queue_policy) {
             add(&self.stats.messages_dropped, 1);
         }
         let connected = state.connected;

@@ -479,6 +479,7 @@ impl Connection {
         request.password = None;
         let client_id: Arc<str> = client_id.into();
         let attached = shared.attach(&client_id, self.version, connect.clean_start, expiry, will);
+        attached.session.lock().queue_limit = identity.max_queued_messages;
         let p = &connect.properties;
         let active = Active {
             session: attached.session,

@@ -62,6 +62,8 @@ pub struct SessionState {
     pub will: Option<Box<StoredWill>>,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
+    /// This session's queue bound, when its client was given its own.
+    pub queue_limit: Option<usize>,
 }
 
 impl SessionState {
@@ -79,6 +81,7 @@ impl SessionState {
             generation: 0,
             will: None,
             dropped: 0,
+            queue_limit: None,
         }
     }
 

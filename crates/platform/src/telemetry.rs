@@ -318,14 +318,19 @@ pub async fn run(
         .set_max_packet_size(1 << 20, 1 << 20)
         .set_inflight(1000);
     let (client, mut events) = AsyncClient::new(options, 1024);
+    // Writing runs beside reading: the loop below only parses and queues,
+    // and wakes the writer early when a batch is full.
+    let batch_full = Arc::new(tokio::sync::Notify::new());
     let flusher = {
         let ingest = ingest.clone();
         let mut stop = stop.clone();
+        let batch_full = batch_full.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(FLUSH_EVERY);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
+                    _ = batch_full.notified() => {}
                     _ = stop.changed() => break,
                 }
                 if let Err(e) = ingest.flush().await {
@@ -348,10 +353,8 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 ingest.handle(&p.topic, &p.payload).await;
-                if ingest.should_flush()
-                    && let Err(e) = ingest.flush().await
-                {
-                    tracing::warn!(error = %e, "telemetry batch not written; kept for the next try");
+                if ingest.should_flush() {
+                    batch_full.notify_one();
                 }
             }
             Ok(_) => {}

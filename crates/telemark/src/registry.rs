@@ -8,6 +8,10 @@ use mqtt::ReasonCode;
 use platform::device_access::{self, Denial, Principal};
 use store::Store;
 
+/// Queue bound of the platform's internal clients: a few seconds of a
+/// 100,000-device fleet.
+const INTERNAL_QUEUE: usize = 2_000_000;
+
 pub struct RegistryAuthenticator {
     store: Store,
 }
@@ -51,6 +55,12 @@ impl Authenticator for RegistryAuthenticator {
                 Denial::NotAuthorized => ReasonCode::NotAuthorized,
             })?;
             let mut identity = ClientIdentity::from_request(request);
+            // The platform's own ingest reads every device's messages: a
+            // burst of a whole fleet must queue, not drop.
+            if matches!(&principal, Principal::Operator { username } if username == device_access::INTERNAL_USERNAME)
+            {
+                identity.max_queued_messages = Some(INTERNAL_QUEUE);
+            }
             identity.attributes = Some(Arc::new(principal));
             Ok(identity)
         })

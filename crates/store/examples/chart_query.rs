@@ -1,0 +1,97 @@
+//! Benchmark: a 24-hour chart of one device with 10,000 devices' readings
+//! stored (one metric a minute each: 14.4 million rows) in embedded SQLite
+//! or PostgreSQL. The target: under 50 ms.
+//!
+//!     cargo run --release -p store --example chart_query [-- DEVICES [postgres://…]]
+
+use std::time::Instant;
+
+use store::{NewDevice, NewDeviceModel, NewReading, Store};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let devices: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let dir = tempfile::tempdir()?;
+    let store = match args.get(2) {
+        Some(url) => Store::open(url).await?,
+        None => Store::open_data_dir(dir.path()).await?,
+    };
+    let op = store.create_operator("Ops").await?;
+    let root = store.scope_of(op.id).await?;
+    let model = store
+        .create_device_model(&NewDeviceModel {
+            name: "DWM-311-A1".into(),
+            vendor: "D-Link".into(),
+            hardware_revision: "A1".into(),
+            topic_segment: "311-a1".into(),
+            description: String::new(),
+        })
+        .await?;
+    let mut ids = Vec::new();
+    for chunk in (0..devices).collect::<Vec<_>>().chunks(5000) {
+        let batch: Vec<NewDevice> = chunk
+            .iter()
+            .map(|&n| NewDevice {
+                organisation_id: op.id,
+                model_id: model.id,
+                name: format!("d{n}"),
+                serial: format!("S{n:08}"),
+                mac: format!(
+                    "02-00-00-{:02x}-{:02x}-{:02x}",
+                    n >> 16,
+                    (n >> 8) & 0xff,
+                    n & 0xff
+                ),
+                imei: None,
+                iccid: None,
+                labels: vec![],
+            })
+            .collect();
+        ids.extend(store.insert_devices(&root, &batch).await?);
+    }
+    let end = store::now_millis();
+    let start = end - 24 * 3_600_000;
+    let started = Instant::now();
+    // Minute by minute, every device, as the ingest writes them.
+    let mut batch = Vec::with_capacity(50_000);
+    for minute in 0..1440i64 {
+        for (n, id) in ids.iter().enumerate() {
+            batch.push(NewReading {
+                device_id: *id,
+                metric: "memory.used_percent".into(),
+                ts: start + minute * 60_000 + (n as i64 % 60_000),
+                value: 40.0 + ((minute + n as i64) % 50) as f64,
+            });
+            if batch.len() == 50_000 {
+                store.insert_readings(&batch).await?;
+                batch.clear();
+            }
+        }
+    }
+    store.insert_readings(&batch).await?;
+    let rows = store.count_readings().await?;
+    println!(
+        "{}: stored {rows} readings of {devices} devices in {:.1} s ({:.0} rows/s)",
+        store.backend(),
+        started.elapsed().as_secs_f64(),
+        rows as f64 / started.elapsed().as_secs_f64()
+    );
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let id = ids[(i * 7919) % ids.len()];
+        let t = Instant::now();
+        let series = store
+            .series(&root, id, "memory.used_percent", start, end + 1, 300_000)
+            .await?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert!(series.len() >= 287, "{}", series.len());
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "24-hour chart of one device (288 points of 5 min): median {:.2} ms, slowest {:.2} ms over 20 devices",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+    Ok(())
+}
