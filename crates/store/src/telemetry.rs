@@ -70,7 +70,8 @@ pub struct TelemetryFault {
 }
 
 impl Store {
-    /// Writes readings in one transaction.
+    /// Writes readings in one transaction; a reading already stored (same
+    /// device, metric and time) is not stored again.
     pub async fn insert_readings(&self, readings: &[NewReading]) -> Result<(), StoreError> {
         if readings.is_empty() {
             return Ok(());
@@ -82,6 +83,8 @@ impl Store {
                 q.push_values(chunk, |mut row, r| {
                     row.push_bind(r.device_id).push_bind(&r.metric).push_bind(r.ts).push_bind(r.value);
                 });
+                // The same reading twice (a QoS 1 redelivery) is kept once.
+                q.push(" ON CONFLICT (device_id, metric, ts) DO NOTHING");
                 q.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
