@@ -781,3 +781,22 @@ pub struct WebhookDto {
     pub secret: Option<String>,
     pub created_at: i64,
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresenceChangeDto {
+    pub id: i64,
+    /// true: connected; false: gone (disconnect, will, or lost keep-alive).
+    pub online: bool,
+    /// Unix ms.
+    pub at: i64,
+}
+
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceQuery {
+    /// Newest first: the last id of the previous page.
+    pub before_id: Option<i64>,
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}

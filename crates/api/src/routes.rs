@@ -45,6 +45,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(device_logs))
         .routes(routes!(device_faults))
         .routes(routes!(device_live))
+        .routes(routes!(device_presence))
         .routes(routes!(device_ca))
         .routes(routes!(get_import))
         .routes(routes!(list_imports))
@@ -1646,6 +1647,46 @@ async fn device_live(
             }
         }
     }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}/presence",
+    tag = "telemetry",
+    params(("id" = i64, Path, description = "the object's id"), PresenceQuery),
+    responses(
+        (status = 200, description = "the device's connects and disconnects, newest first", body = Vec<PresenceChangeDto>),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+async fn device_presence(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Id(id): Id,
+    q: Result<Query<PresenceQuery>, QueryRejection>,
+) -> Result<Json<Vec<PresenceChangeDto>>, ApiError> {
+    let q = query(q)?;
+    let changes = state
+        .store
+        .presence_history(
+            &caller.session.scope,
+            id,
+            q.before_id,
+            page_limit(q.limit, 100, 1000)?,
+        )
+        .await?;
+    Ok(Json(
+        changes
+            .into_iter()
+            .map(|c| PresenceChangeDto {
+                id: c.id,
+                online: c.online,
+                at: c.at,
+            })
+            .collect(),
+    ))
 }
 
 async fn audit_entries(

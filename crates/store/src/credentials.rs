@@ -16,6 +16,14 @@ pub struct DeviceLogin {
     pub certificate_sha256: Option<String>,
 }
 
+/// A device came or went.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PresenceChange {
+    pub id: i64,
+    pub online: bool,
+    pub at: i64,
+}
+
 impl Store {
     /// Sets a device's secret digest (replacing the old one), if the device is in `scope`.
     pub async fn set_device_secret(
@@ -85,14 +93,44 @@ impl Store {
     pub async fn set_device_online(&self, device_id: i64, online: bool) -> Result<(), StoreError> {
         let now = now_millis();
         with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
             sqlx::query("UPDATE devices SET online = $1, last_seen_at = $2 WHERE id = $3")
                 .bind(online)
                 .bind(now)
                 .bind(device_id)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
+            sqlx::query("INSERT INTO device_presence (device_id, online, at) VALUES ($1, $2, $3)")
+                .bind(device_id)
+                .bind(online)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
         });
         Ok(())
+    }
+
+    /// A device's connects and disconnects, newest first.
+    pub async fn presence_history(
+        &self,
+        scope: &Scope,
+        device_id: i64,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<PresenceChange>, StoreError> {
+        self.device(scope, device_id).await?;
+        let rows = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, online, at FROM device_presence WHERE device_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+            )
+            .bind(device_id)
+            .bind(before_id.unwrap_or(i64::MAX))
+            .bind(i64::from(limit.clamp(1, 1000)))
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows)
     }
 
     /// Devices online in `scope`.

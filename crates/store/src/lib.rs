@@ -34,7 +34,7 @@ pub(crate) fn like_literal(text: &str) -> String {
 
 pub use alarms::{Alarm, AlarmQuery, AlarmRule, DeviceContext, NewAlarmRule, Webhook};
 pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
-pub use credentials::DeviceLogin;
+pub use credentials::{DeviceLogin, PresenceChange};
 pub use devices::{
     Device, DeviceCursor, DeviceModel, DevicePage, DeviceQuery, DeviceSort, NewDevice,
     NewDeviceModel,

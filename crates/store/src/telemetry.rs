@@ -359,13 +359,14 @@ impl Store {
         Ok(n)
     }
 
-    /// Deletes readings and log lines older than `before` (Unix ms); returns
-    /// how many rows went.
+    /// Deletes readings, log lines and presence changes older than `before`
+    /// (Unix ms); returns how many rows went.
     pub async fn prune_telemetry(&self, before: i64) -> Result<u64, StoreError> {
         let n = with_pool!(self, pool => {
             let a = sqlx::query("DELETE FROM readings WHERE ts < $1").bind(before).execute(pool).await?.rows_affected();
             let b = sqlx::query("DELETE FROM device_logs WHERE ts < $1").bind(before).execute(pool).await?.rows_affected();
-            a + b
+            let c = sqlx::query("DELETE FROM device_presence WHERE at < $1").bind(before).execute(pool).await?.rows_affected();
+            a + b + c
         });
         Ok(n)
     }

@@ -591,6 +591,17 @@ fn serve_runs_store_api_and_broker_with_the_admin_from_the_environment() {
     assert!(online, "the device shows online while connected");
     let (_, stats) = http(http_port, "GET", "/api/v1/statistics", &auth, "");
     assert!(stats.contains("\"online_devices\":{\"value\":1"), "{stats}");
+    let (_, presence) = http(
+        http_port,
+        "GET",
+        &format!("/api/v1/devices/{device_id}/presence"),
+        &auth,
+        "",
+    );
+    assert!(
+        presence.starts_with("[{") && presence.contains("\"online\":true"),
+        "{presence}"
+    );
     let _ = holder.kill();
     let _ = holder.wait();
     let _ = child.kill();
