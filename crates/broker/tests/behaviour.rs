@@ -934,3 +934,64 @@ async fn messages_follow_the_session_to_the_connection_that_took_it_over() {
         assert_eq!(second.recv_publish().await.payload[0], i);
     }
 }
+
+/// Gives the client `deep` a queue of its own, as the platform gives its ingest.
+struct DeepQueueFor(&'static str);
+
+impl broker::Authenticator for DeepQueueFor {
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a broker::ConnectRequest,
+    ) -> broker::BoxFuture<'a, Result<broker::ClientIdentity, ReasonCode>> {
+        Box::pin(async move {
+            let mut identity = broker::ClientIdentity::from_request(request);
+            if request.client_id.as_str() == self.0 {
+                identity.max_queued_messages = Some(100);
+            }
+            Ok(identity)
+        })
+    }
+
+    fn authorize(&self, _: &broker::ClientIdentity, _: broker::Action, _: &str) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn an_embedder_can_give_one_client_a_deeper_queue() {
+    let settings = Settings {
+        max_queued_messages: 3,
+        ..quick_settings()
+    };
+    let b = start_with(settings, Arc::new(DeepQueueFor("deep"))).await;
+    let (deep, shallow) = (
+        Conn::v5("deep").persistent(60),
+        Conn::v5("shallow").persistent(60),
+    );
+    for conn in [&deep, &shallow] {
+        let (mut c, _) = Client::connect(b.tcp, conn).await;
+        c.subscribe("dq/t", QoS::AtLeastOnce).await;
+        c.disconnect().await;
+    }
+    let (mut p, _) = Client::connect(b.tcp, &Conn::v5("dq-pub")).await;
+    for i in 0..10u8 {
+        p.publish("dq/t", &[i], QoS::AtLeastOnce, false).await;
+    }
+    let (mut c, _) = Client::connect(b.tcp, &deep).await;
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.push(c.recv_publish().await.payload[0]);
+    }
+    assert_eq!(
+        got,
+        (0..10).collect::<Vec<u8>>(),
+        "nothing dropped for the deep queue"
+    );
+    let (mut c, _) = Client::connect(b.tcp, &shallow).await;
+    assert_eq!(
+        c.recv_publish().await.payload[0],
+        7,
+        "the others keep the bound"
+    );
+    assert_eq!(b.broker.stats().messages_dropped, 7);
+}

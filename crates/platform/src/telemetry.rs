@@ -19,6 +19,7 @@ use tokio::sync::broadcast;
 /// Flush when this many rows wait, or every [`FLUSH_EVERY`].
 const BATCH_ROWS: usize = 5_000;
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
+const MAX_TRANSACTION_ROWS: usize = 50_000;
 /// A device that keeps sending bad messages is logged once a minute.
 const FAULT_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -252,7 +253,19 @@ impl Ingest {
     /// Writes what waits. On a write failure the batch is kept for the next
     /// flush, up to ten batches, so a short database outage loses nothing.
     pub async fn flush(&self) -> Result<usize, store::StoreError> {
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        // At most MAX_TRANSACTION_ROWS readings a transaction, oldest first:
+        // a backlog is written in steady steps, not one transaction that
+        // holds the database for seconds.
+        let batch = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let take = pending.readings.len().min(MAX_TRANSACTION_ROWS);
+            Pending {
+                readings: pending.readings.drain(..take).collect(),
+                lines: std::mem::take(&mut pending.lines),
+                faults: std::mem::take(&mut pending.faults),
+                firmware: std::mem::take(&mut pending.firmware),
+            }
+        };
         let rows = batch.readings.len() + batch.lines.len();
         let result = async {
             self.store.insert_readings(&batch.readings).await?;
@@ -333,8 +346,16 @@ pub async fn run(
                     _ = batch_full.notified() => {}
                     _ = stop.changed() => break,
                 }
-                if let Err(e) = ingest.flush().await {
-                    tracing::warn!(error = %e, "telemetry batch not written; kept for the next try");
+                // Write until what waits is less than a batch.
+                loop {
+                    match ingest.flush().await {
+                        Ok(rows) if rows >= MAX_TRANSACTION_ROWS => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "telemetry batch not written; kept for the next try");
+                            break;
+                        }
+                    }
                 }
             }
         })
@@ -366,8 +387,15 @@ pub async fn run(
     }
     let _ = client.disconnect().await;
     flusher.abort();
-    if let Err(e) = ingest.flush().await {
-        tracing::warn!(error = %e, "last telemetry batch not written");
+    loop {
+        match ingest.flush().await {
+            Ok(rows) if rows >= MAX_TRANSACTION_ROWS => {}
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "last telemetry batch not written");
+                break;
+            }
+        }
     }
 }
 
