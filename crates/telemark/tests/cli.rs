@@ -742,28 +742,7 @@ fn devices_log_in_with_a_certificate_from_the_platform_ca() {
         ("Authorization", bearer.as_str()),
         ("Content-Type", "application/json"),
     ];
-    let (status, body) = http(
-        http_port,
-        "POST",
-        "/api/v1/device-models",
-        &auth,
-        r#"{"name":"DWM-311-A1","vendor":"D-Link","hardware_revision":"A1","topic_segment":"311-a1"}"#,
-    );
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = http(
-        http_port,
-        "POST",
-        "/api/v1/devices/import",
-        &[
-            ("Authorization", bearer.as_str()),
-            ("Content-Type", "text/csv"),
-        ],
-        "serial,mac,model\nSN1,00:11:22:33:44:55,311-a1\n",
-    );
-    assert_eq!(status, 200, "{body}");
-    let (_, page) = http(http_port, "GET", "/api/v1/devices", &auth, "");
-    let page: serde_json::Value = serde_json::from_str(&page).expect("json");
-    let device_id = page["devices"][0]["id"].as_i64().expect("id");
+    let device_id = register_device(http_port, &bearer, "SN1", "00:11:22:33:44:55");
     let (status, body) = http(
         http_port,
         "POST",
@@ -828,6 +807,40 @@ fn devices_log_in_with_a_certificate_from_the_platform_ca() {
     let _ = child.wait();
 }
 
+/// A DWM-311-A1 device registered through the API (the model too, the
+/// first time); returns its id.
+fn register_device(http_port: u16, bearer: &str, serial: &str, mac: &str) -> i64 {
+    let json = [
+        ("Authorization", bearer),
+        ("Content-Type", "application/json"),
+    ];
+    let (status, body) = http(
+        http_port,
+        "POST",
+        "/api/v1/device-models",
+        &json,
+        r#"{"name":"DWM-311-A1","vendor":"D-Link","hardware_revision":"A1","topic_segment":"311-a1"}"#,
+    );
+    assert!(status == 201 || status == 409, "{body}");
+    let (status, body) = http(
+        http_port,
+        "POST",
+        "/api/v1/devices/import",
+        &[("Authorization", bearer), ("Content-Type", "text/csv")],
+        &format!("serial,mac,model\n{serial},{mac},311-a1\n"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, page) = http(
+        http_port,
+        "GET",
+        &format!("/api/v1/devices?search={serial}"),
+        &json,
+        "",
+    );
+    let page: serde_json::Value = serde_json::from_str(&page).expect("json");
+    page["devices"][0]["id"].as_i64().expect("id")
+}
+
 /// `telemark serve` on fixed ports and a data directory, killed when dropped.
 struct Platform {
     child: Child,
@@ -879,29 +892,11 @@ fn the_agent_fills_the_black_box_and_buffers_across_a_platform_restart() {
         ("Authorization", bearer.as_str()),
         ("Content-Type", "application/json"),
     ];
-    let (status, body) = http(
-        http_port,
-        "POST",
-        "/api/v1/device-models",
-        &auth,
-        r#"{"name":"DWM-311-A1","vendor":"D-Link","hardware_revision":"A1","topic_segment":"311-a1"}"#,
-    );
-    assert_eq!(status, 201, "{body}");
-    let (status, body) = http(
-        http_port,
-        "POST",
-        "/api/v1/devices/import",
-        &[
-            ("Authorization", bearer.as_str()),
-            ("Content-Type", "text/csv"),
-        ],
-        "serial,mac,model\nAG1,00:11:22:33:55:01,311-a1\n",
-    );
-    assert_eq!(status, 200, "{body}");
+    let device_id = register_device(http_port, &bearer, "AG1", "00:11:22:33:55:01");
     let (_, body) = http(
         http_port,
         "POST",
-        "/api/v1/devices/1/credentials",
+        &format!("/api/v1/devices/{device_id}/credentials"),
         &auth,
         "",
     );
@@ -931,7 +926,13 @@ fn the_agent_fills_the_black_box_and_buffers_across_a_platform_restart() {
         .spawn()
         .expect("agent starts");
     let metrics = |port: u16| {
-        let (_, body) = http(port, "GET", "/api/v1/devices/1/metrics", &auth, "");
+        let (_, body) = http(
+            port,
+            "GET",
+            &format!("/api/v1/devices/{device_id}/metrics"),
+            &auth,
+            "",
+        );
         body
     };
     assert!(
@@ -940,7 +941,13 @@ fn the_agent_fills_the_black_box_and_buffers_across_a_platform_restart() {
         "the agent's readings reach the store: {}",
         metrics(http_port)
     );
-    let (_, device) = http(http_port, "GET", "/api/v1/devices/1", &auth, "");
+    let (_, device) = http(
+        http_port,
+        "GET",
+        &format!("/api/v1/devices/{device_id}"),
+        &auth,
+        "",
+    );
     assert!(
         device.contains("\"firmware_version\":\"7.4.1\""),
         "{device}"
@@ -952,7 +959,7 @@ fn the_agent_fills_the_black_box_and_buffers_across_a_platform_restart() {
         eventually(15, || http(
             http_port,
             "GET",
-            "/api/v1/devices/1/logs?search=link%20up",
+            &format!("/api/v1/devices/{device_id}/logs?search=link%20up"),
             &auth,
             ""
         )
@@ -973,7 +980,7 @@ fn the_agent_fills_the_black_box_and_buffers_across_a_platform_restart() {
         eventually(10, || http(
             http_port,
             "GET",
-            "/api/v1/devices/1/telemetry-faults",
+            &format!("/api/v1/devices/{device_id}/telemetry-faults"),
             &auth,
             ""
         )
@@ -996,7 +1003,7 @@ fn the_agent_fills_the_black_box_and_buffers_across_a_platform_restart() {
             http_port,
             "GET",
             &format!(
-                "/api/v1/devices/1/metrics/memory.used_percent?from={outage_start}&to={outage_end}&step=1000"
+                "/api/v1/devices/{device_id}/metrics/memory.used_percent?from={outage_start}&to={outage_end}&step=1000"
             ),
             &auth,
             "",
