@@ -1,0 +1,131 @@
+//! Statistics and the system log.
+
+use super::*;
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/statistics",
+    tag = "statistics",
+    responses(
+        (status = 200, description = "the dashboard counters with their change since the same day last week", body = StatisticsDto),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+pub(super) async fn statistics(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<StatisticsDto>, ApiError> {
+    let scope = &caller.session.scope;
+    let now = state.store.counters(scope).await?;
+    let today = store::today();
+    // Looking is also a snapshot: today's row exists once anyone has looked.
+    state.store.save_daily_counters(scope, today, &now).await?;
+    let week_ago = state.store.daily_counters(scope, today - 7).await?;
+    let w = |f: fn(&store::Counters) -> i64| week_ago.as_ref().map(f);
+    Ok(Json(StatisticsDto {
+        devices: CounterDto::new(now.devices, w(|c| c.devices)),
+        online_devices: CounterDto::new(now.online_devices, w(|c| c.online_devices)),
+        users: CounterDto::new(now.users, w(|c| c.users)),
+        system_integrators: CounterDto::new(now.integrators, w(|c| c.integrators)),
+        business_customers: CounterDto::new(now.customers, w(|c| c.customers)),
+        license_keys: CounterDto::new(now.license_keys, w(|c| c.license_keys)),
+    }))
+}
+
+pub(super) async fn audit_entries(
+    state: &AppState,
+    caller: &Caller,
+    q: AuditListQuery,
+) -> Result<Vec<store::AuditEntry>, ApiError> {
+    caller.require_admin()?;
+    let limit = page_limit(q.limit, 100, 10_000)?;
+    Ok(state
+        .store
+        .audit_log(
+            &caller.session.scope,
+            &store::AuditQuery {
+                search: q.search,
+                before_id: q.before_id,
+                limit,
+            },
+        )
+        .await?)
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "audit",
+    params(AuditListQuery),
+    responses(
+        (status = 200, description = "system log entries, newest first", body = Vec<AuditEntryDto>),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+pub(super) async fn audit_log(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    q: Result<Query<AuditListQuery>, QueryRejection>,
+) -> Result<Json<Vec<AuditEntryDto>>, ApiError> {
+    let entries = audit_entries(&state, &caller, query(q)?).await?;
+    Ok(Json(entries.into_iter().map(Into::into).collect()))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit.csv",
+    tag = "audit",
+    params(AuditListQuery),
+    responses(
+        (status = 200, description = "the system log as CSV", content_type = "text/csv", body = String),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+/// The log as CSV, for a spreadsheet or an auditor.
+pub(super) async fn audit_csv(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    q: Result<Query<AuditListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let mut q = query(q)?;
+    q.limit = Some(q.limit.unwrap_or(10_000));
+    let entries = audit_entries(&state, &caller, q).await?;
+    fn cell(v: &str) -> String {
+        if v.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", v.replace('"', "\"\""))
+        } else {
+            v.to_owned()
+        }
+    }
+    let mut out =
+        String::from("id,created_at,organisation_id,actor,action,target,before,after,address\n");
+    for e in entries {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{}\n",
+            e.id,
+            e.created_at,
+            e.organisation_id,
+            cell(&e.actor),
+            cell(&e.action),
+            cell(&e.target),
+            cell(e.before_value.as_deref().unwrap_or("")),
+            cell(e.after_value.as_deref().unwrap_or("")),
+            cell(e.address.as_deref().unwrap_or(""))
+        ));
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"telemark-audit.csv\"",
+            ),
+        ],
+        out,
+    )
+        .into_response())
+}

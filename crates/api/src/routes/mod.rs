@@ -1,0 +1,346 @@
+//! The routes of `/api/v1`, the caller extractor and what every handler
+//! shares; the handlers live in one module per area.
+
+mod alarms;
+mod audit;
+mod devices;
+mod licenses;
+mod telemetry;
+mod users;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use platform::accounts::{self, Role, Session};
+use sha2::{Digest, Sha256};
+use store::{DeviceCursor, DeviceQuery, DeviceSort, NewDeviceModel};
+use utoipa::openapi::security::SecurityScheme;
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::dto::*;
+use crate::{ApiError, AppState};
+
+const COOKIE: &str = "telemark_session";
+
+/// The routes with their OpenAPI description, which `/api/openapi.json` serves.
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let (router, mut document) = OpenApiRouter::with_openapi(ApiDocument::openapi())
+        .routes(routes!(users::login, users::me, users::logout))
+        .routes(routes!(users::change_password))
+        .routes(routes!(users::list_api_tokens, users::create_api_token))
+        .routes(routes!(users::revoke_api_token))
+        .routes(routes!(
+            users::list_organisations,
+            users::create_organisation
+        ))
+        .routes(routes!(users::list_users, users::create_user))
+        .routes(routes!(users::set_user_state))
+        .routes(routes!(devices::list_models, devices::create_model))
+        .routes(routes!(devices::list_devices))
+        .routes(routes!(devices::get_device))
+        .routes(routes!(devices::import_devices))
+        .routes(routes!(devices::issue_credentials))
+        .routes(routes!(devices::issue_certificate))
+        .routes(routes!(telemetry::device_latest))
+        .routes(routes!(telemetry::device_series))
+        .routes(routes!(telemetry::device_logs))
+        .routes(routes!(telemetry::device_faults))
+        .routes(routes!(telemetry::device_live))
+        .routes(routes!(telemetry::device_presence))
+        .routes(routes!(devices::device_ca))
+        .routes(routes!(devices::get_import))
+        .routes(routes!(devices::list_imports))
+        .routes(routes!(licenses::import_license_keys))
+        .routes(routes!(
+            licenses::list_service_models,
+            licenses::create_service_model
+        ))
+        .routes(routes!(
+            licenses::list_license_keys,
+            licenses::generate_license_keys
+        ))
+        .routes(routes!(licenses::bind_license))
+        .routes(routes!(licenses::unbind_license))
+        .routes(routes!(licenses::revoke_license))
+        .routes(routes!(licenses::license_public_key))
+        .routes(routes!(audit::statistics))
+        .routes(routes!(alarms::list_alarm_rules, alarms::create_alarm_rule))
+        .routes(routes!(alarms::set_alarm_rule_state))
+        .routes(routes!(alarms::list_alarms))
+        .routes(routes!(alarms::acknowledge_alarm))
+        .routes(routes!(alarms::list_webhooks, alarms::create_webhook))
+        .routes(routes!(alarms::delete_webhook))
+        .routes(routes!(audit::audit_log))
+        .routes(routes!(audit::audit_csv))
+        .routes(routes!(crate::broker_hooks::authenticate))
+        .routes(routes!(crate::broker_hooks::authorize))
+        .split_for_parts();
+    document.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let document = Arc::new(document);
+    router
+        .route(
+            "/api/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { Json(document.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(state)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Telemark API",
+        description = "Device registry, licensing, users and audit of the Telemark IoT platform. \
+            Log in with `POST /api/v1/session`; send the returned token as `Authorization: Bearer`, \
+            or use the session cookie and echo `csrf_token` as `X-CSRF-Token` on unsafe methods."
+    ),
+    modifiers(&Authentication),
+    security(("bearer" = []), ("session_cookie" = []))
+)]
+struct ApiDocument;
+
+struct Authentication;
+
+impl Modify for Authentication {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "a session token from the login, or a long-lived `tmk_` API token",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session_cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(COOKIE))),
+        );
+    }
+}
+
+fn csrf_for(token: &str) -> String {
+    Sha256::digest(format!("csrf:{token}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(|t| t.trim().to_owned())
+}
+
+/// The logged-in caller. Cookie callers must echo the CSRF token on unsafe
+/// methods; bearer callers need not (a browser never sends the header by itself).
+pub(crate) struct Caller {
+    session: Session,
+    token: String,
+    address: Option<String>,
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let (token, from_cookie) =
+            match (bearer_token(&parts.headers), cookie_token(&parts.headers)) {
+                (Some(t), _) => (t, false),
+                (None, Some(t)) => (t, true),
+                (None, None) => return Err(ApiError::Unauthorized),
+            };
+        let session = accounts::session(&state.store, &token)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        let unsafe_method = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        if from_cookie && unsafe_method {
+            let sent = parts
+                .headers
+                .get("x-csrf-token")
+                .and_then(|v| v.to_str().ok());
+            if sent != Some(csrf_for(&token).as_str()) {
+                return Err(ApiError::Forbidden("missing or wrong X-CSRF-Token".into()));
+            }
+        }
+        let address = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip().to_string());
+        Ok(Caller {
+            session,
+            token,
+            address,
+        })
+    }
+}
+
+impl Caller {
+    /// Writes the system log entry of a change this caller made.
+    async fn audit(
+        &self,
+        state: &AppState,
+        action: &str,
+        target: String,
+        before: Option<String>,
+        after: Option<String>,
+    ) -> Result<(), ApiError> {
+        state
+            .store
+            .record_audit(&store::NewAuditEntry {
+                organisation_id: self.session.user.organisation_id,
+                actor: self.session.user.username.clone(),
+                action: action.to_owned(),
+                target,
+                before_value: before,
+                after_value: after,
+                address: self.address.clone(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Audits a creation with the new object as its after value, and answers 201.
+    async fn created<T: serde::Serialize>(
+        &self,
+        state: &AppState,
+        action: &str,
+        target: String,
+        dto: T,
+    ) -> Result<(axum::http::StatusCode, Json<T>), ApiError> {
+        self.audit(
+            state,
+            action,
+            target,
+            None,
+            serde_json::to_string(&dto).ok(),
+        )
+        .await?;
+        Ok((axum::http::StatusCode::CREATED, Json(dto)))
+    }
+
+    fn require_admin(&self) -> Result<(), ApiError> {
+        if self.session.role.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "the {} role cannot change this",
+                self.session.role.as_str()
+            )))
+        }
+    }
+}
+
+/// An object id from the path; one that is not a number gets a problem
+/// document like every other bad request.
+pub(crate) struct Id(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<i64>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(Id(id)),
+            Err(e) => Err(ApiError::field("id", id_problem(&e))),
+        }
+    }
+}
+
+fn id_problem(e: &PathRejection) -> String {
+    format!("must be a whole number ({})", e.body_text())
+}
+
+/// The page size a list query asked for, within what the endpoint serves.
+fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::field("limit", format!("must be 1 to {max}"))),
+    }
+}
+
+/// A JSON object body. Serde would also take a struct from an array of its
+/// fields in order; a request body must say which field is which. The error
+/// waits until the handler has checked the caller's rights, so a caller
+/// without them learns nothing from a 400.
+pub(crate) struct JsonObject<T>(Result<T, ApiError>);
+
+impl<T> JsonObject<T> {
+    pub(crate) fn parse(self) -> Result<T, ApiError> {
+        self.0
+    }
+}
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonObject<T> {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let parsed = match Json::<serde_json::Value>::from_request(req, state).await {
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+            Ok(Json(value)) if !value.is_object() => {
+                Err(ApiError::bad_request("the body must be a JSON object"))
+            }
+            Ok(Json(value)) => {
+                serde_json::from_value(value).map_err(|e| ApiError::bad_request(e.to_string()))
+            }
+        };
+        Ok(JsonObject(parsed))
+    }
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+/// CSV by default; an ERP batch as application/json. The source name is
+/// the file name the caller gave, or one that says which it was.
+fn import_format(
+    headers: &HeaderMap,
+    source: Option<String>,
+) -> (platform::import::ImportFormat, String) {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let (format, default_source) = if json {
+        (platform::import::ImportFormat::ErpJson, "erp.json")
+    } else {
+        (platform::import::ImportFormat::Csv, "upload.csv")
+    };
+    (format, source.unwrap_or_else(|| default_source.into()))
+}

@@ -1,0 +1,394 @@
+//! Login, sessions, API tokens, users and organisations.
+
+use super::*;
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/session",
+    tag = "session",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "logged in; sets the session cookie", body = SessionDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "too many failed logins; see Retry-After", body = crate::error::Problem, content_type = "application/problem+json")
+    ),
+    security(())
+)]
+pub(super) async fn login(
+    State(state): State<Arc<AppState>>,
+    body: JsonObject<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let request = body.parse()?;
+    if let Some(wait) = state.logins.locked_for(&request.username) {
+        return Err(ApiError::TooManyAttempts(wait.as_secs().max(1)));
+    }
+    let (session, token) =
+        match accounts::login(&state.store, &request.username, &request.password).await {
+            Ok(ok) => {
+                state.logins.succeeded(&request.username);
+                ok
+            }
+            Err(accounts::AccountError::BadCredentials) => {
+                state.logins.failed(&request.username);
+                return Err(ApiError::Unauthorized);
+            }
+            Err(e) => return Err(e.into()),
+        };
+    let cookie = format!(
+        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        accounts::SESSION_HOURS * 3600
+    );
+    let dto = SessionDto {
+        user_id: session.user.id,
+        username: session.user.username.clone(),
+        role: session.role.as_str().to_owned(),
+        organisation_id: session.user.organisation_id,
+        csrf_token: Some(csrf_for(&token)),
+        token: Some(token),
+    };
+    Ok(([(header::SET_COOKIE, cookie)], Json(dto)).into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/session",
+    tag = "session",
+    responses(
+        (status = 200, description = "who is logged in", body = SessionDto),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+pub(super) async fn me(caller: Caller) -> Json<SessionDto> {
+    Json(SessionDto {
+        user_id: caller.session.user.id,
+        username: caller.session.user.username.clone(),
+        role: caller.session.role.as_str().to_owned(),
+        organisation_id: caller.session.user.organisation_id,
+        csrf_token: None,
+        token: None,
+    })
+}
+
+#[utoipa::path(
+    delete,
+    path = "/api/v1/session",
+    tag = "session",
+    responses(
+        (status = 204, description = "logged out; the cookie is cleared"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+pub(super) async fn logout(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    accounts::logout(&state.store, &caller.token).await?;
+    let expired = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    Ok((
+        [(header::SET_COOKIE, expired)],
+        axum::http::StatusCode::NO_CONTENT,
+    )
+        .into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/organisations",
+    tag = "organisations",
+    responses(
+        (status = 200, description = "the caller's organisation and those below it", body = Vec<OrganisationDto>),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+pub(super) async fn list_organisations(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Vec<OrganisationDto>>, ApiError> {
+    let orgs = state.store.organisations(&caller.session.scope).await?;
+    Ok(Json(orgs.into_iter().map(Into::into).collect()))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/organisations",
+    tag = "organisations",
+    request_body = NewOrganisationDto,
+    responses(
+        (status = 201, description = "created", body = OrganisationDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+pub(super) async fn create_organisation(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: JsonObject<NewOrganisationDto>,
+) -> Result<(axum::http::StatusCode, Json<OrganisationDto>), ApiError> {
+    caller.require_admin()?;
+    let request = body.parse()?;
+    if request.name.trim().is_empty() {
+        return Err(ApiError::field("name", "must not be empty"));
+    }
+    let org = state
+        .store
+        .create_organisation(&caller.session.scope, request.parent_id, &request.name)
+        .await?;
+    let dto = OrganisationDto::from(org);
+    let target = format!("organisation {}", dto.id);
+    caller
+        .created(&state, "organisation.create", target, dto)
+        .await
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "users",
+    responses(
+        (status = 200, description = "users of the caller's organisations", body = Vec<UserDto>),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+pub(super) async fn list_users(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Vec<UserDto>>, ApiError> {
+    caller.require_admin()?;
+    let users = state.store.users(&caller.session.scope).await?;
+    Ok(Json(users.into_iter().map(Into::into).collect()))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    tag = "users",
+    request_body = NewUserDto,
+    responses(
+        (status = 201, description = "created", body = UserDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+pub(super) async fn create_user(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: JsonObject<NewUserDto>,
+) -> Result<(axum::http::StatusCode, Json<UserDto>), ApiError> {
+    caller.require_admin()?;
+    let request = body.parse()?;
+    let user = accounts::create_user(
+        &state.store,
+        &caller.session,
+        request.organisation_id,
+        &request.username,
+        &request.password,
+        &request.role,
+    )
+    .await?;
+    let dto = UserDto::from(user);
+    caller
+        .audit(
+            &state,
+            "user.create",
+            format!("user {} ({})", dto.id, dto.username),
+            None,
+            Some(format!(
+                "role {} in organisation {}",
+                dto.role, dto.organisation_id
+            )),
+        )
+        .await?;
+    Ok((axum::http::StatusCode::CREATED, Json(dto)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{id}/state",
+    tag = "users",
+    params(("id" = i64, Path, description = "the object's id")),
+    request_body = UserStateDto,
+    responses(
+        (status = 200, description = "the user after the change", body = UserDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+pub(super) async fn set_user_state(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Id(id): Id,
+    body: JsonObject<UserStateDto>,
+) -> Result<Json<UserDto>, ApiError> {
+    caller.require_admin()?;
+    let request = body.parse()?;
+    if id == caller.session.user.id && request.disabled {
+        return Err(ApiError::bad_request("you cannot disable yourself"));
+    }
+    let before = state.store.user(&caller.session.scope, id).await?;
+    state
+        .store
+        .set_user_disabled(&caller.session.scope, id, request.disabled)
+        .await?;
+    caller
+        .audit(
+            &state,
+            if request.disabled {
+                "user.disable"
+            } else {
+                "user.enable"
+            },
+            format!("user {id} ({})", before.username),
+            Some(format!("disabled={}", before.disabled)),
+            Some(format!("disabled={}", request.disabled)),
+        )
+        .await?;
+    Ok(Json(
+        state.store.user(&caller.session.scope, id).await?.into(),
+    ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/session/password",
+    tag = "session",
+    request_body = PasswordChangeDto,
+    responses(
+        (status = 204, description = "password changed"),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+pub(super) async fn change_password(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: JsonObject<PasswordChangeDto>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let request = body.parse()?;
+    match accounts::change_password(
+        &state.store,
+        &caller.session,
+        &request.current_password,
+        &request.new_password,
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(accounts::AccountError::BadCredentials) => {
+            return Err(ApiError::field(
+                "current_password",
+                "is not the current password",
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    caller
+        .audit(
+            &state,
+            "user.password",
+            format!("user {}", caller.session.user.id),
+            None,
+            None,
+        )
+        .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "session",
+    responses(
+        (status = 200, description = "the caller's API tokens, without their secrets", body = Vec<ApiTokenDto>),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+pub(super) async fn list_api_tokens(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Vec<ApiTokenDto>>, ApiError> {
+    let tokens = state.store.api_tokens(caller.session.user.id).await?;
+    Ok(Json(tokens.into_iter().map(Into::into).collect()))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "session",
+    request_body = NewApiTokenDto,
+    responses(
+        (status = 201, description = "the token; its secret is shown once", body = ApiTokenDto),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+pub(super) async fn create_api_token(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: JsonObject<NewApiTokenDto>,
+) -> Result<(axum::http::StatusCode, Json<ApiTokenDto>), ApiError> {
+    let request = body.parse()?;
+    let (row, token) =
+        accounts::create_api_token(&state.store, &caller.session, &request.name).await?;
+    caller
+        .audit(
+            &state,
+            "token.create",
+            format!("API token {} ({})", row.id, row.name),
+            None,
+            None,
+        )
+        .await?;
+    let mut dto = ApiTokenDto::from(row);
+    dto.token = Some(token);
+    Ok((axum::http::StatusCode::CREATED, Json(dto)))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "session",
+    params(("id" = i64, Path, description = "the object's id")),
+    responses(
+        (status = 204, description = "revoked"),
+        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+pub(super) async fn revoke_api_token(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Id(id): Id,
+) -> Result<axum::http::StatusCode, ApiError> {
+    if !state
+        .store
+        .revoke_api_token(caller.session.user.id, id)
+        .await?
+    {
+        return Err(ApiError::NotFound(format!("API token {id}")));
+    }
+    caller
+        .audit(
+            &state,
+            "token.revoke",
+            format!("API token {id}"),
+            None,
+            None,
+        )
+        .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
