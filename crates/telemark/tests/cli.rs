@@ -1027,3 +1027,61 @@ fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[test]
+fn demo_starts_a_platform_with_a_live_simulated_fleet() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let mut child = telemark()
+        .args([
+            "demo",
+            "--devices",
+            "12",
+            "--data",
+            dir.path().to_str().expect("path"),
+        ])
+        .args(["--http", &format!("127.0.0.1:{http_port}")])
+        .args(["--mqtt", &format!("127.0.0.1:{mqtt_port}")])
+        .env("TELEMARK_ADMIN_PASSWORD", "demo-admin-secret")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("telemark demo starts");
+    wait_for_port(http_port);
+    let bearer = api_login(http_port, "admin", "demo-admin-secret");
+    let auth = [("Authorization", bearer.as_str())];
+    let stats = || http(http_port, "GET", "/api/v1/statistics", &auth, "").1;
+    assert!(
+        eventually(20, || stats().contains("\"online_devices\":{\"value\":12")),
+        "every simulated device comes online: {}",
+        stats()
+    );
+    let stats: serde_json::Value = serde_json::from_str(&stats()).expect("json");
+    assert_eq!(stats["devices"]["value"], 12);
+    assert_eq!(stats["system_integrators"]["value"], 2);
+    assert_eq!(stats["business_customers"]["value"], 3);
+    assert_eq!(stats["license_keys"]["value"], 20);
+    let (_, rules) = http(http_port, "GET", "/api/v1/alarm-rules", &auth, "");
+    let rules: serde_json::Value = serde_json::from_str(&rules).expect("json");
+    assert_eq!(rules.as_array().map(Vec::len), Some(3));
+    assert!(
+        eventually(20, || http(
+            http_port,
+            "GET",
+            "/api/v1/devices/1/metrics",
+            &auth,
+            ""
+        )
+        .1
+        .contains("lte.rsrp_dbm")),
+        "readings of the fleet are stored"
+    );
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("Demo fleet: 12 simulated devices"),
+        "{printed}"
+    );
+}
