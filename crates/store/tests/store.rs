@@ -69,6 +69,21 @@ fn device(org: i64, model: i64, n: u32) -> NewDevice {
     }
 }
 
+/// An operator with one DWM-311-A1 device: its scope and the device's id.
+async fn one_device(store: &Store) -> (store::Scope, i64) {
+    let operator = store.create_operator("Ops").await.expect("operator");
+    let root = store.scope_of(operator.id).await.expect("scope");
+    let m = store
+        .create_device_model(&model("DWM-311-A1", "311-a1"))
+        .await
+        .expect("model");
+    let id = store
+        .insert_devices(&root, &[device(operator.id, m.id, 1)])
+        .await
+        .expect("device")[0];
+    (root, id)
+}
+
 #[tokio::test]
 async fn organisation_tree_and_scopes() {
     let (stores, _dir) = stores().await;
@@ -532,17 +547,7 @@ async fn telemetry_series_logs_and_faults_on_every_backend() {
     use store::{LogQuery, NewLogLine, NewReading};
     let (stores, _dir) = stores().await;
     for store in &stores {
-        let operator = store.create_operator("Ops").await.expect("operator");
-        let root = store.scope_of(operator.id).await.expect("scope");
-        let m = store
-            .create_device_model(&model("DWM-311-A1", "311-a1"))
-            .await
-            .expect("model");
-        let ids = store
-            .insert_devices(&root, &[device(operator.id, m.id, 1)])
-            .await
-            .expect("device");
-        let id = ids[0];
+        let (root, id) = one_device(store).await;
         // Two readings a second for a minute, values 0..120.
         let readings: Vec<NewReading> = (0..120)
             .map(|n| NewReading {
@@ -627,16 +632,7 @@ async fn hourly_roll_up_serves_long_ranges_on_every_backend() {
     use store::NewReading;
     let (stores, _dir) = stores().await;
     for store in &stores {
-        let operator = store.create_operator("Ops").await.expect("operator");
-        let root = store.scope_of(operator.id).await.expect("scope");
-        let m = store
-            .create_device_model(&model("DWM-311-A1", "311-a1"))
-            .await
-            .expect("model");
-        let id = store
-            .insert_devices(&root, &[device(operator.id, m.id, 1)])
-            .await
-            .expect("device")[0];
+        let (root, id) = one_device(store).await;
         let hour = 3_600_000i64;
         let base = 1_000 * hour;
         // Three hours, a reading a minute: values 0..60 in each hour.
