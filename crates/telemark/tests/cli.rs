@@ -1085,3 +1085,72 @@ fn demo_starts_a_platform_with_a_live_simulated_fleet() {
         "{printed}"
     );
 }
+
+#[test]
+fn sim_drives_devices_from_a_fleet_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let _platform = start_platform(&dir.path().join("data"), http_port, mqtt_port);
+    let bearer = api_login(http_port, "admin", "first-admin-secret");
+    let auth = [("Authorization", bearer.as_str())];
+    let mut fleet = String::from("device_id,model,secret\n");
+    for (serial, mac) in [("SIM1", "00:11:22:33:66:01"), ("SIM2", "00:11:22:33:66:02")] {
+        let id = register_device(http_port, &bearer, serial, mac);
+        let (_, body) = http(
+            http_port,
+            "POST",
+            &format!("/api/v1/devices/{id}/credentials"),
+            &auth,
+            "",
+        );
+        fleet.push_str(&format!(
+            "{},311-a1,{}\n",
+            json_string(&body, "username"),
+            json_string(&body, "password")
+        ));
+    }
+    let fleet_file = dir.path().join("fleet.csv");
+    std::fs::write(&fleet_file, fleet).expect("fleet");
+    let sim = telemark()
+        .args(["sim", "--fleet", fleet_file.to_str().expect("path")])
+        .args([
+            "--broker",
+            &format!("mqtt://127.0.0.1:{mqtt_port}"),
+            "--interval",
+            "1",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sim starts");
+    let online = || http(http_port, "GET", "/api/v1/statistics", &auth, "").1;
+    assert!(
+        eventually(15, || online().contains("\"online_devices\":{\"value\":2")),
+        "both simulated devices connect with their own credentials: {}",
+        online()
+    );
+    assert!(
+        eventually(15, || http(
+            http_port,
+            "GET",
+            "/api/v1/devices/2/metrics",
+            &auth,
+            ""
+        )
+        .1
+        .contains("cpu.usage_percent")),
+        "their readings are stored"
+    );
+    // SIGTERM: the fleet says goodbye and the totals are printed.
+    let _ = Command::new("kill")
+        .args(["-TERM", &sim.id().to_string()])
+        .status();
+    let out = sim.wait_with_output().expect("sim output");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("simulating 2 devices"), "{printed}");
+    assert!(
+        printed.contains("sent ") && printed.contains(" readings"),
+        "{printed}"
+    );
+}
