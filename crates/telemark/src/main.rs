@@ -604,22 +604,77 @@ impl RunningBroker {
 }
 
 fn metrics_route(broker: &Broker) -> axum::Router {
+    platform_metrics_route(broker, None)
+}
+
+/// `/metrics`: the broker's figures, and the ingest's when there is one.
+fn platform_metrics_route(
+    broker: &Broker,
+    ingest: Option<Arc<platform::telemetry::Ingest>>,
+) -> axum::Router {
     let broker = broker.clone();
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let broker = broker.clone();
+            let ingest = ingest.clone();
             async move {
+                let mut text = broker.stats().prometheus();
+                if let Some(ingest) = ingest {
+                    text.push_str(&ingest_prometheus(&ingest.counters));
+                }
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
                         "text/plain; version=0.0.4",
                     )],
-                    broker.stats().prometheus(),
+                    text,
                 )
             }
         }),
     )
+}
+
+fn ingest_prometheus(c: &platform::telemetry::IngestCounters) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "messages",
+            "device messages read from the broker",
+            c.messages.load(Relaxed),
+        ),
+        (
+            "readings_stored",
+            "readings written to the store",
+            c.readings_stored.load(Relaxed),
+        ),
+        (
+            "log_lines_stored",
+            "device log lines written to the store",
+            c.log_lines_stored.load(Relaxed),
+        ),
+        (
+            "rejected",
+            "messages that broke the device contract",
+            c.rejected.load(Relaxed),
+        ),
+        (
+            "unknown_devices",
+            "messages on topics no registered device owns",
+            c.unknown_devices.load(Relaxed),
+        ),
+        (
+            "write_failures",
+            "batches the store refused (kept and retried)",
+            c.write_failures.load(Relaxed),
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP telemark_ingest_{name}_total {help}\n# TYPE telemark_ingest_{name}_total counter\ntelemark_ingest_{name}_total {value}\n"
+        ));
+    }
+    out
 }
 
 /// Serves `app` on `addr` until the broker shuts down.
@@ -793,7 +848,10 @@ async fn run_platform(
         ingest: Some(ingest.clone()),
         alarms: Some(alarms.clone()),
     };
-    let app = api::app_with(store.clone(), options).merge(metrics_route(&running.broker));
+    let app = api::app_with(store.clone(), options).merge(platform_metrics_route(
+        &running.broker,
+        Some(ingest.clone()),
+    ));
     let http = serve_http(args.http, app, &running.broker, "HTTP").await?;
     // Daily statistics snapshots for week-over-week change. Idempotent
     // upserts, so several `telemark serve` on one database need no lease.

@@ -989,6 +989,19 @@ fn the_agent_fills_the_black_box_and_buffers_across_a_platform_restart() {
         "the fault is counted"
     );
 
+    // Operators watch the ingest on /metrics.
+    let (_, metrics) = http(http_port, "GET", "/metrics", &[], "");
+    let stored: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("telemark_ingest_readings_stored_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(stored > 0, "{metrics}");
+    assert!(
+        metrics.contains("telemark_ingest_rejected_total 1"),
+        "{metrics}"
+    );
+
     // The platform goes away for a few seconds; the agent keeps its
     // readings and sends them when it is back.
     drop(platform);
