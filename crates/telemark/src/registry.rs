@@ -1,6 +1,7 @@
 //! The embedded broker's door to the platform's device access service: the
 //! `Authenticator` the broker calls, answered from the registry.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use broker::{Action, Authenticator, BoxFuture, ClientIdentity, ConnectRequest};
@@ -14,11 +15,15 @@ const INTERNAL_QUEUE: usize = 2_000_000;
 
 pub struct RegistryAuthenticator {
     store: Store,
+    presence: tokio::sync::mpsc::UnboundedSender<(Principal, bool)>,
 }
 
 impl RegistryAuthenticator {
+    /// Needs a tokio runtime: presence is written by a task of its own.
     pub fn new(store: Store) -> Self {
-        RegistryAuthenticator { store }
+        let (presence, changes) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(record_presence(store.clone(), changes));
+        RegistryAuthenticator { store, presence }
     }
 
     fn principal(client: &ClientIdentity) -> Option<&Principal> {
@@ -27,12 +32,36 @@ impl RegistryAuthenticator {
 
     fn presence(&self, client: &ClientIdentity, online: bool) {
         if let Some(principal) = Self::principal(client).cloned() {
-            let store = self.store.clone();
-            tokio::spawn(async move {
-                if let Err(e) = device_access::set_presence(&store, &principal, online).await {
-                    tracing::warn!(error = %e, "presence not recorded");
+            // The writer lives as long as the runtime.
+            let _ = self.presence.send((principal, online));
+        }
+    }
+}
+
+/// Writes connects and disconnects in the order the broker reported them,
+/// counting each device's connections: when a device reconnects, the new
+/// connection may be reported before the old one's end, and the device is
+/// offline only when its last connection is gone.
+async fn record_presence(
+    store: Store,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<(Principal, bool)>,
+) {
+    let mut connections: HashMap<i64, u32> = HashMap::new();
+    while let Some((principal, online)) = changes.recv().await {
+        if let Principal::Device { device_id, .. } = &principal {
+            let count = connections.entry(*device_id).or_default();
+            if online {
+                *count += 1;
+            } else {
+                *count = count.saturating_sub(1);
+                if *count > 0 {
+                    continue;
                 }
-            });
+                connections.remove(device_id);
+            }
+        }
+        if let Err(e) = device_access::set_presence(&store, &principal, online).await {
+            tracing::warn!(error = %e, "presence not recorded");
         }
     }
 }
