@@ -12,6 +12,26 @@ pub struct FieldError {
     pub message: String,
 }
 
+// The problem responses most operations share, named once for the OpenAPI
+// document (`response = …` in a path); never built, only described.
+macro_rules! problem_response {
+    ($name:ident, $description:literal) => {
+        #[doc = $description]
+        #[derive(utoipa::ToResponse)]
+        #[response(content_type = "application/problem+json")]
+        #[allow(dead_code)]
+        pub struct $name(Problem);
+    };
+}
+problem_response!(BadRequest, "invalid request; `errors` names each field");
+problem_response!(Unauthenticated, "not logged in");
+problem_response!(
+    NotAllowed,
+    "the caller's role may not do this, or a missing CSRF token"
+);
+problem_response!(NotInScope, "no such object in the caller's scope");
+problem_response!(StateConflict, "conflicts with the current state");
+
 #[derive(Debug)]
 pub enum ApiError {
     Unauthorized,

@@ -8,7 +8,7 @@ use super::*;
     tag = "alarms",
     responses(
         (status = 200, description = "the alarm rules of the caller's organisations", body = Vec<AlarmRuleDto>),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 401, response = crate::error::Unauthenticated)
     )
 )]
 pub(super) async fn list_alarm_rules(
@@ -72,9 +72,9 @@ pub(super) fn check_rule(r: &NewAlarmRuleDto) -> Vec<crate::error::FieldError> {
     request_body = NewAlarmRuleDto,
     responses(
         (status = 201, description = "created; it applies at once", body = AlarmRuleDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
         (status = 404, description = "no such organisation in the caller's scope, or no such model", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -134,10 +134,10 @@ pub(super) async fn refresh_alarm_rules(state: &AppState) {
     request_body = RuleStateDto,
     responses(
         (status = 200, description = "the rule after the change", body = AlarmRuleDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
+        (status = 404, response = crate::error::NotInScope)
     )
 )]
 pub(super) async fn set_alarm_rule_state(
@@ -176,8 +176,8 @@ pub(super) async fn set_alarm_rule_state(
     params(AlarmListQuery),
     responses(
         (status = 200, description = "alarms, newest first", body = Vec<AlarmDto>),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated)
     )
 )]
 pub(super) async fn list_alarms(
@@ -216,10 +216,10 @@ pub(super) async fn list_alarms(
     params(("id" = i64, Path, description = "the object's id")),
     responses(
         (status = 200, description = "the alarm, acknowledged", body = AlarmDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
         (status = 403, description = "viewers cannot acknowledge, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, response = crate::error::NotInScope),
         (status = 409, description = "the alarm is not active", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -272,7 +272,7 @@ pub(super) async fn acknowledge_alarm(
     tag = "alarms",
     responses(
         (status = 200, description = "webhooks of the caller's organisations, without their secrets", body = Vec<WebhookDto>),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, response = crate::error::Unauthenticated),
         (status = 403, description = "the caller's role may not do this", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -303,9 +303,9 @@ pub(super) async fn list_webhooks(
     request_body = NewWebhookDto,
     responses(
         (status = 201, description = "created; its signing secret is shown once", body = WebhookDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
         (status = 404, description = "no such organisation in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -356,10 +356,10 @@ pub(super) async fn create_webhook(
     params(("id" = i64, Path, description = "the object's id")),
     responses(
         (status = 204, description = "deleted"),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
+        (status = 404, response = crate::error::NotInScope)
     )
 )]
 pub(super) async fn delete_webhook(

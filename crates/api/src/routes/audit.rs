@@ -8,7 +8,7 @@ use super::*;
     tag = "statistics",
     responses(
         (status = 200, description = "the dashboard counters with their change since the same day last week", body = StatisticsDto),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 401, response = crate::error::Unauthenticated)
     )
 )]
 pub(super) async fn statistics(
@@ -59,9 +59,9 @@ pub(super) async fn audit_entries(
     params(AuditListQuery),
     responses(
         (status = 200, description = "system log entries, newest first", body = Vec<AuditEntryDto>),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed)
     )
 )]
 pub(super) async fn audit_log(
@@ -80,9 +80,9 @@ pub(super) async fn audit_log(
     params(AuditListQuery),
     responses(
         (status = 200, description = "the system log as CSV", content_type = "text/csv", body = String),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed)
     )
 )]
 /// The log as CSV, for a spreadsheet or an auditor.

@@ -8,7 +8,7 @@ use super::*;
     tag = "devices",
     responses(
         (status = 200, description = "device models", body = Vec<DeviceModelDto>),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 401, response = crate::error::Unauthenticated)
     )
 )]
 pub(super) async fn list_models(
@@ -26,10 +26,10 @@ pub(super) async fn list_models(
     request_body = DeviceModelDto,
     responses(
         (status = 201, description = "created", body = DeviceModelDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
+        (status = 409, response = crate::error::StateConflict)
     )
 )]
 pub(super) async fn create_model(
@@ -97,8 +97,8 @@ pub(super) async fn create_model(
     params(DeviceListQuery),
     responses(
         (status = 200, description = "a page of devices; pass `next_after_id` as `after_id` for the next", body = DevicePageDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
         (status = 404, description = "the organisation filter names no organisation in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -214,9 +214,9 @@ pub(super) fn decode_cursor(hex: &str, sort: DeviceSort) -> Result<DeviceCursor,
     params(("id" = i64, Path, description = "the object's id")),
     responses(
         (status = 200, description = "the device", body = DeviceDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 404, response = crate::error::NotInScope)
     )
 )]
 pub(super) async fn get_device(
@@ -237,9 +237,9 @@ pub(super) async fn get_device(
     request_body(description = "CSV with a header row (text/csv), or an ERP batch (application/json)", content((String = "text/csv"), (ErpBatchDoc = "application/json"))),
     responses(
         (status = 200, description = "the import record, with each rejected row's line and reason", body = ImportRecordDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed)
     )
 )]
 pub(super) async fn import_devices(
@@ -285,8 +285,8 @@ pub(super) async fn import_devices(
     params(ImportListQuery),
     responses(
         (status = 200, description = "ERP import records, newest first (rejections with each record)", body = Vec<ImportRecordDto>),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated)
     )
 )]
 pub(super) async fn list_imports(
@@ -322,9 +322,9 @@ pub(super) async fn list_imports(
     params(("id" = i64, Path, description = "the object's id")),
     responses(
         (status = 200, description = "an import record", body = ImportRecordDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 404, response = crate::error::NotInScope)
     )
 )]
 pub(super) async fn get_import(
@@ -348,10 +348,10 @@ pub(super) async fn get_import(
     params(("id" = i64, Path, description = "the object's id")),
     responses(
         (status = 201, description = "new MQTT credentials, shown once", body = DeviceCredentialsDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
+        (status = 404, response = crate::error::NotInScope)
     )
 )]
 pub(super) async fn issue_credentials(
@@ -389,10 +389,10 @@ pub(super) async fn issue_credentials(
     request_body = CertificateRequestDto,
     responses(
         (status = 201, description = "the device's client certificate; the broker accepts it from now on", body = DeviceCertificateDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
+        (status = 404, response = crate::error::NotInScope),
         (status = 409, description = "another device already has this certificate", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -459,7 +459,7 @@ pub(super) async fn issue_certificate(
     tag = "devices",
     responses(
         (status = 200, description = "the CA that signs device certificates", body = DeviceCaDto),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 401, response = crate::error::Unauthenticated)
     )
 )]
 pub(super) async fn device_ca(

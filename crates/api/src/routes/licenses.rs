@@ -10,9 +10,9 @@ use super::*;
     request_body(description = "CSV with a `key` column (text/csv), or an ERP batch (application/json)", content((String = "text/csv"), (ErpKeyBatchDoc = "application/json"))),
     responses(
         (status = 200, description = "the import record, with each rejected line and reason", body = ImportRecordDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
         (status = 404, description = "no such organisation in the caller's scope, or no such service model", body = crate::error::Problem, content_type = "application/problem+json")
     )
 )]
@@ -62,7 +62,7 @@ pub(super) async fn import_license_keys(
     tag = "licenses",
     responses(
         (status = 200, description = "service models (plans)", body = Vec<ServiceModelDto>),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 401, response = crate::error::Unauthenticated)
     )
 )]
 pub(super) async fn list_service_models(
@@ -87,10 +87,10 @@ pub(super) async fn list_service_models(
     request_body = NewServiceModelDto,
     responses(
         (status = 201, description = "created", body = ServiceModelDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
+        (status = 409, response = crate::error::StateConflict)
     )
 )]
 pub(super) async fn create_service_model(
@@ -134,8 +134,8 @@ pub(super) async fn create_service_model(
     params(LicenseListQuery),
     responses(
         (status = 200, description = "license keys", body = Vec<LicenseKeyDto>),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated)
     )
 )]
 pub(super) async fn list_license_keys(
@@ -165,10 +165,10 @@ pub(super) async fn list_license_keys(
     request_body = GenerateKeysDto,
     responses(
         (status = 201, description = "the new keys", body = Vec<LicenseKeyDto>),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
+        (status = 404, response = crate::error::NotInScope)
     )
 )]
 pub(super) async fn generate_license_keys(
@@ -213,11 +213,11 @@ pub(super) async fn generate_license_keys(
     request_body = BindDto,
     responses(
         (status = 200, description = "the key, bound", body = LicenseKeyDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
+        (status = 404, response = crate::error::NotInScope),
+        (status = 409, response = crate::error::StateConflict)
     )
 )]
 pub(super) async fn bind_license(
@@ -249,11 +249,11 @@ pub(super) async fn bind_license(
     params(("id" = i64, Path, description = "the object's id")),
     responses(
         (status = 200, description = "the key, available again", body = LicenseKeyDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
+        (status = 404, response = crate::error::NotInScope),
+        (status = 409, response = crate::error::StateConflict)
     )
 )]
 pub(super) async fn unbind_license(
@@ -283,11 +283,11 @@ pub(super) async fn unbind_license(
     params(("id" = i64, Path, description = "the object's id")),
     responses(
         (status = 200, description = "the key, revoked", body = LicenseKeyDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
+        (status = 404, response = crate::error::NotInScope),
+        (status = 409, response = crate::error::StateConflict)
     )
 )]
 pub(super) async fn revoke_license(

@@ -107,6 +107,13 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             Log in with `POST /api/v1/session`; send the returned token as `Authorization: Bearer`, \
             or use the session cookie and echo `csrf_token` as `X-CSRF-Token` on unsafe methods."
     ),
+    components(responses(
+        crate::error::BadRequest,
+        crate::error::Unauthenticated,
+        crate::error::NotAllowed,
+        crate::error::NotInScope,
+        crate::error::StateConflict
+    )),
     modifiers(&Authentication),
     security(("bearer" = []), ("session_cookie" = []))
 )]

@@ -9,9 +9,9 @@ use super::*;
     params(("id" = i64, Path, description = "the object's id")),
     responses(
         (status = 200, description = "the last reading of each of the device's metrics", body = Vec<LatestReadingDto>),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 404, response = crate::error::NotInScope)
     )
 )]
 pub(super) async fn device_latest(
@@ -55,9 +55,9 @@ pub(super) async fn device_latest(
     ),
     responses(
         (status = 200, description = "the series at the chosen resolution", body = SeriesDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 404, response = crate::error::NotInScope)
     )
 )]
 pub(super) async fn device_series(
@@ -118,9 +118,9 @@ pub(super) async fn device_series(
     params(("id" = i64, Path, description = "the object's id"), LogListQuery),
     responses(
         (status = 200, description = "the device's syslog and dmesg lines, newest first", body = Vec<LogLineDto>),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 404, response = crate::error::NotInScope)
     )
 )]
 pub(super) async fn device_logs(
@@ -171,9 +171,9 @@ pub(super) async fn device_logs(
     params(("id" = i64, Path, description = "the object's id")),
     responses(
         (status = 200, description = "how many of the device's messages broke the contract, and the last error", body = TelemetryFaultsDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 404, response = crate::error::NotInScope)
     )
 )]
 pub(super) async fn device_faults(
@@ -201,8 +201,8 @@ pub(super) async fn device_faults(
     responses(
         (status = 101, description = "switching to the WebSocket protocol"),
         (status = 400, description = "not a WebSocket request, or a bad id", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 404, response = crate::error::NotInScope)
     )
 )]
 pub(super) async fn device_live(
@@ -255,9 +255,9 @@ pub(super) async fn device_live(
     params(("id" = i64, Path, description = "the object's id"), PresenceQuery),
     responses(
         (status = 200, description = "the device's connects and disconnects, newest first", body = Vec<PresenceChangeDto>),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 404, response = crate::error::NotInScope)
     )
 )]
 pub(super) async fn device_presence(

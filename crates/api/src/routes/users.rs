@@ -9,8 +9,8 @@ use super::*;
     request_body = LoginRequest,
     responses(
         (status = 200, description = "logged in; sets the session cookie", body = SessionDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
         (status = 429, description = "too many failed logins; see Retry-After", body = crate::error::Problem, content_type = "application/problem+json")
     ),
     security(())
@@ -56,7 +56,7 @@ pub(super) async fn login(
     tag = "session",
     responses(
         (status = 200, description = "who is logged in", body = SessionDto),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 401, response = crate::error::Unauthenticated)
     )
 )]
 pub(super) async fn me(caller: Caller) -> Json<SessionDto> {
@@ -76,8 +76,8 @@ pub(super) async fn me(caller: Caller) -> Json<SessionDto> {
     tag = "session",
     responses(
         (status = 204, description = "logged out; the cookie is cleared"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed)
     )
 )]
 pub(super) async fn logout(
@@ -99,7 +99,7 @@ pub(super) async fn logout(
     tag = "organisations",
     responses(
         (status = 200, description = "the caller's organisation and those below it", body = Vec<OrganisationDto>),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 401, response = crate::error::Unauthenticated)
     )
 )]
 pub(super) async fn list_organisations(
@@ -117,11 +117,11 @@ pub(super) async fn list_organisations(
     request_body = NewOrganisationDto,
     responses(
         (status = 201, description = "created", body = OrganisationDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
+        (status = 404, response = crate::error::NotInScope),
+        (status = 409, response = crate::error::StateConflict)
     )
 )]
 pub(super) async fn create_organisation(
@@ -151,8 +151,8 @@ pub(super) async fn create_organisation(
     tag = "users",
     responses(
         (status = 200, description = "users of the caller's organisations", body = Vec<UserDto>),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed)
     )
 )]
 pub(super) async fn list_users(
@@ -171,11 +171,11 @@ pub(super) async fn list_users(
     request_body = NewUserDto,
     responses(
         (status = 201, description = "created", body = UserDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "conflicts with the current state", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
+        (status = 404, response = crate::error::NotInScope),
+        (status = 409, response = crate::error::StateConflict)
     )
 )]
 pub(super) async fn create_user(
@@ -218,10 +218,10 @@ pub(super) async fn create_user(
     request_body = UserStateDto,
     responses(
         (status = 200, description = "the user after the change", body = UserDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
+        (status = 404, response = crate::error::NotInScope)
     )
 )]
 pub(super) async fn set_user_state(
@@ -265,9 +265,9 @@ pub(super) async fn set_user_state(
     request_body = PasswordChangeDto,
     responses(
         (status = 204, description = "password changed"),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed)
     )
 )]
 pub(super) async fn change_password(
@@ -311,7 +311,7 @@ pub(super) async fn change_password(
     tag = "session",
     responses(
         (status = 200, description = "the caller's API tokens, without their secrets", body = Vec<ApiTokenDto>),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 401, response = crate::error::Unauthenticated)
     )
 )]
 pub(super) async fn list_api_tokens(
@@ -329,9 +329,9 @@ pub(super) async fn list_api_tokens(
     request_body = NewApiTokenDto,
     responses(
         (status = 201, description = "the token; its secret is shown once", body = ApiTokenDto),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed)
     )
 )]
 pub(super) async fn create_api_token(
@@ -363,10 +363,10 @@ pub(super) async fn create_api_token(
     params(("id" = i64, Path, description = "the object's id")),
     responses(
         (status = 204, description = "revoked"),
-        (status = 400, description = "invalid request; `errors` names each field", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "not logged in", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "the caller's role may not do this, or a missing CSRF token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "no such object in the caller's scope", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
+        (status = 404, response = crate::error::NotInScope)
     )
 )]
 pub(super) async fn revoke_api_token(
