@@ -800,3 +800,43 @@ pub struct PresenceQuery {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct StatisticsHistoryQuery {
+    /// How many days back (1–366; 30 by default).
+    pub days: Option<u32>,
+}
+
+/// The counters as they were at the end of one UTC day (today: as of the
+/// last snapshot, taken hourly).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DailyCountersDto {
+    /// Unix ms of the day's start (UTC).
+    pub day: i64,
+    pub devices: i64,
+    pub online_devices: i64,
+    pub users: i64,
+    pub system_integrators: i64,
+    pub business_customers: i64,
+    pub license_keys: i64,
+}
+
+/// Labels to add to and remove from a set of devices.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelabelDto {
+    /// 1 to 1,000 devices.
+    pub device_ids: Vec<i64>,
+    #[serde(default)]
+    pub add: Vec<String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RelabelResultDto {
+    /// Devices whose labels changed.
+    pub changed: usize,
+}

@@ -1817,3 +1817,156 @@ async fn a_device_s_readings_stream_live_over_a_websocket() {
         "only this device's readings"
     );
 }
+
+#[tokio::test]
+async fn devices_are_labelled_in_bulk_all_or_nothing() {
+    let h = harness().await;
+    let admin = format!("Bearer {}", login(&h.app, "admin", &h.admin_password).await);
+    let auth = [("authorization", admin.as_str())];
+    create_model(&h.app, &auth).await;
+    let csv = "name,serial,mac,model,labels\n\
+               a,S1,00:11:22:55:00:01,311-a1,pilot\n\
+               b,S2,00:11:22:55:00:02,311-a1,\n\
+               c,S3,00:11:22:55:00:03,311-a1,\n";
+    let (status, _, record) = call_csv(&h.app, "/api/v1/devices/import", &auth, csv).await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    let (_, _, page) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/devices?sort=name",
+        &auth,
+        None,
+    )
+    .await;
+    let ids: Vec<i64> = page["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| d["id"].as_i64().expect("id"))
+        .collect();
+
+    let (status, _, body) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/devices/labels",
+        &auth,
+        Some(json!({"device_ids": [ids[0], ids[1]], "add": ["harbour"], "remove": ["pilot"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["changed"], 2);
+    let (_, _, page) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/devices?label=harbour&sort=name",
+        &auth,
+        None,
+    )
+    .await;
+    let labelled: Vec<(&str, &Value)> = page["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| (d["name"].as_str().expect("name"), &d["labels"]))
+        .collect();
+    assert_eq!(
+        labelled,
+        [("a", &json!(["harbour"])), ("b", &json!(["harbour"]))]
+    );
+
+    // A bad label names its field; an unknown device changes nothing.
+    let (status, _, problem) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/devices/labels",
+        &auth,
+        Some(json!({"device_ids": [ids[2]], "add": ["a,b"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["errors"][0]["field"], "add", "{problem}");
+    let (status, _, _) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/devices/labels",
+        &auth,
+        Some(json!({"device_ids": [ids[2], 999_999], "add": ["night"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, _, device) = call(
+        &h.app,
+        Method::GET,
+        &format!("/api/v1/devices/{}", ids[2]),
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(device["labels"], json!([]));
+}
+
+#[tokio::test]
+async fn statistics_history_gives_the_daily_snapshots() {
+    let h = harness().await;
+    let admin = format!("Bearer {}", login(&h.app, "admin", &h.admin_password).await);
+    let auth = [("authorization", admin.as_str())];
+    // Looking at the counters takes today's snapshot.
+    let (status, _, _) = call(&h.app, Method::GET, "/api/v1/statistics", &auth, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, days) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/statistics/history?days=7",
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{days}");
+    let days = days.as_array().expect("days");
+    assert_eq!(days.len(), 1);
+    assert_eq!(days[0]["day"].as_i64().expect("day") % 86_400_000, 0);
+    assert_eq!(days[0]["users"], 1);
+    let (status, _, problem) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/statistics/history?days=0",
+        &auth,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["errors"][0]["field"], "days");
+}
+
+#[tokio::test]
+async fn the_console_is_served_outside_the_api() {
+    let h = harness().await;
+    let get = |uri: &'static str| {
+        let app = h.app.clone();
+        async move {
+            let response = app
+                .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+                .await
+                .expect("response");
+            let headers = response.headers().clone();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            (headers, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    // The app's own routes get the page; the page loads only from this server.
+    let (headers, page) = get("/devices/42").await;
+    assert!(page.contains("<title>Telemark</title>"), "{page}");
+    let csp = headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .expect("csp");
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    // Unknown API paths stay problem documents, not the page.
+    let (headers, body) = get("/api/v1/nothing-here").await;
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    assert!(body.contains("no such endpoint"), "{body}");
+}

@@ -88,6 +88,17 @@ pub fn validate_iccid(input: &str) -> Result<String, IdentifierError> {
     Ok(s.to_owned())
 }
 
+/// A device label: 1 to 64 characters, none of the separators `,` `;` `|`
+/// (labels are stored comma-separated and imported `;`-separated), no
+/// control characters, no spaces at either end.
+pub fn is_valid_label(label: &str) -> bool {
+    (1..=64).contains(&label.chars().count())
+        && label.trim() == label
+        && !label
+            .chars()
+            .any(|c| matches!(c, ',' | ';' | '|') || c.is_control())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +146,16 @@ mod tests {
         assert!(validate_iccid("8944500102198304826").is_ok());
         assert!(validate_iccid("8944500102198304827").is_err());
         assert!(validate_iccid("89445001021983048").is_err());
+    }
+
+    #[test]
+    fn labels_are_short_and_free_of_separators() {
+        assert!(is_valid_label("pilot"));
+        assert!(is_valid_label("site:harbour-2"));
+        assert!(!is_valid_label(""));
+        assert!(!is_valid_label("a,b"));
+        assert!(!is_valid_label("a;b"));
+        assert!(!is_valid_label(" padded"));
+        assert!(!is_valid_label(&"x".repeat(65)));
     }
 }

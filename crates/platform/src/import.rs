@@ -171,6 +171,15 @@ fn validate_row(
     if organisation_id.is_none() {
         problems.push(format!("unknown organisation {organisation:?}"));
     }
+    if let Some(bad) = labels
+        .split([';', '|'])
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !crate::identifiers::is_valid_label(l))
+    {
+        problems.push(format!(
+            "label {bad:?} is not a label: at most 64 characters, no comma"
+        ));
+    }
     for result in [&mac]
         .into_iter()
         .chain(imei.as_ref())

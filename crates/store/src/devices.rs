@@ -359,3 +359,48 @@ impl Store {
         Ok(n)
     }
 }
+
+impl Store {
+    /// Adds and removes labels on the devices of `ids` in `scope`, in one
+    /// transaction; a device outside the scope fails the whole change.
+    /// Returns how many devices changed.
+    pub async fn relabel_devices(
+        &self,
+        scope: &Scope,
+        ids: &[i64],
+        add: &[String],
+        remove: &[String],
+    ) -> Result<usize, StoreError> {
+        let mut changes = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let device = self.device(scope, id).await?;
+            let mut labels: Vec<String> = device
+                .labels
+                .split(',')
+                .filter(|l| !l.is_empty() && !remove.iter().any(|r| r == l))
+                .map(str::to_owned)
+                .collect();
+            for label in add {
+                if !labels.contains(label) {
+                    labels.push(label.clone());
+                }
+            }
+            let labels = labels.join(",");
+            if labels != device.labels {
+                changes.push((id, labels));
+            }
+        }
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for (id, labels) in &changes {
+                sqlx::query("UPDATE devices SET labels = $1 WHERE id = $2")
+                    .bind(labels)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(changes.len())
+    }
+}

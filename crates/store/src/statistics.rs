@@ -79,6 +79,31 @@ impl Store {
         Ok(row)
     }
 
+    /// The snapshots of `scope` from `first_day` on, oldest first.
+    pub async fn daily_counters_since(
+        &self,
+        scope: &Scope,
+        first_day: i64,
+    ) -> Result<Vec<(i64, Counters)>, StoreError> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            day: i64,
+            #[sqlx(flatten)]
+            counters: Counters,
+        }
+        let rows: Vec<Row> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT day, devices, online_devices, users, integrators, customers, license_keys FROM daily_statistics \
+                 WHERE organisation_id = $1 AND day >= $2 ORDER BY day",
+            )
+            .bind(scope.organisation_id)
+            .bind(first_day)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows.into_iter().map(|r| (r.day, r.counters)).collect())
+    }
+
     /// Snapshots every organisation for today (the daily job).
     pub async fn snapshot_all(&self) -> Result<usize, StoreError> {
         let ids: Vec<i64> = with_pool!(self, pool => {

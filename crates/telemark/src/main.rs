@@ -866,7 +866,7 @@ async fn run_platform(
         }
     });
     println!(
-        "Telemark is up: API http://{http}/api/v1, MQTT {}",
+        "Telemark is up: console http://{http}/, API http://{http}/api/v1, MQTT {}",
         describe_listeners(&config)
     );
     let (stop_fleet, fleet_stopped) = tokio::sync::watch::channel(false);

@@ -32,6 +32,46 @@ pub(super) async fn statistics(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/statistics/history",
+    tag = "statistics",
+    params(StatisticsHistoryQuery),
+    responses(
+        (status = 200, description = "the daily snapshots of the counters, oldest first: devices online and offline over time", body = Vec<DailyCountersDto>),
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated)
+    )
+)]
+pub(super) async fn statistics_history(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    q: Result<Query<StatisticsHistoryQuery>, QueryRejection>,
+) -> Result<Json<Vec<DailyCountersDto>>, ApiError> {
+    let q = query(q)?;
+    let days = i64::from(q.days.unwrap_or(30));
+    if !(1..=366).contains(&days) {
+        return Err(ApiError::field("days", "must be between 1 and 366"));
+    }
+    let rows = state
+        .store
+        .daily_counters_since(&caller.session.scope, store::today() - days + 1)
+        .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(day, c)| DailyCountersDto {
+                day: day * 86_400_000,
+                devices: c.devices,
+                online_devices: c.online_devices,
+                users: c.users,
+                system_integrators: c.integrators,
+                business_customers: c.customers,
+                license_keys: c.license_keys,
+            })
+            .collect(),
+    ))
+}
+
 pub(super) async fn audit_entries(
     state: &AppState,
     caller: &Caller,

@@ -470,3 +470,66 @@ pub(super) async fn device_ca(
         certificate_pem: platform::device_certificates::device_ca_pem(&state.store).await?,
     }))
 }
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/labels",
+    tag = "devices",
+    request_body = RelabelDto,
+    responses(
+        (status = 200, description = "labels added and removed, all devices or none", body = RelabelResultDto),
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
+        (status = 404, response = crate::error::NotInScope)
+    )
+)]
+pub(super) async fn relabel_devices(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: JsonObject<RelabelDto>,
+) -> Result<Json<RelabelResultDto>, ApiError> {
+    caller.require_admin()?;
+    let body = body.parse()?;
+    if body.device_ids.is_empty() || body.device_ids.len() > 1000 {
+        return Err(ApiError::field("device_ids", "name 1 to 1,000 devices"));
+    }
+    if body.add.is_empty() && body.remove.is_empty() {
+        return Err(ApiError::field("add", "name a label to add or to remove"));
+    }
+    for (field, labels) in [("add", &body.add), ("remove", &body.remove)] {
+        if let Some(bad) = labels
+            .iter()
+            .find(|l| !platform::identifiers::is_valid_label(l))
+        {
+            return Err(ApiError::field(
+                field,
+                format!(
+                    "{bad:?} is not a label: 1 to 64 characters, no comma, no spaces at either end"
+                ),
+            ));
+        }
+    }
+    let changed = state
+        .store
+        .relabel_devices(
+            &caller.session.scope,
+            &body.device_ids,
+            &body.add,
+            &body.remove,
+        )
+        .await?;
+    caller
+        .audit(
+            &state,
+            "device.labels",
+            format!("{} devices", body.device_ids.len()),
+            None,
+            Some(format!(
+                "added {:?}, removed {:?}; {changed} changed",
+                body.add, body.remove
+            )),
+        )
+        .await?;
+    Ok(Json(RelabelResultDto { changed }))
+}

@@ -31,6 +31,7 @@ use crate::dto::*;
 use crate::{ApiError, AppState};
 
 const COOKIE: &str = "telemark_session";
+const IMPORT_BODY_LIMIT: usize = 64 << 20;
 
 /// The routes with their OpenAPI description, which `/api/openapi.json` serves.
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -47,8 +48,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(users::set_user_state))
         .routes(routes!(devices::list_models, devices::create_model))
         .routes(routes!(devices::list_devices))
+        .routes(routes!(devices::relabel_devices))
         .routes(routes!(devices::get_device))
-        .routes(routes!(devices::import_devices))
         .routes(routes!(devices::issue_credentials))
         .routes(routes!(devices::issue_certificate))
         .routes(routes!(telemetry::device_latest))
@@ -60,7 +61,6 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(devices::device_ca))
         .routes(routes!(devices::get_import))
         .routes(routes!(devices::list_imports))
-        .routes(routes!(licenses::import_license_keys))
         .routes(routes!(
             licenses::list_service_models,
             licenses::create_service_model
@@ -74,6 +74,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(licenses::revoke_license))
         .routes(routes!(licenses::license_public_key))
         .routes(routes!(audit::statistics))
+        .routes(routes!(audit::statistics_history))
         .routes(routes!(alarms::list_alarm_rules, alarms::create_alarm_rule))
         .routes(routes!(alarms::set_alarm_rule_state))
         .routes(routes!(alarms::list_alarms))
@@ -84,6 +85,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(audit::audit_csv))
         .routes(routes!(crate::broker_hooks::authenticate))
         .routes(routes!(crate::broker_hooks::authorize))
+        .merge(
+            // An ERP export of a whole fleet is larger than the 2 MB every
+            // other request is held to: 100,000 devices are about 10 MB.
+            OpenApiRouter::new()
+                .routes(routes!(devices::import_devices))
+                .routes(routes!(licenses::import_license_keys))
+                .layer(axum::extract::DefaultBodyLimit::max(IMPORT_BODY_LIMIT)),
+        )
         .split_for_parts();
     document.info.version = env!("CARGO_PKG_VERSION").to_owned();
     let document = Arc::new(document);
@@ -95,8 +104,43 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 async move { Json(document.as_ref().clone()) }
             }),
         )
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .fallback(console_or_not_found)
         .with_state(state)
+}
+
+/// Everything outside `/api` is the console: its files, or its index for
+/// the app's own routes.
+async fn console_or_not_found(method: Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if path.starts_with("/api/") || (method != Method::GET && method != Method::HEAD) {
+        return ApiError::NotFound("no such endpoint".into()).into_response();
+    }
+    let Some(asset) = console::asset(path) else {
+        return ApiError::NotFound(format!("no such file: {path}")).into_response();
+    };
+    let cache = if asset.immutable {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
+    (
+        [
+            (header::CONTENT_TYPE, asset.content_type),
+            (header::CACHE_CONTROL, cache.to_owned()),
+            // The console talks to its own server only: no CDN, no fonts or
+            // scripts from elsewhere, and no framing by another site.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
+                 connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
+                    .to_owned(),
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+            (header::REFERRER_POLICY, "same-origin".to_owned()),
+        ],
+        asset.bytes,
+    )
+        .into_response()
 }
 
 #[derive(OpenApi)]

@@ -65,7 +65,9 @@ pub(super) async fn me(caller: Caller) -> Json<SessionDto> {
         username: caller.session.user.username.clone(),
         role: caller.session.role.as_str().to_owned(),
         organisation_id: caller.session.user.organisation_id,
-        csrf_token: None,
+        // The console reloads without its login answer; this GET is
+        // same-origin only (no CORS), so echoing the token here is safe.
+        csrf_token: Some(csrf_for(&caller.token)),
         token: None,
     })
 }

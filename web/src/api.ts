@@ -1,0 +1,324 @@
+// The console's only door to the server: same-origin fetches under /api/v1,
+// the session cookie, the CSRF token on unsafe methods, and problem+json
+// errors turned into ApiError with the server's words and field errors.
+
+export interface FieldError {
+  field: string;
+  message: string;
+}
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly detail: string,
+    readonly errors: FieldError[] = [],
+  ) {
+    super(detail);
+  }
+  /** The server's message for one form field, if it named it. */
+  fieldMessage(field: string): string | undefined {
+    return this.errors.find((e) => e.field === field)?.message;
+  }
+}
+
+let csrfToken: string | null = null;
+let onUnauthenticated: () => void = () => {};
+
+export function setCsrfToken(token: string | null) {
+  csrfToken = token;
+}
+
+/** Called when the session ends under the console (expired, logged out elsewhere). */
+export function whenUnauthenticated(handler: () => void) {
+  onUnauthenticated = handler;
+}
+
+export type Query = Record<string, string | number | boolean | null | undefined>;
+
+export function withQuery(path: string, query?: Query): string {
+  if (!query) return path;
+  const params = new URLSearchParams();
+  for (const [k, v] of Object.entries(query)) {
+    if (v !== undefined && v !== null && v !== "") params.set(k, String(v));
+  }
+  const s = params.toString();
+  return s ? `${path}?${s}` : path;
+}
+
+export interface RequestOptions {
+  method?: "GET" | "POST" | "PUT" | "DELETE";
+  query?: Query;
+  /** JSON-encoded unless it is already a string or a Blob (then `contentType` says what). */
+  body?: unknown;
+  contentType?: string;
+  signal?: AbortSignal;
+}
+
+export async function problemOf(response: Response): Promise<ApiError> {
+  const text = await response.text();
+  try {
+    const p = JSON.parse(text);
+    return new ApiError(response.status, p.detail || p.title || response.statusText, p.errors ?? []);
+  } catch {
+    return new ApiError(response.status, text || `${response.status} ${response.statusText}`);
+  }
+}
+
+export function headersFor(method: string, contentType?: string): Record<string, string> {
+  const headers: Record<string, string> = { accept: "application/json, application/problem+json" };
+  if (contentType) headers["content-type"] = contentType;
+  if (method !== "GET" && csrfToken) headers["x-csrf-token"] = csrfToken;
+  return headers;
+}
+
+export async function api<T>(path: string, options: RequestOptions = {}): Promise<T> {
+  const method = options.method ?? "GET";
+  let body: BodyInit | undefined;
+  let contentType = options.contentType;
+  if (options.body !== undefined) {
+    if (typeof options.body === "string" || options.body instanceof Blob) {
+      body = options.body;
+    } else {
+      body = JSON.stringify(options.body);
+      contentType ??= "application/json";
+    }
+  }
+  let response: Response;
+  try {
+    response = await fetch(withQuery(`/api/v1${path}`, options.query), {
+      method,
+      body,
+      headers: headersFor(method, contentType),
+      credentials: "same-origin",
+      signal: options.signal,
+    });
+  } catch (e) {
+    if ((e as Error).name === "AbortError") throw e;
+    throw new ApiError(0, "The server cannot be reached. Check the connection and try again.");
+  }
+  if (!response.ok) {
+    const error = await problemOf(response);
+    if (response.status === 401 && path !== "/session") onUnauthenticated();
+    throw error;
+  }
+  if (response.status === 204) return undefined as T;
+  return (await response.json()) as T;
+}
+
+// ---- the API's types (see /api/openapi.json) ----
+
+export type Role = "operator-admin" | "integrator-admin" | "customer-admin" | "engineer" | "viewer";
+
+export interface Session {
+  user_id: number;
+  username: string;
+  role: Role;
+  organisation_id: number;
+  csrf_token?: string | null;
+}
+
+export interface Organisation {
+  id: number;
+  parent_id: number | null;
+  kind: "operator" | "integrator" | "customer";
+  name: string;
+  created_at: number;
+}
+
+export interface DeviceModel {
+  id: number;
+  name: string;
+  vendor: string;
+  hardware_revision: string;
+  topic_segment: string;
+  description: string;
+}
+
+export interface Device {
+  id: number;
+  organisation_id: number;
+  model_id: number;
+  name: string;
+  serial: string;
+  mac: string;
+  imei: string | null;
+  iccid: string | null;
+  labels: string[];
+  license_state: string;
+  firmware_version: string | null;
+  created_at: number;
+  last_seen_at: number | null;
+  online: boolean;
+}
+
+export interface DevicePage {
+  devices: Device[];
+  next_cursor: string | null;
+}
+
+export interface Counter {
+  value: number;
+  week_ago: number | null;
+  change: number | null;
+}
+
+export interface Statistics {
+  devices: Counter;
+  online_devices: Counter;
+  users: Counter;
+  system_integrators: Counter;
+  business_customers: Counter;
+  license_keys: Counter;
+}
+
+export interface DailyCounters {
+  day: number;
+  devices: number;
+  online_devices: number;
+}
+
+export interface Rejection {
+  line: number;
+  reason: string;
+}
+
+export interface ImportRecord {
+  id: number;
+  kind: string;
+  organisation_id: number;
+  actor: string;
+  source_name: string;
+  partial: boolean;
+  rows_accepted: number;
+  rows_rejected: number;
+  created_at: number;
+  rejections: Rejection[];
+}
+
+export interface User {
+  id: number;
+  organisation_id: number;
+  username: string;
+  role: Role;
+  disabled: boolean;
+  created_at: number;
+}
+
+export interface ServiceModel {
+  id: number;
+  name: string;
+  features: string[];
+  duration_days: number;
+}
+
+export interface LicenseKey {
+  id: number;
+  key: string;
+  organisation_id: number;
+  service_model_id: number;
+  state: string;
+  device_id: number | null;
+  created_at: number;
+  bound_at: number | null;
+  expires_at: number | null;
+}
+
+export interface AuditEntry {
+  id: number;
+  organisation_id: number;
+  actor: string;
+  action: string;
+  target: string;
+  before: string | null;
+  after: string | null;
+  address: string | null;
+  created_at: number;
+}
+
+export interface LatestReading {
+  metric: string;
+  ts: number;
+  value: number;
+}
+
+export interface SeriesPoint {
+  ts: number;
+  min: number;
+  max: number;
+  mean: number;
+  count: number;
+}
+
+export interface Series {
+  metric: string;
+  from: number;
+  to: number;
+  step: number;
+  points: SeriesPoint[];
+}
+
+export interface LogLine {
+  id: number;
+  stream: "syslog" | "dmesg";
+  ts: number;
+  line: string;
+}
+
+export interface TelemetryFaults {
+  count: number;
+  last_error: string | null;
+  last_at: number | null;
+}
+
+export interface PresenceChange {
+  id: number;
+  online: boolean;
+  at: number;
+}
+
+export interface AlarmRule {
+  id: number;
+  organisation_id: number;
+  model_id: number | null;
+  name: string;
+  kind: "threshold" | "offline" | "firmware";
+  metric: string | null;
+  comparison: string | null;
+  threshold: number | null;
+  duration_secs: number;
+  expected_firmware: string | null;
+  severity: string;
+  enabled: boolean;
+  created_at: number;
+}
+
+export interface Alarm {
+  id: number;
+  rule_id: number;
+  device_id: number;
+  organisation_id: number;
+  state: "active" | "acknowledged" | "cleared";
+  severity: string;
+  message: string;
+  value: number | null;
+  raised_at: number;
+  acknowledged_at: number | null;
+  acknowledged_by: string | null;
+  cleared_at: number | null;
+}
+
+export interface Webhook {
+  id: number;
+  organisation_id: number;
+  url: string;
+  secret?: string | null;
+  created_at: number;
+}
+
+export interface ApiToken {
+  id: number;
+  name: string;
+  revoked: boolean;
+  created_at: number;
+  token?: string | null;
+}
