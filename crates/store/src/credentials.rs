@@ -2,6 +2,7 @@
 //! own (the broker asks it for every device CONNECT), so it takes no scope;
 //! issuing credentials does.
 
+use crate::BeginWrite;
 use crate::{Scope, Store, StoreError, now_millis, with_pool};
 
 /// What the broker's authenticator needs to know of a device.
@@ -93,7 +94,7 @@ impl Store {
     pub async fn set_device_online(&self, device_id: i64, online: bool) -> Result<(), StoreError> {
         let now = now_millis();
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query("UPDATE devices SET online = $1, last_seen_at = $2 WHERE id = $3")
                 .bind(online)
                 .bind(now)

@@ -1,5 +1,6 @@
 //! Device models and devices, always read and written inside a scope.
 
+use crate::BeginWrite;
 use crate::{Scope, Store, StoreError, now_millis, with_pool};
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -208,7 +209,7 @@ impl Store {
     ) -> Result<Vec<i64>, StoreError> {
         let created_at = now_millis();
         let ids = with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let mut ids = Vec::with_capacity(devices.len());
             for device in devices {
                 let path: Option<String> = sqlx::query_scalar("SELECT path FROM organisations WHERE id = $1")
@@ -391,7 +392,7 @@ impl Store {
             }
         }
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             for (id, labels) in &changes {
                 sqlx::query("UPDATE devices SET labels = $1 WHERE id = $2")
                     .bind(labels)

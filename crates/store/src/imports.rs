@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use crate::BeginWrite;
 use crate::devices::{INSERT_DEVICE, bind_new_device};
 use crate::{NewDevice, Scope, Store, StoreError, now_millis, with_pool};
 
@@ -155,7 +156,7 @@ impl Store {
         self.service_model(service_model_id).await?;
         let created_at = now_millis();
         let record = with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let mut rejected = batch.rejected.clone();
             let mut accepted = Vec::with_capacity(batch.rows.len());
             for (line, key) in &batch.rows {
@@ -232,7 +233,7 @@ impl Store {
     ) -> Result<ImportRecord, StoreError> {
         let created_at = now_millis();
         let record = with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let mut rejected = batch.rejected.clone();
             let mut in_scope: HashMap<i64, bool> = HashMap::new();
             let mut accepted = Vec::with_capacity(batch.rows.len());

@@ -86,6 +86,38 @@ pub(crate) enum Pool {
 
 /// The same SQL on whichever pool the store has. Queries use `$1`-style
 /// parameters numbered in order, which both dialects accept.
+/// A transaction that will write. On SQLite it takes the write lock at its
+/// start (`BEGIN IMMEDIATE`): a deferred transaction that reads first and
+/// writes later fails with `SQLITE_BUSY_SNAPSHOT` when another connection
+/// (the ingest, say) committed in between, and no busy timeout helps it.
+pub(crate) trait BeginWrite {
+    type Db: sqlx::Database;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+    + Send;
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+    + Send {
+        self.begin_with("BEGIN IMMEDIATE")
+    }
+}
+
+impl BeginWrite for sqlx::PgPool {
+    type Db = sqlx::Postgres;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>>
+    + Send {
+        self.begin()
+    }
+}
+
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
@@ -123,7 +155,7 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
-                .busy_timeout(std::time::Duration::from_secs(5))
+                .busy_timeout(std::time::Duration::from_secs(30))
                 // 64 MiB of page cache per connection (the default is 2 MiB):
                 // the readings index of a fleet does not fit in 2.
                 .pragma("cache_size", "-65536");

@@ -1,5 +1,6 @@
 //! Service models and license keys, and the platform's own secrets.
 
+use crate::BeginWrite;
 use crate::{Scope, Store, StoreError, now_millis, with_pool};
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -96,7 +97,7 @@ impl Store {
         self.service_model(service_model_id).await?;
         let now = now_millis();
         let rows = with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let mut rows = Vec::with_capacity(keys.len());
             for key in keys {
                 let row: LicenseKey = sqlx::query_as(
@@ -188,7 +189,7 @@ impl Store {
     /// license state follows.
     pub async fn update_license(&self, key: &LicenseKey) -> Result<(), StoreError> {
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let previous: Option<i64> = sqlx::query_scalar("SELECT device_id FROM license_keys WHERE id = $1")
                 .bind(key.id)
                 .fetch_one(&mut *tx)

@@ -1,5 +1,6 @@
 //! The organisation tree and the scopes cut from it.
 
+use crate::BeginWrite;
 use crate::{Store, StoreError, now_millis, with_pool};
 
 /// Where an organisation stands in the tree.
@@ -134,7 +135,7 @@ impl Store {
         let parent_id = parent.map(|p| p.id);
         let created_at = now_millis();
         let row: OrganisationRow = with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             if parent_id.is_none() {
                 let roots: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organisations WHERE parent_id IS NULL")
                     .fetch_one(&mut *tx)

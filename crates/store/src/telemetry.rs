@@ -3,6 +3,7 @@
 //! contract faults per device. The ingest resolves devices itself, so
 //! writes take no scope; every read does.
 
+use crate::BeginWrite;
 use crate::{Scope, Store, StoreError, now_millis, with_pool};
 
 /// Rows per INSERT: four parameters each, well inside both backends' limits.
@@ -77,7 +78,7 @@ impl Store {
             return Ok(());
         }
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             for chunk in readings.chunks(ROWS_PER_STATEMENT) {
                 let mut q = sqlx::QueryBuilder::new("INSERT INTO readings (device_id, metric, ts, value) ");
                 q.push_values(chunk, |mut row, r| {
@@ -97,7 +98,7 @@ impl Store {
             return Ok(());
         }
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             for chunk in lines.chunks(ROWS_PER_STATEMENT) {
                 let mut q = sqlx::QueryBuilder::new("INSERT INTO device_logs (device_id, stream, ts, line) ");
                 q.push_values(chunk, |mut row, l| {
@@ -325,7 +326,7 @@ impl Store {
     /// hourly min/max/mean, and marks `to` as done, in one transaction.
     pub async fn roll_up_hours(&self, from: i64, to: i64) -> Result<u64, StoreError> {
         let rows = with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let rows = sqlx::query(
                 "INSERT INTO readings_hourly (device_id, metric, hour, min, max, mean, count) \
                  SELECT device_id, metric, (ts / 3600000) * 3600000, MIN(value), MAX(value), AVG(value), COUNT(*) \

@@ -1,6 +1,7 @@
 //! Users and their login sessions. Passwords arrive hashed (the platform
 //! hashes them); session tokens arrive as digests.
 
+use crate::BeginWrite;
 use crate::{Scope, Store, StoreError, now_millis, with_pool};
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -114,7 +115,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.user(scope, id).await?;
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
                 .bind(disabled)
                 .bind(id)
