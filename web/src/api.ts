@@ -296,6 +296,7 @@ export interface Alarm {
   id: number;
   rule_id: number;
   device_id: number;
+  device_name?: string;
   organisation_id: number;
   state: "active" | "acknowledged" | "cleared";
   severity: string;

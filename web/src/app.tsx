@@ -27,6 +27,7 @@ interface NavItem {
 const always = () => true;
 const admins = () => isAdmin.value;
 const operator = () => isOperator.value;
+// Integrators see the catalogue their customers are sold from; customers do not.
 const aboveCustomers = () => session.value?.role === "operator-admin" || session.value?.role === "integrator-admin";
 
 const NAV: { section: string; items: NavItem[] }[] = [
@@ -43,14 +44,14 @@ const NAV: { section: string; items: NavItem[] }[] = [
     items: [
       { href: "/import", label: "Import devices", show: admins },
       { href: "/imports", label: "ERP import records", show: admins },
-      { href: "/device-models", label: "Device models", show: always },
+      { href: "/device-models", label: "Device models", show: aboveCustomers },
     ],
   },
   {
     section: "Licensing",
     items: [
       { href: "/license-keys", label: "License keys", show: admins },
-      { href: "/service-models", label: "Service models", show: always },
+      { href: "/service-models", label: "Service models", show: aboveCustomers },
     ],
   },
   {

@@ -729,6 +729,9 @@ pub struct AlarmDto {
     pub id: i64,
     pub rule_id: i64,
     pub device_id: i64,
+    /// In lists; absent in the answer to an acknowledgement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
     pub organisation_id: i64,
     /// `active`, `acknowledged` or `cleared`.
     pub state: String,
@@ -747,6 +750,7 @@ impl From<store::Alarm> for AlarmDto {
             id: a.id,
             rule_id: a.rule_id,
             device_id: a.device_id,
+            device_name: None,
             organisation_id: a.organisation_id,
             state: a.state,
             severity: a.severity,

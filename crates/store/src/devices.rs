@@ -405,3 +405,29 @@ impl Store {
         Ok(changes.len())
     }
 }
+
+impl Store {
+    /// The names of the devices of `ids` that are in `scope`.
+    pub async fn device_names(
+        &self,
+        scope: &Scope,
+        ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let rows: Vec<(i64, String)> = with_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT d.id, d.name FROM devices d JOIN organisations o ON o.id = d.organisation_id WHERE o.path LIKE ",
+            );
+            q.push_bind(scope.pattern()).push(" AND d.id IN (");
+            let mut list = q.separated(", ");
+            for id in ids {
+                list.push_bind(*id);
+            }
+            list.push_unseparated(")");
+            q.build_query_as().fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().collect())
+    }
+}

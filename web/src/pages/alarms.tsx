@@ -46,7 +46,7 @@ export function AlarmTable({
   };
   const columns: Column<Alarm>[] = [
     { title: "Severity", cell: (a) => <SeverityBadge severity={a.severity} /> },
-    { title: "Device", cell: (a) => <a href={`/devices/${a.device_id}`}>device {a.device_id}</a> },
+    { title: "Device", cell: (a) => <a href={`/devices/${a.device_id}`}>{a.device_name ?? `device ${a.device_id}`}</a> },
     { title: "Alarm", cell: (a) => a.message },
     { title: "Raised", cell: (a) => <Time ms={a.raised_at} /> },
     { title: "State", cell: (a) => <Badge tone={ALARM_TONE[a.state] ?? "muted"}>{a.state}</Badge> },

@@ -268,7 +268,7 @@ async function availableKeys(serviceModelId: number, count: number): Promise<Lic
 
 /** Binds one available key of the chosen service model to each selected device. */
 export function BindDialog({
-  deviceIds,
+  deviceIds: chosen,
   onClose,
   onDone,
 }: {
@@ -276,6 +276,8 @@ export function BindDialog({
   onClose: () => void;
   onDone: () => void;
 }) {
+  // The devices chosen when the dialog opened, whatever the list does meanwhile.
+  const [deviceIds] = useState(chosen);
   const models = useLoad((signal) => api<ServiceModel[]>("/service-models", { signal }), []);
   const [modelId, setModelId] = useState("");
   const [progress, setProgress] = useState<{ done: number; failures: string[] } | null>(null);

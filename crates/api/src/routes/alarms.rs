@@ -206,7 +206,25 @@ pub(super) async fn list_alarms(
             },
         )
         .await?;
-    Ok(Json(alarms.into_iter().map(Into::into).collect()))
+    let mut ids: Vec<i64> = alarms.iter().map(|a| a.device_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let names = state
+        .store
+        .device_names(&caller.session.scope, &ids)
+        .await?;
+    Ok(Json(
+        alarms
+            .into_iter()
+            .map(|a| {
+                let device_name = names.get(&a.device_id).cloned();
+                AlarmDto {
+                    device_name,
+                    ..a.into()
+                }
+            })
+            .collect(),
+    ))
 }
 
 #[utoipa::path(
