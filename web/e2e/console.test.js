@@ -342,6 +342,47 @@ test("a customer admin cannot reach another customer's device by URL", () =>
     { username: "harbour-admin", password: CUSTOMER_PASSWORD, expected: [`/api/v1/devices/${fleet["city-001"]}`] },
   ));
 
+test("every screen of the operator opens without errors", () =>
+  inBrowser("screens", async (page) => {
+    const screens = [
+      ["/devices", "Devices"],
+      [`/devices/${fleet["harbour-003"]}`, "harbour-003"],
+      ["/alarms", "Alarms"],
+      ["/statistics", "Statistics"],
+      ["/import", "Import devices"],
+      ["/imports", "ERP import records"],
+      ["/device-models", "Device models"],
+      ["/license-keys", "License keys"],
+      ["/service-models", "Service models"],
+      ["/integrators", "System integrators"],
+      ["/customers", "Business customers"],
+      ["/users", "Users and roles"],
+      ["/alarm-rules", "Alarm rules"],
+      ["/audit", "System logs"],
+      ["/account", "Account: admin"],
+    ];
+    for (const [url, title] of screens) {
+      await page.goto(`${base}${url}`);
+      await page.waitForSelector(`h1:text-is("${title}")`);
+      // Each list settles into rows, an empty state or an error in words.
+      await page.waitForSelector("main :is(table, .empty, .charts, form, [role=alert])");
+      assert.equal(await page.locator("main [role=alert]").count(), 0, `an error on ${url}`);
+      await page.screenshot({ path: path.join(shots, `screen${url.replaceAll("/", "-")}.png`) });
+    }
+    // The system log records what this run did, and exports as CSV.
+    await page.goto(`${base}/audit`);
+    await page.fill("input[aria-label='search the system log']", "device.import");
+    await page.waitForSelector("[data-testid=audit] >> text=fleet.csv");
+    const csv = await page.evaluate(async () => (await fetch("/api/v1/audit.csv?search=device.import")).text());
+    assert.match(csv, /device\.import/);
+    // Change password validates before sending.
+    await page.goto(`${base}/account`);
+    await page.fill("input[name=current_password]", ADMIN_PASSWORD);
+    await page.fill("input[name=new_password]", "short");
+    await page.click("text=Change password >> nth=-1");
+    await page.waitForSelector(".field-error:text('At least 10 characters.')");
+  }));
+
 test("dashboard and device list are interactive quickly with the bulk registry", () =>
   inBrowser("timings", async (page) => {
   const readyAfter = async (url, mark, selector) => {

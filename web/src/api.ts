@@ -175,6 +175,10 @@ export interface DailyCounters {
   day: number;
   devices: number;
   online_devices: number;
+  users: number;
+  system_integrators: number;
+  business_customers: number;
+  license_keys: number;
 }
 
 export interface Rejection {

@@ -16,6 +16,7 @@ import { Users } from "./pages/users";
 import { AuditLog } from "./pages/audit";
 import { Alarms, AlarmRules } from "./pages/alarms";
 import { Account } from "./pages/account";
+import { Statistics } from "./pages/statistics";
 import { Page } from "./components/ui";
 
 interface NavItem {
@@ -37,6 +38,7 @@ const NAV: { section: string; items: NavItem[] }[] = [
       { href: "/", label: "Dashboard", show: always },
       { href: "/devices", label: "Devices", show: always },
       { href: "/alarms", label: "Alarms", show: always },
+      { href: "/statistics", label: "Statistics", show: always },
     ],
   },
   {
@@ -150,6 +152,7 @@ function Shell() {
             <Route path="/alarms" component={Alarms} />
             <Route path="/alarm-rules" component={AlarmRules} />
             <Route path="/audit" component={AuditLog} />
+            <Route path="/statistics" component={Statistics} />
             <Route path="/account" component={Account} />
             <Route default component={NotFound} />
           </Router>

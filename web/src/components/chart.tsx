@@ -29,10 +29,13 @@ export function TimeChart({
   bands,
   height = 200,
   xRange,
+  yRange,
   testId,
 }: {
   /** The time span to show, in Unix ms, whatever the data covers. */
   xRange?: [number, number];
+  /** The y span always shown (the data may widen it), e.g. so quality bands stay in view. */
+  yRange?: [number, number];
   title: string;
   unit?: string;
   lines: ChartLine[];
@@ -80,6 +83,14 @@ export function TimeChart({
       ],
       axes: [{}, { size: 60, values: (_u, vals) => vals.map((v) => `${round(v)}`) }],
       scales: {
+        ...(yRange && {
+          y: {
+            range: (_u: uPlot, min: number | null, max: number | null): uPlot.Range.MinMax => [
+              Math.min(min ?? yRange[0], yRange[0]),
+              Math.max(max ?? yRange[1], yRange[1]),
+            ],
+          },
+        }),
         x: { time: true, range: (_u, min, max) => (rangeRef.current ? [rangeRef.current[0] / 1000, rangeRef.current[1] / 1000] : [min, max]) },
       },
       legend: { live: true },

@@ -51,6 +51,7 @@ interface ChartSpec {
   metrics: string[];
   labels?: string[];
   bands?: QualityBand[];
+  yRange?: [number, number];
 }
 
 const COLORS = ["#1f6feb", "#d29922", "#a371f7", "#2ea043", "#db6d28", "#f778ba", "#3fb950", "#8b949e"];
@@ -76,9 +77,9 @@ function chartsFor(latest: LatestReading[]): ChartSpec[] {
   }
   if (names.has("lte.rsrp_dbm") || names.has("lte.sinr_db")) {
     specs.push(
-      { title: "LTE RSRP", unit: "dBm", metrics: ["lte.rsrp_dbm"], labels: ["RSRP"], bands: RSRP_BANDS },
-      { title: "LTE RSRQ", unit: "dB", metrics: ["lte.rsrq_db"], labels: ["RSRQ"], bands: RSRQ_BANDS },
-      { title: "LTE SINR", unit: "dB", metrics: ["lte.sinr_db"], labels: ["SINR"], bands: SINR_BANDS },
+      { title: "LTE RSRP", unit: "dBm", metrics: ["lte.rsrp_dbm"], labels: ["RSRP"], bands: RSRP_BANDS, yRange: [-125, -65] },
+      { title: "LTE RSRQ", unit: "dB", metrics: ["lte.rsrq_db"], labels: ["RSRQ"], bands: RSRQ_BANDS, yRange: [-25, -3] },
+      { title: "LTE SINR", unit: "dB", metrics: ["lte.sinr_db"], labels: ["SINR"], bands: SINR_BANDS, yRange: [-5, 30] },
     );
   }
   return specs;
@@ -382,6 +383,7 @@ function Charts({ deviceId }: { deviceId: number }) {
                     unit={spec.unit}
                     lines={lines}
                     bands={spec.bands}
+                    yRange={spec.yRange}
                     data={alignSeries(spec.metrics.map((m) => series[m] ?? []))}
                     xRange={[Date.now() - range, Date.now()]}
                   />
