@@ -3,7 +3,7 @@ import { defineConfig } from "vite";
 // `npm run dev` serves the console with hot reload and sends the API to a
 // `telemark serve` on 127.0.0.1:8080.
 export default defineConfig({
-  oxc: { jsx: { runtime: "automatic", importSource: "preact" } },
+  esbuild: { jsx: "automatic", jsxImportSource: "preact" },
   resolve: {
     alias: { react: "preact/compat", "react-dom": "preact/compat" },
   },
