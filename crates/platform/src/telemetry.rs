@@ -45,7 +45,9 @@ pub struct IngestCounters {
 
 #[derive(Default)]
 struct Pending {
-    readings: Vec<NewReading>,
+    /// Oldest first; a deque so a flush takes its batch off the front
+    /// without moving a backlog of millions.
+    readings: std::collections::VecDeque<NewReading>,
     lines: Vec<NewLogLine>,
     faults: HashMap<i64, (u64, String)>,
     firmware: HashMap<i64, String>,
@@ -256,7 +258,7 @@ impl Ingest {
         // At most MAX_TRANSACTION_ROWS readings a transaction, oldest first:
         // a backlog is written in steady steps, not one transaction that
         // holds the database for seconds.
-        let batch = {
+        let mut batch = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             let take = pending.readings.len().min(MAX_TRANSACTION_ROWS);
             Pending {
@@ -268,7 +270,9 @@ impl Ingest {
         };
         let rows = batch.readings.len() + batch.lines.len();
         let result = async {
-            self.store.insert_readings(&batch.readings).await?;
+            self.store
+                .insert_readings(batch.readings.make_contiguous())
+                .await?;
             self.store.insert_log_lines(&batch.lines).await?;
             Ok::<_, store::StoreError>(())
         }

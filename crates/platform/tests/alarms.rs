@@ -98,13 +98,18 @@ async fn eventually(mut check: impl FnMut() -> bool) -> bool {
     false
 }
 
-#[tokio::test]
-async fn a_signal_fade_raises_and_clears_an_alarm_and_tells_the_webhook() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open_data_dir(dir.path()).await.expect("store");
+/// An operator with an integrator below it and one DWM-311-A1 device there.
+struct OneDevice {
+    operator: store::Organisation,
+    root: store::Scope,
+    model: store::DeviceModel,
+    device: i64,
+}
+
+async fn one_device(store: &Store) -> OneDevice {
     let operator = store.create_operator("Ops").await.expect("operator");
     let root = store.scope_of(operator.id).await.expect("scope");
-    let customer = store
+    let integrator = store
         .create_organisation(&root, operator.id, "Integrator")
         .await
         .expect("integrator");
@@ -122,7 +127,7 @@ async fn a_signal_fade_raises_and_clears_an_alarm_and_tells_the_webhook() {
         .insert_devices(
             &root,
             &[NewDevice {
-                organisation_id: customer.id,
+                organisation_id: integrator.id,
                 model_id: model.id,
                 name: "harbour-1".into(),
                 serial: "SN1".into(),
@@ -134,7 +139,24 @@ async fn a_signal_fade_raises_and_clears_an_alarm_and_tells_the_webhook() {
         )
         .await
         .expect("device");
-    let device = ids[0];
+    OneDevice {
+        operator,
+        root,
+        model,
+        device: ids[0],
+    }
+}
+
+#[tokio::test]
+async fn a_signal_fade_raises_and_clears_an_alarm_and_tells_the_webhook() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_data_dir(dir.path()).await.expect("store");
+    let OneDevice {
+        operator,
+        root,
+        model,
+        device,
+    } = one_device(&store).await;
     let rule = |name: &str, kind: &str| NewAlarmRule {
         organisation_id: operator.id,
         model_id: Some(model.id),
@@ -350,12 +372,13 @@ async fn retention_rolls_up_full_hours_and_prunes_by_age() {
     use platform::telemetry::{Retention, retention_pass};
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open_data_dir(dir.path()).await.expect("store");
+    let device = one_device(&store).await.device;
     let hour = 3_600_000i64;
     let now = 20_000 * hour + 1_234;
     // Ten days of hourly readings, up to now.
     let readings: Vec<store::NewReading> = (0..240)
         .map(|n| store::NewReading {
-            device_id: 1,
+            device_id: device,
             metric: "cpu.usage_percent".into(),
             ts: now - (240 - n) * hour,
             value: n as f64,

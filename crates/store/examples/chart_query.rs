@@ -2,7 +2,11 @@
 //! stored (one metric a minute each: 14.4 million rows) in embedded SQLite
 //! or PostgreSQL. The target: under 50 ms.
 //!
-//!     cargo run --release -p store --example chart_query [-- DEVICES [postgres://…]]
+//!     cargo run --release -p store --example chart_query [-- DEVICES [METRICS INTERVAL_S [postgres://…]]]
+//!
+//! With METRICS and INTERVAL_S each device reports that many metrics every
+//! INTERVAL_S seconds instead (13 every 10 s is the simulated fleet's black
+//! box), so the chart reads past the device's other metrics.
 
 use std::time::Instant;
 
@@ -13,7 +17,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let devices: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let dir = tempfile::tempdir()?;
-    let store = match args.get(2) {
+    let metrics: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let interval_ms: i64 = args
+        .get(3)
+        .and_then(|a| a.parse::<i64>().ok())
+        .unwrap_or(60)
+        * 1000;
+    let store = match args.get(4) {
         Some(url) => Store::open(url).await?,
         None => Store::open_data_dir(dir.path()).await?,
     };
@@ -53,17 +63,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let end = store::now_millis();
     let start = end - 24 * 3_600_000;
     let started = Instant::now();
-    // Minute by minute, every device, as the ingest writes them.
+    // Step by step, every device, as the ingest writes them.
+    let names: Vec<String> = std::iter::once("memory.used_percent".to_owned())
+        .chain((1..metrics).map(|m| format!("other.metric_{m}")))
+        .collect();
     let mut batch = Vec::with_capacity(50_000);
-    for minute in 0..1440i64 {
+    for step in 0..(24 * 3_600_000 / interval_ms) {
         for (n, id) in ids.iter().enumerate() {
-            batch.push(NewReading {
-                device_id: *id,
-                metric: "memory.used_percent".into(),
-                ts: start + minute * 60_000 + (n as i64 % 60_000),
-                value: 40.0 + ((minute + n as i64) % 50) as f64,
-            });
-            if batch.len() == 50_000 {
+            for name in &names {
+                batch.push(NewReading {
+                    device_id: *id,
+                    metric: name.clone(),
+                    ts: start + step * interval_ms + (n as i64 % interval_ms),
+                    value: 40.0 + ((step + n as i64) % 50) as f64,
+                });
+            }
+            if batch.len() >= 50_000 {
                 store.insert_readings(&batch).await?;
                 batch.clear();
             }

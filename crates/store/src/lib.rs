@@ -158,7 +158,11 @@ impl Store {
                 .busy_timeout(std::time::Duration::from_secs(30))
                 // 64 MiB of page cache per connection (the default is 2 MiB):
                 // the readings index of a fleet does not fit in 2.
-                .pragma("cache_size", "-65536");
+                .pragma("cache_size", "-65536")
+                // Checkpoint every ~100 MB of WAL instead of every 4 MB: an
+                // ingest flush alone writes more than 4 MB, and each
+                // checkpoint copies pages back into the database file.
+                .pragma("wal_autocheckpoint", "25000");
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)
                 .connect_with(options)

@@ -85,7 +85,7 @@ impl Store {
                     row.push_bind(r.device_id).push_bind(&r.metric).push_bind(r.ts).push_bind(r.value);
                 });
                 // The same reading twice (a QoS 1 redelivery) is kept once.
-                q.push(" ON CONFLICT (device_id, metric, ts) DO NOTHING");
+                q.push(" ON CONFLICT (device_id, ts, metric) DO NOTHING");
                 q.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
@@ -235,7 +235,8 @@ impl Store {
         Ok(points)
     }
 
-    /// The last reading of each of a device's metrics.
+    /// The last reading of each metric the device reported in the day
+    /// before its newest reading.
     pub async fn latest_readings(
         &self,
         scope: &Scope,
@@ -244,8 +245,11 @@ impl Store {
         self.device(scope, device_id).await?;
         let rows = with_pool!(self, pool => {
             sqlx::query_as(
+                // Within a day of the device's newest reading: the key is in
+                // time order, so this reads a day of rows, not the device's week.
                 "SELECT r.metric, r.ts, r.value FROM readings r \
-                 JOIN (SELECT metric, MAX(ts) AS ts FROM readings WHERE device_id = $1 GROUP BY metric) m \
+                 JOIN (SELECT metric, MAX(ts) AS ts FROM readings WHERE device_id = $1 \
+                       AND ts >= (SELECT MAX(ts) FROM readings WHERE device_id = $1) - 86400000 GROUP BY metric) m \
                  ON m.metric = r.metric AND m.ts = r.ts WHERE r.device_id = $1 ORDER BY r.metric",
             )
             .bind(device_id)
@@ -317,20 +321,28 @@ impl Store {
     /// The time of the oldest raw reading.
     pub async fn oldest_reading(&self) -> Result<Option<i64>, StoreError> {
         let value: Option<i64> = with_pool!(self, pool => {
-            sqlx::query_scalar("SELECT MIN(ts) FROM readings").fetch_one(pool).await?
+            // One seek per device through the key (there is no index on ts).
+            sqlx::query_scalar(
+                "SELECT MIN((SELECT MIN(r.ts) FROM readings r WHERE r.device_id = d.id)) FROM devices d",
+            )
+            .fetch_one(pool)
+            .await?
         });
         Ok(value)
     }
 
     /// Rolls the raw readings of `[from, to)` (hour boundaries) up into
     /// hourly min/max/mean, and marks `to` as done, in one transaction.
+    /// Device by device (`CROSS JOIN` keeps SQLite's loop in that order):
+    /// each device's hour is one range of the key.
     pub async fn roll_up_hours(&self, from: i64, to: i64) -> Result<u64, StoreError> {
         let rows = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let rows = sqlx::query(
                 "INSERT INTO readings_hourly (device_id, metric, hour, min, max, mean, count) \
-                 SELECT device_id, metric, (ts / 3600000) * 3600000, MIN(value), MAX(value), AVG(value), COUNT(*) \
-                 FROM readings WHERE ts >= $1 AND ts < $2 GROUP BY device_id, metric, ts / 3600000 \
+                 SELECT r.device_id, r.metric, (r.ts / 3600000) * 3600000, MIN(r.value), MAX(r.value), AVG(r.value), COUNT(*) \
+                 FROM devices d CROSS JOIN readings r WHERE r.device_id = d.id AND r.ts >= $1 AND r.ts < $2 \
+                 GROUP BY r.device_id, r.metric, r.ts / 3600000 \
                  ON CONFLICT (device_id, metric, hour) DO UPDATE SET min = excluded.min, max = excluded.max, \
                  mean = excluded.mean, count = excluded.count",
             )
@@ -364,7 +376,12 @@ impl Store {
     /// (Unix ms); returns how many rows went.
     pub async fn prune_telemetry(&self, before: i64) -> Result<u64, StoreError> {
         let n = with_pool!(self, pool => {
-            let a = sqlx::query("DELETE FROM readings WHERE ts < $1").bind(before).execute(pool).await?.rows_affected();
+            // Device by device through the key: readings have no index on ts.
+            let a = sqlx::query("DELETE FROM readings WHERE device_id IN (SELECT id FROM devices) AND ts < $1")
+                .bind(before)
+                .execute(pool)
+                .await?
+                .rows_affected();
             let b = sqlx::query("DELETE FROM device_logs WHERE ts < $1").bind(before).execute(pool).await?.rows_affected();
             let c = sqlx::query("DELETE FROM device_presence WHERE at < $1").bind(before).execute(pool).await?.rows_affected();
             a + b + c
