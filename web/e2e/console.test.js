@@ -390,6 +390,16 @@ test("dashboard and device list are interactive quickly with the bulk registry",
     await page.waitForSelector(selector);
     return page.evaluate((m) => Math.round(performance.getEntriesByName(m)[0].startTime), mark);
   };
+  // Keyset pages: Next shows the following devices, Previous the first ones again.
+  await page.goto(`${base}/devices`);
+  const firstName = () => page.locator("[data-testid=devices] tbody tr td:nth-child(2)").first().textContent();
+  const page1 = await firstName();
+  await page.click("role=button[name='Next ›']");
+  await page.waitForSelector("text=Page 2");
+  assert.notEqual(await firstName(), page1);
+  await page.click("role=button[name='‹ Previous']");
+  await page.waitForFunction(() => !document.body.textContent.includes("Page 2"));
+  assert.equal(await firstName(), page1);
   const timings = { devices_in_registry: (await http("GET", "/statistics")).devices.value, runs: [] };
   for (let i = 0; i < 5; i++) {
     timings.runs.push({

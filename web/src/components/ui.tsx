@@ -313,7 +313,84 @@ export function SeverityBadge({ severity }: { severity: string }) {
   return <Badge tone={tone}>{severity}</Badge>;
 }
 
-/** "Older" and "Newer" for keyset pages: `stack` holds the cursors walked so far. */
+/**
+ * Keyset paging: `cursor` is where the shown page starts (null: the first
+ * page); `pager(next)` draws Previous/Next, `next` being the cursor after
+ * this page or null at the end. Going back to page one when `resetKey`
+ * changes (a new filter).
+ */
+export function useCursorPages<C>(resetKey: unknown) {
+  const [stack, setStack] = useState<(C | null)[]>([null]);
+  const first = useRef(true);
+  useEffect(() => {
+    if (first.current) first.current = false;
+    else setStack([null]);
+  }, [resetKey]);
+  const cursor = stack[stack.length - 1];
+  const pager = (next: C | null | undefined, summary?: string) => (
+    <Pager
+      hasPrevious={stack.length > 1}
+      hasNext={next != null}
+      onPrevious={() => setStack(stack.slice(0, -1))}
+      onNext={() => next != null && setStack([...stack, next])}
+      summary={summary ?? (stack.length > 1 ? `Page ${stack.length}` : undefined)}
+    />
+  );
+  return { cursor, pager };
+}
+
+/** The id after which the next page starts, if `list` filled its page. */
+export function nextId<T extends { id: number }>(list: T[], pageSize: number): number | null {
+  return list.length === pageSize ? list[list.length - 1].id : null;
+}
+
+/**
+ * A button's action against the server: its error (shown by the screen
+ * until the next try) and `run`, which calls `then` (a reload) on success.
+ */
+export function useAction() {
+  const [error, setError] = useState<unknown>(null);
+  const run = async (action: () => Promise<unknown>, then?: () => void) => {
+    try {
+      await action();
+      setError(null);
+      then?.();
+    } catch (e) {
+      setError(e);
+    }
+  };
+  return { error, run };
+}
+
+/** Cancel and submit at the foot of a dialog's form. */
+export function DialogButtons({
+  onCancel,
+  busy,
+  label,
+  cancelLabel = "Cancel",
+  danger,
+  disabled,
+}: {
+  onCancel: () => void;
+  busy: boolean;
+  label: string;
+  cancelLabel?: string;
+  danger?: boolean;
+  disabled?: boolean;
+}) {
+  return (
+    <footer>
+      <button type="button" onClick={onCancel}>
+        {cancelLabel}
+      </button>
+      <button type="submit" class={danger ? "primary danger" : "primary"} disabled={busy || disabled}>
+        {label}
+      </button>
+    </footer>
+  );
+}
+
+/** Previous and Next for keyset pages (see `useCursorPages`). */
 export function Pager({
   hasPrevious,
   hasNext,

@@ -1,7 +1,21 @@
 import { useState } from "preact/hooks";
 import { api, type ApiToken } from "../api";
 import { session } from "../session";
-import { Badge, ErrorBox, Field, FormError, LoadState, Page, ShownOnce, Table, formatTime, useForm, useLoad, valueOf } from "../components/ui";
+import {
+  Badge,
+  ErrorBox,
+  Field,
+  FormError,
+  LoadState,
+  Page,
+  ShownOnce,
+  Table,
+  formatTime,
+  useForm,
+  useLoad,
+  valueOf,
+  useAction,
+} from "../components/ui";
 
 export function Account() {
   return (
@@ -60,7 +74,7 @@ function ApiTokens() {
   const tokens = useLoad((signal) => api<ApiToken[]>("/tokens", { signal }), []);
   const [name, setName] = useState("");
   const [created, setCreated] = useState<ApiToken | null>(null);
-  const [error, setError] = useState<unknown>(null);
+  const { error, run } = useAction();
   const form = useForm(
     async () => {
       setCreated(await api<ApiToken>("/tokens", { method: "POST", body: { name: name.trim() } }));
@@ -69,14 +83,7 @@ function ApiTokens() {
     },
     () => ({ name: name.trim() ? undefined : "Name the token after the script that uses it." }),
   );
-  const revoke = async (t: ApiToken) => {
-    try {
-      await api(`/tokens/${t.id}`, { method: "DELETE" });
-      tokens.reload();
-    } catch (e) {
-      setError(e);
-    }
-  };
+  const revoke = (t: ApiToken) => run(() => api(`/tokens/${t.id}`, { method: "DELETE" }), tokens.reload);
   return (
     <section class="card">
       <h2>API tokens</h2>

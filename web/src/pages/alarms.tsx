@@ -1,4 +1,4 @@
-import { useEffect, useState } from "preact/hooks";
+import { useState } from "preact/hooks";
 import { api, type Alarm, type AlarmRule, type Webhook } from "../api";
 import { deviceModels, isAdmin, modelName, organisationName, organisations, session } from "../session";
 import {
@@ -9,7 +9,6 @@ import {
   LoadState,
   Modal,
   Page,
-  Pager,
   SeverityBadge,
   ShownOnce,
   Table,
@@ -20,6 +19,10 @@ import {
   useLoad,
   valueOf,
   type Column,
+  DialogButtons,
+  useAction,
+  useCursorPages,
+  nextId,
 } from "../components/ui";
 
 const ALARM_TONE: Record<string, string> = { active: "bad", acknowledged: "warn", cleared: "muted" };
@@ -33,17 +36,9 @@ export function AlarmTable({
   onChange: () => void;
   compact?: boolean;
 }) {
-  const [error, setError] = useState<unknown>(null);
+  const { error, run } = useAction();
   const canAcknowledge = session.value?.role !== "viewer";
-  const acknowledge = async (a: Alarm) => {
-    try {
-      await api(`/alarms/${a.id}/acknowledge`, { method: "POST" });
-      setError(null);
-      onChange();
-    } catch (e) {
-      setError(e);
-    }
-  };
+  const acknowledge = (a: Alarm) => run(() => api(`/alarms/${a.id}/acknowledge`, { method: "POST" }), onChange);
   const columns: Column<Alarm>[] = [
     { title: "Severity", cell: (a) => <SeverityBadge severity={a.severity} /> },
     { title: "Device", cell: (a) => <a href={`/devices/${a.device_id}`}>{a.device_name ?? `device ${a.device_id}`}</a> },
@@ -82,9 +77,7 @@ export function AlarmTable({
 
 export function Alarms() {
   const [state, setState] = useState("open");
-  const [before, setBefore] = useState<(number | null)[]>([null]);
-  useEffect(() => setBefore([null]), [state]);
-  const beforeId = before[before.length - 1];
+  const { cursor: beforeId, pager } = useCursorPages<number>(state);
   const alarms = useLoad(
     (signal) =>
       api<Alarm[]>("/alarms", { query: { state, before_id: beforeId ?? undefined, limit: 50 }, signal }),
@@ -104,13 +97,7 @@ export function Alarms() {
         {(list) => (
           <>
             <AlarmTable alarms={list} onChange={alarms.reload} />
-            <Pager
-              hasPrevious={before.length > 1}
-              hasNext={list.length === 50}
-              onPrevious={() => setBefore(before.slice(0, -1))}
-              onNext={() => setBefore([...before, list[list.length - 1].id])}
-              summary="newest first"
-            />
+            {pager(nextId(list, 50), "newest first")}
           </>
         )}
       </LoadState>
@@ -128,16 +115,7 @@ export function AlarmRules() {
   const rules = useLoad((signal) => api<AlarmRule[]>("/alarm-rules", { signal }), []);
   const hooks = useLoad((signal) => api<Webhook[]>("/webhooks", { signal }), []);
   const [dialog, setDialog] = useState<"rule" | "webhook" | null>(null);
-  const [error, setError] = useState<unknown>(null);
-  const act = async (f: () => Promise<unknown>, reload: () => void) => {
-    try {
-      await f();
-      setError(null);
-      reload();
-    } catch (e) {
-      setError(e);
-    }
-  };
+  const { error, run: act } = useAction();
   return (
     <Page
       title="Alarm rules"
@@ -335,14 +313,7 @@ function RuleDialog({ onClose, onDone }: { onClose: () => void; onDone: () => vo
           </select>
         </Field>
         <FormError form={form} />
-        <footer>
-          <button type="button" onClick={onClose}>
-            Cancel
-          </button>
-          <button type="submit" class="primary" disabled={form.busy}>
-            Create rule
-          </button>
-        </footer>
+        <DialogButtons onCancel={onClose} busy={form.busy} label="Create rule" />
       </form>
     </Modal>
   );
@@ -388,14 +359,7 @@ function WebhookDialog({ onClose, onDone }: { onClose: () => void; onDone: () =>
             </select>
           </Field>
           <FormError form={form} />
-          <footer>
-            <button type="button" onClick={onClose}>
-              Cancel
-            </button>
-            <button type="submit" class="primary" disabled={form.busy}>
-              Create webhook
-            </button>
-          </footer>
+          <DialogButtons onCancel={onClose} busy={form.busy} label="Create webhook" />
         </form>
       )}
     </Modal>

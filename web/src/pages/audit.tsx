@@ -1,14 +1,22 @@
-import { useEffect, useState } from "preact/hooks";
+import { useState } from "preact/hooks";
 import { api, withQuery, type AuditEntry } from "../api";
 import { organisationName } from "../session";
-import { LoadState, Page, Pager, Table, formatTime, useDebounced, useLoad, valueOf } from "../components/ui";
+import {
+  LoadState,
+  Page,
+  Table,
+  formatTime,
+  useDebounced,
+  useLoad,
+  valueOf,
+  useCursorPages,
+  nextId,
+} from "../components/ui";
 
 export function AuditLog() {
   const [text, setText] = useState("");
   const search = useDebounced(text, 300);
-  const [before, setBefore] = useState<(number | null)[]>([null]);
-  useEffect(() => setBefore([null]), [search]);
-  const beforeId = before[before.length - 1];
+  const { cursor: beforeId, pager } = useCursorPages<number>(search);
   const entries = useLoad(
     (signal) =>
       api<AuditEntry[]>("/audit", { query: { search, before_id: beforeId ?? undefined, limit: 100 }, signal }),
@@ -49,13 +57,7 @@ export function AuditLog() {
               rows={list}
               rowKey={(e) => e.id}
             />
-            <Pager
-              hasPrevious={before.length > 1}
-              hasNext={list.length === 100}
-              onPrevious={() => setBefore(before.slice(0, -1))}
-              onNext={() => setBefore([...before, list[list.length - 1].id])}
-              summary="newest first"
-            />
+            {pager(nextId(list, 100), "newest first")}
           </>
         )}
       </LoadState>

@@ -20,7 +20,6 @@ import {
   Modal,
   OnlineBadge,
   Page,
-  Pager,
   ShownOnce,
   Table,
   Time,
@@ -30,6 +29,9 @@ import {
   useForm,
   useLoad,
   valueOf,
+  DialogButtons,
+  useCursorPages,
+  nextId,
 } from "../components/ui";
 import { licenseTone } from "./devices";
 import { AlarmTable } from "./alarms";
@@ -251,14 +253,7 @@ function CredentialDialog({
               : "The platform makes a key and a certificate signed by its device CA; the key is shown once."}
           </p>
           <FormError form={form} />
-          <footer>
-            <button type="button" onClick={onClose}>
-              Cancel
-            </button>
-            <button type="submit" class="primary danger" disabled={form.busy}>
-              {kind === "secret" ? "Reset secret" : "Issue certificate"}
-            </button>
-          </footer>
+          <DialogButtons onCancel={onClose} busy={form.busy} label={kind === "secret" ? "Reset secret" : "Issue certificate"} danger />
         </form>
       ) : (
         <div>
@@ -413,9 +408,7 @@ function Logs({ deviceId }: { deviceId: number }) {
   const [stream, setStream] = useState("");
   const [text, setText] = useState("");
   const search = useDebounced(text, 300);
-  const [before, setBefore] = useState<(number | null)[]>([null]);
-  useEffect(() => setBefore([null]), [stream, search]);
-  const beforeId = before[before.length - 1];
+  const { cursor: beforeId, pager } = useCursorPages<number>(`${stream}\n${search}`);
   const lines = useLoad(
     (signal) =>
       api<LogLine[]>(`/devices/${deviceId}/logs`, {
@@ -455,13 +448,7 @@ function Logs({ deviceId }: { deviceId: number }) {
                 </div>
               ))}
             </div>
-            <Pager
-              hasPrevious={before.length > 1}
-              hasNext={list.length === 100}
-              onPrevious={() => setBefore(before.slice(0, -1))}
-              onNext={() => setBefore([...before, list[list.length - 1].id])}
-              summary="newest first"
-            />
+            {pager(nextId(list, 100), "newest first")}
           </>
         )}
       </LoadState>

@@ -10,7 +10,6 @@ import {
   Modal,
   OnlineBadge,
   Page,
-  Pager,
   Table,
   Time,
   useDebounced,
@@ -18,6 +17,8 @@ import {
   useLoad,
   valueOf,
   type Column,
+  DialogButtons,
+  useCursorPages,
 } from "../components/ui";
 
 export const LICENSE_STATES = ["unlicensed", "bound", "deployed", "expired", "revoked"];
@@ -60,11 +61,8 @@ export function Devices() {
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [search]);
 
-  // Cursors of the pages before this one, so "Previous" goes back exactly.
-  const [cursors, setCursors] = useState<(string | null)[]>([null]);
   const filterKey = JSON.stringify(filters);
-  useEffect(() => setCursors([null]), [filterKey]);
-  const after = cursors[cursors.length - 1];
+  const { cursor: after, pager } = useCursorPages<string>(filterKey);
   const page = useLoad(
     (signal) =>
       api<DevicePage>("/devices", {
@@ -218,13 +216,7 @@ export function Devices() {
                 setSelected(next);
               }}
             />
-            <Pager
-              hasPrevious={cursors.length > 1}
-              hasNext={!!p.next_cursor}
-              onPrevious={() => setCursors(cursors.slice(0, -1))}
-              onNext={() => setCursors([...cursors, p.next_cursor])}
-              summary={`Page ${cursors.length}`}
-            />
+            {pager(p.next_cursor)}
           </>
         )}
       </LoadState>
@@ -332,14 +324,7 @@ export function BindDialog({
           </div>
         )}
         <FormError form={form} />
-        <footer>
-          <button type="button" onClick={onClose}>
-            {progress?.done === deviceIds.length ? "Close" : "Cancel"}
-          </button>
-          <button type="submit" class="primary" disabled={form.busy || progress?.done === deviceIds.length}>
-            Bind
-          </button>
-        </footer>
+        <DialogButtons onCancel={onClose} busy={form.busy} disabled={progress?.done === deviceIds.length} label="Bind" cancelLabel={progress?.done === deviceIds.length ? "Close" : "Cancel"} />
       </form>
     </Modal>
   );
@@ -376,14 +361,7 @@ function LabelDialog({ deviceIds, onClose, onDone }: { deviceIds: number[]; onCl
           label instead of adding it
         </label>
         <FormError form={form} />
-        <footer>
-          <button type="button" onClick={onClose}>
-            Cancel
-          </button>
-          <button type="submit" class="primary" disabled={form.busy}>
-            {remove ? "Remove label" : "Add label"}
-          </button>
-        </footer>
+        <DialogButtons onCancel={onClose} busy={form.busy} label={remove ? "Remove label" : "Add label"} />
       </form>
     </Modal>
   );

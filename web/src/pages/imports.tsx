@@ -1,6 +1,17 @@
 import { useState } from "preact/hooks";
 import { headersFor, problemOf, withQuery, api, type ImportRecord } from "../api";
-import { ErrorBox, LoadState, Page, Pager, Table, formatNumber, formatTime, useLoad, valueOf } from "../components/ui";
+import {
+  ErrorBox,
+  LoadState,
+  Page,
+  Table,
+  formatNumber,
+  formatTime,
+  useLoad,
+  valueOf,
+  useCursorPages,
+  nextId,
+} from "../components/ui";
 import { organisationName } from "../session";
 
 /** Posts a file with upload progress (fetch has none), answering like `api`. */
@@ -123,8 +134,7 @@ export function ImportDevices() {
 
 export function ImportRecords() {
   const [kind, setKind] = useState("");
-  const [before, setBefore] = useState<(number | null)[]>([null]);
-  const beforeId = before[before.length - 1];
+  const { cursor: beforeId, pager } = useCursorPages<number>(kind);
   const records = useLoad(
     (signal) =>
       api<ImportRecord[]>("/imports", { query: { kind, before_id: beforeId ?? undefined, limit: 50 }, signal }),
@@ -139,7 +149,6 @@ export function ImportRecords() {
           value={kind}
           onChange={(e) => {
             setKind(valueOf(e));
-            setBefore([null]);
           }}
         >
           <option value="">Devices and license keys</option>
@@ -174,12 +183,7 @@ export function ImportRecords() {
               rows={list}
               rowKey={(r) => r.id}
             />
-            <Pager
-              hasPrevious={before.length > 1}
-              hasNext={list.length === 50}
-              onPrevious={() => setBefore(before.slice(0, -1))}
-              onNext={() => setBefore([...before, list[list.length - 1].id])}
-            />
+            {pager(nextId(list, 50))}
           </>
         )}
       </LoadState>

@@ -1,4 +1,4 @@
-import { useEffect, useState } from "preact/hooks";
+import { useState } from "preact/hooks";
 import { api, type Device, type DevicePage, type ImportRecord, type LicenseKey, type ServiceModel } from "../api";
 import { isOperator, organisationName, organisations, session } from "../session";
 import {
@@ -9,13 +9,16 @@ import {
   LoadState,
   Modal,
   Page,
-  Pager,
   Table,
   formatTime,
   useDebounced,
   useForm,
   useLoad,
   valueOf,
+  DialogButtons,
+  useCursorPages,
+  nextId,
+  useAction,
 } from "../components/ui";
 import { ImportReport } from "./imports";
 
@@ -29,9 +32,7 @@ function useServiceModels() {
 
 export function LicenseKeys() {
   const [state, setState] = useState("");
-  const [after, setAfter] = useState<(number | null)[]>([null]);
-  useEffect(() => setAfter([null]), [state]);
-  const afterId = after[after.length - 1];
+  const { cursor: afterId, pager } = useCursorPages<number>(state);
   const keys = useLoad(
     (signal) =>
       api<LicenseKey[]>("/license-keys", { query: { state, after_id: afterId ?? undefined, limit: PAGE }, signal }),
@@ -40,16 +41,8 @@ export function LicenseKeys() {
   const services = useServiceModels();
   const serviceName = (id: number) => services.data?.find((s) => s.id === id)?.name ?? `#${id}`;
   const [dialog, setDialog] = useState<"generate" | "import" | { bind: LicenseKey } | null>(null);
-  const [error, setError] = useState<unknown>(null);
-  const act = async (path: string) => {
-    try {
-      await api(path, { method: "POST" });
-      setError(null);
-      keys.reload();
-    } catch (e) {
-      setError(e);
-    }
-  };
+  const { error, run } = useAction();
+  const act = (path: string) => run(() => api(path, { method: "POST" }), keys.reload);
   return (
     <Page
       title="License keys"
@@ -119,12 +112,7 @@ export function LicenseKeys() {
               rows={list}
               rowKey={(k) => k.id}
             />
-            <Pager
-              hasPrevious={after.length > 1}
-              hasNext={list.length === PAGE}
-              onPrevious={() => setAfter(after.slice(0, -1))}
-              onNext={() => setAfter([...after, list[list.length - 1].id])}
-            />
+            {pager(nextId(list, PAGE))}
           </>
         )}
       </LoadState>
@@ -225,14 +213,7 @@ function GenerateDialog({ services, onClose, onDone }: { services: ServiceModel[
           <input name="count" inputMode="numeric" value={count} onInput={(e) => setCount(valueOf(e))} />
         </Field>
         <FormError form={form} />
-        <footer>
-          <button type="button" onClick={onClose}>
-            Cancel
-          </button>
-          <button type="submit" class="primary" disabled={form.busy}>
-            Generate
-          </button>
-        </footer>
+        <DialogButtons onCancel={onClose} busy={form.busy} label="Generate" />
       </form>
     </Modal>
   );
@@ -291,14 +272,7 @@ function ImportKeysDialog({ services, onClose, onDone }: { services: ServiceMode
             good keys even if some are rejected
           </label>
           <FormError form={form} />
-          <footer>
-            <button type="button" onClick={onClose}>
-              Cancel
-            </button>
-            <button type="submit" class="primary" disabled={form.busy}>
-              Import
-            </button>
-          </footer>
+          <DialogButtons onCancel={onClose} busy={form.busy} label="Import" />
         </form>
       )}
     </Modal>
@@ -352,14 +326,7 @@ function BindKeyDialog({ licenseKey, onClose, onDone }: { licenseKey: LicenseKey
           <DevicePicker picked={device} onPick={setDevice} />
         </Field>
         <FormError form={form} />
-        <footer>
-          <button type="button" onClick={onClose}>
-            Cancel
-          </button>
-          <button type="submit" class="primary" disabled={form.busy}>
-            Bind{device ? ` to ${device.name}` : ""}
-          </button>
-        </footer>
+        <DialogButtons onCancel={onClose} busy={form.busy} label={device ? `Bind to ${device.name}` : "Bind"} />
       </form>
     </Modal>
   );
@@ -440,14 +407,7 @@ function ServiceModelDialog({ onClose, onDone }: { onClose: () => void; onDone: 
           <input name="features" value={features} onInput={(e) => setFeatures(valueOf(e))} />
         </Field>
         <FormError form={form} />
-        <footer>
-          <button type="button" onClick={onClose}>
-            Cancel
-          </button>
-          <button type="submit" class="primary" disabled={form.busy}>
-            Create
-          </button>
-        </footer>
+        <DialogButtons onCancel={onClose} busy={form.busy} label="Create" />
       </form>
     </Modal>
   );

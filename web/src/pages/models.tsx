@@ -1,7 +1,7 @@
 import { useState } from "preact/hooks";
 import { api } from "../api";
 import { deviceModels, isOperator, refreshLookups } from "../session";
-import { Field, FormError, Modal, Page, Table, useForm, valueOf } from "../components/ui";
+import { Field, FormError, Modal, Page, Table, useForm, valueOf , DialogButtons } from "../components/ui";
 
 export function DeviceModels() {
   const [creating, setCreating] = useState(false);
@@ -75,14 +75,7 @@ function ModelDialog({ onClose }: { onClose: () => void }) {
           <input name="description" value={v.description} onInput={set("description")} />
         </Field>
         <FormError form={form} />
-        <footer>
-          <button type="button" onClick={onClose}>
-            Cancel
-          </button>
-          <button type="submit" class="primary" disabled={form.busy}>
-            Create model
-          </button>
-        </footer>
+        <DialogButtons onCancel={onClose} busy={form.busy} label="Create model" />
       </form>
     </Modal>
   );

@@ -1,7 +1,7 @@
 import { useState } from "preact/hooks";
 import { api } from "../api";
 import { organisationName, organisations, refreshLookups } from "../session";
-import { Field, FormError, Modal, Page, Table, formatTime, useForm, valueOf } from "../components/ui";
+import { Field, FormError, Modal, Page, Table, formatTime, useForm, valueOf , DialogButtons } from "../components/ui";
 
 const TITLES = { integrator: "System integrators", customer: "Business customers" };
 const PARENT_KIND = { integrator: "operator", customer: "integrator" } as const;
@@ -70,14 +70,7 @@ function OrganisationDialog({ kind, onClose }: { kind: "integrator" | "customer"
           </Field>
         )}
         <FormError form={form} />
-        <footer>
-          <button type="button" onClick={onClose}>
-            Cancel
-          </button>
-          <button type="submit" class="primary" disabled={form.busy}>
-            Create
-          </button>
-        </footer>
+        <DialogButtons onCancel={onClose} busy={form.busy} label="Create" />
       </form>
     </Modal>
   );

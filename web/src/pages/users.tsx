@@ -1,7 +1,22 @@
 import { useState } from "preact/hooks";
 import { api, type Role, type User } from "../api";
 import { organisationName, organisations, session } from "../session";
-import { Badge, ErrorBox, Field, FormError, LoadState, Modal, Page, Table, formatTime, useForm, useLoad, valueOf } from "../components/ui";
+import {
+  Badge,
+  ErrorBox,
+  Field,
+  FormError,
+  LoadState,
+  Modal,
+  Page,
+  Table,
+  formatTime,
+  useForm,
+  useLoad,
+  valueOf,
+  DialogButtons,
+  useAction,
+} from "../components/ui";
 
 /** The roles an organisation of each kind can give its users. */
 const ROLES_BY_KIND: Record<string, Role[]> = {
@@ -13,16 +28,9 @@ const ROLES_BY_KIND: Record<string, Role[]> = {
 export function Users() {
   const users = useLoad((signal) => api<User[]>("/users", { signal }), []);
   const [creating, setCreating] = useState(false);
-  const [error, setError] = useState<unknown>(null);
-  const setDisabled = async (u: User, disabled: boolean) => {
-    try {
-      await api(`/users/${u.id}/state`, { method: "POST", body: { disabled } });
-      setError(null);
-      users.reload();
-    } catch (e) {
-      setError(e);
-    }
-  };
+  const { error, run } = useAction();
+  const setDisabled = (u: User, disabled: boolean) =>
+    run(() => api(`/users/${u.id}/state`, { method: "POST", body: { disabled } }), users.reload);
   return (
     <Page
       title="Users and roles"
@@ -118,14 +126,7 @@ function UserDialog({ onClose, onDone }: { onClose: () => void; onDone: () => vo
           </select>
         </Field>
         <FormError form={form} />
-        <footer>
-          <button type="button" onClick={onClose}>
-            Cancel
-          </button>
-          <button type="submit" class="primary" disabled={form.busy}>
-            Create user
-          </button>
-        </footer>
+        <DialogButtons onCancel={onClose} busy={form.busy} label="Create user" />
       </form>
     </Modal>
   );
