@@ -10,7 +10,9 @@
 
 use std::time::Instant;
 
-use store::{NewDevice, NewDeviceModel, NewReading, Store};
+mod fleet;
+
+use store::{NewReading, Store};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,39 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(url) => Store::open(url).await?,
         None => Store::open_data_dir(dir.path()).await?,
     };
-    let op = store.create_operator("Ops").await?;
-    let root = store.scope_of(op.id).await?;
-    let model = store
-        .create_device_model(&NewDeviceModel {
-            name: "DWM-311-A1".into(),
-            vendor: "D-Link".into(),
-            hardware_revision: "A1".into(),
-            topic_segment: "311-a1".into(),
-            description: String::new(),
-        })
-        .await?;
-    let mut ids = Vec::new();
-    for chunk in (0..devices).collect::<Vec<_>>().chunks(5000) {
-        let batch: Vec<NewDevice> = chunk
-            .iter()
-            .map(|&n| NewDevice {
-                organisation_id: op.id,
-                model_id: model.id,
-                name: format!("d{n}"),
-                serial: format!("S{n:08}"),
-                mac: format!(
-                    "02-00-00-{:02x}-{:02x}-{:02x}",
-                    n >> 16,
-                    (n >> 8) & 0xff,
-                    n & 0xff
-                ),
-                imei: None,
-                iccid: None,
-                labels: vec![],
-            })
-            .collect();
-        ids.extend(store.insert_devices(&root, &batch).await?);
-    }
+    let (root, ids) = fleet::seed(&store, devices).await?;
     let end = store::now_millis();
     let start = end - 24 * 3_600_000;
     let started = Instant::now();
