@@ -195,18 +195,6 @@ pub fn may_subscribe(principal: &Principal, filter: &str) -> bool {
     }
 }
 
-/// Presence: a device connected or went away.
-pub async fn set_presence(
-    store: &Store,
-    principal: &Principal,
-    online: bool,
-) -> Result<(), StoreError> {
-    match principal {
-        Principal::Device { device_id, .. } => store.set_device_online(*device_id, online).await,
-        Principal::Operator { .. } => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -299,9 +299,8 @@ impl Ingest {
                 .record_telemetry_faults(device_id, count as i64, &error)
                 .await?;
         }
-        for (device_id, version) in batch.firmware {
-            self.store.set_device_firmware(device_id, &version).await?;
-        }
+        let firmware: Vec<(i64, String)> = batch.firmware.into_iter().collect();
+        self.store.set_devices_firmware(&firmware).await?;
         Ok(rows)
     }
 }

@@ -92,21 +92,33 @@ impl Store {
 
     /// Records a device going online or offline.
     pub async fn set_device_online(&self, device_id: i64, online: bool) -> Result<(), StoreError> {
+        self.set_devices_online(&[(device_id, online)]).await
+    }
+
+    /// Records connects and disconnects in the order given, in one
+    /// transaction: a fleet reconnecting after a broker restart is thousands
+    /// of them within a second.
+    pub async fn set_devices_online(&self, changes: &[(i64, bool)]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
         let now = now_millis();
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            sqlx::query("UPDATE devices SET online = $1, last_seen_at = $2 WHERE id = $3")
-                .bind(online)
-                .bind(now)
-                .bind(device_id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("INSERT INTO device_presence (device_id, online, at) VALUES ($1, $2, $3)")
-                .bind(device_id)
-                .bind(online)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            for (device_id, online) in changes {
+                sqlx::query("UPDATE devices SET online = $1, last_seen_at = $2 WHERE id = $3")
+                    .bind(online)
+                    .bind(now)
+                    .bind(device_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO device_presence (device_id, online, at) VALUES ($1, $2, $3)")
+                    .bind(device_id)
+                    .bind(online)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
         });
         Ok(())

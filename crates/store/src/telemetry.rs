@@ -150,17 +150,25 @@ impl Store {
         Ok(row)
     }
 
-    pub async fn set_device_firmware(
-        &self,
-        device_id: i64,
-        version: &str,
-    ) -> Result<(), StoreError> {
+    /// Records the firmware versions devices reported, in one transaction:
+    /// a fleet coming online reports thousands at once.
+    pub async fn set_devices_firmware(&self, versions: &[(i64, String)]) -> Result<(), StoreError> {
+        if versions.is_empty() {
+            return Ok(());
+        }
         with_pool!(self, pool => {
-            sqlx::query("UPDATE devices SET firmware_version = $1 WHERE id = $2 AND (firmware_version IS NULL OR firmware_version <> $1)")
+            let mut tx = pool.begin_write().await?;
+            for (device_id, version) in versions {
+                sqlx::query(
+                    "UPDATE devices SET firmware_version = $1 WHERE id = $2 \
+                     AND (firmware_version IS NULL OR firmware_version <> $1)",
+                )
                 .bind(version)
                 .bind(device_id)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
+            }
+            tx.commit().await?;
         });
         Ok(())
     }

@@ -47,24 +47,39 @@ async fn record_presence(
     mut changes: tokio::sync::mpsc::UnboundedReceiver<(Principal, bool)>,
 ) {
     let mut connections: HashMap<i64, u32> = HashMap::new();
-    while let Some((principal, online)) = changes.recv().await {
-        if let Principal::Device { device_id, .. } = &principal {
-            let count = connections.entry(*device_id).or_default();
-            if online {
-                *count += 1;
-            } else {
-                *count = count.saturating_sub(1);
-                if *count > 0 {
-                    continue;
+    let mut batch: Vec<(i64, bool)> = Vec::new();
+    while let Some(first) = changes.recv().await {
+        // Whatever queued meanwhile goes in the same transaction.
+        let mut next = Some(first);
+        while let Some((principal, online)) = next {
+            if let Principal::Device { device_id, .. } = principal {
+                let count = connections.entry(device_id).or_default();
+                if online {
+                    *count += 1;
+                    batch.push((device_id, true));
+                } else {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        connections.remove(&device_id);
+                        batch.push((device_id, false));
+                    }
                 }
-                connections.remove(device_id);
             }
+            next = if batch.len() < PRESENCE_BATCH {
+                changes.try_recv().ok()
+            } else {
+                None
+            };
         }
-        if let Err(e) = device_access::set_presence(&store, &principal, online).await {
-            tracing::warn!(error = %e, "presence not recorded");
+        if let Err(e) = store.set_devices_online(&batch).await {
+            tracing::warn!(error = %e, changes = batch.len(), "presence not recorded");
         }
+        batch.clear();
     }
 }
+
+/// The most connects and disconnects written in one transaction.
+const PRESENCE_BATCH: usize = 5_000;
 
 impl Authenticator for RegistryAuthenticator {
     fn authenticate<'a>(
