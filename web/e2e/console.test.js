@@ -270,6 +270,15 @@ test("bind a license to a device from the device list", () =>
   await page.waitForSelector("[data-testid=devices] tbody tr >> .badge:text('bound')");
   const device = await http("GET", `/devices/${fleet["harbour-002"]}`);
   assert.equal(device.license_state, "bound");
+  // Label the same device, then find it by its label.
+  await row.locator("input[type=checkbox]").check();
+  await page.click("[data-testid=bulk-bar] >> text=Label…");
+  await page.fill(".modal input[name=label]", "pier-7");
+  await page.click(".modal button[type=submit]");
+  await page.waitForSelector("[data-testid=devices] .chip:text('pier-7')");
+  await page.click("[data-testid=devices] .chip:text('pier-7')");
+  await page.waitForSelector("text=label: pier-7");
+  assert.deepEqual((await http("GET", "/devices?label=pier-7")).devices.map((d) => d.name), ["harbour-002"]);
   }));
 
 test("a simulated device's live chart moves", () =>
@@ -381,6 +390,11 @@ test("every screen of the operator opens without errors", () =>
     await page.fill("input[name=new_password]", "short");
     await page.click("text=Change password >> nth=-1");
     await page.waitForSelector(".field-error:text('At least 10 characters.')");
+    // Log out: back to the login form, and the session is gone on the server too.
+    await page.click("role=button[name='Log out']");
+    await page.waitForSelector("form[aria-label='log in']");
+    await page.goto(`${base}/devices`);
+    await page.waitForSelector("form[aria-label='log in']");
   }));
 
 test("dashboard and device list are interactive quickly with the bulk registry", () =>

@@ -124,6 +124,32 @@ impl Store {
         Ok(())
     }
 
+    /// Marks every device that is still marked online as gone, with a
+    /// presence change each; returns how many. For a platform starting its
+    /// embedded broker: nobody is connected to a broker that just started,
+    /// and disconnects during the last shutdown may not have been written.
+    pub async fn mark_all_offline(&self) -> Result<u64, StoreError> {
+        let now = now_millis();
+        let n = with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query("INSERT INTO device_presence (device_id, online, at) SELECT id, $1, $2 FROM devices WHERE online = $3")
+                .bind(false)
+                .bind(now)
+                .bind(true)
+                .execute(&mut *tx)
+                .await?;
+            let n = sqlx::query("UPDATE devices SET online = $1 WHERE online = $2")
+                .bind(false)
+                .bind(true)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            n
+        });
+        Ok(n)
+    }
+
     /// A device's connects and disconnects, newest first.
     pub async fn presence_history(
         &self,

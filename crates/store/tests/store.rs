@@ -254,6 +254,18 @@ async fn devices_are_tenant_scoped_unique_and_paged() {
             .await
             .expect("online");
         assert_eq!(online.devices.len(), 2);
+        // A restarted platform's embedded broker has no connections yet.
+        assert_eq!(store.mark_all_offline().await.expect("offline"), 2);
+        let history = store
+            .presence_history(&root, ids[7], None, 10)
+            .await
+            .expect("history");
+        assert_eq!(
+            history.iter().map(|c| c.online).collect::<Vec<_>>(),
+            [false, true]
+        );
+        store.set_device_online(ids[7], true).await.expect("online");
+        store.set_device_online(ids[3], true).await.expect("online");
         for (label, expected) in [("lab", 100), ("la", 0)] {
             let labelled = store
                 .devices(

@@ -799,6 +799,13 @@ async fn run_platform(
     }
     // Devices log in with their MQTT secret or certificate, operator admins
     // with their console password; each is confined by the registry's ACL.
+    let stale = store.mark_all_offline().await?;
+    if stale > 0 {
+        info!(
+            devices = stale,
+            "devices marked offline: the embedded broker starts with no connections"
+        );
+    }
     let auth = Arc::new(registry::RegistryAuthenticator::new(store.clone()));
     let running = start_broker(&config, auth).await?;
     // Alarms: thresholds on ingest, offline and firmware in a leased pass,
