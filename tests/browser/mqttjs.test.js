@@ -6,25 +6,13 @@ import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
 import { createServer } from "node:http";
 import { readFileSync } from "node:fs";
-import { createServer as netServer, connect } from "node:net";
+import { connect } from "node:net";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import { chromium } from "playwright-core";
+import { binary, chromiumLaunch, freePort } from "./harness.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, "../..");
-const binary = process.env.TELEMARK_BIN ?? path.join(root, "target/debug/telemark");
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = netServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-    srv.on("error", reject);
-  });
-}
 
 async function waitForPort(port) {
   const deadline = Date.now() + 10_000;
@@ -65,18 +53,7 @@ before(async () => {
   });
   await new Promise((r) => web.listen(0, "127.0.0.1", r));
   pageUrl = `http://127.0.0.1:${web.address().port}/`;
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  browser = await chromium.launch(chromiumLaunch);
 });
 
 after(async () => {

@@ -11,15 +11,13 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { binary, chromiumLaunch, freePort } from "../../tests/browser/harness.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, "../..");
-const binary = process.env.TELEMARK_BIN ?? path.join(root, "target/debug/telemark");
 const bulkDevices = Number(process.env.E2E_BULK_DEVICES ?? 100_000);
 const shots = path.join(here, "screenshots");
 const ADMIN_PASSWORD = "e2e-admin-password";
@@ -28,17 +26,6 @@ const CUSTOMER_PASSWORD = "harbour-password-1";
 let dir, serve, sim, browser, base, adminToken;
 const fleet = {}; // name -> device id
 let serviceModelId;
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-    srv.on("error", reject);
-  });
-}
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -162,18 +149,7 @@ before(async () => {
     assert.equal(bulk.rows_accepted, bulkDevices);
   }
 
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  browser = await chromium.launch(chromiumLaunch);
 });
 
 after(async () => {

@@ -463,6 +463,8 @@ pub struct BindDto {
 #[serde(deny_unknown_fields)]
 pub struct LicenseListQuery {
     pub state: Option<String>,
+    /// Only keys of this service model.
+    pub service_model_id: Option<i64>,
     pub after_id: Option<i64>,
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,

@@ -32,6 +32,7 @@ pub struct LicenseKey {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LicenseQuery {
     pub state: Option<String>,
+    pub service_model_id: Option<i64>,
     pub after_id: Option<i64>,
     pub limit: u32,
 }
@@ -146,6 +147,9 @@ impl Store {
             q.push_bind(scope.pattern());
             if let Some(state) = &query.state {
                 q.push(" AND k.state = ").push_bind(state.clone());
+            }
+            if let Some(model) = query.service_model_id {
+                q.push(" AND k.service_model_id = ").push_bind(model);
             }
             if let Some(after) = query.after_id {
                 q.push(" AND k.id > ").push_bind(after);

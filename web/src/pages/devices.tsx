@@ -244,18 +244,23 @@ export function Devices() {
   );
 }
 
-/** Finds `count` available keys of a service model, oldest first. */
+/** Up to `count` available keys of a service model, oldest first. */
 async function availableKeys(serviceModelId: number, count: number): Promise<LicenseKey[]> {
   const found: LicenseKey[] = [];
-  let afterId: number | undefined;
-  for (;;) {
+  while (found.length < count) {
+    const limit = Math.min(1000, count - found.length);
     const page = await api<LicenseKey[]>("/license-keys", {
-      query: { state: "available", after_id: afterId, limit: 1000 },
+      query: {
+        state: "available",
+        service_model_id: serviceModelId,
+        after_id: found[found.length - 1]?.id,
+        limit,
+      },
     });
-    found.push(...page.filter((k) => k.service_model_id === serviceModelId));
-    if (found.length >= count || page.length < 1000) return found.slice(0, count);
-    afterId = page[page.length - 1].id;
+    found.push(...page);
+    if (page.length < limit) break;
   }
+  return found;
 }
 
 /** Binds one available key of the chosen service model to each selected device. */

@@ -150,6 +150,7 @@ pub(super) async fn list_license_keys(
             &caller.session.scope,
             &store::LicenseQuery {
                 state: q.state,
+                service_model_id: q.service_model_id,
                 after_id: q.after_id,
                 limit: page_limit(q.limit, 100, 1000)?,
             },
