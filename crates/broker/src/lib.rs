@@ -9,6 +9,7 @@ pub mod auth;
 mod broker;
 mod connection;
 pub mod listener;
+pub mod local;
 pub mod message;
 pub mod retained;
 pub mod session;
@@ -23,6 +24,7 @@ pub use auth::{
 };
 pub use broker::Broker;
 pub use listener::{ListenerKind, TlsFiles, WEBSOCKET_PATH};
+pub use local::{LocalSubscribeError, LocalSubscriber};
 pub use message::Message;
 pub use settings::{QueuePolicy, Settings};
 pub use stats::StatsSnapshot;

@@ -995,3 +995,76 @@ async fn an_embedder_can_give_one_client_a_deeper_queue() {
     );
     assert_eq!(b.broker.stats().messages_dropped, 7);
 }
+
+#[tokio::test]
+async fn a_local_subscriber_gets_what_network_clients_publish() {
+    let b = start().await;
+    // A retained message there before the subscription arrives first, with
+    // its retain flag [MQTT-3.3.1-8].
+    let (mut early, _) = Client::connect(b.tcp, &Conn::v5("early")).await;
+    early
+        .publish("dev/a/status", b"online", QoS::AtLeastOnce, true)
+        .await;
+    early.disconnect().await;
+    let mut local = b
+        .broker
+        .subscribe_local("platform", &[("dev/#", QoS::AtLeastOnce)], 100)
+        .expect("subscribe");
+    let mut got = std::collections::VecDeque::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), local.recv(&mut got))
+        .await
+        .expect("retained in time");
+    assert_eq!(n, Some(1));
+    let first = got.pop_front().expect("retained");
+    assert_eq!(
+        (&*first.message.topic, first.retain),
+        ("dev/a/status", true)
+    );
+
+    // In publish order [MQTT-4.6.0-6], at the lower QoS [MQTT-3.8.4-8].
+    let (mut device, _) = Client::connect(b.tcp, &Conn::v5("device")).await;
+    for n in 0..50u8 {
+        device
+            .publish("dev/a/cpu", &[n], QoS::ExactlyOnce, false)
+            .await;
+    }
+    device
+        .publish("other/x", b"-", QoS::AtMostOnce, false)
+        .await;
+    let mut payloads = Vec::new();
+    while payloads.len() < 50 {
+        tokio::time::timeout(Duration::from_secs(5), local.recv(&mut got))
+            .await
+            .expect("messages in time");
+        for d in got.drain(..) {
+            assert_eq!(d.qos, QoS::AtLeastOnce);
+            payloads.push(d.message.payload[0]);
+        }
+    }
+    assert_eq!(payloads, (0..50).collect::<Vec<u8>>());
+
+    // A bad filter is refused; dropping the subscriber ends its session.
+    assert!(
+        b.broker
+            .subscribe_local("bad", &[("a/#/b", QoS::AtMostOnce)], 10)
+            .is_err()
+    );
+    drop(local);
+    assert_eq!(b.broker.stats().subscriptions, 0);
+}
+
+#[tokio::test]
+async fn a_local_subscriber_ends_when_the_broker_shuts_down() {
+    let b = start().await;
+    let mut local = b
+        .broker
+        .subscribe_local("platform", &[("#", QoS::AtMostOnce)], 10)
+        .expect("subscribe");
+    let broker = b.broker.clone();
+    tokio::spawn(async move { broker.shutdown().await });
+    let mut got = std::collections::VecDeque::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), local.recv(&mut got))
+        .await
+        .expect("ends in time");
+    assert_eq!(ended, None);
+}

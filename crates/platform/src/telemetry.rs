@@ -19,7 +19,14 @@ use tokio::sync::broadcast;
 /// Flush when this many rows wait, or every [`FLUSH_EVERY`].
 const BATCH_ROWS: usize = 5_000;
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
-const MAX_TRANSACTION_ROWS: usize = 50_000;
+/// A transaction takes everything that waits, up to this: what arrives while
+/// one is written goes into the next (group commit), so batches grow with
+/// the load. A write costs about one page per device it touches, whatever
+/// the rows, so a device's seconds of readings had better share one.
+const MAX_TRANSACTION_ROWS: usize = 500_000;
+/// Readings kept in memory while the database refuses writes; older ones
+/// are dropped (and counted) past it.
+const MAX_KEPT_WHILE_FAILING: usize = 2_000_000;
 /// A device that keeps sending bad messages is logged once a minute.
 const FAULT_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -41,12 +48,15 @@ pub struct IngestCounters {
     pub rejected: AtomicU64,
     pub unknown_devices: AtomicU64,
     pub write_failures: AtomicU64,
+    /// Readings given up after the database refused them for too long.
+    pub readings_dropped: AtomicU64,
 }
 
 #[derive(Default)]
 struct Pending {
     /// Oldest first; a deque so a flush takes its batch off the front
-    /// without moving a backlog of millions.
+    /// without moving a backlog of millions, and a failed batch goes back
+    /// in front.
     readings: std::collections::VecDeque<NewReading>,
     lines: Vec<NewLogLine>,
     faults: HashMap<i64, (u64, String)>,
@@ -70,6 +80,8 @@ pub struct Ingest {
     fault_logged: Mutex<HashMap<String, Instant>>,
     live: broadcast::Sender<LiveReading>,
     alarms: Option<Arc<crate::alarms::AlarmEngine>>,
+    /// Wakes the [`BatchWriter`] before its tick when a batch is full.
+    batch_full: tokio::sync::Notify,
     pub counters: IngestCounters,
 }
 
@@ -92,6 +104,7 @@ impl Ingest {
             fault_logged: Mutex::default(),
             live: broadcast::channel(4096).0,
             alarms,
+            batch_full: tokio::sync::Notify::new(),
             counters: IngestCounters::default(),
         })
     }
@@ -245,62 +258,88 @@ impl Ingest {
             }
             _ => {}
         }
+        if pending.readings.len() + pending.lines.len() >= BATCH_ROWS {
+            self.batch_full.notify_one();
+        }
     }
 
-    fn should_flush(&self) -> bool {
-        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.readings.len() + pending.lines.len() >= BATCH_ROWS
+    /// Writes until less than a full transaction waits (`all`: until
+    /// nothing waits); a failed write is kept for the next call.
+    async fn write_backlog(&self, all: bool) {
+        loop {
+            match self.flush().await {
+                Ok(rows) if rows >= MAX_TRANSACTION_ROWS || (all && rows > 0) => {}
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "telemetry batch not written; kept for the next try");
+                    return;
+                }
+            }
+        }
     }
 
-    /// Writes what waits. On a write failure the batch is kept for the next
-    /// flush, up to ten batches, so a short database outage loses nothing.
+    /// Writes what waits, oldest first, in one transaction of at most
+    /// [`MAX_TRANSACTION_ROWS`] readings. On a write failure the batch is
+    /// kept for the next flush (up to [`MAX_KEPT_WHILE_FAILING`] readings),
+    /// so a short database outage loses nothing.
     pub async fn flush(&self) -> Result<usize, store::StoreError> {
-        // At most MAX_TRANSACTION_ROWS readings a transaction, oldest first:
-        // a backlog is written in steady steps, not one transaction that
-        // holds the database for seconds.
-        let mut batch = {
+        let (mut readings, lines, faults, firmware) = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             let take = pending.readings.len().min(MAX_TRANSACTION_ROWS);
-            Pending {
-                readings: pending.readings.drain(..take).collect(),
-                lines: std::mem::take(&mut pending.lines),
-                faults: std::mem::take(&mut pending.faults),
-                firmware: std::mem::take(&mut pending.firmware),
-            }
+            (
+                pending.readings.drain(..take).collect::<Vec<_>>(),
+                std::mem::take(&mut pending.lines),
+                std::mem::take(&mut pending.faults),
+                std::mem::take(&mut pending.firmware),
+            )
         };
-        let rows = batch.readings.len() + batch.lines.len();
+        // In key order, the insert walks each device's end of the table once.
+        readings.sort_unstable_by_key(|r| (r.device_id, r.ts));
+        let rows = readings.len() + lines.len();
         let result = async {
-            self.store
-                .insert_readings(batch.readings.make_contiguous())
-                .await?;
-            self.store.insert_log_lines(&batch.lines).await?;
-            Ok::<_, store::StoreError>(())
+            self.store.insert_readings(&readings).await?;
+            self.store.insert_log_lines(&lines).await?;
+            for (device_id, (count, error)) in &faults {
+                self.store
+                    .record_telemetry_faults(*device_id, *count as i64, error)
+                    .await?;
+            }
+            let firmware: Vec<(i64, String)> =
+                firmware.iter().map(|(d, v)| (*d, v.clone())).collect();
+            self.store.set_devices_firmware(&firmware).await
         }
         .await;
         if let Err(e) = result {
             self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if pending.readings.len() < BATCH_ROWS * 10 {
-                let newer_readings = std::mem::replace(&mut pending.readings, batch.readings);
-                pending.readings.extend(newer_readings);
-                let newer_lines = std::mem::replace(&mut pending.lines, batch.lines);
-                pending.lines.extend(newer_lines);
+            let room = MAX_KEPT_WHILE_FAILING.saturating_sub(pending.readings.len());
+            let lost = readings.len().saturating_sub(room);
+            if lost > 0 {
+                self.counters
+                    .readings_dropped
+                    .fetch_add(lost as u64, Ordering::Relaxed);
+            }
+            // Back in front of what came meanwhile; the oldest go if too many.
+            for reading in readings.into_iter().rev().take(room) {
+                pending.readings.push_front(reading);
+            }
+            let newer_lines = std::mem::replace(&mut pending.lines, lines);
+            pending.lines.extend(newer_lines);
+            for (device_id, (count, error)) in faults {
+                let fault = pending.faults.entry(device_id).or_insert((0, error));
+                fault.0 += count;
+            }
+            for (device_id, version) in firmware {
+                pending.firmware.entry(device_id).or_insert(version);
             }
             return Err(e);
         }
         self.counters
             .readings_stored
-            .fetch_add(batch.readings.len() as u64, Ordering::Relaxed);
+            .fetch_add(readings.len() as u64, Ordering::Relaxed);
         self.counters
             .log_lines_stored
-            .fetch_add(batch.lines.len() as u64, Ordering::Relaxed);
-        for (device_id, (count, error)) in batch.faults {
-            self.store
-                .record_telemetry_faults(device_id, count as i64, &error)
-                .await?;
-        }
-        let firmware: Vec<(i64, String)> = batch.firmware.into_iter().collect();
-        self.store.set_devices_firmware(&firmware).await?;
+            .fetch_add(lines.len() as u64, Ordering::Relaxed);
         Ok(rows)
     }
 }
@@ -318,8 +357,74 @@ pub struct BrokerConnection {
     pub client_id: String,
 }
 
-/// Reads the broker until `stop` fires, reconnecting after failures, and
-/// flushes batches to the store. Flushes what waits before it returns.
+/// Writes the ingest's batches beside whatever feeds it: every
+/// [`FLUSH_EVERY`], or at once when a batch is full.
+pub struct BatchWriter {
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl BatchWriter {
+    pub fn start(ingest: Arc<Ingest>) -> Self {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FLUSH_EVERY);
+            loop {
+                let last = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = ingest.batch_full.notified() => false,
+                    _ = stopped.changed() => true,
+                };
+                ingest.write_backlog(last).await;
+                if last {
+                    return;
+                }
+            }
+        });
+        BatchWriter { task, stop }
+    }
+
+    /// Writes what still waits and stops. Call it once the feed has stopped,
+    /// so nothing arrives after the last write.
+    pub async fn finish(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// One subscription stream in, as the embedded broker hands it over
+/// in-process: messages a batch at a time, oldest first.
+pub trait MessageFeed: Send {
+    /// The next messages as (topic, payload); `None` once the feed has ended.
+    fn next_batch(
+        &mut self,
+    ) -> impl std::future::Future<Output = Option<Vec<(Arc<str>, bytes::Bytes)>>> + Send;
+}
+
+/// Reads `feed` until it ends or `stop` fires, while a [`BatchWriter`]
+/// writes. Writes what waits before it returns.
+pub async fn run_feed(
+    ingest: Arc<Ingest>,
+    mut feed: impl MessageFeed,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let writer = BatchWriter::start(ingest.clone());
+    loop {
+        let batch = tokio::select! {
+            batch = feed.next_batch() => batch,
+            _ = stop.changed() => break,
+        };
+        let Some(batch) = batch else { break };
+        for (topic, payload) in batch {
+            ingest.handle(&topic, &payload).await;
+        }
+    }
+    writer.finish().await;
+}
+
+/// Reads the broker as an MQTT client until `stop` fires, reconnecting
+/// after failures, while a [`BatchWriter`] writes. Writes what waits before
+/// it returns.
 pub async fn run(
     ingest: Arc<Ingest>,
     connection: BrokerConnection,
@@ -334,35 +439,7 @@ pub async fn run(
         .set_max_packet_size(1 << 20, 1 << 20)
         .set_inflight(1000);
     let (client, mut events) = AsyncClient::new(options, 1024);
-    // Writing runs beside reading: the loop below only parses and queues,
-    // and wakes the writer early when a batch is full.
-    let batch_full = Arc::new(tokio::sync::Notify::new());
-    let flusher = {
-        let ingest = ingest.clone();
-        let mut stop = stop.clone();
-        let batch_full = batch_full.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(FLUSH_EVERY);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = batch_full.notified() => {}
-                    _ = stop.changed() => break,
-                }
-                // Write until what waits is less than a batch.
-                loop {
-                    match ingest.flush().await {
-                        Ok(rows) if rows >= MAX_TRANSACTION_ROWS => continue,
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "telemetry batch not written; kept for the next try");
-                            break;
-                        }
-                    }
-                }
-            }
-        })
-    };
+    let writer = BatchWriter::start(ingest.clone());
     loop {
         let event = tokio::select! {
             event = events.poll() => event,
@@ -377,9 +454,6 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 ingest.handle(&p.topic, &p.payload).await;
-                if ingest.should_flush() {
-                    batch_full.notify_one();
-                }
             }
             Ok(_) => {}
             Err(e) => {
@@ -389,17 +463,7 @@ pub async fn run(
         }
     }
     let _ = client.disconnect().await;
-    flusher.abort();
-    loop {
-        match ingest.flush().await {
-            Ok(rows) if rows >= MAX_TRANSACTION_ROWS => {}
-            Ok(_) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "last telemetry batch not written");
-                break;
-            }
-        }
-    }
+    writer.finish().await;
 }
 
 const HOUR_MS: i64 = 3_600_000;

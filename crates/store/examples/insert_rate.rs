@@ -2,7 +2,7 @@
 //! reports 13 metrics each second, flushed 50,000 rows per transaction —
 //! printed per million rows, so a slowdown as the table grows shows.
 //!
-//!     cargo run --release -p store --example insert_rate [-- DEVICES SECONDS [postgres://…]]
+//!     [BATCH=rows] cargo run --release -p store --example insert_rate [-- DEVICES SECONDS [postgres://…]]
 
 use std::time::Instant;
 
@@ -40,7 +40,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut lap = Instant::now();
     let mut written = 0usize;
-    let mut batch = Vec::with_capacity(50_000);
+    let batch_rows: usize = std::env::var("BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(50_000);
+    let mut batch = Vec::with_capacity(batch_rows);
     for second in 0..seconds {
         for (n, id) in ids.iter().enumerate() {
             let ts = start + second * 1000 + (n as i64 % 1000);
@@ -52,11 +56,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     value: ((second + n as i64 + m as i64) % 100) as f64,
                 });
             }
-            if batch.len() >= 50_000 {
+            if batch.len() >= batch_rows {
                 store.insert_readings(&batch).await?;
                 written += batch.len();
                 batch.clear();
-                if written % 1_000_000 < 50_000 {
+                if written % 1_000_000 < batch_rows {
                     println!(
                         "{:>9} rows  {:>8.0} rows/s over the last million",
                         written,

@@ -77,7 +77,8 @@ impl Store {
         if readings.is_empty() {
             return Ok(());
         }
-        with_pool!(self, pool => {
+        let writer = self.telemetry_store();
+        with_pool!(writer, pool => {
             let mut tx = pool.begin_write().await?;
             for chunk in readings.chunks(ROWS_PER_STATEMENT) {
                 let mut q = sqlx::QueryBuilder::new("INSERT INTO readings (device_id, metric, ts, value) ");
@@ -97,7 +98,8 @@ impl Store {
         if lines.is_empty() {
             return Ok(());
         }
-        with_pool!(self, pool => {
+        let writer = self.telemetry_store();
+        with_pool!(writer, pool => {
             let mut tx = pool.begin_write().await?;
             for chunk in lines.chunks(ROWS_PER_STATEMENT) {
                 let mut q = sqlx::QueryBuilder::new("INSERT INTO device_logs (device_id, stream, ts, line) ");
@@ -344,7 +346,8 @@ impl Store {
     /// Device by device (`CROSS JOIN` keeps SQLite's loop in that order):
     /// each device's hour is one range of the key.
     pub async fn roll_up_hours(&self, from: i64, to: i64) -> Result<u64, StoreError> {
-        let rows = with_pool!(self, pool => {
+        let writer = self.telemetry_store();
+        let rows = with_pool!(writer, pool => {
             let mut tx = pool.begin_write().await?;
             let rows = sqlx::query(
                 "INSERT INTO readings_hourly (device_id, metric, hour, min, max, mean, count) \
@@ -374,7 +377,8 @@ impl Store {
 
     /// Deletes hourly aggregates older than `before`.
     pub async fn prune_hourly(&self, before: i64) -> Result<u64, StoreError> {
-        let n = with_pool!(self, pool => {
+        let writer = self.telemetry_store();
+        let n = with_pool!(writer, pool => {
             sqlx::query("DELETE FROM readings_hourly WHERE hour < $1").bind(before).execute(pool).await?.rows_affected()
         });
         Ok(n)
@@ -383,7 +387,8 @@ impl Store {
     /// Deletes readings, log lines and presence changes older than `before`
     /// (Unix ms); returns how many rows went.
     pub async fn prune_telemetry(&self, before: i64) -> Result<u64, StoreError> {
-        let n = with_pool!(self, pool => {
+        let writer = self.telemetry_store();
+        let n = with_pool!(writer, pool => {
             // Device by device through the key: readings have no index on ts.
             let a = sqlx::query("DELETE FROM readings WHERE device_id IN (SELECT id FROM devices) AND ts < $1")
                 .bind(before)

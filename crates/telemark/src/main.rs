@@ -2,6 +2,7 @@
 
 mod config;
 mod demo;
+mod ingest_feed;
 mod registry;
 
 use std::net::SocketAddr;
@@ -669,6 +670,11 @@ fn ingest_prometheus(c: &platform::telemetry::IngestCounters) -> String {
             "batches the store refused (kept and retried)",
             c.write_failures.load(Relaxed),
         ),
+        (
+            "readings_dropped",
+            "readings given up after the store refused them for too long",
+            c.readings_dropped.load(Relaxed),
+        ),
     ] {
         out.push_str(&format!(
             "# HELP telemark_ingest_{name}_total {help}\n# TYPE telemark_ingest_{name}_total counter\ntelemark_ingest_{name}_total {value}\n"
@@ -700,11 +706,7 @@ async fn serve_http(
     Ok(local)
 }
 
-async fn start_broker(
-    config: &Config,
-    auth: Arc<dyn Authenticator>,
-) -> anyhow::Result<RunningBroker> {
-    let broker = Broker::new(config.broker.clone(), auth);
+async fn start_broker(config: &Config, broker: Broker) -> anyhow::Result<RunningBroker> {
     let acceptor = match &config.tls {
         Some(tls) => Some(
             TlsFiles {
@@ -759,7 +761,7 @@ async fn run_broker(config: Config) -> anyhow::Result<()> {
             }
             Arc::new(AllowAll)
         };
-    let running = start_broker(&config, auth).await?;
+    let running = start_broker(&config, Broker::new(config.broker.clone(), auth)).await?;
     info!(version = env!("CARGO_PKG_VERSION"), "telemark broker ready");
     shutdown_signal().await;
     info!("shutting down");
@@ -807,7 +809,10 @@ async fn run_platform(
         );
     }
     let auth = Arc::new(registry::RegistryAuthenticator::new(store.clone()));
-    let running = start_broker(&config, auth).await?;
+    let broker = Broker::new(config.broker.clone(), auth);
+    // The ingest's in-process connection, there before any device is.
+    let feed = ingest_feed::EmbeddedFeed::subscribe(&broker)?;
+    let running = start_broker(&config, broker).await?;
     // Alarms: thresholds on ingest, offline and firmware in a leased pass,
     // webhooks for every change.
     let (alarms, alarm_events) = platform::alarms::AlarmEngine::new(store.clone()).await?;
@@ -827,29 +832,10 @@ async fn run_platform(
         format!("{}-{}", std::process::id(), platform::accounts::new_token()),
         stop_rx.clone(),
     ));
-    // The platform reads device telemetry from the broker as a client.
+    // The platform reads device telemetry from the embedded broker through
+    // its in-process connection.
     let ingest = platform::telemetry::Ingest::with_alarms(store.clone(), alarms.clone());
-    let ingest_task = match config.listeners.tcp {
-        Some(addr) => {
-            let connection = platform::telemetry::BrokerConnection {
-                host: loopback_for(addr).to_string(),
-                port: addr.port(),
-                username: platform::device_access::INTERNAL_USERNAME.to_owned(),
-                password: platform::device_access::internal_secret(&store).await?,
-                filter: format!("{}/#", device_protocol::PREFIX),
-                client_id: "telemark-platform-ingest".to_owned(),
-            };
-            Some(tokio::spawn(platform::telemetry::run(
-                ingest.clone(),
-                connection,
-                stop_rx,
-            )))
-        }
-        None => {
-            tracing::warn!("no plain MQTT listener: device telemetry is not ingested");
-            None
-        }
-    };
+    let ingest_task = tokio::spawn(platform::telemetry::run_feed(ingest.clone(), feed, stop_rx));
     let options = api::ApiOptions {
         broker_hook_secret: args.broker_hook_secret.clone(),
         ingest: Some(ingest.clone()),
@@ -906,9 +892,7 @@ async fn run_platform(
         let _ = fleet.await;
     }
     let _ = stop_ingest.send(true);
-    if let Some(task) = ingest_task {
-        let _ = task.await;
-    }
+    let _ = ingest_task.await;
     running.stop().await;
     store.close().await;
     Ok(())

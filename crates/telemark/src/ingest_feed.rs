@@ -1,0 +1,47 @@
+//! The embedded broker's in-process connection to the platform's ingest
+//! (DESIGN.md): a local session on `dwr/#` read straight from its queue.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use broker::session::Delivery;
+use broker::{Broker, LocalSubscribeError, LocalSubscriber};
+use mqtt::QoS;
+
+/// Messages the ingest's session holds between two reads: at 100,000
+/// readings/s about ten seconds of device messages.
+const QUEUE_LIMIT: usize = 500_000;
+
+pub struct EmbeddedFeed {
+    subscriber: LocalSubscriber,
+    batch: VecDeque<Delivery>,
+}
+
+impl EmbeddedFeed {
+    /// Subscribes before the listeners open, so no device message is routed
+    /// while nobody reads.
+    pub fn subscribe(broker: &Broker) -> Result<Self, LocalSubscribeError> {
+        let filter = format!("{}/#", device_protocol::PREFIX);
+        let subscriber = broker.subscribe_local(
+            "telemark-platform-ingest",
+            &[(&filter, QoS::AtLeastOnce)],
+            QUEUE_LIMIT,
+        )?;
+        Ok(EmbeddedFeed {
+            subscriber,
+            batch: VecDeque::new(),
+        })
+    }
+}
+
+impl platform::telemetry::MessageFeed for EmbeddedFeed {
+    async fn next_batch(&mut self) -> Option<Vec<(Arc<str>, bytes::Bytes)>> {
+        self.subscriber.recv(&mut self.batch).await?;
+        Some(
+            self.batch
+                .drain(..)
+                .map(|d| (d.message.topic.clone(), d.message.payload.clone()))
+                .collect(),
+        )
+    }
+}
