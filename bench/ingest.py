@@ -121,13 +121,13 @@ def main():
     print(out.strip())
     words = out.replace(",", " ").split()
     sent = int(words[words.index("readings") - 1]) if "readings" in words else None
-    # Drain: wait until the stored count stops moving.
-    last = stored()
-    while True:
-        time.sleep(3)
+    # Drain: until everything sent is stored, or nothing moved for 30 s
+    # (a PostgreSQL transaction of 500,000 readings can take seconds).
+    last, still = stored(), 0
+    while last < (sent or 0) and still < 30:
+        time.sleep(1)
         n = stored()
-        if n == last:
-            break
+        still = still + 1 if n == last else 0
         last = n
     total = time.time() - start
     print(f"sent {sent} readings in {sending:.0f} s ({(sent or 0) / sending:.0f}/s offered); "
@@ -135,7 +135,7 @@ def main():
           f"of drain ({last / total:.0f}/s overall); lost {(sent or 0) - last}; "
           f"rss serve {first_rss[0]} -> {rss_mib(serve.pid)} MiB")
     serve.send_signal(signal.SIGTERM)
-    serve.wait(timeout=30)
+    serve.wait(timeout=300)
 
 
 if __name__ == "__main__":

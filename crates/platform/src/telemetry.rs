@@ -73,8 +73,8 @@ struct KnownDevice {
 
 pub struct Ingest {
     store: Store,
-    /// MAC and model segment → device, or None for a topic no device owns.
-    devices: Mutex<HashMap<(String, String), Option<KnownDevice>>>,
+    /// `dwr/{model}/{mac}/` → device, or None for a topic no device owns.
+    devices: Mutex<HashMap<Box<str>, Option<KnownDevice>>>,
     pending: Mutex<Pending>,
     latest: Mutex<LatestByDevice>,
     fault_logged: Mutex<HashMap<String, Instant>>,
@@ -125,13 +125,14 @@ impl Ingest {
         out
     }
 
-    async fn device(&self, model: &str, mac: &str) -> Option<KnownDevice> {
-        let key = (mac.to_owned(), model.to_owned());
+    /// The device owning `dwr/{model}/{mac}/`, the topic's first levels
+    /// (`key`), looked up without allocating for a device already known.
+    async fn device(&self, key: &str, model: &str, mac: &str) -> Option<KnownDevice> {
         if let Some(known) = self
             .devices
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
+            .get(key)
         {
             return *known;
         }
@@ -149,7 +150,7 @@ impl Ingest {
         self.devices
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, found);
+            .insert(key.into(), found);
         found
     }
 
@@ -184,7 +185,9 @@ impl Ingest {
         let Some((model, mac, suffix)) = split_topic(topic) else {
             return;
         };
-        let Some(device) = self.device(model, mac).await else {
+        // The topic up to the suffix names the device: `dwr/{model}/{mac}/`.
+        let key = &topic[..topic.len() - suffix.len()];
+        let Some(device) = self.device(key, model, mac).await else {
             self.counters
                 .unknown_devices
                 .fetch_add(1, Ordering::Relaxed);
@@ -209,15 +212,23 @@ impl Ingest {
         if !metrics.is_empty() {
             let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
             let entry = latest.entry(device.id).or_default();
+            let listened = self.live.receiver_count() > 0;
             for (metric, value) in &metrics {
-                entry.insert(metric.clone(), (ts, *value));
-                // Nobody listening is fine.
-                let _ = self.live.send(LiveReading {
-                    device_id: device.id,
-                    metric: metric.clone(),
-                    ts,
-                    value: *value,
-                });
+                match entry.get_mut(metric.as_str()) {
+                    Some(latest) => *latest = (ts, *value),
+                    None => {
+                        entry.insert(metric.clone(), (ts, *value));
+                    }
+                }
+                if listened {
+                    // A receiver gone since is fine.
+                    let _ = self.live.send(LiveReading {
+                        device_id: device.id,
+                        metric: metric.clone(),
+                        ts,
+                        value: *value,
+                    });
+                }
             }
         }
         if let Some(alarms) = &self.alarms {

@@ -137,6 +137,9 @@ pub struct Store {
     /// general pool hands out its connections in turn, so a cache that size
     /// in each of them would cost eight times the memory.
     telemetry_writer: Option<SqlitePool>,
+    /// Metric name → id in `metrics`, learnt as names are first written.
+    /// Ids never change, so every clone shares one map for good.
+    pub(crate) metric_ids: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -154,6 +157,7 @@ impl Store {
             Store {
                 pool: Pool::Postgres(pool),
                 telemetry_writer: None,
+                metric_ids: Default::default(),
             }
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
@@ -180,6 +184,7 @@ impl Store {
             Store {
                 pool: Pool::Sqlite(pool),
                 telemetry_writer: Some(writer),
+                metric_ids: Default::default(),
             }
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
@@ -226,6 +231,7 @@ impl Store {
                 None => self.pool.clone(),
             },
             telemetry_writer: None,
+            metric_ids: self.metric_ids.clone(),
         }
     }
 }
