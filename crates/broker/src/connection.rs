@@ -530,6 +530,8 @@ impl Connection {
         let mut shutdown = self.shared.shutdown.subscribe();
         let mut last_read = Instant::now();
         self.resend_inflight(active);
+        let mut woken = false;
+        let mut last_write = Instant::now();
         loop {
             // Packets that arrived together with CONNECT or in one read.
             loop {
@@ -550,6 +552,14 @@ impl Connection {
                     Err(e) => return e.into(),
                 }
             }
+            if std::mem::take(&mut woken) && last_write.elapsed() < BUSY_WRITER {
+                // Woken for a delivery soon after the last write: a busy
+                // subscriber (fan-in). Let the tasks already ready run
+                // first; what they route here goes out in this write instead
+                // of a write each (fan-in wrote 0.74 times per message). A
+                // quiet subscriber writes at once.
+                tokio::task::yield_now().await;
+            }
             // One wake-up may stand for many queued messages: when the write
             // buffer filled up before the queue emptied, go round again.
             let Some(more) = self.fill(active) else {
@@ -562,6 +572,9 @@ impl Connection {
                     why: "session taken over".into(),
                 };
             };
+            if !self.wbuf.is_empty() {
+                last_write = Instant::now();
+            }
             if let Err(e) = self.flush().await {
                 return Ending::closed(e.to_string());
             }
@@ -585,7 +598,7 @@ impl Connection {
                     }
                     Err(e) => return Ending::closed(e.to_string()),
                 },
-                _ = session.wake.notified() => {}
+                _ = session.wake.notified() => woken = true,
                 _ = std::future::ready(()), if more => {}
                 _ = sleep_until_opt(deadline) => {
                     // [MQTT-3.1.2-24] nothing within 1.5 × keep alive.
@@ -1165,6 +1178,10 @@ fn strip_diagnostics(packet: &mut Packet) {
     properties.reason_string = None;
     properties.user_properties.clear();
 }
+
+/// Writes closer together than this mark a busy subscriber, worth a yield
+/// before its next write.
+const BUSY_WRITER: Duration = Duration::from_micros(200);
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
