@@ -3,6 +3,7 @@
 //! signal is back; offline and firmware rules; webhook calls, signed, reach
 //! a local HTTP receiver and are audited.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -403,4 +404,72 @@ async fn retention_rolls_up_full_hours_and_prunes_by_age() {
         retention_pass(&store, retention, now).await.expect("pass"),
         0
     );
+}
+
+#[tokio::test]
+async fn readings_wait_out_a_database_that_refuses_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_data_dir(dir.path()).await.expect("store");
+    let d = one_device(&store).await;
+    let ingest = Ingest::new(store.clone());
+    let t0 = store::now_millis();
+    let cpu = |n: i64| {
+        Reading::Cpu(device_protocol::Cpu {
+            v: VERSION,
+            ts: t0 + n,
+            usage_percent: n as f64,
+            cores: 2,
+        })
+        .to_json()
+    };
+    for n in 0..10 {
+        ingest
+            .handle("dwr/311-a1/00-11-22-33-44-55/hardware/cpu", &cpu(n))
+            .await;
+    }
+    ingest
+        .handle("dwr/311-a1/00-11-22-33-44-55/hardware/cpu", b"{not json")
+        .await;
+
+    // Another connection takes the table away: the write fails.
+    let path = dir.path().join("telemark.db");
+    let other = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .expect("second connection");
+    sqlx::query("ALTER TABLE readings RENAME TO readings_away")
+        .execute(&other)
+        .await
+        .expect("rename");
+    assert!(ingest.flush().await.is_err(), "the write fails");
+    let counters = &ingest.counters;
+    assert_eq!(counters.write_failures.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.readings_stored.load(Ordering::Relaxed), 0);
+
+    // More arrive meanwhile; once the table is back, all of them are stored
+    // once, and the fault counted while the database refused is recorded.
+    for n in 10..15 {
+        ingest
+            .handle("dwr/311-a1/00-11-22-33-44-55/hardware/cpu", &cpu(n))
+            .await;
+    }
+    sqlx::query("ALTER TABLE readings_away RENAME TO readings")
+        .execute(&other)
+        .await
+        .expect("rename back");
+    other.close().await;
+    ingest.flush().await.expect("flush after the outage");
+    assert_eq!(counters.readings_stored.load(Ordering::Relaxed), 15);
+    assert_eq!(counters.readings_dropped.load(Ordering::Relaxed), 0);
+    assert_eq!(store.count_readings().await.expect("count"), 15);
+    let series = store
+        .series(&d.root, d.device, "cpu.usage_percent", t0, t0 + 1000, 1000)
+        .await
+        .expect("series");
+    assert_eq!(series.iter().map(|p| p.count).sum::<i64>(), 15);
+    let fault = store
+        .telemetry_fault(&d.root, d.device)
+        .await
+        .expect("fault")
+        .expect("recorded");
+    assert_eq!(fault.count, 1);
 }
