@@ -11,8 +11,8 @@ use bytes::BytesMut;
 use mqtt::topic::SharedFilter;
 use mqtt::{
     Auth, ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, ProtocolVersion,
-    PubResponse, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
-    Unsubscribe, encode,
+    PubResponse, Publish, PublishRef, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
+    Unsubscribe, encode, encode_publish,
 };
 use tokio::time::Instant;
 use tracing::debug;
@@ -94,7 +94,7 @@ struct Active {
     client_receive_maximum: u16,
     client_max_packet: usize,
     client_alias_maximum: u16,
-    inbound_aliases: HashMap<u16, String>,
+    inbound_aliases: HashMap<u16, Arc<str>>,
     outbound_aliases: HashMap<Arc<str>, u16>,
     auth_method: Option<String>,
     reauth: Option<AuthConversation>,
@@ -778,7 +778,7 @@ impl Connection {
         Ok(())
     }
 
-    fn handle_publish(&mut self, active: &mut Active, publish: Publish) -> Result<(), Ending> {
+    fn handle_publish(&mut self, active: &mut Active, mut publish: Publish) -> Result<(), Ending> {
         let shared = self.shared.clone();
         let settings = &shared.settings;
         let v5 = self.version.is_v5();
@@ -790,7 +790,9 @@ impl Connection {
                 "PUBLISH from a client with a subscription identifier [MQTT-3.3.4-6]",
             ));
         }
-        let topic = match publish.properties.topic_alias {
+        // One allocation for the topic from here on: every delivery and
+        // alias shares it.
+        let topic: Arc<str> = match publish.properties.topic_alias {
             Some(alias) => {
                 // [MQTT-3.3.2-9] [MQTT-3.3.2-10] 0 or above our maximum is invalid.
                 if alias == 0 || alias > settings.topic_alias_maximum {
@@ -810,8 +812,9 @@ impl Connection {
                         }
                     }
                 } else {
-                    active.inbound_aliases.insert(alias, publish.topic.clone());
-                    publish.topic.clone()
+                    let topic: Arc<str> = std::mem::take(&mut publish.topic).into();
+                    active.inbound_aliases.insert(alias, topic.clone());
+                    topic
                 }
             }
             None if publish.topic.is_empty() => {
@@ -820,7 +823,7 @@ impl Connection {
                     "empty topic without a topic alias [MQTT-4.7.3-1]",
                 ));
             }
-            None => publish.topic.clone(),
+            None => std::mem::take(&mut publish.topic).into(),
         };
         let id = publish.packet_id;
         if publish.qos == QoS::ExactlyOnce {
@@ -870,7 +873,7 @@ impl Connection {
             }
             None => {
                 let message = Arc::new(Message {
-                    topic: topic.as_str().into(),
+                    topic,
                     payload: publish.payload,
                     qos: publish.qos,
                     retain: publish.retain,
@@ -1110,7 +1113,7 @@ impl Connection {
         let v5 = self.version.is_v5();
         let message = &delivery.message;
         let mut properties = Properties::default();
-        let mut topic = message.topic.to_string();
+        let mut topic: &str = &message.topic;
         let mut new_alias = None;
         if v5 {
             properties = message.properties.clone();
@@ -1123,7 +1126,7 @@ impl Connection {
                 match active.outbound_aliases.get(&message.topic) {
                     Some(alias) => {
                         properties.topic_alias = Some(*alias);
-                        topic.clear();
+                        topic = "";
                     }
                     None => {
                         let next = active.outbound_aliases.len() + 1;
@@ -1137,17 +1140,17 @@ impl Connection {
                 }
             }
         }
-        let packet = Packet::Publish(Publish {
+        let publish = PublishRef {
             dup,
             qos: delivery.qos,
             retain: delivery.retain,
             topic,
             packet_id: id,
-            properties,
-            payload: message.payload.clone(),
-        });
+            properties: &properties,
+            payload: &message.payload,
+        };
         let start = self.wbuf.len();
-        if encode(&packet, self.version, &mut self.wbuf).is_err() {
+        if encode_publish(&publish, self.version, &mut self.wbuf).is_err() {
             return false;
         }
         if self.wbuf.len() - start > active.client_max_packet {

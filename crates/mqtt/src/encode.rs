@@ -74,38 +74,89 @@ pub fn encode(
     result
 }
 
+/// A PUBLISH by reference: what a server sends to each subscriber of a
+/// message without building a [`Packet`] (and a topic `String`) per copy.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Empty in 5.0 when a topic alias stands for it.
+    pub topic: &'a str,
+    /// Zero for QoS 0, where the packet carries none.
+    pub packet_id: u16,
+    pub properties: &'a Properties,
+    pub payload: &'a [u8],
+}
+
+/// Encodes a PUBLISH as [`encode`] does a `Packet::Publish`; on error `out`
+/// is left as it was.
+pub fn encode_publish(
+    publish: &PublishRef<'_>,
+    version: ProtocolVersion,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let start = out.len();
+    let result = encode_publish_inner(publish, version, out);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+fn encode_publish_inner(
+    publish: &PublishRef<'_>,
+    version: ProtocolVersion,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    // The hot path: sized exactly, written once, the payload copied once.
+    let v5 = version.is_v5();
+    let props_len = if v5 {
+        publish.properties.encoded_len()
+    } else {
+        0
+    };
+    let id_len = if publish.qos == QoS::AtMostOnce { 0 } else { 2 };
+    let remaining = 2 + publish.topic.len() + id_len + props_len + publish.payload.len();
+    let mut first = (PacketType::Publish as u8) << 4 | (publish.qos as u8) << 1;
+    if publish.dup {
+        first |= 0x08;
+    }
+    if publish.retain {
+        first |= 0x01;
+    }
+    out.reserve(1 + var_int_len(remaining) + remaining);
+    out.put_u8(first);
+    put_var_int(out, remaining)?;
+    put_string(out, publish.topic)?;
+    if id_len == 2 {
+        out.put_u16(publish.packet_id);
+    }
+    put_props(out, v5, publish.properties)?;
+    out.put_slice(publish.payload);
+    Ok(())
+}
+
 fn encode_inner(
     packet: &Packet,
     version: ProtocolVersion,
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
     let v5 = version.is_v5();
-    if let Packet::Publish(publish) = packet {
-        // The hot path: sized exactly, written once, the payload copied once.
-        let props_len = if v5 {
-            publish.properties.encoded_len()
-        } else {
-            0
-        };
-        let id_len = if publish.qos == QoS::AtMostOnce { 0 } else { 2 };
-        let remaining = 2 + publish.topic.len() + id_len + props_len + publish.payload.len();
-        let mut first = (PacketType::Publish as u8) << 4 | (publish.qos as u8) << 1;
-        if publish.dup {
-            first |= 0x08;
-        }
-        if publish.retain {
-            first |= 0x01;
-        }
-        out.reserve(1 + var_int_len(remaining) + remaining);
-        out.put_u8(first);
-        put_var_int(out, remaining)?;
-        put_string(out, &publish.topic)?;
-        if id_len == 2 {
-            out.put_u16(publish.packet_id);
-        }
-        put_props(out, v5, &publish.properties)?;
-        out.put_slice(&publish.payload);
-        return Ok(());
+    if let Packet::Publish(p) = packet {
+        return encode_publish_inner(
+            &PublishRef {
+                dup: p.dup,
+                qos: p.qos,
+                retain: p.retain,
+                topic: &p.topic,
+                packet_id: p.packet_id,
+                properties: &p.properties,
+                payload: &p.payload,
+            },
+            version,
+            out,
+        );
     }
 
     let mut body = BytesMut::with_capacity(64);

@@ -16,7 +16,7 @@ pub mod topic;
 mod version;
 
 pub use decode::Decoder;
-pub use encode::{EncodeError, encode};
+pub use encode::{EncodeError, PublishRef, encode, encode_publish};
 pub use error::DecodeError;
 pub use packet::{
     Auth, ConnAck, Connect, Disconnect, Packet, PacketType, PubResponse, Publish, QoS,
