@@ -24,9 +24,12 @@ const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// the load. A write costs about one page per device it touches, whatever
 /// the rows, so a device's seconds of readings had better share one.
 const MAX_TRANSACTION_ROWS: usize = 500_000;
-/// Readings kept in memory while the database refuses writes; older ones
-/// are dropped (and counted) past it.
-const MAX_KEPT_WHILE_FAILING: usize = 2_000_000;
+/// Readings waiting in memory, whether the database is slower than the
+/// fleet or refuses writes: past it the oldest are dropped and counted
+/// (`readings_dropped`), so a slow database costs readings, not the
+/// process. About 5 minutes of 10,000 devices reporting every second, in
+/// about 400 MB; [`Ingest::set_max_backlog`] changes it.
+pub const DEFAULT_MAX_BACKLOG: usize = 4_000_000;
 /// A device that keeps sending bad messages is logged once a minute.
 const FAULT_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -82,6 +85,7 @@ pub struct Ingest {
     alarms: Option<Arc<crate::alarms::AlarmEngine>>,
     /// Wakes the [`BatchWriter`] before its tick when a batch is full.
     batch_full: tokio::sync::Notify,
+    max_backlog: std::sync::atomic::AtomicUsize,
     pub counters: IngestCounters,
 }
 
@@ -105,8 +109,18 @@ impl Ingest {
             live: broadcast::channel(4096).0,
             alarms,
             batch_full: tokio::sync::Notify::new(),
+            max_backlog: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_BACKLOG),
             counters: IngestCounters::default(),
         })
+    }
+
+    /// Bounds the readings waiting in memory (at least one).
+    pub fn set_max_backlog(&self, readings: usize) {
+        self.max_backlog.store(readings.max(1), Ordering::Relaxed);
+    }
+
+    fn max_backlog(&self) -> usize {
+        self.max_backlog.load(Ordering::Relaxed)
     }
 
     /// Live readings of every device, for the console's stream.
@@ -162,18 +176,25 @@ impl Ingest {
             .clear();
     }
 
-    fn log_fault(&self, topic: &str, error: &str) {
+    /// Whether something logged under `key` is due again (once a minute).
+    fn log_due(&self, key: String) -> bool {
         let mut logged = self.fault_logged.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
+        let due = logged
+            .get(&key)
+            .is_none_or(|at| now.duration_since(*at) >= FAULT_LOG_EVERY);
+        if due {
+            logged.insert(key, now);
+        }
+        due
+    }
+
+    fn log_fault(&self, topic: &str, error: &str) {
         // One key per device, whichever of its topics was bad.
         let key = split_topic(topic).map_or(topic.to_owned(), |(model, device, _)| {
             format!("{model}/{device}")
         });
-        if logged
-            .get(&key)
-            .is_none_or(|at| now.duration_since(*at) >= FAULT_LOG_EVERY)
-        {
-            logged.insert(key, now);
+        if self.log_due(key) {
             tracing::warn!(%topic, %error, "device message breaks the contract (logged once a minute per device)");
         }
     }
@@ -269,6 +290,24 @@ impl Ingest {
             }
             _ => {}
         }
+        let max_backlog = self.max_backlog();
+        if pending.readings.len() > max_backlog {
+            let excess = pending.readings.len() - max_backlog;
+            pending.readings.drain(..excess);
+            drop(pending);
+            self.counters
+                .readings_dropped
+                .fetch_add(excess as u64, Ordering::Relaxed);
+            if self.log_due(String::new()) {
+                tracing::warn!(
+                    backlog = max_backlog,
+                    dropped_total = self.counters.readings_dropped.load(Ordering::Relaxed),
+                    "the store falls behind the fleet: oldest waiting readings dropped (logged once a minute)"
+                );
+            }
+            self.batch_full.notify_one();
+            return;
+        }
         if pending.readings.len() + pending.lines.len() >= BATCH_ROWS {
             self.batch_full.notify_one();
         }
@@ -291,7 +330,7 @@ impl Ingest {
 
     /// Writes what waits, oldest first, in one transaction of at most
     /// [`MAX_TRANSACTION_ROWS`] readings. On a write failure the batch is
-    /// kept for the next flush (up to [`MAX_KEPT_WHILE_FAILING`] readings),
+    /// kept for the next flush (up to the backlog bound),
     /// so a short database outage loses nothing.
     pub async fn flush(&self) -> Result<usize, store::StoreError> {
         let (mut readings, lines, faults, firmware) = {
@@ -323,7 +362,7 @@ impl Ingest {
         if let Err(e) = result {
             self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let room = MAX_KEPT_WHILE_FAILING.saturating_sub(pending.readings.len());
+            let room = self.max_backlog().saturating_sub(pending.readings.len());
             let lost = readings.len().saturating_sub(room);
             if lost > 0 {
                 self.counters

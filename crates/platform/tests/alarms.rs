@@ -473,3 +473,34 @@ async fn readings_wait_out_a_database_that_refuses_writes() {
         .expect("recorded");
     assert_eq!(fault.count, 1);
 }
+
+#[tokio::test]
+async fn a_backlog_past_its_bound_drops_the_oldest_and_counts_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_data_dir(dir.path()).await.expect("store");
+    let d = one_device(&store).await;
+    let ingest = Ingest::new(store.clone());
+    ingest.set_max_backlog(4);
+    let t0 = store::now_millis();
+    for n in 0..10i64 {
+        let cpu = Reading::Cpu(device_protocol::Cpu {
+            v: VERSION,
+            ts: t0 + n,
+            usage_percent: n as f64,
+            cores: 2,
+        });
+        ingest
+            .handle("dwr/311-a1/00-11-22-33-44-55/hardware/cpu", &cpu.to_json())
+            .await;
+    }
+    ingest.flush().await.expect("flush");
+    let counters = &ingest.counters;
+    assert_eq!(counters.readings_dropped.load(Ordering::Relaxed), 6);
+    assert_eq!(counters.readings_stored.load(Ordering::Relaxed), 4);
+    let series = store
+        .series(&d.root, d.device, "cpu.usage_percent", t0, t0 + 10, 1)
+        .await
+        .expect("series");
+    let kept: Vec<f64> = series.iter().map(|p| p.mean).collect();
+    assert_eq!(kept, [6.0, 7.0, 8.0, 9.0], "the newest are kept");
+}

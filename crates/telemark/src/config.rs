@@ -79,6 +79,9 @@ pub struct Telemetry {
     pub raw_retention_days: u32,
     /// Hourly min/max/mean of every metric.
     pub hourly_retention_days: u32,
+    /// Readings waiting in memory for the database; past it the oldest are
+    /// dropped and counted.
+    pub max_backlog_readings: usize,
 }
 
 impl Default for Telemetry {
@@ -86,6 +89,7 @@ impl Default for Telemetry {
         Telemetry {
             raw_retention_days: 7,
             hourly_retention_days: 365,
+            max_backlog_readings: platform::telemetry::DEFAULT_MAX_BACKLOG,
         }
     }
 }
@@ -118,6 +122,7 @@ ws = "127.0.0.1:8083"         # MQTT over WebSocket, path /mqtt
 [telemetry]
 raw_retention_days = 7                        # readings and device logs
 hourly_retention_days = 365                   # hourly min/max/mean
+max_backlog_readings = 4000000                # waiting for the database; oldest dropped past it
 
 [broker]
 max_connections = 200000
@@ -226,6 +231,10 @@ mod tests {
         assert_eq!(
             config.broker.max_queued_messages,
             defaults.broker.max_queued_messages
+        );
+        assert_eq!(
+            config.telemetry.max_backlog_readings,
+            defaults.telemetry.max_backlog_readings
         );
         config.validate().expect("valid");
     }

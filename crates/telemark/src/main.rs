@@ -835,6 +835,7 @@ async fn run_platform(
     // The platform reads device telemetry from the embedded broker through
     // its in-process connection.
     let ingest = platform::telemetry::Ingest::with_alarms(store.clone(), alarms.clone());
+    ingest.set_max_backlog(config.telemetry.max_backlog_readings);
     let ingest_task = tokio::spawn(platform::telemetry::run_feed(ingest.clone(), feed, stop_rx));
     let options = api::ApiOptions {
         broker_hook_secret: args.broker_hook_secret.clone(),

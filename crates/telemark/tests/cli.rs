@@ -27,6 +27,18 @@ impl Drop for Running {
     }
 }
 
+/// A child that a failed assertion does not leave running.
+struct KilledOnDrop(Option<Child>);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -1045,22 +1057,24 @@ fn now_ms() -> i64 {
 fn demo_starts_a_platform_with_a_live_simulated_fleet() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (http_port, mqtt_port) = (free_port(), free_port());
-    let mut child = telemark()
-        .args([
-            "demo",
-            "--devices",
-            "12",
-            "--data",
-            dir.path().to_str().expect("path"),
-        ])
-        .args(["--http", &format!("127.0.0.1:{http_port}")])
-        .args(["--mqtt", &format!("127.0.0.1:{mqtt_port}")])
-        .env("TELEMARK_ADMIN_PASSWORD", "demo-admin-secret")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("telemark demo starts");
+    let mut child = KilledOnDrop(Some(
+        telemark()
+            .args([
+                "demo",
+                "--devices",
+                "12",
+                "--data",
+                dir.path().to_str().expect("path"),
+            ])
+            .args(["--http", &format!("127.0.0.1:{http_port}")])
+            .args(["--mqtt", &format!("127.0.0.1:{mqtt_port}")])
+            .env("TELEMARK_ADMIN_PASSWORD", "demo-admin-secret")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("telemark demo starts"),
+    ));
     wait_for_port(http_port);
     let bearer = api_login(http_port, "admin", "demo-admin-secret");
     let auth = [("Authorization", bearer.as_str())];
@@ -1091,6 +1105,7 @@ fn demo_starts_a_platform_with_a_live_simulated_fleet() {
         .contains("lte.rsrp_dbm")),
         "readings of the fleet are stored"
     );
+    let mut child = child.0.take().expect("still running");
     let _ = child.kill();
     let out = child.wait_with_output().expect("output");
     let printed = String::from_utf8_lossy(&out.stdout);
