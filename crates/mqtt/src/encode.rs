@@ -66,8 +66,16 @@ pub fn encode(
     version: ProtocolVersion,
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
+    restored_on_error(out, |out| encode_inner(packet, version, out))
+}
+
+/// Runs `write`; on error `out` is left as it was before.
+fn restored_on_error(
+    out: &mut BytesMut,
+    write: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
+) -> Result<(), EncodeError> {
     let start = out.len();
-    let result = encode_inner(packet, version, out);
+    let result = write(out);
     if result.is_err() {
         out.truncate(start);
     }
@@ -96,12 +104,7 @@ pub fn encode_publish(
     version: ProtocolVersion,
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    let start = out.len();
-    let result = encode_publish_inner(publish, version, out);
-    if result.is_err() {
-        out.truncate(start);
-    }
-    result
+    restored_on_error(out, |out| encode_publish_inner(publish, version, out))
 }
 
 fn encode_publish_inner(

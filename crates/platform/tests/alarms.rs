@@ -406,6 +406,17 @@ async fn retention_rolls_up_full_hours_and_prunes_by_age() {
     );
 }
 
+/// A `hardware/cpu` message as the contract writes it.
+fn cpu_payload(ts: i64, usage_percent: f64) -> Vec<u8> {
+    Reading::Cpu(device_protocol::Cpu {
+        v: VERSION,
+        ts,
+        usage_percent,
+        cores: 2,
+    })
+    .to_json()
+}
+
 #[tokio::test]
 async fn readings_wait_out_a_database_that_refuses_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -413,15 +424,7 @@ async fn readings_wait_out_a_database_that_refuses_writes() {
     let d = one_device(&store).await;
     let ingest = Ingest::new(store.clone());
     let t0 = store::now_millis();
-    let cpu = |n: i64| {
-        Reading::Cpu(device_protocol::Cpu {
-            v: VERSION,
-            ts: t0 + n,
-            usage_percent: n as f64,
-            cores: 2,
-        })
-        .to_json()
-    };
+    let cpu = |n: i64| cpu_payload(t0 + n, n as f64);
     for n in 0..10 {
         ingest
             .handle("dwr/311-a1/00-11-22-33-44-55/hardware/cpu", &cpu(n))
@@ -483,14 +486,11 @@ async fn a_backlog_past_its_bound_drops_the_oldest_and_counts_them() {
     ingest.set_max_backlog(4);
     let t0 = store::now_millis();
     for n in 0..10i64 {
-        let cpu = Reading::Cpu(device_protocol::Cpu {
-            v: VERSION,
-            ts: t0 + n,
-            usage_percent: n as f64,
-            cores: 2,
-        });
         ingest
-            .handle("dwr/311-a1/00-11-22-33-44-55/hardware/cpu", &cpu.to_json())
+            .handle(
+                "dwr/311-a1/00-11-22-33-44-55/hardware/cpu",
+                &cpu_payload(t0 + n, n as f64),
+            )
             .await;
     }
     ingest.flush().await.expect("flush");
