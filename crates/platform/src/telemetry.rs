@@ -51,7 +51,8 @@ pub struct IngestCounters {
     pub rejected: AtomicU64,
     pub unknown_devices: AtomicU64,
     pub write_failures: AtomicU64,
-    /// Readings given up after the database refused them for too long.
+    /// Readings given up, oldest first, when more waited for the database
+    /// than the backlog bound allows.
     pub readings_dropped: AtomicU64,
 }
 

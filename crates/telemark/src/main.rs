@@ -672,7 +672,7 @@ fn ingest_prometheus(c: &platform::telemetry::IngestCounters) -> String {
         ),
         (
             "readings_dropped",
-            "readings given up after the store refused them for too long",
+            "readings dropped, oldest first, past the backlog bound",
             c.readings_dropped.load(Relaxed),
         ),
     ] {
