@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 
 use agent::sim::{SimCounters, SimDevice, SimOptions, run_fleet};
 use platform::telemetry::{BrokerConnection, Ingest};
-use store::{NewDevice, NewDeviceModel, Store};
+use store::Store;
+
+// The store's benchmark fleet: the same model and MACs.
+#[path = "../../store/examples/fleet/mod.rs"]
+mod fleet;
 
 fn rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -62,42 +66,9 @@ async fn main() -> anyhow::Result<()> {
         Some(url) => Store::open(url).await?,
         None => Store::open_data_dir(dir.path()).await?,
     };
-    let operator = store.create_operator("Bench").await?;
-    let root = store.scope_of(operator.id).await?;
-    let model = store
-        .create_device_model(&NewDeviceModel {
-            name: "DWM-311-A1".into(),
-            vendor: "D-Link".into(),
-            hardware_revision: "A1".into(),
-            topic_segment: "311-a1".into(),
-            description: String::new(),
-        })
-        .await?;
-    let mac = |n: usize| {
-        format!(
-            "02-00-00-{:02x}-{:02x}-{:02x}",
-            n >> 16,
-            (n >> 8) & 0xff,
-            n & 0xff
-        )
-    };
-    for chunk in (0..devices).collect::<Vec<_>>().chunks(5000) {
-        let batch: Vec<NewDevice> = chunk
-            .iter()
-            .map(|&n| NewDevice {
-                organisation_id: operator.id,
-                model_id: model.id,
-                name: format!("bench-{n}"),
-                serial: format!("B{n:08}"),
-                mac: mac(n),
-                imei: None,
-                iccid: None,
-                labels: vec![],
-            })
-            .collect();
-        store.insert_devices(&root, &batch).await?;
-    }
-    let _ = root;
+    fleet::seed(&store, devices)
+        .await
+        .map_err(|e| anyhow::anyhow!("seeding the fleet: {e}"))?;
 
     let settings = broker::Settings {
         max_connections: devices + 100,
@@ -124,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let fleet: Vec<SimDevice> = (0..devices)
         .map(|n| SimDevice {
-            device_id: mac(n),
+            device_id: fleet::mac(n),
             model: "311-a1".into(),
             secret: "x".into(),
         })

@@ -3,6 +3,16 @@
 
 use store::{NewDevice, NewDeviceModel, Scope, Store};
 
+/// The MAC of the `n`th seeded device.
+pub fn mac(n: usize) -> String {
+    format!(
+        "02-00-00-{:02x}-{:02x}-{:02x}",
+        n >> 16,
+        (n >> 8) & 0xff,
+        n & 0xff
+    )
+}
+
 pub async fn seed(
     store: &Store,
     devices: usize,
@@ -27,12 +37,7 @@ pub async fn seed(
                 model_id: model.id,
                 name: format!("d{n}"),
                 serial: format!("S{n:08}"),
-                mac: format!(
-                    "02-00-00-{:02x}-{:02x}-{:02x}",
-                    n >> 16,
-                    (n >> 8) & 0xff,
-                    n & 0xff
-                ),
+                mac: mac(n),
                 imei: None,
                 iccid: None,
                 labels: vec![],
