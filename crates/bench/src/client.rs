@@ -23,6 +23,9 @@ pub(crate) struct BenchConnection {
     pub rbuf: BytesMut,
     pub wbuf: BytesMut,
     pub version: ProtocolVersion,
+    /// QoS 1 and 2 PUBLISHes the broker takes unacknowledged: its Receive
+    /// Maximum from the CONNACK (MQTT 5), else all packet identifiers.
+    pub send_quota: usize,
 }
 
 impl BenchConnection {
@@ -55,6 +58,7 @@ impl BenchConnection {
             rbuf: BytesMut::with_capacity(8 * 1024),
             wbuf: BytesMut::with_capacity(8 * 1024),
             version,
+            send_quota: usize::from(u16::MAX),
         };
         let properties = if version.is_v5() {
             Properties {
@@ -79,8 +83,15 @@ impl BenchConnection {
             Err(_) => Err(BenchError::Timeout("CONNACK")),
             Ok(Ok(Packet::ConnAck(ConnAck {
                 reason: ReasonCode::Success,
+                properties,
                 ..
-            }))) => Ok(conn),
+            }))) => {
+                // [MQTT-3.3.4-7] no more unacknowledged than the server takes.
+                if let Some(max) = properties.receive_maximum {
+                    conn.send_quota = usize::from(max);
+                }
+                Ok(conn)
+            }
             Ok(Ok(Packet::ConnAck(ack))) => Err(BenchError::Refused(ack.reason)),
             Ok(Ok(_)) => Err(BenchError::Closed),
             Ok(Err(e)) => Err(e),

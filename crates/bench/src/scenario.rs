@@ -436,7 +436,7 @@ async fn publish_loop(
         }
         let mut batch = 0;
         loop {
-            if batch >= 64 || (!qos0 && inflight >= 60_000) {
+            if batch >= 64 || (!qos0 && inflight >= conn.send_quota) {
                 break;
             }
             if closed_loop {

@@ -835,8 +835,11 @@ impl Connection {
                 self.send(active, Packet::PubRec(PubResponse::new(id)));
                 return Ok(());
             }
-            // [MQTT-3.3.4-9] more unacknowledged QoS 2 than Receive Maximum.
-            if state.incoming_qos2.len() >= usize::from(settings.receive_maximum) {
+            // More unacknowledged QoS 2 than our Receive Maximum, which the
+            // client must not send [MQTT-3.3.4-7]: DISCONNECT 0x93 (3.2.2.3.3).
+            // A 3.1.1 client was never told a Receive Maximum; its packet
+            // identifiers bound what it can have in flight.
+            if v5 && state.incoming_qos2.len() >= usize::from(settings.receive_maximum) {
                 return Err(Ending::protocol(
                     ReasonCode::ReceiveMaximumExceeded,
                     "receive maximum exceeded",

@@ -709,7 +709,7 @@ async fn receive_maximum_limits_messages_in_flight() {
 
 #[tokio::test]
 async fn exceeding_the_servers_receive_maximum_closes_with_0x93() {
-    // [MQTT-3.3.4-9]
+    // [MQTT-3.3.4-7], 3.2.2.3.3
     let settings = Settings {
         receive_maximum: 2,
         ..quick_settings()
@@ -730,6 +730,26 @@ async fn exceeding_the_servers_receive_maximum_closes_with_0x93() {
         }
     };
     assert_eq!((recs, reason), (2, ReasonCode::ReceiveMaximumExceeded));
+}
+
+#[tokio::test]
+async fn a_3_1_1_client_is_not_held_to_a_receive_maximum_it_was_never_told() {
+    let settings = Settings {
+        receive_maximum: 2,
+        ..quick_settings()
+    };
+    let b = start_with(settings, Arc::new(AllowAll)).await;
+    let (mut p, _) = Client::connect(b.tcp, &Conn::v311("many-in-flight")).await;
+    for _ in 0..5 {
+        let packet = p.publish_packet("flight/t", b"x", QoS::ExactlyOnce, false);
+        p.send(&Packet::Publish(packet)).await;
+    }
+    for _ in 0..5 {
+        match p.recv().await {
+            Some(Packet::PubRec(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
