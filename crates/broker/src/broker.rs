@@ -1,7 +1,7 @@
 //! The broker's shared state and the operations connections call on it:
 //! routing a message, attaching and detaching sessions, wills, shutdown.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -35,6 +35,9 @@ pub(crate) struct BrokerShared {
     /// Serialises session attach and detach so a takeover is one step.
     pub session_lock: Mutex<()>,
     pub shutdown: watch::Sender<bool>,
+    /// The same as `shutdown`, read on every turn of a connection's loop
+    /// without taking the channel's lock.
+    pub stopping: AtomicBool,
     /// Connections open (any state); shutdown waits for it to reach zero.
     pub open_connections: watch::Sender<usize>,
     pub next_client_number: AtomicU64,
@@ -73,6 +76,7 @@ impl Broker {
                 stats: BrokerStats::default(),
                 session_lock: Mutex::new(()),
                 shutdown: watch::channel(false).0,
+                stopping: AtomicBool::new(false),
                 open_connections: watch::channel(0).0,
                 next_client_number: AtomicU64::new(1),
             }),
@@ -129,8 +133,17 @@ impl Broker {
         for (client_id, will) in wills {
             s.publish_will(&client_id, will);
         }
+        s.stopping.store(true, Ordering::SeqCst);
         if s.shutdown.send_replace(true) {
             return;
+        }
+        // Connections and local subscribers wait on their session's wake-up
+        // and look at `stopping` each time they wake.
+        {
+            let _guard = s.lock_sessions();
+            for session in s.sessions.all() {
+                session.wake.notify_one();
+            }
         }
         let mut open = s.open_connections.subscribe();
         let timeout = Duration::from_secs(s.settings.shutdown_timeout_secs);
@@ -178,7 +191,7 @@ impl BrokerShared {
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// Sends `message` to every matching subscription; returns how many

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use mqtt::{
     PubResponse, Publish, PublishRef, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck,
     Unsubscribe, encode, encode_publish,
 };
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
 use crate::auth::{Action, AuthConversation, AuthStep, ClientIdentity, ConnectRequest};
@@ -66,6 +67,15 @@ impl From<DecodeError> for Ending {
     }
 }
 
+/// What decoding the read buffer came to.
+enum Next {
+    Handled,
+    /// An AUTH packet, for the authenticator to answer.
+    Auth(Box<mqtt::Auth>),
+    /// No whole packet in the buffer.
+    NeedMore,
+}
+
 /// Counts open connections for the shutdown to wait on.
 struct OpenGuard(Arc<BrokerShared>);
 
@@ -89,15 +99,29 @@ struct Active {
     session: Arc<Session>,
     generation: u64,
     identity: ClientIdentity,
-    request: ConnectRequest,
     keep_alive: Option<Duration>,
     client_receive_maximum: u16,
     client_max_packet: usize,
     client_alias_maximum: u16,
-    inbound_aliases: HashMap<u16, Arc<str>>,
-    outbound_aliases: HashMap<Arc<str>, u16>,
-    auth_method: Option<String>,
-    reauth: Option<AuthConversation>,
+    /// Boxed and made at the first alias: most clients use none.
+    aliases: Option<Box<TopicAliases>>,
+    /// Only for a client that authenticated with a method [MQTT-4.12.0-6].
+    enhanced_auth: Option<Box<EnhancedAuth>>,
+}
+
+/// Topic aliases of one connection, each direction its own; they live as
+/// long as the network connection [MQTT-3.3.2-7].
+#[derive(Default)]
+struct TopicAliases {
+    inbound: HashMap<u16, Arc<str>>,
+    outbound: HashMap<Arc<str>, u16>,
+}
+
+/// What re-authentication needs: the method and the request it was made with.
+struct EnhancedAuth {
+    method: String,
+    request: ConnectRequest,
+    conversation: Option<AuthConversation>,
 }
 
 pub(crate) async fn run(shared: Arc<BrokerShared>, transport: Transport, info: ConnectionInfo) {
@@ -144,7 +168,10 @@ impl Connection {
             self.transport.close().await;
             return;
         };
-        let Some(mut active) = Box::pin(self.accept(*connect)).await else {
+        // Unboxed by a call: a box moved out of in place is freed only at the
+        // end of its scope, which here is the connection's life (~840 bytes).
+        let connect = unbox(connect);
+        let Some(mut active) = Box::pin(self.accept(connect)).await else {
             let _ = self.flush().await;
             self.transport.close().await;
             return;
@@ -154,6 +181,12 @@ impl Connection {
         self.shared.auth.connected(&active.identity);
         debug!(client_id = %active.session.client_id, peer = %self.info.peer, version = %self.version, "connected");
         let ending = Box::pin(self.serve(&mut active)).await;
+        Box::pin(self.finish(active, ending)).await;
+    }
+
+    /// The end of a connection that got as far as CONNACK; boxed, so its
+    /// state is not part of every connection's task.
+    async fn finish(&mut self, active: Active, ending: Ending) {
         debug!(client_id = %active.session.client_id, why = %ending.why, "disconnected");
         if let Some(reason) = ending.reason {
             let violation = reason.is_error()
@@ -485,7 +518,6 @@ impl Connection {
             session: attached.session,
             generation: attached.generation,
             identity,
-            request,
             keep_alive: (keep_alive > 0)
                 .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
             client_receive_maximum: p.receive_maximum.unwrap_or(u16::MAX),
@@ -495,10 +527,14 @@ impl Connection {
             } else {
                 0
             },
-            inbound_aliases: HashMap::new(),
-            outbound_aliases: HashMap::new(),
-            auth_method: auth_method.clone(),
-            reauth: None,
+            aliases: None,
+            enhanced_auth: auth_method.clone().map(|method| {
+                Box::new(EnhancedAuth {
+                    method,
+                    request,
+                    conversation: None,
+                })
+            }),
         };
 
         let mut properties = Properties::default();
@@ -527,29 +563,38 @@ impl Connection {
     }
 
     async fn serve(&mut self, active: &mut Active) -> Ending {
-        let mut shutdown = self.shared.shutdown.subscribe();
         let mut last_read = Instant::now();
+        // Armed once and moved on only when it fires: a timer re-registered
+        // at every packet costs a lock on the timer wheel per message.
+        let mut keep_alive = active
+            .keep_alive
+            .map(|k| Box::pin(tokio::time::sleep_until(last_read + k)));
         self.resend_inflight(active);
         let mut woken = false;
         let mut last_write = Instant::now();
         loop {
+            if self.shared.is_shutting_down() {
+                // Shutdown wakes every session; what is queued goes out first.
+                self.fill(active);
+                return Ending {
+                    reason: Some(ReasonCode::ServerShuttingDown),
+                    publish_will: true,
+                    why: "server shutting down".into(),
+                };
+            }
             // Packets that arrived together with CONNECT or in one read.
             loop {
-                match self.decoder.decode(&mut self.rbuf) {
-                    Ok(Some(packet)) => {
-                        add(&self.shared.stats.messages_received, 1);
-                        // Only AUTH may wait (on the authenticator); keeping the
-                        // rest synchronous keeps a packet out of the idle task.
-                        let handled = match packet {
-                            Packet::Auth(auth) => Box::pin(self.handle_auth(active, auth)).await,
-                            packet => self.handle(active, packet),
-                        };
-                        if let Err(ending) = handled {
-                            return ending;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => return e.into(),
+                // Only AUTH may wait (on the authenticator). Decoding and
+                // handling the rest in a plain function keeps a packet (400
+                // bytes) out of the state this loop holds while it waits.
+                let handled = match self.handle_next(active) {
+                    Ok(Next::Handled) => Ok(()),
+                    Ok(Next::Auth(auth)) => Box::pin(self.handle_auth(active, *auth)).await,
+                    Ok(Next::NeedMore) => break,
+                    Err(ending) => Err(ending),
+                };
+                if let Err(ending) = handled {
+                    return ending;
                 }
             }
             if std::mem::take(&mut woken) && last_write.elapsed() < BUSY_WRITER {
@@ -578,18 +623,14 @@ impl Connection {
             if let Err(e) = self.flush().await {
                 return Ending::closed(e.to_string());
             }
-            if self.rbuf.is_empty() && self.rbuf.capacity() > 4096 {
-                // Nothing half-read: a large buffer goes back while waiting.
+            if self.rbuf.is_empty() {
+                // Nothing half-read: no buffer is held while waiting (the
+                // transport allocates one when data is there).
                 self.rbuf = BytesMut::new();
             }
-            let deadline = active.keep_alive.map(|k| last_read + k);
             let session = active.session.clone();
             tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|v| *v) => {
-                    self.fill(active);
-                    return Ending { reason: Some(ReasonCode::ServerShuttingDown), publish_will: true, why: "server shutting down".into() };
-                }
                 read = self.transport.read(&mut self.rbuf) => match read {
                     Ok(0) => return Ending::closed("connection closed by client"),
                     Ok(n) => {
@@ -600,9 +641,30 @@ impl Connection {
                 },
                 _ = session.wake.notified() => woken = true,
                 _ = std::future::ready(()), if more => {}
-                _ = sleep_until_opt(deadline) => {
-                    // [MQTT-3.1.2-24] nothing within 1.5 × keep alive.
-                    return Ending::protocol(ReasonCode::KeepAliveTimeout, "keep alive timeout");
+                _ = keep_alive_fired(&mut keep_alive) => {
+                    if let (Some(timer), Some(k)) = (keep_alive.as_mut(), active.keep_alive) {
+                        let deadline = last_read + k;
+                        if deadline <= Instant::now() {
+                            // [MQTT-3.1.2-24] nothing within 1.5 × keep alive.
+                            return Ending::protocol(ReasonCode::KeepAliveTimeout, "keep alive timeout");
+                        }
+                        timer.as_mut().reset(deadline);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes the next whole packet in the read buffer and handles it,
+    /// unless it is an AUTH, which is handed back to be awaited.
+    fn handle_next(&mut self, active: &mut Active) -> Result<Next, Ending> {
+        match self.decoder.decode(&mut self.rbuf)? {
+            None => Ok(Next::NeedMore),
+            Some(packet) => {
+                add(&self.shared.stats.messages_received, 1);
+                match packet {
+                    Packet::Auth(auth) => Ok(Next::Auth(Box::new(auth))),
+                    packet => self.handle(active, packet).map(|()| Next::Handled),
                 }
             }
         }
@@ -710,26 +772,26 @@ impl Connection {
 
     /// Re-authentication [MQTT-4.12.1]: runs through the same hook as CONNECT.
     async fn handle_auth(&mut self, active: &mut Active, auth: Auth) -> Result<(), Ending> {
-        let Some(method) = active.auth_method.clone() else {
+        let Some(enhanced) = active.enhanced_auth.as_mut() else {
             // [MQTT-4.12.0-6] no AUTH without a method at CONNECT.
             return Err(Ending::protocol(
                 ReasonCode::ProtocolError,
                 "AUTH without enhanced authentication",
             ));
         };
-        if auth.properties.authentication_method.as_deref() != Some(method.as_str()) {
+        if auth.properties.authentication_method.as_deref() != Some(enhanced.method.as_str()) {
             // [MQTT-4.12.1-1] the same method as at CONNECT.
             return Err(Ending::protocol(
                 ReasonCode::ProtocolError,
                 "AUTH with another method",
             ));
         }
-        match (auth.reason, active.reauth.is_some()) {
+        match (auth.reason, enhanced.conversation.is_some()) {
             (ReasonCode::ReAuthenticate, false) => {
-                active.reauth = Some(AuthConversation::default())
+                enhanced.conversation = Some(AuthConversation::default())
             }
             (ReasonCode::ContinueAuthentication, true) => {
-                if let Some(c) = active.reauth.as_mut() {
+                if let Some(c) = enhanced.conversation.as_mut() {
                     c.step += 1;
                 }
             }
@@ -741,19 +803,20 @@ impl Connection {
             }
         }
         let shared = self.shared.clone();
-        let mut conversation = active.reauth.take().unwrap_or_default();
+        let mut conversation = enhanced.conversation.take().unwrap_or_default();
         let step = shared
             .auth
             .enhanced_auth(
-                &active.request,
-                &method,
+                &enhanced.request,
+                &enhanced.method,
                 auth.properties.authentication_data,
                 &mut conversation,
             )
             .await;
+        let method = enhanced.method.clone();
         let (reason, data) = match step {
             AuthStep::Continue(data) => {
-                active.reauth = Some(conversation);
+                enhanced.conversation = Some(conversation);
                 (ReasonCode::ContinueAuthentication, data)
             }
             AuthStep::Success(identity, data) => {
@@ -802,7 +865,7 @@ impl Connection {
                     ));
                 }
                 if publish.topic.is_empty() {
-                    match active.inbound_aliases.get(&alias) {
+                    match active.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                         Some(topic) => topic.clone(),
                         None => {
                             return Err(Ending::protocol(
@@ -813,7 +876,11 @@ impl Connection {
                     }
                 } else {
                     let topic: Arc<str> = std::mem::take(&mut publish.topic).into();
-                    active.inbound_aliases.insert(alias, topic.clone());
+                    active
+                        .aliases
+                        .get_or_insert_default()
+                        .inbound
+                        .insert(alias, topic.clone());
                     topic
                 }
             }
@@ -1126,13 +1193,14 @@ impl Connection {
             }
             properties.subscription_identifiers = delivery.subscription_ids.clone();
             if active.client_alias_maximum > 0 {
-                match active.outbound_aliases.get(&message.topic) {
+                let aliases = active.aliases.get_or_insert_default();
+                match aliases.outbound.get(&message.topic) {
                     Some(alias) => {
                         properties.topic_alias = Some(*alias);
                         topic = "";
                     }
                     None => {
-                        let next = active.outbound_aliases.len() + 1;
+                        let next = aliases.outbound.len() + 1;
                         // [MQTT-3.3.2-11] never above the client's maximum.
                         if next <= usize::from(active.client_alias_maximum) {
                             let alias = next as u16;
@@ -1161,7 +1229,11 @@ impl Connection {
             return false;
         }
         if let Some(alias) = new_alias {
-            active.outbound_aliases.insert(message.topic.clone(), alias);
+            active
+                .aliases
+                .get_or_insert_default()
+                .outbound
+                .insert(message.topic.clone(), alias);
         }
         add(&self.shared.stats.messages_sent, 1);
         add(&self.shared.stats.publish_sent, 1);
@@ -1189,9 +1261,14 @@ fn strip_diagnostics(packet: &mut Packet) {
 /// before its next write.
 const BUSY_WRITER: Duration = Duration::from_micros(200);
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+/// Resolves when the keep-alive timer fires; never without one.
+async fn keep_alive_fired(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
         None => std::future::pending().await,
     }
+}
+
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
 }

@@ -136,11 +136,8 @@ impl LocalSubscriber {
             if self.shared.is_shutting_down() {
                 return None;
             }
-            let mut shutdown = self.shared.shutdown.subscribe();
-            tokio::select! {
-                _ = self.session.wake.notified() => {}
-                _ = shutdown.wait_for(|v| *v) => {}
-            }
+            // Shutdown wakes the session too.
+            self.session.wake.notified().await;
         }
     }
 

@@ -58,8 +58,13 @@ impl Transport {
         let size = self.read_size;
         let n = match &mut self.kind {
             TransportKind::Tcp(stream) => {
-                // read_buf (not readable + try_read) lets tokio see a short
-                // read and skip the extra read that would only say WouldBlock.
+                if buf.capacity() == 0 {
+                    // An idle connection holds no buffer: one is taken only
+                    // once the socket has something to read.
+                    stream.readable().await?;
+                }
+                // read_buf (not try_read) lets tokio see a short read and
+                // skip the extra read that would only say WouldBlock.
                 buf.reserve(size);
                 stream.read_buf(buf).await?
             }

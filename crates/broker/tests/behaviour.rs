@@ -878,6 +878,29 @@ async fn server_keep_alive_caps_the_clients() {
 }
 
 #[tokio::test]
+async fn a_silent_client_is_closed_after_one_and_a_half_keep_alives() {
+    // [MQTT-3.1.2-24]: 1 s keep alive, closed 1.5 s after the last packet.
+    let b = start_with(quick_settings(), Arc::new(AllowAll)).await;
+    let mut conn = Conn::v5("silent");
+    conn.keep_alive = 1;
+    let (mut c, _) = Client::connect(b.tcp, &conn).await;
+    // A packet before the deadline moves it on.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    c.send(&Packet::PingReq).await;
+    assert!(matches!(c.recv().await, Some(Packet::PingResp)));
+    let pinged = std::time::Instant::now();
+    match c.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::KeepAliveTimeout),
+        other => panic!("{other:?}"),
+    }
+    let silent = pinged.elapsed();
+    assert!(
+        silent >= Duration::from_millis(1400) && silent < Duration::from_secs(4),
+        "closed after {silent:?} of silence"
+    );
+}
+
+#[tokio::test]
 async fn graceful_shutdown_sends_wills_and_0x8b() {
     let b = start().await;
     let (mut watcher, _) = Client::connect(b.tcp, &Conn::v5("sd-watch")).await;
