@@ -168,9 +168,6 @@ impl Connection {
             self.transport.close().await;
             return;
         };
-        // Unboxed by a call: a box moved out of in place is freed only at the
-        // end of its scope, which here is the connection's life (~840 bytes).
-        let connect = unbox(connect);
         let Some(mut active) = Box::pin(self.accept(connect)).await else {
             let _ = self.flush().await;
             self.transport.close().await;
@@ -306,7 +303,7 @@ impl Connection {
 
     /// The first packet must be CONNECT [MQTT-3.1.0-1], within the connect
     /// timeout.
-    async fn read_connect(&mut self) -> Option<Box<Connect>> {
+    async fn read_connect(&mut self) -> Option<Connect> {
         let deadline =
             Instant::now() + Duration::from_secs(self.shared.settings.connect_timeout_secs);
         let mut level = None;
@@ -315,7 +312,9 @@ impl Connection {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(Packet::Connect(connect))) => {
                     add(&self.shared.stats.messages_received, 1);
-                    return Some(connect);
+                    // Unboxed here: a box moved out of in the caller would be
+                    // freed only at the end of the connection (840 bytes).
+                    return Some(*connect);
                 }
                 Ok(Some(_)) => return None,
                 Ok(None) => {}
@@ -1267,8 +1266,4 @@ async fn keep_alive_fired(timer: &mut Option<Pin<Box<Sleep>>>) {
         Some(timer) => timer.as_mut().await,
         None => std::future::pending().await,
     }
-}
-
-fn unbox<T>(boxed: Box<T>) -> T {
-    *boxed
 }
