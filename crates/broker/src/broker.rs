@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mqtt::{ProtocolVersion, QoS};
+use smallvec::SmallVec;
 use tokio::sync::watch;
 
 use crate::auth::{Action, Authenticator, ClientIdentity};
@@ -199,8 +200,10 @@ impl BrokerShared {
     pub(crate) fn route(&self, message: &Arc<Message>) -> usize {
         // Per subscriber: the highest QoS of its matching subscriptions
         // [MQTT-3.3.4-2] with all their identifiers [MQTT-3.3.4-3].
-        let mut targets: Vec<Target> = Vec::new();
-        let mut shared_targets: Vec<Target> = Vec::new();
+        // Inline for the few subscribers most messages have: no allocation
+        // per message.
+        let mut targets = Targets::new();
+        let mut shared_targets = Targets::new();
         {
             let tree = read(&self.tree);
             tree.for_each_match(&message.topic, |m| match m {
@@ -495,16 +498,17 @@ pub(crate) fn is_server_topic(topic: &str) -> bool {
 }
 
 type Target = (Arc<str>, QoS, bool, Vec<u32>);
+type Targets = SmallVec<[Target; 4]>;
 
 /// Folds several matching subscriptions of one client into one delivery.
 /// The tree's keys of one client share one allocation, so the pointer is
 /// the client.
-fn merge_per_client(targets: &mut Vec<Target>) {
+fn merge_per_client(targets: &mut Targets) {
     if targets.len() < 2 {
         return;
     }
     targets.sort_unstable_by_key(|t| Arc::as_ptr(&t.0) as *const u8 as usize);
-    let mut merged: Vec<Target> = Vec::with_capacity(targets.len());
+    let mut merged = Targets::with_capacity(targets.len());
     for t in targets.drain(..) {
         match merged.last_mut() {
             Some(last) if Arc::ptr_eq(&last.0, &t.0) => {

@@ -571,6 +571,10 @@ impl Connection {
         self.resend_inflight(active);
         let mut woken = false;
         let mut last_write = Instant::now();
+        // One registration with the session's wake-up for as long as it does
+        // not fire, instead of a new one at every turn of the loop.
+        let session = active.session.clone();
+        let mut wake = std::pin::pin!(session.wake.notified());
         loop {
             if self.shared.is_shutting_down() {
                 // Shutdown wakes every session; what is queued goes out first.
@@ -627,7 +631,6 @@ impl Connection {
                 // transport allocates one when data is there).
                 self.rbuf = BytesMut::new();
             }
-            let session = active.session.clone();
             tokio::select! {
                 biased;
                 read = self.transport.read(&mut self.rbuf) => match read {
@@ -638,7 +641,10 @@ impl Connection {
                     }
                     Err(e) => return Ending::closed(e.to_string()),
                 },
-                _ = session.wake.notified() => woken = true,
+                _ = wake.as_mut() => {
+                    woken = true;
+                    wake.set(session.wake.notified());
+                }
                 _ = std::future::ready(()), if more => {}
                 _ = keep_alive_fired(&mut keep_alive) => {
                     if let (Some(timer), Some(k)) = (keep_alive.as_mut(), active.keep_alive) {
