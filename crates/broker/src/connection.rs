@@ -173,7 +173,10 @@ impl Connection {
             self.transport.close().await;
             return;
         };
-        add(&self.shared.stats.clients_connected, 1);
+        self.shared
+            .stats
+            .clients_connected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         add(&self.shared.stats.connections_total, 1);
         self.shared.auth.connected(&active.identity);
         debug!(client_id = %active.session.client_id, peer = %self.info.peer, version = %self.version, "connected");
