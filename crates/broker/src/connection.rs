@@ -124,8 +124,14 @@ struct EnhancedAuth {
     conversation: Option<AuthConversation>,
 }
 
-pub(crate) async fn run(shared: Arc<BrokerShared>, transport: Transport, info: ConnectionInfo) {
-    let _open = OpenGuard::new(&shared);
+/// A connection's whole life. Not an `async fn`: its arguments would stay in
+/// the task beside the `Connection` they are moved into (128 bytes each).
+pub(crate) fn run(
+    shared: Arc<BrokerShared>,
+    transport: Transport,
+    info: ConnectionInfo,
+) -> impl Future<Output = ()> + Send {
+    let open = OpenGuard::new(&shared);
     let mut decoder = Decoder::new();
     decoder.set_max_packet_size(shared.settings.max_packet_size as usize);
     let mut conn = Connection {
@@ -137,7 +143,10 @@ pub(crate) async fn run(shared: Arc<BrokerShared>, transport: Transport, info: C
         wbuf: BytesMut::new(),
         version: ProtocolVersion::V3_1_1,
     };
-    conn.run().await;
+    async move {
+        conn.run().await;
+        drop(open);
+    }
 }
 
 struct Connection {
@@ -163,14 +172,14 @@ fn sniff_connect_level(buf: &[u8]) -> Option<u8> {
 
 impl Connection {
     async fn run(&mut self) {
-        // Boxed: their state is needed once, not for the connection's life.
+        // Every step boxed: their state is needed once, and would otherwise
+        // take room in every connection's task for the connection's life.
         let Some(connect) = Box::pin(self.read_connect()).await else {
-            self.transport.close().await;
+            Box::pin(self.transport.close()).await;
             return;
         };
         let Some(mut active) = Box::pin(self.accept(connect)).await else {
-            let _ = self.flush().await;
-            self.transport.close().await;
+            Box::pin(self.refused()).await;
             return;
         };
         self.shared
@@ -182,6 +191,12 @@ impl Connection {
         debug!(client_id = %active.session.client_id, peer = %self.info.peer, version = %self.version, "connected");
         let ending = Box::pin(self.serve(&mut active)).await;
         Box::pin(self.finish(active, ending)).await;
+    }
+
+    /// The end of a connection refused at CONNECT: the CONNACK, then close.
+    async fn refused(&mut self) {
+        let _ = self.flush().await;
+        self.transport.close().await;
     }
 
     /// The end of a connection that got as far as CONNACK; boxed, so its
@@ -512,7 +527,12 @@ impl Connection {
         // read buffer for the life of the connection.
         let mut request = request;
         request.password = None;
-        let client_id: Arc<str> = client_id.into();
+        // One copy of the id for the session and the identity when they agree.
+        let client_id: Arc<str> = if *identity.client_id == *client_id {
+            identity.client_id.clone()
+        } else {
+            client_id.into()
+        };
         let attached = shared.attach(&client_id, self.version, connect.clean_start, expiry, will);
         attached.session.lock().queue_limit = identity.max_queued_messages;
         let p = &connect.properties;

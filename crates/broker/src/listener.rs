@@ -132,10 +132,25 @@ impl Broker {
                 match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
+                        if let ListenerKind::Tcp = kind {
+                            // No handshake: the connection is the whole task,
+                            // with nothing else kept in it for its life.
+                            let info = ConnectionInfo {
+                                peer,
+                                listener: kind.name(),
+                                certificate_fingerprint: None,
+                            };
+                            tokio::spawn(connection::run(
+                                broker.shared.clone(),
+                                Transport::tcp(stream),
+                                info,
+                            ));
+                            continue;
+                        }
                         let broker = broker.clone();
                         let kind = kind.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = broker.accept_tcp(stream, peer, kind).await {
+                            if let Err(e) = broker.accept_secured(stream, peer, kind).await {
                                 debug!(%peer, error = %e, "connection setup failed");
                             }
                         });
@@ -150,20 +165,17 @@ impl Broker {
         })
     }
 
-    async fn accept_tcp(
+    /// A TLS or WebSocket connection: the handshake, then the connection.
+    async fn accept_secured(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
         kind: ListenerKind,
     ) -> io::Result<()> {
         let listener = kind.name();
-        let (transport, fingerprint) = match kind {
-            // Plain TCP needs no handshake; the connection task stays small.
-            ListenerKind::Tcp => (Transport::tcp(stream), None),
-            // The handshakes are boxed so their state does not stay in every
-            // connection's task once they are done.
-            kind => Box::pin(self.handshake(stream, kind)).await?,
-        };
+        // Boxed so the handshake's state does not stay in the connection's
+        // task once it is done.
+        let (transport, fingerprint) = Box::pin(self.handshake(stream, kind)).await?;
         let info = ConnectionInfo {
             peer,
             listener,

@@ -2,12 +2,15 @@
 //! in-process pipe.
 
 use std::io;
+use std::pin::Pin;
+use std::task::ready;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::io::poll_read_buf;
 
 /// Bytes asked of the socket per read: small at first (a CONNECT is a few
 /// dozen bytes, and thousands of idle devices should not each leave a large
@@ -57,22 +60,29 @@ impl Transport {
     pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         let size = self.read_size;
         let n = match &mut self.kind {
+            // Polled by hand: this future is part of every idle connection's
+            // state, and an async block with its awaits is three times the size.
             TransportKind::Tcp(stream) => {
-                if buf.capacity() == 0 {
-                    // An idle connection holds no buffer: one is taken only
-                    // once the socket has something to read.
-                    stream.readable().await?;
-                }
-                // read_buf (not try_read) lets tokio see a short read and
-                // skip the extra read that would only say WouldBlock.
-                buf.reserve(size);
-                stream.read_buf(buf).await?
+                std::future::poll_fn(|cx| {
+                    if buf.capacity() == 0 {
+                        // An idle connection holds no buffer: one is taken
+                        // only once the socket has something to read.
+                        ready!(stream.poll_read_ready(cx))?;
+                    }
+                    buf.reserve(size);
+                    // A read into the buffer (not try_read) lets tokio see a
+                    // short read and skip the extra read that would only say
+                    // WouldBlock.
+                    poll_read_buf(Pin::new(&mut *stream), cx, buf)
+                })
+                .await?
             }
             TransportKind::Stream(stream) => {
                 buf.reserve(size);
-                stream.read_buf(buf).await?
+                std::future::poll_fn(|cx| poll_read_buf(Pin::new(&mut *stream), cx, buf)).await?
             }
-            TransportKind::WebSocket(ws) => return read_websocket(ws, buf).await,
+            // Boxed: WebSocket clients are few, and its reader is large.
+            TransportKind::WebSocket(ws) => return Box::pin(read_websocket(ws, buf)).await,
         };
         self.read_size = if n >= size {
             (size * 2).min(LARGEST_READ)
