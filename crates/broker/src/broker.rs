@@ -11,6 +11,7 @@ use smallvec::SmallVec;
 use tokio::sync::watch;
 
 use crate::auth::{Action, Authenticator, ClientIdentity};
+use crate::hibernation::Hibernation;
 use crate::message::Message;
 use crate::retained::RetainedMessages;
 use crate::session::{Delivery, MemorySessionStore, Session, SessionStore, StoredWill};
@@ -42,6 +43,7 @@ pub(crate) struct BrokerShared {
     /// Connections open (any state); shutdown waits for it to reach zero.
     pub open_connections: watch::Sender<usize>,
     pub next_client_number: AtomicU64,
+    pub hibernation: Hibernation,
 }
 
 /// The broker. Cheap to clone; every clone is the same broker.
@@ -80,6 +82,7 @@ impl Broker {
                 stopping: AtomicBool::new(false),
                 open_connections: watch::channel(0).0,
                 next_client_number: AtomicU64::new(1),
+                hibernation: Hibernation::default(),
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -96,6 +99,7 @@ impl Broker {
     pub fn stats(&self) -> StatsSnapshot {
         let s = &self.shared;
         s.stats.snapshot(
+            s.hibernation.count.load(Ordering::Relaxed),
             s.sessions.len() as u64,
             read(&s.retained).len() as u64,
             read(&s.tree).len() as u64,
@@ -143,7 +147,7 @@ impl Broker {
         {
             let _guard = s.lock_sessions();
             for session in s.sessions.all() {
-                session.wake.notify_one();
+                s.wake(&session);
             }
         }
         let mut open = s.open_connections.subscribe();
@@ -284,9 +288,26 @@ impl BrokerShared {
         let connected = state.connected;
         drop(state);
         if connected {
-            session.wake.notify_one();
+            self.wake(session);
         }
         true
+    }
+
+    /// Wakes the connection of `session`, awake or hibernating.
+    pub(crate) fn wake(&self, session: &Session) {
+        session.wake.notify_one();
+        self.wake_hibernated(session);
+    }
+
+    /// Wakes the connection of `session` if it hibernates. Called after the
+    /// change it is woken for (see `hibernation` for why that order).
+    pub(crate) fn wake_hibernated(&self, session: &Session) {
+        if session.hibernated.load(Ordering::SeqCst) != 0 {
+            let token = session.hibernated.swap(0, Ordering::SeqCst);
+            if token != 0 {
+                self.hibernation.wake(token);
+            }
+        }
     }
 
     /// Publishes a will on behalf of `client_id` (its ACL was checked at CONNECT).
@@ -374,6 +395,7 @@ impl BrokerShared {
         drop(_guard);
         if taken_over {
             session.wake.notify_waiters();
+            self.wake_hibernated(&session);
         }
         if let Some(will) = will_to_publish {
             self.publish_will(client_id, will);

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -76,21 +76,24 @@ enum Next {
     NeedMore,
 }
 
-/// Counts open connections for the shutdown to wait on.
-struct OpenGuard(Arc<BrokerShared>);
+/// Counts open connections for the shutdown to wait on. Weak, so that a
+/// hibernating connection does not keep a dropped broker alive.
+struct OpenGuard(Weak<BrokerShared>);
 
 impl OpenGuard {
     fn new(shared: &Arc<BrokerShared>) -> Self {
         shared.open_connections.send_modify(|n| *n += 1);
-        OpenGuard(shared.clone())
+        OpenGuard(Arc::downgrade(shared))
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0
-            .open_connections
-            .send_modify(|n| *n = n.saturating_sub(1));
+        if let Some(shared) = self.0.upgrade() {
+            shared
+                .open_connections
+                .send_modify(|n| *n = n.saturating_sub(1));
+        }
     }
 }
 
@@ -107,6 +110,9 @@ struct Active {
     aliases: Option<Box<TopicAliases>>,
     /// Only for a client that authenticated with a method [MQTT-4.12.0-6].
     enhanced_auth: Option<Box<EnhancedAuth>>,
+    /// How long this connection waits with nothing to do before it
+    /// hibernates; doubled each time it is woken soon after.
+    idle_limit: Duration,
 }
 
 /// Topic aliases of one connection, each direction its own; they live as
@@ -131,10 +137,10 @@ pub(crate) fn run(
     transport: Transport,
     info: ConnectionInfo,
 ) -> impl Future<Output = ()> + Send {
-    let open = OpenGuard::new(&shared);
     let mut decoder = Decoder::new();
     decoder.set_max_packet_size(shared.settings.max_packet_size as usize);
-    let mut conn = Connection {
+    let conn = Connection {
+        open: OpenGuard::new(&shared),
         shared,
         transport,
         info,
@@ -143,10 +149,7 @@ pub(crate) fn run(
         wbuf: BytesMut::new(),
         version: ProtocolVersion::V3_1_1,
     };
-    async move {
-        conn.run().await;
-        drop(open);
-    }
+    conn.run()
 }
 
 struct Connection {
@@ -157,6 +160,87 @@ struct Connection {
     rbuf: BytesMut,
     wbuf: BytesMut,
     version: ProtocolVersion,
+    open: OpenGuard,
+}
+
+/// A connection while it hibernates (see `hibernation`): what it needs to
+/// go on where it stopped, without a task, buffers or a reactor entry.
+pub(crate) struct Hibernated {
+    pub(crate) stream: mio::net::TcpStream,
+    /// Its token in the hibernation's den, also kept by its session.
+    pub(crate) token: u64,
+    /// When the keep-alive runs out [MQTT-3.1.2-24]: it is woken then.
+    pub(crate) keep_alive_deadline: Option<std::time::Instant>,
+    info: ConnectionInfo,
+    decoder: Decoder,
+    version: ProtocolVersion,
+    active: Active,
+    last_read: Instant,
+    slept_at: Instant,
+    open: OpenGuard,
+}
+
+impl Hibernated {
+    pub(crate) fn session(&self) -> &Arc<Session> {
+        &self.active.session
+    }
+}
+
+/// How the serve loop stopped.
+enum Served {
+    Ended(Ending),
+    /// Nothing to do for `idle_limit`: hand the connection to hibernation.
+    Idle {
+        last_read: Instant,
+    },
+}
+
+/// A connection that waited longer than this before it was woken was idle:
+/// its idle limit goes back to the configured one. Woken sooner, it doubles
+/// up to this (a device publishing every few seconds stops hibernating).
+const LONGEST_IDLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Brings a hibernated connection back as a task.
+pub(crate) async fn wake_up(sleeper: Box<Hibernated>) {
+    let Hibernated {
+        stream,
+        info,
+        decoder,
+        version,
+        mut active,
+        last_read,
+        slept_at,
+        open,
+        ..
+    } = *sleeper;
+    let Some(shared) = open.0.upgrade() else {
+        return;
+    };
+    let configured = Duration::from_millis(shared.settings.hibernate_after_ms);
+    active.idle_limit = if slept_at.elapsed() < LONGEST_IDLE_LIMIT {
+        (active.idle_limit * 2).min(LONGEST_IDLE_LIMIT.max(configured))
+    } else {
+        configured
+    };
+    let stream = match tokio::net::TcpStream::from_std(stream.into()) {
+        Ok(stream) => stream,
+        Err(e) => {
+            debug!(client_id = %active.session.client_id, error = %e, "cannot wake a hibernated connection");
+            lost(&shared, &active);
+            return;
+        }
+    };
+    let conn = Connection {
+        shared,
+        transport: Transport::tcp(stream),
+        info,
+        decoder,
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        version,
+        open,
+    };
+    conn.live(active, Some(last_read)).await;
 }
 
 /// The protocol level of a CONNECT that did not decode, read from its
@@ -171,7 +255,7 @@ fn sniff_connect_level(buf: &[u8]) -> Option<u8> {
 }
 
 impl Connection {
-    async fn run(&mut self) {
+    async fn run(mut self) {
         // Every step boxed: their state is needed once, and would otherwise
         // take room in every connection's task for the connection's life.
         let Some(connect) = Box::pin(self.read_connect()).await else {
@@ -189,8 +273,69 @@ impl Connection {
         add(&self.shared.stats.connections_total, 1);
         self.shared.auth.connected(&active.identity);
         debug!(client_id = %active.session.client_id, peer = %self.info.peer, version = %self.version, "connected");
-        let ending = Box::pin(self.serve(&mut active)).await;
-        Box::pin(self.finish(active, ending)).await;
+        active.idle_limit = Duration::from_millis(self.shared.settings.hibernate_after_ms);
+        self.live(active, None).await;
+    }
+
+    /// Serves a connection after CONNACK (or after hibernation, from
+    /// `last_read`) until it ends or hibernates.
+    async fn live(mut self, mut active: Active, resumed: Option<Instant>) {
+        match Box::pin(self.serve(&mut active, resumed)).await {
+            Served::Ended(ending) => Box::pin(self.finish(active, ending)).await,
+            Served::Idle { last_read } => self.hibernate(active, last_read),
+        }
+    }
+
+    /// Gives up the task: the socket goes to the hibernation's epoll set,
+    /// the rest into a `Hibernated`.
+    fn hibernate(self, active: Active, last_read: Instant) {
+        let Connection {
+            shared,
+            transport,
+            info,
+            decoder,
+            version,
+            open,
+            ..
+        } = self;
+        let stream = match transport.into_tcp().map(tokio::net::TcpStream::into_std) {
+            Some(Ok(stream)) => stream,
+            Some(Err(e)) => {
+                debug!(client_id = %active.session.client_id, error = %e, "cannot hibernate");
+                lost(&shared, &active);
+                return;
+            }
+            None => {
+                lost(&shared, &active);
+                return;
+            }
+        };
+        let keep_alive_deadline = active.keep_alive.map(|k| (last_read + k).into_std());
+        let sleeper = Box::new(Hibernated {
+            stream: mio::net::TcpStream::from_std(stream),
+            token: 0,
+            keep_alive_deadline,
+            info,
+            decoder,
+            version,
+            active,
+            last_read,
+            slept_at: Instant::now(),
+            open,
+        });
+        let session = sleeper.session().clone();
+        let generation = sleeper.active.generation;
+        match shared.hibernation.sleep(sleeper) {
+            // What came in while it fell asleep wakes it at once.
+            Ok(()) => {
+                if shared.is_shutting_down() || session.lock().has_work(generation) {
+                    shared.wake_hibernated(&session);
+                }
+            }
+            Err(sleeper) => {
+                tokio::spawn(wake_up(sleeper));
+            }
+        }
     }
 
     /// The end of a connection refused at CONNECT: the CONNACK, then close.
@@ -550,6 +695,7 @@ impl Connection {
                 0
             },
             aliases: None,
+            idle_limit: Duration::ZERO,
             enhanced_auth: auth_method.clone().map(|method| {
                 Box::new(EnhancedAuth {
                     method,
@@ -584,16 +730,36 @@ impl Connection {
         Some(active)
     }
 
-    async fn serve(&mut self, active: &mut Active) -> Ending {
-        let mut last_read = Instant::now();
-        // Armed once and moved on only when it fires: a timer re-registered
-        // at every packet costs a lock on the timer wheel per message.
-        let mut keep_alive = active
-            .keep_alive
-            .map(|k| Box::pin(tokio::time::sleep_until(last_read + k)));
-        self.resend_inflight(active);
-        let mut woken = false;
+    async fn serve(&mut self, active: &mut Active, resumed: Option<Instant>) -> Served {
+        let mut last_read = resumed.unwrap_or_else(Instant::now);
         let mut last_write = Instant::now();
+        let can_hibernate = self.transport.is_tcp() && !active.idle_limit.is_zero();
+        // One timer for the keep-alive and for hibernation, armed once and
+        // moved on only when it fires: a timer re-registered at every packet
+        // costs a lock on the timer wheel per message.
+        let next_timer =
+            |last_read: Instant, last_write: Instant, active: &Active, now: Instant| {
+                let keep_alive = active.keep_alive.map(|k| last_read + k);
+                let idle = can_hibernate.then(|| {
+                    // A limit passed with work pending is looked at again later.
+                    let at = last_read.max(last_write) + active.idle_limit;
+                    if at <= now {
+                        now + active.idle_limit
+                    } else {
+                        at
+                    }
+                });
+                match (keep_alive, idle) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            };
+        let mut timer = next_timer(last_read, last_write, active, Instant::now())
+            .map(|at| Box::pin(tokio::time::sleep_until(at)));
+        if resumed.is_none() {
+            self.resend_inflight(active);
+        }
+        let mut woken = false;
         // One registration with the session's wake-up for as long as it does
         // not fire, instead of a new one at every turn of the loop.
         let session = active.session.clone();
@@ -602,11 +768,11 @@ impl Connection {
             if self.shared.is_shutting_down() {
                 // Shutdown wakes every session; what is queued goes out first.
                 self.fill(active);
-                return Ending {
+                return Served::Ended(Ending {
                     reason: Some(ReasonCode::ServerShuttingDown),
                     publish_will: true,
                     why: "server shutting down".into(),
-                };
+                });
             }
             // Packets that arrived together with CONNECT or in one read.
             loop {
@@ -620,7 +786,7 @@ impl Connection {
                     Err(ending) => Err(ending),
                 };
                 if let Err(ending) = handled {
-                    return ending;
+                    return Served::Ended(ending);
                 }
             }
             if std::mem::take(&mut woken) && last_write.elapsed() < BUSY_WRITER {
@@ -637,17 +803,17 @@ impl Connection {
                 // Taken over: the session has a newer connection. Pass on a
                 // wake-up this connection may have taken from it.
                 active.session.wake.notify_one();
-                return Ending {
+                return Served::Ended(Ending {
                     reason: Some(ReasonCode::SessionTakenOver),
                     publish_will: true,
                     why: "session taken over".into(),
-                };
+                });
             };
             if !self.wbuf.is_empty() {
                 last_write = Instant::now();
             }
             if let Err(e) = self.flush().await {
-                return Ending::closed(e.to_string());
+                return Served::Ended(Ending::closed(e.to_string()));
             }
             if self.rbuf.is_empty() {
                 // Nothing half-read: no buffer is held while waiting (the
@@ -657,26 +823,34 @@ impl Connection {
             tokio::select! {
                 biased;
                 read = self.transport.read(&mut self.rbuf) => match read {
-                    Ok(0) => return Ending::closed("connection closed by client"),
+                    Ok(0) => return Served::Ended(Ending::closed("connection closed by client")),
                     Ok(n) => {
                         add(&self.shared.stats.bytes_received, n as u64);
                         last_read = Instant::now();
                     }
-                    Err(e) => return Ending::closed(e.to_string()),
+                    Err(e) => return Served::Ended(Ending::closed(e.to_string())),
                 },
                 _ = wake.as_mut() => {
                     woken = true;
                     wake.set(session.wake.notified());
                 }
                 _ = std::future::ready(()), if more => {}
-                _ = keep_alive_fired(&mut keep_alive) => {
-                    if let (Some(timer), Some(k)) = (keep_alive.as_mut(), active.keep_alive) {
-                        let deadline = last_read + k;
-                        if deadline <= Instant::now() {
-                            // [MQTT-3.1.2-24] nothing within 1.5 × keep alive.
-                            return Ending::protocol(ReasonCode::KeepAliveTimeout, "keep alive timeout");
-                        }
-                        timer.as_mut().reset(deadline);
+                _ = timer_fired(&mut timer) => {
+                    let now = Instant::now();
+                    if active.keep_alive.is_some_and(|k| last_read + k <= now) {
+                        // [MQTT-3.1.2-24] nothing within 1.5 × keep alive.
+                        return Served::Ended(Ending::protocol(ReasonCode::KeepAliveTimeout, "keep alive timeout"));
+                    }
+                    if can_hibernate
+                        && last_read.max(last_write) + active.idle_limit <= now
+                        && self.rbuf.is_empty()
+                        && active.enhanced_auth.as_ref().is_none_or(|a| a.conversation.is_none())
+                        && !active.session.lock().has_work(active.generation)
+                    {
+                        return Served::Idle { last_read };
+                    }
+                    if let (Some(t), Some(at)) = (timer.as_mut(), next_timer(last_read, last_write, active, now)) {
+                        t.as_mut().reset(at);
                     }
                 }
             }
@@ -1269,6 +1443,18 @@ impl Connection {
     }
 }
 
+/// The end of a connection whose socket was lost without a word (it could
+/// not move in or out of hibernation): as a close by the network.
+fn lost(shared: &Arc<BrokerShared>, active: &Active) {
+    if shared.detach(&active.session, active.generation, true) {
+        shared.auth.disconnected(&active.identity);
+    }
+    shared
+        .stats
+        .clients_connected
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn strip_diagnostics(packet: &mut Packet) {
     let properties = match packet {
         Packet::ConnAck(p) => &mut p.properties,
@@ -1289,8 +1475,8 @@ fn strip_diagnostics(packet: &mut Packet) {
 /// before its next write.
 const BUSY_WRITER: Duration = Duration::from_micros(200);
 
-/// Resolves when the keep-alive timer fires; never without one.
-async fn keep_alive_fired(timer: &mut Option<Pin<Box<Sleep>>>) {
+/// Resolves when the connection's timer fires; never without one.
+async fn timer_fired(timer: &mut Option<Pin<Box<Sleep>>>) {
     match timer {
         Some(timer) => timer.as_mut().await,
         None => std::future::pending().await,

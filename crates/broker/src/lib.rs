@@ -8,6 +8,7 @@
 pub mod auth;
 mod broker;
 mod connection;
+mod hibernation;
 pub mod listener;
 pub mod local;
 pub mod message;

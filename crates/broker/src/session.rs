@@ -2,6 +2,7 @@
 //! that holds sessions.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -162,6 +163,12 @@ impl SessionState {
         }
     }
 
+    /// Whether its connection has something to do: messages to send, or a
+    /// newer connection (generation) that took the session over.
+    pub fn has_work(&self, generation: u64) -> bool {
+        !self.queue.is_empty() || self.generation != generation
+    }
+
     /// Makes the session new again, as Clean Start asks [MQTT-3.1.2-4].
     pub fn reset(&mut self, protocol: ProtocolVersion) -> HashMap<String, Subscription> {
         let generation = self.generation;
@@ -178,6 +185,8 @@ pub struct Session {
     state: Mutex<SessionState>,
     /// Signalled when messages are queued for the connection to send.
     pub wake: Notify,
+    /// The hibernation token of its connection while that sleeps; 0 otherwise.
+    pub(crate) hibernated: AtomicU64,
 }
 
 impl Session {
@@ -186,6 +195,7 @@ impl Session {
             client_id,
             state: Mutex::new(SessionState::new(protocol)),
             wake: Notify::new(),
+            hibernated: AtomicU64::new(0),
         }
     }
 

@@ -52,6 +52,12 @@ pub struct Settings {
     pub sys_interval_secs: u64,
     /// Seconds a graceful shutdown waits for connections to close.
     pub shutdown_timeout_secs: u64,
+    /// Milliseconds a plain TCP connection waits with nothing to do before it
+    /// hibernates: it gives up its task and buffers (about 1 KB) until a
+    /// packet, a delivery or its keep-alive wakes it. A connection woken
+    /// soon after waits twice as long next time, up to 10 s, so busy
+    /// devices stay awake. 0 never hibernates.
+    pub hibernate_after_ms: u64,
 }
 
 impl Default for Settings {
@@ -73,6 +79,7 @@ impl Default for Settings {
             connect_timeout_secs: 10,
             sys_interval_secs: 10,
             shutdown_timeout_secs: 5,
+            hibernate_after_ms: 100,
         }
     }
 }

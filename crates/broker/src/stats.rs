@@ -87,6 +87,8 @@ fn stripe_of_this_thread() -> usize {
 pub struct StatsSnapshot {
     pub uptime_secs: u64,
     pub clients_connected: u64,
+    /// Connected clients whose connection hibernates (no task while idle).
+    pub clients_hibernated: u64,
     pub sessions: u64,
     pub connections_total: u64,
     pub messages_received: u64,
@@ -109,6 +111,7 @@ pub(crate) fn add(counter: &Counter, n: u64) {
 impl BrokerStats {
     pub(crate) fn snapshot(
         &self,
+        hibernated: u64,
         sessions: u64,
         retained: u64,
         subscriptions: u64,
@@ -117,6 +120,7 @@ impl BrokerStats {
         StatsSnapshot {
             uptime_secs: self.started.elapsed().as_secs(),
             clients_connected: self.clients_connected.load(Ordering::Relaxed),
+            clients_hibernated: hibernated,
             sessions,
             connections_total: get(&self.connections_total),
             messages_received: get(&self.messages_received),
@@ -149,6 +153,10 @@ impl StatsSnapshot {
             (
                 "$SYS/broker/clients/connected",
                 self.clients_connected.to_string(),
+            ),
+            (
+                "$SYS/broker/clients/hibernated",
+                self.clients_hibernated.to_string(),
             ),
             ("$SYS/broker/clients/total", self.sessions.to_string()),
             (
@@ -207,6 +215,12 @@ impl StatsSnapshot {
             "gauge",
             "Clients connected now.",
             self.clients_connected,
+        );
+        metric(
+            "clients_hibernated",
+            "gauge",
+            "Connected clients idle without a task of their own.",
+            self.clients_hibernated,
         );
         metric(
             "sessions",

@@ -56,6 +56,18 @@ impl Transport {
         }
     }
 
+    /// Plain TCP: the only kind that can hibernate.
+    pub(crate) fn is_tcp(&self) -> bool {
+        matches!(self.kind, TransportKind::Tcp(_))
+    }
+
+    pub(crate) fn into_tcp(self) -> Option<tokio::net::TcpStream> {
+        match self.kind {
+            TransportKind::Tcp(stream) => Some(stream),
+            _ => None,
+        }
+    }
+
     /// Appends what arrives to `buf`; `Ok(0)` is the end of the stream.
     pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         let size = self.read_size;

@@ -141,6 +141,7 @@ topic_alias_maximum = 256
 connect_timeout_secs = 10
 sys_interval_secs = 10
 shutdown_timeout_secs = 5
+hibernate_after_ms = 100                      # an idle TCP connection gives up its task; 0 never
 "#;
 
 impl Config {

@@ -1,0 +1,273 @@
+//! Hibernation of idle connections. A plain TCP connection that has had
+//! nothing to read or write for a while gives up its task, its buffers and
+//! its registration with tokio's reactor, and waits as one small record in
+//! an epoll set that a single thread watches. Its socket becoming readable
+//! (a packet, or the peer closing), a delivery for its session, a takeover,
+//! shutdown or its keep-alive deadline brings it back as a task with the
+//! same state. An idle fleet then costs its sessions and little more: a
+//! waiting task, its serve loop and its reactor registration are about 1 KB
+//! per connection, paid by every device between its messages.
+//!
+//! Who wakes whom without losing a wake-up: a hibernating connection stores
+//! its token in its session and only then looks at its queue, generation and
+//! the shutdown flag; everything that changes those changes them first and
+//! then takes the token from the session (`BrokerShared::wake`). One of the
+//! two sees the other, and only the side that takes the token wakes it.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use tracing::warn;
+
+use crate::connection::{self, Hibernated};
+
+/// The token of the thread's own waker; connections use their slot index.
+const WAKER: Token = Token(usize::MAX);
+
+/// Hibernated connections of one broker, and the thread that watches them.
+/// The thread starts with the first connection that hibernates.
+#[derive(Default)]
+pub(crate) struct Hibernation {
+    watcher: OnceLock<Option<Arc<Watcher>>>,
+    /// Connections hibernating now, for `$SYS` and `/metrics`.
+    pub(crate) count: Arc<AtomicU64>,
+}
+
+struct Watcher {
+    registry: Registry,
+    waker: Waker,
+    den: Mutex<Den>,
+    runtime: tokio::runtime::Handle,
+    stopping: AtomicBool,
+    count: Arc<AtomicU64>,
+}
+
+/// The hibernating connections: slots reused through a free list, each
+/// with a generation so a token kept by a session for an earlier sleeper
+/// wakes nobody.
+struct Den {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Tokens handed over by `wake`, for the thread to resume.
+    woken: Vec<u64>,
+    /// Keep-alive deadlines (milliseconds since `epoch`, token), earliest first.
+    deadlines: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Deadlines count from here: the watcher's start, before any of them.
+    epoch: Instant,
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    sleeper: Option<Box<Hibernated>>,
+}
+
+/// A token: the slot's generation (never 0) above its index.
+fn token(index: u32, generation: u32) -> u64 {
+    (u64::from(generation) << 32) | u64::from(index)
+}
+
+fn index_of(token: u64) -> usize {
+    (token & u64::from(u32::MAX)) as usize
+}
+
+impl Den {
+    fn millis(&self, at: Instant) -> u64 {
+        // Rounded up: a keep-alive deadline is never brought forward.
+        let since = at.saturating_duration_since(self.epoch);
+        since.as_millis() as u64 + u64::from(!since.subsec_nanos().is_multiple_of(1_000_000))
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let Reverse((millis, _)) = self.deadlines.peek()?;
+        Some(self.epoch + Duration::from_millis(*millis))
+    }
+
+    /// Takes the sleeper `token` names, if it is still there.
+    fn take(&mut self, token: u64) -> Option<Box<Hibernated>> {
+        let index = index_of(token);
+        let slot = self.slots.get_mut(index)?;
+        if token >> 32 != u64::from(slot.generation) {
+            return None;
+        }
+        let sleeper = slot.sleeper.take()?;
+        self.free.push(index as u32);
+        Some(sleeper)
+    }
+
+    fn take_index(&mut self, index: usize) -> Option<Box<Hibernated>> {
+        let generation = self.slots.get(index)?.generation;
+        self.take(token(index as u32, generation))
+    }
+
+    /// Deadlines of sleepers that have since woken stay in the heap until
+    /// they come due; a heap far larger than the den is swept.
+    fn sweep_deadlines(&mut self) {
+        if self.deadlines.len() < 1024 || self.deadlines.len() < 2 * self.slots.len() {
+            return;
+        }
+        let slots = &self.slots;
+        self.deadlines.retain(|Reverse((_, token))| {
+            slots.get(index_of(*token)).is_some_and(|slot| {
+                slot.sleeper.is_some() && u64::from(slot.generation) == token >> 32
+            })
+        });
+    }
+}
+
+impl Hibernation {
+    fn watcher(&self) -> Option<&Arc<Watcher>> {
+        self.watcher
+            .get_or_init(|| match Watcher::start(self.count.clone()) {
+                Ok(watcher) => Some(watcher),
+                Err(e) => {
+                    warn!(error = %e, "cannot start the hibernation thread; idle connections keep their tasks");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// Puts a connection to sleep, or hands it back when hibernation is
+    /// not available. Its token is in its session before it is watched.
+    pub(crate) fn sleep(&self, mut sleeper: Box<Hibernated>) -> Result<(), Box<Hibernated>> {
+        let Some(watcher) = self.watcher() else {
+            return Err(sleeper);
+        };
+        let mut den = watcher.den();
+        let index = match den.free.pop() {
+            Some(index) => index,
+            None => {
+                den.slots.push(Slot::default());
+                (den.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut den.slots[index as usize];
+        slot.generation = slot.generation.checked_add(1).unwrap_or(1);
+        let token = token(index, slot.generation);
+        sleeper.token = token;
+        if let Err(e) = watcher.registry.register(
+            &mut sleeper.stream,
+            Token(index as usize),
+            Interest::READABLE,
+        ) {
+            warn!(error = %e, "cannot watch an idle connection; it keeps its task");
+            den.free.push(index);
+            return Err(sleeper);
+        }
+        if let Some(deadline) = sleeper.keep_alive_deadline {
+            let millis = den.millis(deadline);
+            den.deadlines.push(Reverse((millis, token)));
+            den.sweep_deadlines();
+        }
+        let session = sleeper.session().clone();
+        den.slots[index as usize].sleeper = Some(sleeper);
+        drop(den);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        session.hibernated.store(token, Ordering::SeqCst);
+        // Woken earlier deadlines may now be later than this one.
+        let _ = watcher.waker.wake();
+        Ok(())
+    }
+
+    /// Wakes the sleeper `token` names (taken from its session).
+    pub(crate) fn wake(&self, token: u64) {
+        if let Some(Some(watcher)) = self.watcher.get() {
+            watcher.den().woken.push(token);
+            let _ = watcher.waker.wake();
+        }
+    }
+}
+
+impl Drop for Hibernation {
+    fn drop(&mut self) {
+        if let Some(Some(watcher)) = self.watcher.get() {
+            watcher.stopping.store(true, Ordering::SeqCst);
+            let _ = watcher.waker.wake();
+        }
+    }
+}
+
+impl Watcher {
+    fn start(count: Arc<AtomicU64>) -> std::io::Result<Arc<Watcher>> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
+        let poll = Poll::new()?;
+        let watcher = Arc::new(Watcher {
+            registry: poll.registry().try_clone()?,
+            waker: Waker::new(poll.registry(), WAKER)?,
+            den: Mutex::new(Den {
+                slots: Vec::new(),
+                free: Vec::new(),
+                woken: Vec::new(),
+                deadlines: BinaryHeap::new(),
+                epoch: Instant::now(),
+            }),
+            runtime,
+            stopping: AtomicBool::new(false),
+            count,
+        });
+        let thread = watcher.clone();
+        std::thread::Builder::new()
+            .name("mqtt-hibernation".into())
+            .spawn(move || thread.watch(poll))?;
+        Ok(watcher)
+    }
+
+    fn den(&self) -> MutexGuard<'_, Den> {
+        self.den.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn watch(&self, mut poll: Poll) {
+        let mut events = Events::with_capacity(1024);
+        let mut waking = Vec::new();
+        loop {
+            let timeout = self
+                .den()
+                .next_deadline()
+                .map(|at| at.saturating_duration_since(Instant::now()));
+            if let Err(e) = poll.poll(&mut events, timeout)
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                warn!(error = %e, "hibernation poll failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            {
+                let mut den = self.den();
+                for event in events.iter() {
+                    if event.token() != WAKER {
+                        waking.extend(den.take_index(event.token().0));
+                    }
+                }
+                for token in std::mem::take(&mut den.woken) {
+                    waking.extend(den.take(token));
+                }
+                let now = den.millis(Instant::now());
+                while let Some(Reverse((due, token))) = den.deadlines.peek().copied() {
+                    if due > now {
+                        break;
+                    }
+                    den.deadlines.pop();
+                    waking.extend(den.take(token));
+                }
+            }
+            for mut sleeper in waking.drain(..) {
+                let _ = self.registry.deregister(&mut sleeper.stream);
+                let _ = sleeper.session().hibernated.compare_exchange(
+                    sleeper.token,
+                    0,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                self.runtime.spawn(connection::wake_up(sleeper));
+            }
+        }
+    }
+}
