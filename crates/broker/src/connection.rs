@@ -110,9 +110,15 @@ struct Active {
     aliases: Option<Box<TopicAliases>>,
     /// Only for a client that authenticated with a method [MQTT-4.12.0-6].
     enhanced_auth: Option<Box<EnhancedAuth>>,
-    /// How long this connection waits with nothing to do before it
+    /// Milliseconds this connection waits with nothing to do before it
     /// hibernates; doubled each time it is woken soon after.
-    idle_limit: Duration,
+    idle_limit_ms: u32,
+}
+
+impl Active {
+    fn idle_limit(&self) -> Duration {
+        Duration::from_millis(u64::from(self.idle_limit_ms))
+    }
 }
 
 /// Topic aliases of one connection, each direction its own; they live as
@@ -169,10 +175,6 @@ pub(crate) struct Hibernated {
     pub(crate) stream: mio::net::TcpStream,
     /// Its token in the hibernation's den, also kept by its session.
     pub(crate) token: u64,
-    /// When the keep-alive runs out [MQTT-3.1.2-24]: it is woken then.
-    pub(crate) keep_alive_deadline: Option<std::time::Instant>,
-    info: ConnectionInfo,
-    decoder: Decoder,
     version: ProtocolVersion,
     active: Active,
     last_read: Instant,
@@ -183,6 +185,13 @@ pub(crate) struct Hibernated {
 impl Hibernated {
     pub(crate) fn session(&self) -> &Arc<Session> {
         &self.active.session
+    }
+
+    /// When the keep-alive runs out [MQTT-3.1.2-24]: it is woken then.
+    pub(crate) fn keep_alive_deadline(&self) -> Option<std::time::Instant> {
+        self.active
+            .keep_alive
+            .map(|k| (self.last_read + k).into_std())
     }
 }
 
@@ -204,8 +213,6 @@ const LONGEST_IDLE_LIMIT: Duration = Duration::from_secs(10);
 pub(crate) async fn wake_up(sleeper: Box<Hibernated>) {
     let Hibernated {
         stream,
-        info,
-        decoder,
         version,
         mut active,
         last_read,
@@ -216,12 +223,15 @@ pub(crate) async fn wake_up(sleeper: Box<Hibernated>) {
     let Some(shared) = open.0.upgrade() else {
         return;
     };
-    let configured = Duration::from_millis(shared.settings.hibernate_after_ms);
-    active.idle_limit = if slept_at.elapsed() < LONGEST_IDLE_LIMIT {
-        (active.idle_limit * 2).min(LONGEST_IDLE_LIMIT.max(configured))
+    let configured = shared.settings.hibernate_after_ms;
+    let longest = LONGEST_IDLE_LIMIT.as_millis() as u64;
+    active.idle_limit_ms = if slept_at.elapsed() < LONGEST_IDLE_LIMIT {
+        (u64::from(active.idle_limit_ms) * 2).min(longest.max(configured))
     } else {
         configured
-    };
+    }
+    .try_into()
+    .unwrap_or(u32::MAX);
     let stream = match tokio::net::TcpStream::from_std(stream.into()) {
         Ok(stream) => stream,
         Err(e) => {
@@ -230,6 +240,17 @@ pub(crate) async fn wake_up(sleeper: Box<Hibernated>) {
             return;
         }
     };
+    // Only plain TCP hibernates; what else a `ConnectionInfo` holds is
+    // needed at CONNECT only.
+    let info = ConnectionInfo {
+        peer: stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+        listener: "tcp",
+        certificate_fingerprint: None,
+    };
+    let mut decoder = Decoder::with_version(version);
+    decoder.set_max_packet_size(shared.settings.max_packet_size as usize);
     let conn = Connection {
         shared,
         transport: Transport::tcp(stream),
@@ -273,7 +294,12 @@ impl Connection {
         add(&self.shared.stats.connections_total, 1);
         self.shared.auth.connected(&active.identity);
         debug!(client_id = %active.session.client_id, peer = %self.info.peer, version = %self.version, "connected");
-        active.idle_limit = Duration::from_millis(self.shared.settings.hibernate_after_ms);
+        active.idle_limit_ms = self
+            .shared
+            .settings
+            .hibernate_after_ms
+            .try_into()
+            .unwrap_or(u32::MAX);
         self.live(active, None).await;
     }
 
@@ -292,8 +318,6 @@ impl Connection {
         let Connection {
             shared,
             transport,
-            info,
-            decoder,
             version,
             open,
             ..
@@ -310,13 +334,9 @@ impl Connection {
                 return;
             }
         };
-        let keep_alive_deadline = active.keep_alive.map(|k| (last_read + k).into_std());
         let sleeper = Box::new(Hibernated {
             stream: mio::net::TcpStream::from_std(stream),
             token: 0,
-            keep_alive_deadline,
-            info,
-            decoder,
             version,
             active,
             last_read,
@@ -695,7 +715,7 @@ impl Connection {
                 0
             },
             aliases: None,
-            idle_limit: Duration::ZERO,
+            idle_limit_ms: 0,
             enhanced_auth: auth_method.clone().map(|method| {
                 Box::new(EnhancedAuth {
                     method,
@@ -733,7 +753,7 @@ impl Connection {
     async fn serve(&mut self, active: &mut Active, resumed: Option<Instant>) -> Served {
         let mut last_read = resumed.unwrap_or_else(Instant::now);
         let mut last_write = Instant::now();
-        let can_hibernate = self.transport.is_tcp() && !active.idle_limit.is_zero();
+        let can_hibernate = self.transport.is_tcp() && active.idle_limit_ms > 0;
         // One timer for the keep-alive and for hibernation, armed once and
         // moved on only when it fires: a timer re-registered at every packet
         // costs a lock on the timer wheel per message.
@@ -742,9 +762,9 @@ impl Connection {
                 let keep_alive = active.keep_alive.map(|k| last_read + k);
                 let idle = can_hibernate.then(|| {
                     // A limit passed with work pending is looked at again later.
-                    let at = last_read.max(last_write) + active.idle_limit;
+                    let at = last_read.max(last_write) + active.idle_limit();
                     if at <= now {
-                        now + active.idle_limit
+                        now + active.idle_limit()
                     } else {
                         at
                     }
@@ -842,7 +862,7 @@ impl Connection {
                         return Served::Ended(Ending::protocol(ReasonCode::KeepAliveTimeout, "keep alive timeout"));
                     }
                     if can_hibernate
-                        && last_read.max(last_write) + active.idle_limit <= now
+                        && last_read.max(last_write) + active.idle_limit() <= now
                         && self.rbuf.is_empty()
                         && active.enhanced_auth.as_ref().is_none_or(|a| a.conversation.is_none())
                         && !active.session.lock().has_work(active.generation)

@@ -159,7 +159,7 @@ impl Hibernation {
             den.free.push(index);
             return Err(sleeper);
         }
-        if let Some(deadline) = sleeper.keep_alive_deadline {
+        if let Some(deadline) = sleeper.keep_alive_deadline() {
             let millis = den.millis(deadline);
             den.deadlines.push(Reverse((millis, token)));
             den.sweep_deadlines();

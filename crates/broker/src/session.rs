@@ -2,6 +2,7 @@
 //! that holds sessions.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -12,6 +13,11 @@ use tokio::sync::Notify;
 use crate::message::Message;
 use crate::settings::QueuePolicy;
 use crate::tree::Subscription;
+
+/// Packet identifiers in use. A fixed-key hasher: the ids are at most
+/// 65,535 small numbers, nothing to flood, and every session saves the
+/// random keys (16 bytes a set).
+pub type PacketIds = HashSet<u16, BuildHasherDefault<DefaultHasher>>;
 
 /// A message on its way to one subscriber, with what its subscription decided.
 #[derive(Debug, Clone)]
@@ -50,9 +56,9 @@ pub struct SessionState {
     pub queue: VecDeque<Delivery>,
     /// Sent and unacknowledged, in the order sent.
     pub inflight: VecDeque<(u16, Inflight)>,
-    inflight_ids: HashSet<u16>,
+    inflight_ids: PacketIds,
     /// QoS 2 packet ids received and acknowledged with PUBREC, waiting for PUBREL.
-    pub incoming_qos2: HashSet<u16>,
+    pub incoming_qos2: PacketIds,
     next_packet_id: u16,
     /// Seconds the session outlives its connection; `u32::MAX` is never expiring.
     pub expiry_interval: u32,
@@ -74,8 +80,8 @@ impl SessionState {
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
             inflight: VecDeque::new(),
-            inflight_ids: HashSet::new(),
-            incoming_qos2: HashSet::new(),
+            inflight_ids: PacketIds::default(),
+            incoming_qos2: PacketIds::default(),
             next_packet_id: 1,
             expiry_interval: 0,
             connected: false,
