@@ -14,10 +14,44 @@ use crate::message::Message;
 use crate::settings::QueuePolicy;
 use crate::tree::Subscription;
 
-/// Packet identifiers in use. A fixed-key hasher: the ids are at most
-/// 65,535 small numbers, nothing to flood, and every session saves the
-/// random keys (16 bytes a set).
-pub type PacketIds = HashSet<u16, BuildHasherDefault<DefaultHasher>>;
+/// Packet identifiers in use, made at the first one: most sessions of an
+/// idle fleet have none, and an empty set would still cost every session
+/// its 32 bytes. A fixed-key hasher: the ids are at most 65,535 small
+/// numbers, nothing to flood.
+#[derive(Debug, Default)]
+#[allow(clippy::box_collection)] // the box is the point: 8 bytes while empty
+pub struct PacketIds(Option<Box<HashSet<u16, BuildHasherDefault<DefaultHasher>>>>);
+
+impl PacketIds {
+    pub fn contains(&self, id: &u16) -> bool {
+        self.0.as_ref().is_some_and(|set| set.contains(id))
+    }
+
+    /// True when `id` was not in use.
+    pub fn insert(&mut self, id: u16) -> bool {
+        self.0.get_or_insert_default().insert(id)
+    }
+
+    /// True when `id` was in use; the last one out frees the set.
+    pub fn remove(&mut self, id: &u16) -> bool {
+        let Some(set) = self.0.as_mut() else {
+            return false;
+        };
+        let removed = set.remove(id);
+        if set.is_empty() {
+            self.0 = None;
+        }
+        removed
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |set| set.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// A message on its way to one subscriber, with what its subscription decided.
 #[derive(Debug, Clone)]
