@@ -204,9 +204,10 @@ enum Served {
     },
 }
 
-/// A connection that waited longer than this before it was woken was idle:
-/// its idle limit goes back to the configured one. Woken sooner, it doubles
-/// up to this (a device publishing every few seconds stops hibernating).
+/// A connection that slept longer than this before it was woken was idle:
+/// its idle limit goes back to the configured one. Woken sooner, its limit
+/// becomes twice its last quiet spell, up to this: a device publishing every
+/// few seconds hibernates once and then stays awake.
 const LONGEST_IDLE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Brings a hibernated connection back as a task.
@@ -225,8 +226,12 @@ pub(crate) async fn wake_up(sleeper: Box<Hibernated>) {
     };
     let configured = shared.settings.hibernate_after_ms;
     let longest = LONGEST_IDLE_LIMIT.as_millis() as u64;
-    active.idle_limit_ms = if slept_at.elapsed() < LONGEST_IDLE_LIMIT {
-        (u64::from(active.idle_limit_ms) * 2).min(longest.max(configured))
+    let slept = slept_at.elapsed();
+    // Woken soon: a device with a period. Waiting twice its last quiet
+    // spell keeps it awake from now on instead of a sleep per message.
+    active.idle_limit_ms = if slept < LONGEST_IDLE_LIMIT {
+        (2 * (u64::from(active.idle_limit_ms) + slept.as_millis() as u64))
+            .min(longest.max(configured))
     } else {
         configured
     }

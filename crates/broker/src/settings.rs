@@ -55,8 +55,9 @@ pub struct Settings {
     /// Milliseconds a plain TCP connection waits with nothing to do before it
     /// hibernates: it gives up its task and buffers (about 1 KB) until a
     /// packet, a delivery or its keep-alive wakes it. A connection woken
-    /// soon after waits twice as long next time, up to 10 s, so busy
-    /// devices stay awake. 0 never hibernates.
+    /// within 10 s then waits twice its last quiet spell (up to 10 s)
+    /// before it hibernates again, so devices that publish every few
+    /// seconds stay awake. 0 never hibernates.
     pub hibernate_after_ms: u64,
 }
 
