@@ -384,11 +384,18 @@ test("dashboard and device list are interactive quickly with the bulk registry",
   await page.goto(`${base}/devices`);
   const firstName = () => page.locator("[data-testid=devices] tbody tr td:nth-child(2)").first().textContent();
   const page1 = await firstName();
+  // The pager's label can change a moment before the rows do: wait for the rows.
+  const firstNameIs = (name, same) => page.waitForFunction(([n, same]) => {
+    const cell = document.querySelector("[data-testid=devices] tbody tr td:nth-child(2)");
+    return cell && (cell.textContent === n) === same;
+  }, [name, same]);
   await page.click("role=button[name='Next ›']");
   await page.waitForSelector("text=Page 2");
+  await firstNameIs(page1, false);
   assert.notEqual(await firstName(), page1);
   await page.click("role=button[name='‹ Previous']");
   await page.waitForFunction(() => !document.body.textContent.includes("Page 2"));
+  await firstNameIs(page1, true);
   assert.equal(await firstName(), page1);
   const timings = { devices_in_registry: (await http("GET", "/statistics")).devices.value, runs: [] };
   for (let i = 0; i < 5; i++) {
