@@ -99,7 +99,7 @@ impl Broker {
     pub fn stats(&self) -> StatsSnapshot {
         let s = &self.shared;
         s.stats.snapshot(
-            s.hibernation.count.load(Ordering::Relaxed),
+            s.hibernation.count(),
             s.sessions.len() as u64,
             read(&s.retained).len() as u64,
             read(&s.tree).len() as u64,

@@ -143,19 +143,8 @@ pub(crate) fn run(
     transport: Transport,
     info: ConnectionInfo,
 ) -> impl Future<Output = ()> + Send {
-    let mut decoder = Decoder::new();
-    decoder.set_max_packet_size(shared.settings.max_packet_size as usize);
-    let conn = Connection {
-        open: OpenGuard::new(&shared),
-        shared,
-        transport,
-        info,
-        decoder,
-        rbuf: BytesMut::new(),
-        wbuf: BytesMut::new(),
-        version: ProtocolVersion::V3_1_1,
-    };
-    conn.run()
+    let open = OpenGuard::new(&shared);
+    Connection::new(shared, transport, info, None, open).run()
 }
 
 struct Connection {
@@ -210,6 +199,10 @@ enum Served {
 /// few seconds hibernates once and then stays awake.
 const LONGEST_IDLE_LIMIT: Duration = Duration::from_secs(10);
 
+fn configured_idle_limit_ms(settings: &crate::settings::Settings) -> u32 {
+    settings.hibernate_after_ms.try_into().unwrap_or(u32::MAX)
+}
+
 /// Brings a hibernated connection back as a task.
 pub(crate) async fn wake_up(sleeper: Box<Hibernated>) {
     let Hibernated {
@@ -224,24 +217,25 @@ pub(crate) async fn wake_up(sleeper: Box<Hibernated>) {
     let Some(shared) = open.0.upgrade() else {
         return;
     };
-    let configured = shared.settings.hibernate_after_ms;
-    let longest = LONGEST_IDLE_LIMIT.as_millis() as u64;
+    let configured = configured_idle_limit_ms(&shared.settings);
     let slept = slept_at.elapsed();
     // Woken soon: a device with a period. Waiting twice its last quiet
     // spell keeps it awake from now on instead of a sleep per message.
     active.idle_limit_ms = if slept < LONGEST_IDLE_LIMIT {
-        (2 * (u64::from(active.idle_limit_ms) + slept.as_millis() as u64))
-            .min(longest.max(configured))
+        let longest = LONGEST_IDLE_LIMIT.as_millis() as u32;
+        (active
+            .idle_limit_ms
+            .saturating_add(slept.as_millis() as u32))
+        .saturating_mul(2)
+        .min(longest.max(configured))
     } else {
         configured
-    }
-    .try_into()
-    .unwrap_or(u32::MAX);
+    };
     let stream = match tokio::net::TcpStream::from_std(stream.into()) {
         Ok(stream) => stream,
         Err(e) => {
             debug!(client_id = %active.session.client_id, error = %e, "cannot wake a hibernated connection");
-            lost(&shared, &active);
+            leave(&shared, &active, true);
             return;
         }
     };
@@ -254,19 +248,9 @@ pub(crate) async fn wake_up(sleeper: Box<Hibernated>) {
         listener: "tcp",
         certificate_fingerprint: None,
     };
-    let mut decoder = Decoder::with_version(version);
-    decoder.set_max_packet_size(shared.settings.max_packet_size as usize);
-    let conn = Connection {
-        shared,
-        transport: Transport::tcp(stream),
-        info,
-        decoder,
-        rbuf: BytesMut::new(),
-        wbuf: BytesMut::new(),
-        version,
-        open,
-    };
-    conn.live(active, Some(last_read)).await;
+    Connection::new(shared, Transport::tcp(stream), info, Some(version), open)
+        .live(active, Some(last_read))
+        .await;
 }
 
 /// The protocol level of a CONNECT that did not decode, read from its
@@ -281,6 +265,29 @@ fn sniff_connect_level(buf: &[u8]) -> Option<u8> {
 }
 
 impl Connection {
+    /// A connection before CONNECT (`version` None: the decoder learns it),
+    /// or one woken from hibernation with the version it has.
+    fn new(
+        shared: Arc<BrokerShared>,
+        transport: Transport,
+        info: ConnectionInfo,
+        version: Option<ProtocolVersion>,
+        open: OpenGuard,
+    ) -> Self {
+        let mut decoder = version.map_or_else(Decoder::new, Decoder::with_version);
+        decoder.set_max_packet_size(shared.settings.max_packet_size as usize);
+        Connection {
+            shared,
+            transport,
+            info,
+            decoder,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            version: version.unwrap_or(ProtocolVersion::V3_1_1),
+            open,
+        }
+    }
+
     async fn run(mut self) {
         // Every step boxed: their state is needed once, and would otherwise
         // take room in every connection's task for the connection's life.
@@ -288,7 +295,7 @@ impl Connection {
             Box::pin(self.transport.close()).await;
             return;
         };
-        let Some(mut active) = Box::pin(self.accept(connect)).await else {
+        let Some(active) = Box::pin(self.accept(connect)).await else {
             Box::pin(self.refused()).await;
             return;
         };
@@ -299,12 +306,6 @@ impl Connection {
         add(&self.shared.stats.connections_total, 1);
         self.shared.auth.connected(&active.identity);
         debug!(client_id = %active.session.client_id, peer = %self.info.peer, version = %self.version, "connected");
-        active.idle_limit_ms = self
-            .shared
-            .settings
-            .hibernate_after_ms
-            .try_into()
-            .unwrap_or(u32::MAX);
         self.live(active, None).await;
     }
 
@@ -331,11 +332,11 @@ impl Connection {
             Some(Ok(stream)) => stream,
             Some(Err(e)) => {
                 debug!(client_id = %active.session.client_id, error = %e, "cannot hibernate");
-                lost(&shared, &active);
+                leave(&shared, &active, true);
                 return;
             }
             None => {
-                lost(&shared, &active);
+                leave(&shared, &active, true);
                 return;
             }
         };
@@ -395,16 +396,7 @@ impl Connection {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.flush()).await;
-        if self
-            .shared
-            .detach(&active.session, active.generation, ending.publish_will)
-        {
-            self.shared.auth.disconnected(&active.identity);
-        }
-        self.shared
-            .stats
-            .clients_connected
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        leave(&self.shared, &active, ending.publish_will);
         self.transport.close().await;
     }
 
@@ -720,7 +712,7 @@ impl Connection {
                 0
             },
             aliases: None,
-            idle_limit_ms: 0,
+            idle_limit_ms: configured_idle_limit_ms(settings),
             enhanced_auth: auth_method.clone().map(|method| {
                 Box::new(EnhancedAuth {
                     method,
@@ -758,7 +750,9 @@ impl Connection {
     async fn serve(&mut self, active: &mut Active, resumed: Option<Instant>) -> Served {
         let mut last_read = resumed.unwrap_or_else(Instant::now);
         let mut last_write = Instant::now();
-        let can_hibernate = self.transport.is_tcp() && active.idle_limit_ms > 0;
+        let can_hibernate = self.transport.is_tcp()
+            && active.idle_limit_ms > 0
+            && self.shared.hibernation.available();
         // One timer for the keep-alive and for hibernation, armed once and
         // moved on only when it fires: a timer re-registered at every packet
         // costs a lock on the timer wheel per message.
@@ -1468,10 +1462,12 @@ impl Connection {
     }
 }
 
-/// The end of a connection whose socket was lost without a word (it could
-/// not move in or out of hibernation): as a close by the network.
-fn lost(shared: &Arc<BrokerShared>, active: &Active) {
-    if shared.detach(&active.session, active.generation, true) {
+/// A connected client goes: its session is detached (the will goes out
+/// unless `publish_will` is false) and it is counted out. A socket lost
+/// without a word (moving in or out of hibernation) goes as a close by the
+/// network, will included.
+fn leave(shared: &Arc<BrokerShared>, active: &Active, publish_will: bool) {
+    if shared.detach(&active.session, active.generation, publish_will) {
         shared.auth.disconnected(&active.identity);
     }
     shared

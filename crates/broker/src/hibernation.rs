@@ -33,8 +33,6 @@ const WAKER: Token = Token(usize::MAX);
 #[derive(Default)]
 pub(crate) struct Hibernation {
     watcher: OnceLock<Option<Arc<Watcher>>>,
-    /// Connections hibernating now, for `$SYS` and `/metrics`.
-    pub(crate) count: Arc<AtomicU64>,
 }
 
 struct Watcher {
@@ -43,7 +41,8 @@ struct Watcher {
     den: Mutex<Den>,
     runtime: tokio::runtime::Handle,
     stopping: AtomicBool,
-    count: Arc<AtomicU64>,
+    /// Connections hibernating now, for `$SYS` and `/metrics`.
+    count: AtomicU64,
 }
 
 /// The hibernating connections: slots reused through a free list, each
@@ -122,7 +121,7 @@ impl Den {
 impl Hibernation {
     fn watcher(&self) -> Option<&Arc<Watcher>> {
         self.watcher
-            .get_or_init(|| match Watcher::start(self.count.clone()) {
+            .get_or_init(|| match Watcher::start() {
                 Ok(watcher) => Some(watcher),
                 Err(e) => {
                     warn!(error = %e, "cannot start the hibernation thread; idle connections keep their tasks");
@@ -132,8 +131,14 @@ impl Hibernation {
             .as_ref()
     }
 
-    /// Puts a connection to sleep, or hands it back when hibernation is
-    /// not available. Its token is in its session before it is watched.
+    /// Whether connections can hibernate (the thread is running, started
+    /// here by the first connection that asks).
+    pub(crate) fn available(&self) -> bool {
+        self.watcher().is_some()
+    }
+
+    /// Puts a connection to sleep, or hands it back when its socket cannot
+    /// be watched. Its token is in its session before it is watched.
     pub(crate) fn sleep(&self, mut sleeper: Box<Hibernated>) -> Result<(), Box<Hibernated>> {
         let Some(watcher) = self.watcher() else {
             return Err(sleeper);
@@ -159,19 +164,35 @@ impl Hibernation {
             den.free.push(index);
             return Err(sleeper);
         }
+        // The thread sleeps until the earliest deadline: it is told only
+        // when this one comes before that.
+        let mut earliest = false;
         if let Some(deadline) = sleeper.keep_alive_deadline() {
             let millis = den.millis(deadline);
+            earliest = den
+                .deadlines
+                .peek()
+                .is_none_or(|Reverse((first, _))| millis < *first);
             den.deadlines.push(Reverse((millis, token)));
             den.sweep_deadlines();
         }
         let session = sleeper.session().clone();
         den.slots[index as usize].sleeper = Some(sleeper);
         drop(den);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        watcher.count.fetch_add(1, Ordering::Relaxed);
         session.hibernated.store(token, Ordering::SeqCst);
-        // Woken earlier deadlines may now be later than this one.
-        let _ = watcher.waker.wake();
+        if earliest {
+            let _ = watcher.waker.wake();
+        }
         Ok(())
+    }
+
+    /// Connections hibernating now.
+    pub(crate) fn count(&self) -> u64 {
+        match self.watcher.get() {
+            Some(Some(watcher)) => watcher.count.load(Ordering::Relaxed),
+            _ => 0,
+        }
     }
 
     /// Wakes the sleeper `token` names (taken from its session).
@@ -193,7 +214,7 @@ impl Drop for Hibernation {
 }
 
 impl Watcher {
-    fn start(count: Arc<AtomicU64>) -> std::io::Result<Arc<Watcher>> {
+    fn start() -> std::io::Result<Arc<Watcher>> {
         let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
         let poll = Poll::new()?;
         let watcher = Arc::new(Watcher {
@@ -208,7 +229,7 @@ impl Watcher {
             }),
             runtime,
             stopping: AtomicBool::new(false),
-            count,
+            count: AtomicU64::new(0),
         });
         let thread = watcher.clone();
         std::thread::Builder::new()

@@ -12,11 +12,13 @@ use bytes::Bytes;
 use common::*;
 use mqtt::*;
 
-fn hibernating() -> Settings {
-    Settings {
+/// A broker whose connections hibernate after 50 ms with nothing to do.
+async fn start_hibernating() -> TestBroker {
+    let settings = Settings {
         hibernate_after_ms: 50,
         ..quick_settings()
-    }
+    };
+    start_with(settings, Arc::new(AllowAll)).await
 }
 
 /// Waits until `n` connections hibernate.
@@ -44,7 +46,7 @@ fn will(topic: &str) -> Will {
 
 #[tokio::test]
 async fn a_hibernated_subscriber_gets_its_messages_and_answers_pings() {
-    let b = start_with(hibernating(), Arc::new(AllowAll)).await;
+    let b = start_hibernating().await;
     let (mut sub, _) = Client::connect(b.tcp, &Conn::v5("sleeper")).await;
     sub.subscribe("t/#", QoS::AtLeastOnce).await;
     let (mut publisher, _) = Client::connect(b.tcp, &Conn::v311("publisher")).await;
@@ -71,7 +73,7 @@ async fn a_hibernated_subscriber_gets_its_messages_and_answers_pings() {
 #[tokio::test]
 async fn a_hibernated_session_is_taken_over() {
     // [MQTT-3.1.4-3]
-    let b = start_with(hibernating(), Arc::new(AllowAll)).await;
+    let b = start_hibernating().await;
     let (mut first, _) = Client::connect(b.tcp, &Conn::v5("same")).await;
     until_hibernated(&b.broker, 1).await;
     let (mut second, _) = Client::connect(b.tcp, &Conn::v5("same")).await;
@@ -87,7 +89,7 @@ async fn a_hibernated_session_is_taken_over() {
 #[tokio::test]
 async fn keep_alive_runs_out_while_hibernated() {
     // [MQTT-3.1.2-24] [MQTT-3.1.2-8]
-    let b = start_with(hibernating(), Arc::new(AllowAll)).await;
+    let b = start_hibernating().await;
     let (mut watcher, _) = Client::connect(b.tcp, &Conn::v311("watcher")).await;
     watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
     let mut conn = Conn::v5("sleepy");
@@ -112,7 +114,7 @@ async fn keep_alive_runs_out_while_hibernated() {
 #[tokio::test]
 async fn a_client_that_vanishes_while_hibernated_leaves_its_will() {
     // [MQTT-3.1.2-8] closed by the network without DISCONNECT.
-    let b = start_with(hibernating(), Arc::new(AllowAll)).await;
+    let b = start_hibernating().await;
     let (mut watcher, _) = Client::connect(b.tcp, &Conn::v311("watcher")).await;
     watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
     let mut conn = Conn::v311("vanishing");
@@ -127,7 +129,7 @@ async fn a_client_that_vanishes_while_hibernated_leaves_its_will() {
 
 #[tokio::test]
 async fn shutdown_wakes_hibernated_connections() {
-    let b = start_with(hibernating(), Arc::new(AllowAll)).await;
+    let b = start_hibernating().await;
     let mut clients = Vec::new();
     for n in 0..20 {
         let (client, _) = Client::connect(b.tcp, &Conn::v5(&format!("idle-{n}"))).await;
@@ -154,7 +156,7 @@ async fn a_busy_connection_stops_hibernating() {
     // Woken soon after it fell asleep, a connection waits twice its quiet
     // spell before it hibernates again: one publishing every 200 ms
     // hibernates once, then stays up.
-    let b = start_with(hibernating(), Arc::new(AllowAll)).await;
+    let b = start_hibernating().await;
     let (mut publisher, _) = Client::connect(b.tcp, &Conn::v311("busy")).await;
     until_hibernated(&b.broker, 1).await;
     let mut asleep = Vec::new();
