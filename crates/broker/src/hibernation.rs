@@ -138,7 +138,7 @@ impl Hibernation {
     }
 
     /// Puts a connection to sleep, or hands it back when its socket cannot
-    /// be watched. Its token is in its session before it is watched.
+    /// be watched.
     pub(crate) fn sleep(&self, mut sleeper: Box<Hibernated>) -> Result<(), Box<Hibernated>> {
         let Some(watcher) = self.watcher() else {
             return Err(sleeper);
@@ -176,11 +176,12 @@ impl Hibernation {
             den.deadlines.push(Reverse((millis, token)));
             den.sweep_deadlines();
         }
-        let session = sleeper.session().clone();
+        // Counted and named in its session while the den is locked, so the
+        // thread (which takes the den's lock first) cannot wake it before.
+        watcher.count.fetch_add(1, Ordering::Relaxed);
+        sleeper.session().hibernated.store(token, Ordering::SeqCst);
         den.slots[index as usize].sleeper = Some(sleeper);
         drop(den);
-        watcher.count.fetch_add(1, Ordering::Relaxed);
-        session.hibernated.store(token, Ordering::SeqCst);
         if earliest {
             let _ = watcher.waker.wake();
         }
