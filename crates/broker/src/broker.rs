@@ -280,7 +280,7 @@ impl BrokerShared {
             subscription_ids,
         };
         let limit = state
-            .queue_limit
+            .queue_limit()
             .unwrap_or(self.settings.max_queued_messages);
         if !state.enqueue(delivery, limit, self.settings.queue_policy) {
             add(&self.stats.messages_dropped, 1);
@@ -371,7 +371,7 @@ impl BrokerShared {
                 drop(state);
                 if !old_subs.is_empty() {
                     let mut tree = write(&self.tree);
-                    for filter in old_subs.keys() {
+                    for filter in old_subs.filters() {
                         tree.unsubscribe(client_id, filter);
                     }
                 }
@@ -423,6 +423,7 @@ impl BrokerShared {
             return false;
         }
         state.connected = false;
+        state.release_idle();
         if !publish_will {
             state.will = None;
         }
@@ -498,7 +499,7 @@ impl BrokerShared {
         };
         {
             let mut tree = write(&self.tree);
-            for filter in subscriptions.keys() {
+            for filter in subscriptions.filters() {
                 tree.unsubscribe(&session.client_id, filter);
             }
         }

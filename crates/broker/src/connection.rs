@@ -102,9 +102,11 @@ struct Active {
     session: Arc<Session>,
     generation: u64,
     identity: ClientIdentity,
-    keep_alive: Option<Duration>,
+    /// The client's keep-alive in seconds, after any server override; 0 is none.
+    keep_alive_secs: u16,
     client_receive_maximum: u16,
-    client_max_packet: usize,
+    /// The largest packet the client accepts [MQTT-3.1.2-25]; `u32::MAX` when it set none.
+    client_max_packet: u32,
     client_alias_maximum: u16,
     /// Boxed and made at the first alias: most clients use none.
     aliases: Option<Box<TopicAliases>>,
@@ -116,6 +118,13 @@ struct Active {
 }
 
 impl Active {
+    /// How long the connection may stay silent: one and a half times its
+    /// keep-alive [MQTT-3.1.2-24].
+    fn keep_alive(&self) -> Option<Duration> {
+        (self.keep_alive_secs > 0)
+            .then(|| Duration::from_millis(u64::from(self.keep_alive_secs) * 1500))
+    }
+
     fn idle_limit(&self) -> Duration {
         Duration::from_millis(u64::from(self.idle_limit_ms))
     }
@@ -179,7 +188,7 @@ impl Hibernated {
     /// When the keep-alive runs out [MQTT-3.1.2-24]: it is woken then.
     pub(crate) fn keep_alive_deadline(&self) -> Option<std::time::Instant> {
         self.active
-            .keep_alive
+            .keep_alive()
             .map(|k| (self.last_read + k).into_std())
     }
 }
@@ -415,7 +424,7 @@ impl Connection {
     /// client loses its reason string and user properties first
     /// [MQTT-3.1.2-25].
     fn send(&mut self, active: &Active, packet: Packet) {
-        self.send_limited(Some(active.client_max_packet), packet);
+        self.send_limited(Some(active.client_max_packet as usize), packet);
     }
 
     fn send_limited(&mut self, max: Option<usize>, mut packet: Packet) {
@@ -696,16 +705,18 @@ impl Connection {
             client_id.into()
         };
         let attached = shared.attach(&client_id, self.version, connect.clean_start, expiry, will);
-        attached.session.lock().queue_limit = identity.max_queued_messages;
+        attached
+            .session
+            .lock()
+            .set_queue_limit(identity.max_queued_messages);
         let p = &connect.properties;
         let active = Active {
             session: attached.session,
             generation: attached.generation,
             identity,
-            keep_alive: (keep_alive > 0)
-                .then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+            keep_alive_secs: keep_alive,
             client_receive_maximum: p.receive_maximum.unwrap_or(u16::MAX),
-            client_max_packet: p.maximum_packet_size.map_or(usize::MAX, |m| m as usize),
+            client_max_packet: p.maximum_packet_size.unwrap_or(u32::MAX),
             client_alias_maximum: if v5 {
                 p.topic_alias_maximum.unwrap_or(0)
             } else {
@@ -758,7 +769,7 @@ impl Connection {
         // costs a lock on the timer wheel per message.
         let next_timer =
             |last_read: Instant, last_write: Instant, active: &Active, now: Instant| {
-                let keep_alive = active.keep_alive.map(|k| last_read + k);
+                let keep_alive = active.keep_alive().map(|k| last_read + k);
                 let idle = can_hibernate.then(|| {
                     // A limit passed with work pending is looked at again later.
                     let at = last_read.max(last_write) + active.idle_limit();
@@ -856,7 +867,7 @@ impl Connection {
                 _ = std::future::ready(()), if more => {}
                 _ = timer_fired(&mut timer) => {
                     let now = Instant::now();
-                    if active.keep_alive.is_some_and(|k| last_read + k <= now) {
+                    if active.keep_alive().is_some_and(|k| last_read + k <= now) {
                         // [MQTT-3.1.2-24] nothing within 1.5 × keep alive.
                         return Served::Ended(Ending::protocol(ReasonCode::KeepAliveTimeout, "keep alive timeout"));
                     }
@@ -864,7 +875,7 @@ impl Connection {
                         && last_read.max(last_write) + active.idle_limit() <= now
                         && self.rbuf.is_empty()
                         && active.enhanced_auth.as_ref().is_none_or(|a| a.conversation.is_none())
-                        && !active.session.lock().has_work(active.generation)
+                        && active.session.lock().settle_idle(active.generation)
                     {
                         return Served::Idle { last_read };
                     }
@@ -925,7 +936,12 @@ impl Connection {
             }
             Packet::PubRel(rel) => {
                 // [MQTT-4.3.3-11] PUBREL releases the id; answer PUBCOMP.
-                let known = active.session.lock().incoming_qos2.remove(&rel.packet_id);
+                let known = active
+                    .session
+                    .lock()
+                    .traffic_mut()
+                    .incoming_qos2
+                    .remove(&rel.packet_id);
                 let reason = if known || !v5 {
                     ReasonCode::Success
                 } else {
@@ -1116,7 +1132,11 @@ impl Connection {
         let id = publish.packet_id;
         if publish.qos == QoS::ExactlyOnce {
             let state = active.session.lock();
-            if state.incoming_qos2.contains(&id) {
+            let received = state.traffic().map_or(0, |t| t.incoming_qos2.len());
+            if state
+                .traffic()
+                .is_some_and(|t| t.incoming_qos2.contains(&id))
+            {
                 // A resent QoS 2 PUBLISH before PUBREL: acknowledged again,
                 // delivered once [MQTT-4.3.3-10].
                 drop(state);
@@ -1127,7 +1147,7 @@ impl Connection {
             // client must not send [MQTT-3.3.4-7]: DISCONNECT 0x93 (3.2.2.3.3).
             // A 3.1.1 client was never told a Receive Maximum; its packet
             // identifiers bound what it can have in flight.
-            if v5 && state.incoming_qos2.len() >= usize::from(settings.receive_maximum) {
+            if v5 && received >= usize::from(settings.receive_maximum) {
                 return Err(Ending::protocol(
                     ReasonCode::ReceiveMaximumExceeded,
                     "receive maximum exceeded",
@@ -1195,7 +1215,7 @@ impl Connection {
             }
             QoS::ExactlyOnce => {
                 if !reason.is_error() {
-                    active.session.lock().incoming_qos2.insert(id);
+                    active.session.lock().traffic_mut().incoming_qos2.insert(id);
                 }
                 self.send(active, Packet::PubRec(PubResponse::with_reason(id, reason)));
             }
@@ -1235,7 +1255,7 @@ impl Connection {
             };
             let existed = {
                 let mut state = active.session.lock();
-                let existed = state.subscriptions.contains_key(&filter);
+                let existed = state.subscriptions.contains(&filter);
                 if !existed && state.subscriptions.len() >= settings.max_subscriptions_per_client {
                     reasons.push(ReasonCode::QuotaExceeded);
                     continue;
@@ -1317,8 +1337,11 @@ impl Connection {
     fn resend_inflight(&mut self, active: &mut Active) {
         let session = active.session.clone();
         let mut state = session.lock();
+        let Some(traffic) = state.traffic() else {
+            return;
+        };
         let mut too_large = Vec::new();
-        for (id, inflight) in state.inflight.iter() {
+        for (id, inflight) in traffic.inflight.iter() {
             match inflight {
                 Inflight::Publish(delivery) => {
                     if !self.write_publish(active, delivery, *id, true) {
@@ -1350,17 +1373,21 @@ impl Connection {
                 .client_receive_maximum
                 .min(self.shared.settings.max_inflight),
         );
+        if state.queued() == 0 {
+            return Some(false);
+        }
+        let traffic = state.traffic_mut();
         loop {
-            let Some(front) = state.queue.front() else {
+            let Some(front) = traffic.queue.front() else {
                 return Some(false);
             };
-            if front.qos != QoS::AtMostOnce && state.inflight.len() >= limit {
+            if front.qos != QoS::AtMostOnce && traffic.inflight.len() >= limit {
                 return Some(false);
             }
             if self.wbuf.len() >= 256 * 1024 {
                 return Some(true);
             }
-            let Some(delivery) = state.queue.pop_front() else {
+            let Some(delivery) = traffic.queue.pop_front() else {
                 return Some(false);
             };
             // [MQTT-3.3.2-5] expired messages are not sent.
@@ -1371,21 +1398,21 @@ impl Connection {
             let id = if delivery.qos == QoS::AtMostOnce {
                 0
             } else {
-                match state.allocate_packet_id() {
+                match traffic.allocate_packet_id() {
                     Some(id) => id,
                     None => {
-                        state.queue.push_front(delivery);
+                        traffic.queue.push_front(delivery);
                         return Some(false);
                     }
                 }
             };
             if self.write_publish(active, &delivery, id, false) {
                 if id != 0 {
-                    state.push_inflight(id, Inflight::Publish(delivery));
+                    traffic.push_inflight(id, Inflight::Publish(delivery));
                 }
             } else {
                 if id != 0 {
-                    state.release_packet_id(id);
+                    traffic.release_packet_id(id);
                 }
                 add(&self.shared.stats.messages_dropped, 1);
             }
@@ -1445,7 +1472,7 @@ impl Connection {
         if encode_publish(&publish, self.version, &mut self.wbuf).is_err() {
             return false;
         }
-        if self.wbuf.len() - start > active.client_max_packet {
+        if self.wbuf.len() - start > active.client_max_packet as usize {
             self.wbuf.truncate(start);
             return false;
         }

@@ -21,12 +21,19 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::connection::{self, Hibernated};
 
 /// The token of the thread's own waker; connections use their slot index.
 const WAKER: Token = Token(usize::MAX);
+
+/// A wave of this many connections falling asleep has freed their tasks and
+/// buffers (a few KB each) below the sessions that stay: the thread then
+/// gives the allocator's free pages back to the system ...
+const TRIM_AFTER_SLEEPERS: u32 = 256;
+/// ... at most this often, as the walk locks each allocator arena in turn.
+const TRIM_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Hibernated connections of one broker, and the thread that watches them.
 /// The thread starts with the first connection that hibernates.
@@ -57,6 +64,9 @@ struct Den {
     deadlines: BinaryHeap<Reverse<(u64, u64)>>,
     /// Deadlines count from here: the watcher's start, before any of them.
     epoch: Instant,
+    /// Connections that fell asleep since the free pages were last returned.
+    asleep_since_trim: u32,
+    trimmed_at: Instant,
 }
 
 #[derive(Default)]
@@ -81,9 +91,32 @@ impl Den {
         since.as_millis() as u64 + u64::from(!since.subsec_nanos().is_multiple_of(1_000_000))
     }
 
+    /// When the thread must next wake by itself: the earliest keep-alive
+    /// deadline, or the moment a due trim is allowed.
     fn next_deadline(&self) -> Option<Instant> {
-        let Reverse((millis, _)) = self.deadlines.peek()?;
-        Some(self.epoch + Duration::from_millis(*millis))
+        let keep_alive = self
+            .deadlines
+            .peek()
+            .map(|Reverse((millis, _))| self.epoch + Duration::from_millis(*millis));
+        let trim = self.trim_due().then(|| self.trimmed_at + TRIM_INTERVAL);
+        match (keep_alive, trim) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn trim_due(&self) -> bool {
+        self.asleep_since_trim >= TRIM_AFTER_SLEEPERS
+    }
+
+    /// Whether to return the free pages now; if so the count starts again.
+    fn take_trim(&mut self, now: Instant) -> bool {
+        if !self.trim_due() || now < self.trimmed_at + TRIM_INTERVAL {
+            return false;
+        }
+        self.asleep_since_trim = 0;
+        self.trimmed_at = now;
+        true
     }
 
     /// Takes the sleeper `token` names, if it is still there.
@@ -176,6 +209,9 @@ impl Hibernation {
             den.deadlines.push(Reverse((millis, token)));
             den.sweep_deadlines();
         }
+        den.asleep_since_trim = den.asleep_since_trim.saturating_add(1);
+        // The thread learns of a trim coming due as of a deadline.
+        earliest |= den.asleep_since_trim == TRIM_AFTER_SLEEPERS;
         // Counted and named in its session while the den is locked, so the
         // thread (which takes the den's lock first) cannot wake it before.
         watcher.count.fetch_add(1, Ordering::Relaxed);
@@ -227,6 +263,8 @@ impl Watcher {
                 woken: Vec::new(),
                 deadlines: BinaryHeap::new(),
                 epoch: Instant::now(),
+                asleep_since_trim: 0,
+                trimmed_at: Instant::now(),
             }),
             runtime,
             stopping: AtomicBool::new(false),
@@ -260,7 +298,7 @@ impl Watcher {
             if self.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            {
+            let trim = {
                 let mut den = self.den();
                 for event in events.iter() {
                     if event.token() != WAKER {
@@ -278,7 +316,8 @@ impl Watcher {
                     den.deadlines.pop();
                     waking.extend(den.take(token));
                 }
-            }
+                den.take_trim(Instant::now())
+            };
             for mut sleeper in waking.drain(..) {
                 let _ = self.registry.deregister(&mut sleeper.stream);
                 let _ = sleeper.session().hibernated.compare_exchange(
@@ -290,6 +329,50 @@ impl Watcher {
                 self.count.fetch_sub(1, Ordering::Relaxed);
                 self.runtime.spawn(connection::wake_up(sleeper));
             }
+            if trim {
+                let started = Instant::now();
+                let released = heap::release_free_pages();
+                debug!(released, took = ?started.elapsed(), "returned free heap pages after connections fell asleep");
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn den(now: Instant) -> Den {
+        Den {
+            slots: Vec::new(),
+            free: Vec::new(),
+            woken: Vec::new(),
+            deadlines: BinaryHeap::new(),
+            epoch: now,
+            asleep_since_trim: 0,
+            trimmed_at: now,
+        }
+    }
+
+    #[test]
+    fn free_pages_go_back_after_a_wave_at_most_every_interval() {
+        let start = Instant::now();
+        let mut den = den(start);
+        den.asleep_since_trim = TRIM_AFTER_SLEEPERS - 1;
+        assert_eq!(den.next_deadline(), None, "no deadline, no trim due");
+        assert!(!den.take_trim(start + TRIM_INTERVAL));
+        den.asleep_since_trim += 1;
+        assert_eq!(den.next_deadline(), Some(start + TRIM_INTERVAL));
+        assert!(
+            !den.take_trim(start + TRIM_INTERVAL / 2),
+            "too soon after the last"
+        );
+        assert!(den.take_trim(start + TRIM_INTERVAL));
+        assert_eq!(den.asleep_since_trim, 0);
+        assert_eq!(den.next_deadline(), None);
+        // A keep-alive deadline before the trim's comes first.
+        den.asleep_since_trim = TRIM_AFTER_SLEEPERS;
+        den.deadlines.push(Reverse((10, token(0, 1))));
+        assert_eq!(den.next_deadline(), Some(start + Duration::from_millis(10)));
     }
 }

@@ -79,7 +79,7 @@ impl Broker {
             };
             {
                 let mut state = session.lock();
-                state.queue_limit = Some(queue_limit);
+                state.set_queue_limit(Some(queue_limit));
                 state
                     .subscriptions
                     .insert((*filter).to_owned(), subscription);
@@ -119,14 +119,15 @@ impl LocalSubscriber {
                 if state.generation != self.generation {
                     return None;
                 }
-                if !state.queue.is_empty() {
-                    let n = state.queue.len();
+                let n = state.queued();
+                if n > 0 {
+                    let queue = &mut state.traffic_mut().queue;
                     if into.is_empty() {
                         // The queue's allocation goes with the batch; the
                         // next fills the empty one handed in.
-                        std::mem::swap(&mut state.queue, into);
+                        std::mem::swap(queue, into);
                     } else {
-                        into.extend(state.queue.drain(..));
+                        into.extend(queue.drain(..));
                     }
                     drop(state);
                     add(&self.shared.stats.messages_sent, n as u64);

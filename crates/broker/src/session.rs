@@ -14,42 +14,46 @@ use crate::message::Message;
 use crate::settings::QueuePolicy;
 use crate::tree::Subscription;
 
-/// Packet identifiers in use, made at the first one: most sessions of an
-/// idle fleet have none, and an empty set would still cost every session
-/// its 32 bytes. A fixed-key hasher: the ids are at most 65,535 small
-/// numbers, nothing to flood.
+/// A fixed-key hasher for packet identifiers: at most 65,535 small
+/// numbers chosen by the client or by us, nothing to flood.
+type PacketIdSet = HashSet<u16, BuildHasherDefault<DefaultHasher>>;
+
+/// A session's subscriptions: full filter (with any `$share/group/`) →
+/// subscription. The map is made at the first one and freed with the last:
+/// an empty map would still cost every session of an idle fleet 48 bytes.
 #[derive(Debug, Default)]
 #[allow(clippy::box_collection)] // the box is the point: 8 bytes while empty
-pub struct PacketIds(Option<Box<HashSet<u16, BuildHasherDefault<DefaultHasher>>>>);
+pub struct Subscriptions(Option<Box<HashMap<String, Subscription>>>);
 
-impl PacketIds {
-    pub fn contains(&self, id: &u16) -> bool {
-        self.0.as_ref().is_some_and(|set| set.contains(id))
+impl Subscriptions {
+    pub fn contains(&self, filter: &str) -> bool {
+        self.0.as_ref().is_some_and(|map| map.contains_key(filter))
     }
 
-    /// True when `id` was not in use.
-    pub fn insert(&mut self, id: u16) -> bool {
-        self.0.get_or_insert_default().insert(id)
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |map| map.len())
     }
 
-    /// True when `id` was in use; the last one out frees the set.
-    pub fn remove(&mut self, id: &u16) -> bool {
-        let Some(set) = self.0.as_mut() else {
-            return false;
-        };
-        let removed = set.remove(id);
-        if set.is_empty() {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds or replaces the subscription to `filter`; the replaced one is returned.
+    pub fn insert(&mut self, filter: String, subscription: Subscription) -> Option<Subscription> {
+        self.0.get_or_insert_default().insert(filter, subscription)
+    }
+
+    pub fn remove(&mut self, filter: &str) -> Option<Subscription> {
+        let map = self.0.as_mut()?;
+        let removed = map.remove(filter);
+        if map.is_empty() {
             self.0 = None;
         }
         removed
     }
 
-    pub fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |set| set.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub fn filters(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().flat_map(|map| map.keys().map(String::as_str))
     }
 }
 
@@ -80,75 +84,38 @@ pub struct StoredWill {
     pub delay: Duration,
 }
 
-/// Everything a session keeps between connections.
-#[derive(Debug)]
-pub struct SessionState {
-    pub protocol: ProtocolVersion,
-    /// Full filter (with any `$share/group/`) → subscription.
-    pub subscriptions: HashMap<String, Subscription>,
+/// Messages on their way through a session: queued, in flight both ways.
+/// Made at the first message and freed when the connection falls idle with
+/// all of it empty (`SessionState::release_idle`): most sessions of an idle
+/// fleet hold no messages, and these collections would cost each 90 bytes.
+#[derive(Debug, Default)]
+pub struct Traffic {
     /// Messages waiting to be sent, oldest first.
     pub queue: VecDeque<Delivery>,
     /// Sent and unacknowledged, in the order sent.
     pub inflight: VecDeque<(u16, Inflight)>,
-    inflight_ids: PacketIds,
+    inflight_ids: PacketIdSet,
     /// QoS 2 packet ids received and acknowledged with PUBREC, waiting for PUBREL.
-    pub incoming_qos2: PacketIds,
-    next_packet_id: u16,
-    /// Seconds the session outlives its connection; `u32::MAX` is never expiring.
-    pub expiry_interval: u32,
-    pub connected: bool,
-    /// Incremented at each connection, so timers of an old one know they are stale.
-    pub generation: u64,
-    /// Boxed: most sessions have none, and a will is large.
-    pub will: Option<Box<StoredWill>>,
-    /// Messages dropped because the queue was full.
-    pub dropped: u64,
-    /// This session's queue bound, when its client was given its own.
-    pub queue_limit: Option<usize>,
+    pub incoming_qos2: PacketIdSet,
+    /// The last packet identifier handed out (0 before the first).
+    last_packet_id: u16,
 }
 
-impl SessionState {
-    fn new(protocol: ProtocolVersion) -> Self {
-        SessionState {
-            protocol,
-            subscriptions: HashMap::new(),
-            queue: VecDeque::new(),
-            inflight: VecDeque::new(),
-            inflight_ids: PacketIds::default(),
-            incoming_qos2: PacketIds::default(),
-            next_packet_id: 1,
-            expiry_interval: 0,
-            connected: false,
-            generation: 0,
-            will: None,
-            dropped: 0,
-            queue_limit: None,
-        }
+impl Traffic {
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.inflight.is_empty() && self.incoming_qos2.is_empty()
     }
 
-    /// Adds a delivery to the queue under the limit and policy; false when a
-    /// message had to be dropped.
-    pub fn enqueue(&mut self, delivery: Delivery, limit: usize, policy: QueuePolicy) -> bool {
-        if self.queue.len() < limit {
-            self.queue.push_back(delivery);
-            return true;
-        }
-        self.dropped += 1;
-        if policy == QueuePolicy::DropOldest {
-            self.queue.pop_front();
-            self.queue.push_back(delivery);
-        }
-        false
-    }
-
-    /// A packet identifier not in use by another in-flight message [MQTT-2.2.1-2].
+    /// A packet identifier not in use by another in-flight message
+    /// [MQTT-2.2.1-3]; never 0 [MQTT-2.2.1-2]. Identifiers start again at 1
+    /// when the traffic is freed: only the ones in flight must differ.
     pub fn allocate_packet_id(&mut self) -> Option<u16> {
         if self.inflight_ids.len() >= usize::from(u16::MAX) {
             return None;
         }
         loop {
-            let id = self.next_packet_id;
-            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            let id = self.last_packet_id.checked_add(1).unwrap_or(1);
+            self.last_packet_id = id;
             if self.inflight_ids.insert(id) {
                 return Some(id);
             }
@@ -171,7 +138,7 @@ impl SessionState {
     }
 
     /// Ends the flow of `packet_id`, if it is in flight in the expected state.
-    pub fn complete(&mut self, packet_id: u16, expect_released: bool, qos: Option<QoS>) -> bool {
+    fn complete(&mut self, packet_id: u16, expect_released: bool, qos: Option<QoS>) -> bool {
         let Some(pos) = self.position(packet_id) else {
             return false;
         };
@@ -187,9 +154,7 @@ impl SessionState {
         matches
     }
 
-    /// PUBREC received: the message is the client's now; remember only the id
-    /// until PUBCOMP [MQTT-4.3.3-5]. Returns false for an unknown id.
-    pub fn release(&mut self, packet_id: u16) -> bool {
+    fn release(&mut self, packet_id: u16) -> bool {
         match self.position(packet_id) {
             Some(pos) => match &self.inflight[pos].1 {
                 Inflight::Publish(d) if d.qos == QoS::ExactlyOnce => {
@@ -202,15 +167,123 @@ impl SessionState {
             None => false,
         }
     }
+}
+
+/// Everything a session keeps between connections.
+#[derive(Debug)]
+pub struct SessionState {
+    pub protocol: ProtocolVersion,
+    pub connected: bool,
+    pub subscriptions: Subscriptions,
+    traffic: Option<Box<Traffic>>,
+    /// Seconds the session outlives its connection; `u32::MAX` is never expiring.
+    pub expiry_interval: u32,
+    /// This session's queue bound, when its client was given its own.
+    queue_limit: Option<u32>,
+    /// Incremented at each connection, so timers of an old one know they are stale.
+    pub generation: u64,
+    /// Boxed: most sessions have none, and a will is large.
+    pub will: Option<Box<StoredWill>>,
+    /// Messages dropped because the queue was full.
+    pub dropped: u64,
+}
+
+impl SessionState {
+    fn new(protocol: ProtocolVersion) -> Self {
+        SessionState {
+            protocol,
+            connected: false,
+            subscriptions: Subscriptions::default(),
+            traffic: None,
+            expiry_interval: 0,
+            queue_limit: None,
+            generation: 0,
+            will: None,
+            dropped: 0,
+        }
+    }
+
+    /// This session's queue bound, when its client was given its own.
+    pub fn queue_limit(&self) -> Option<usize> {
+        self.queue_limit.map(|limit| limit as usize)
+    }
+
+    /// Gives the session its own queue bound (beyond 4 billion is unbounded
+    /// in practice, and stored as that).
+    pub fn set_queue_limit(&mut self, limit: Option<usize>) {
+        self.queue_limit = limit.map(|limit| u32::try_from(limit).unwrap_or(u32::MAX));
+    }
+
+    /// The session's messages, if it has any.
+    pub fn traffic(&self) -> Option<&Traffic> {
+        self.traffic.as_deref()
+    }
+
+    /// The session's messages, made now if it had none.
+    pub fn traffic_mut(&mut self) -> &mut Traffic {
+        self.traffic.get_or_insert_default()
+    }
+
+    /// Frees the message collections when nothing is queued or in flight:
+    /// called when the connection falls idle or goes.
+    pub fn release_idle(&mut self) {
+        if self.traffic.as_ref().is_some_and(|t| t.is_empty()) {
+            self.traffic = None;
+        }
+    }
+
+    /// Messages waiting to be sent.
+    pub fn queued(&self) -> usize {
+        self.traffic.as_ref().map_or(0, |t| t.queue.len())
+    }
+
+    /// Adds a delivery to the queue under the limit and policy; false when a
+    /// message had to be dropped.
+    pub fn enqueue(&mut self, delivery: Delivery, limit: usize, policy: QueuePolicy) -> bool {
+        let queue = &mut self.traffic.get_or_insert_default().queue;
+        if queue.len() < limit {
+            queue.push_back(delivery);
+            return true;
+        }
+        if policy == QueuePolicy::DropOldest {
+            queue.pop_front();
+            queue.push_back(delivery);
+        }
+        self.dropped += 1;
+        false
+    }
+
+    /// Ends the flow of `packet_id`, if it is in flight in the expected state.
+    pub fn complete(&mut self, packet_id: u16, expect_released: bool, qos: Option<QoS>) -> bool {
+        self.traffic
+            .as_mut()
+            .is_some_and(|t| t.complete(packet_id, expect_released, qos))
+    }
+
+    /// PUBREC received: the message is the client's now; remember only the id
+    /// until PUBCOMP [MQTT-4.3.3-5]. Returns false for an unknown id.
+    pub fn release(&mut self, packet_id: u16) -> bool {
+        self.traffic.as_mut().is_some_and(|t| t.release(packet_id))
+    }
 
     /// Whether its connection has something to do: messages to send, or a
     /// newer connection (generation) that took the session over.
     pub fn has_work(&self, generation: u64) -> bool {
-        !self.queue.is_empty() || self.generation != generation
+        self.queued() > 0 || self.generation != generation
+    }
+
+    /// Whether its connection may hibernate: no work for it; the message
+    /// collections are freed then if they are empty.
+    pub fn settle_idle(&mut self, generation: u64) -> bool {
+        if self.has_work(generation) {
+            return false;
+        }
+        self.release_idle();
+        true
     }
 
     /// Makes the session new again, as Clean Start asks [MQTT-3.1.2-4].
-    pub fn reset(&mut self, protocol: ProtocolVersion) -> HashMap<String, Subscription> {
+    pub fn reset(&mut self, protocol: ProtocolVersion) -> Subscriptions {
         let generation = self.generation;
         let old = std::mem::replace(self, SessionState::new(protocol));
         self.generation = generation;
@@ -262,32 +335,59 @@ pub trait SessionStore: Send + Sync + 'static {
     fn all(&self) -> Vec<Arc<Session>>;
 }
 
-/// Sessions in a hash map.
+/// A session in `MemorySessionStore`, found by its client id: the set
+/// holds one pointer a session where a map from id to session would hold
+/// three words.
+#[derive(Debug)]
+struct ById(Arc<Session>);
+
+impl std::borrow::Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.client_id
+    }
+}
+
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so that lookups by `&str` find it.
+        self.0.client_id.hash(state);
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.client_id == other.0.client_id
+    }
+}
+
+impl Eq for ById {}
+
+/// Sessions in a hash set, by client id.
 #[derive(Debug, Default)]
 pub struct MemorySessionStore {
-    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    sessions: Mutex<HashSet<ById>>,
 }
 
 impl MemorySessionStore {
-    fn map(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+    fn set(&self) -> MutexGuard<'_, HashSet<ById>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl SessionStore for MemorySessionStore {
     fn get(&self, client_id: &str) -> Option<Arc<Session>> {
-        self.map().get(client_id).cloned()
+        self.set().get(client_id).map(|s| s.0.clone())
     }
 
     fn insert(&self, session: Arc<Session>) {
-        self.map().insert(session.client_id.clone(), session);
+        self.set().replace(ById(session));
     }
 
     fn remove(&self, session: &Arc<Session>) -> bool {
-        let mut map = self.map();
-        match map.get(&session.client_id) {
-            Some(current) if Arc::ptr_eq(current, session) => {
-                map.remove(&session.client_id);
+        let mut set = self.set();
+        match set.get(&*session.client_id) {
+            Some(current) if Arc::ptr_eq(&current.0, session) => {
+                set.remove(&*session.client_id);
                 true
             }
             _ => false,
@@ -295,11 +395,11 @@ impl SessionStore for MemorySessionStore {
     }
 
     fn len(&self) -> usize {
-        self.map().len()
+        self.set().len()
     }
 
     fn all(&self) -> Vec<Arc<Session>> {
-        self.map().values().cloned().collect()
+        self.set().iter().map(|s| s.0.clone()).collect()
     }
 }
 
@@ -324,10 +424,15 @@ mod tests {
             assert!(s.enqueue(delivery(n, QoS::AtMostOnce), 3, QueuePolicy::DropOldest));
         }
         assert!(!s.enqueue(delivery(3, QoS::AtMostOnce), 3, QueuePolicy::DropOldest));
-        let first: Vec<u8> = s.queue.iter().map(|d| d.message.payload[0]).collect();
+        let payloads = |s: &SessionState| -> Vec<u8> {
+            s.traffic()
+                .map(|t| t.queue.iter().map(|d| d.message.payload[0]).collect())
+                .unwrap_or_default()
+        };
+        let first = payloads(&s);
         assert_eq!(first, [1, 2, 3]);
         assert!(!s.enqueue(delivery(4, QoS::AtMostOnce), 3, QueuePolicy::DropNewest));
-        let kept: Vec<u8> = s.queue.iter().map(|d| d.message.payload[0]).collect();
+        let kept = payloads(&s);
         assert_eq!(kept, [1, 2, 3]);
         assert_eq!(s.dropped, 2);
     }
@@ -335,8 +440,9 @@ mod tests {
     #[test]
     fn qos2_flow_and_packet_ids() {
         let mut s = SessionState::new(ProtocolVersion::V5);
-        let id = s.allocate_packet_id().expect("id");
-        s.push_inflight(id, Inflight::Publish(delivery(0, QoS::ExactlyOnce)));
+        let id = s.traffic_mut().allocate_packet_id().expect("id");
+        s.traffic_mut()
+            .push_inflight(id, Inflight::Publish(delivery(0, QoS::ExactlyOnce)));
         assert!(
             !s.complete(id, false, Some(QoS::AtLeastOnce)),
             "PUBACK does not end a QoS 2 flow"
@@ -344,8 +450,82 @@ mod tests {
         assert!(s.release(id));
         assert!(!s.complete(id, false, None));
         assert!(s.complete(id, true, None));
-        assert!(s.inflight.is_empty());
-        let next = s.allocate_packet_id().expect("id");
+        assert!(s.traffic().is_some_and(|t| t.inflight.is_empty()));
+        let next = s.traffic_mut().allocate_packet_id().expect("id");
         assert_ne!(next, 0);
+        s.traffic_mut().release_packet_id(next);
+        s.release_idle();
+        assert!(s.traffic().is_none(), "empty traffic is freed when idle");
+    }
+
+    #[test]
+    fn traffic_is_freed_only_when_empty() {
+        let mut s = SessionState::new(ProtocolVersion::V3_1_1);
+        assert!(s.settle_idle(0), "nothing to do");
+        assert!(s.traffic().is_none());
+        s.enqueue(delivery(1, QoS::AtLeastOnce), 10, QueuePolicy::DropNewest);
+        assert!(!s.settle_idle(0), "a queued message is work");
+        assert!(s.has_work(0));
+        let d = s.traffic_mut().queue.pop_front().expect("queued");
+        let id = s.traffic_mut().allocate_packet_id().expect("id");
+        s.traffic_mut().push_inflight(id, Inflight::Publish(d));
+        assert!(s.settle_idle(0), "in flight is not work for the connection");
+        assert!(s.traffic().is_some(), "kept while a message is in flight");
+        assert!(s.complete(id, false, Some(QoS::AtLeastOnce)));
+        s.traffic_mut().incoming_qos2.insert(7);
+        s.release_idle();
+        assert!(s.traffic().is_some(), "kept while a QoS 2 id awaits PUBREL");
+        s.traffic_mut().incoming_qos2.remove(&7);
+        s.release_idle();
+        assert!(s.traffic().is_none());
+        assert!(
+            !s.complete(id, false, None),
+            "no traffic, nothing to complete"
+        );
+        assert!(!s.release(id));
+    }
+
+    #[test]
+    fn subscriptions_map_goes_with_the_last() {
+        let mut subs = Subscriptions::default();
+        let sub = Subscription {
+            options: mqtt::SubscriptionOptions::default(),
+            identifier: None,
+        };
+        assert!(subs.insert("a/#".into(), sub).is_none());
+        assert!(
+            subs.insert("a/#".into(), sub).is_some(),
+            "same filter replaces"
+        );
+        assert!(subs.insert("b".into(), sub).is_none());
+        assert_eq!(subs.len(), 2);
+        assert!(subs.contains("b"));
+        let mut filters: Vec<&str> = subs.filters().collect();
+        filters.sort();
+        assert_eq!(filters, ["a/#", "b"]);
+        assert!(subs.remove("a/#").is_some());
+        assert!(subs.remove("a/#").is_none());
+        assert!(subs.remove("b").is_some());
+        assert!(subs.is_empty());
+        assert!(subs.0.is_none(), "the empty map is freed");
+    }
+
+    #[test]
+    fn store_finds_by_id_and_removes_only_its_own() {
+        let store = MemorySessionStore::default();
+        let first = Arc::new(Session::new("dev-1".into(), ProtocolVersion::V5));
+        store.insert(first.clone());
+        assert!(store.get("dev-1").is_some_and(|s| Arc::ptr_eq(&s, &first)));
+        assert!(store.get("dev-2").is_none());
+        let second = Arc::new(Session::new("dev-1".into(), ProtocolVersion::V5));
+        store.insert(second.clone());
+        assert_eq!(store.len(), 1, "a new session replaces the old");
+        assert!(
+            !store.remove(&first),
+            "an old session does not remove its successor"
+        );
+        assert!(store.get("dev-1").is_some_and(|s| Arc::ptr_eq(&s, &second)));
+        assert!(store.remove(&second));
+        assert!(store.is_empty());
     }
 }
