@@ -41,6 +41,12 @@ if [ "${RUMQTTD:-0}" = 1 ]; then
 fi
 
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# Each held connection is an open file in the broker and in the generator.
+max_idle=$(( $(ulimit -n) - 1000 ))
+if [ "$IDLE" -gt "$max_idle" ]; then
+  echo "idle: $IDLE connections need more open files than allowed here ($(ulimit -n)); holding $max_idle" >&2
+  IDLE=$max_idle
+fi
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
