@@ -80,7 +80,7 @@ pub struct Options {
     pub version: ProtocolVersion,
     /// At the maximum rate, messages a publisher may have sent and not yet
     /// seen delivered (end to end, per subscriber it fans out to); 0 picks
-    /// one that fits a peer broker's default queue (1000 per subscriber).
+    /// as many as a peer broker delivers with its defaults (`default_window`).
     /// Ignored with a fixed `rate`, which is open loop.
     pub window: usize,
     /// Loopback source addresses to spread connections over (127.0.0.1..).
@@ -247,12 +247,32 @@ fn plan(options: &Options) -> Plan {
     }
 }
 
+/// The window a publisher gets when none is asked for: as much as a peer
+/// broker delivers with its default settings without dropping, so that
+/// every broker is measured at its pace and not by what it throws away.
+/// - Fan-in at QoS 1 and 2: 1,000 in all, Mosquitto's default queue for the
+///   one subscriber (`max_queued_messages`), which a slower broker fills.
+/// - Fan-in at QoS 0: 4 per publisher at least. Mosquitto sends QoS 0 on or
+///   drops it, and bounds only the packets not yet written to the socket:
+///   with 1,000 publishers it delivered every message at 4 and 16 each (its
+///   `$SYS` counters, 64 B and 1 KiB), and dropped 1 KiB messages at 64.
+///   One message each would make every publisher a ping-pong, one `recv`
+///   and one ACK per message, and measure the loopback, not the broker.
+/// - Otherwise 64 per subscriber.
+fn default_window(scenario: Scenario, qos: QoS, publishers: usize) -> usize {
+    let share_of_1000 = (1000 / publishers.max(1)).max(1);
+    match (scenario, qos) {
+        (Scenario::FanIn, QoS::AtMostOnce) => share_of_1000.max(4),
+        (Scenario::FanIn, _) => share_of_1000,
+        _ => 64,
+    }
+}
+
 async fn run_flow(options: &Options) -> Result<Report, BenchError> {
     let plan = plan(options);
     let counters = Arc::new(Counters::new(plan.publishers.len()));
     let window = match options.window {
-        0 if options.scenario == Scenario::FanIn => (1000 / plan.publishers.len()).max(1),
-        0 => 64,
+        0 => default_window(options.scenario, options.qos, plan.publishers.len()),
         w => w,
     };
     let start = std::time::Instant::now();
@@ -735,4 +755,20 @@ async fn run_connect(options: &Options) -> Result<Report, BenchError> {
         broker_peak_rss_kib: after.map(|a| a.peak_rss_kib),
         ..Report::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_windows_stay_within_what_a_peer_delivers() {
+        assert_eq!(default_window(Scenario::FanIn, QoS::AtLeastOnce, 1000), 1);
+        assert_eq!(default_window(Scenario::FanIn, QoS::AtLeastOnce, 100), 10);
+        assert_eq!(default_window(Scenario::FanIn, QoS::AtMostOnce, 1000), 4);
+        assert_eq!(default_window(Scenario::FanIn, QoS::AtMostOnce, 100), 10);
+        assert_eq!(default_window(Scenario::FanIn, QoS::AtMostOnce, 0), 1000);
+        assert_eq!(default_window(Scenario::Pairs, QoS::AtMostOnce, 100), 64);
+        assert_eq!(default_window(Scenario::FanOut, QoS::ExactlyOnce, 1), 64);
+    }
 }
