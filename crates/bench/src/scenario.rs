@@ -124,7 +124,8 @@ struct Counters {
     acked: AtomicU64,
     received: AtomicU64,
     stop_subscribers: AtomicBool,
-    /// Deliveries seen per publisher stream, and a wake-up for that publisher.
+    /// Per publisher stream, summed over its subscribers: how far each has
+    /// seen it (highest sequence + 1); and a wake-up for that publisher.
     delivered: Vec<(AtomicU64, tokio::sync::Notify)>,
 }
 
@@ -588,13 +589,25 @@ async fn subscribe_loop(
                     received += 1;
                     if let Some(stamp) = Stamp::read(&p.payload) {
                         let _ = result.histogram.record(stamp.latency_micros(start).max(1));
-                        match last.get(&stamp.stream) {
-                            Some(prev) if stamp.sequence == *prev => result.duplicates += 1,
-                            Some(prev) if stamp.sequence < *prev => result.out_of_order += 1,
-                            _ => {}
+                        // A stream's window moves to its highest sequence
+                        // seen: a QoS 0 message the broker dropped (as it may)
+                        // does not hold its publisher back for the rest of the run.
+                        let advance = match last.get(&stamp.stream) {
+                            Some(prev) if stamp.sequence == *prev => {
+                                result.duplicates += 1;
+                                0
+                            }
+                            Some(prev) if stamp.sequence < *prev => {
+                                result.out_of_order += 1;
+                                0
+                            }
+                            Some(prev) => stamp.sequence - prev,
+                            None => stamp.sequence + 1,
+                        };
+                        if advance > 0 {
+                            last.insert(stamp.stream, stamp.sequence);
+                            *per_stream.entry(stamp.stream).or_default() += advance;
                         }
-                        last.insert(stamp.stream, stamp.sequence);
-                        *per_stream.entry(stamp.stream).or_default() += 1;
                     }
                     match p.qos {
                         QoS::AtMostOnce => {}

@@ -9,13 +9,15 @@ use broker::{AllowAll, Broker, ListenerKind, Settings};
 use mqtt::QoS;
 
 async fn broker() -> std::net::SocketAddr {
-    let broker = Broker::new(
-        Settings {
-            sys_interval_secs: 0,
-            ..Settings::default()
-        },
-        Arc::new(AllowAll),
-    );
+    broker_with(Settings {
+        sys_interval_secs: 0,
+        ..Settings::default()
+    })
+    .await
+}
+
+async fn broker_with(settings: Settings) -> std::net::SocketAddr {
+    let broker = Broker::new(settings, Arc::new(AllowAll));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -85,6 +87,35 @@ async fn fan_in_at_max_rate_and_qos2() {
     assert!(report.sent > 0);
     assert_eq!(report.lost, 0, "{report:?}");
     assert_eq!(report.duplicates, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_messages_a_broker_drops_do_not_stall_the_window() {
+    // A subscriber queue of two and more in flight than the socket holds:
+    // the broker drops QoS 0 messages, as MQTT allows.
+    let addr = broker_with(Settings {
+        sys_interval_secs: 0,
+        max_queued_messages: 2,
+        ..Settings::default()
+    })
+    .await;
+    let report = bench::run(&Options {
+        connections: 8,
+        window: 64,
+        payload: 64 * 1024,
+        duration: Duration::from_millis(1500),
+        ..options(Scenario::FanIn, addr)
+    })
+    .await
+    .expect("run");
+    assert_eq!(report.lost, 0, "QoS 0 drops are not losses");
+    // Had a window counted messages, each drop would have held a place in
+    // it for good, and no publisher could have had more than its 64
+    // undelivered: together the publishers went on well past that.
+    assert!(
+        report.sent - report.received > 2 * 8 * 64,
+        "dropped messages stalled the publishers: {report:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
