@@ -123,6 +123,12 @@ impl Broker {
     /// Serves clients from an already bound listener until shutdown.
     pub fn serve(&self, listener: TcpListener, kind: ListenerKind) -> JoinHandle<()> {
         let broker = self.clone();
+        // Linux gives an accepted socket the listener's TCP_NODELAY: set
+        // once here, it spares a system call at every connection.
+        let nodelay_inherited = cfg!(target_os = "linux")
+            && socket2::SockRef::from(&listener)
+                .set_tcp_nodelay(true)
+                .is_ok();
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -131,7 +137,11 @@ impl Broker {
                 };
                 match accepted {
                     Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
+                        // Small packets go out at once: an MQTT ack or a
+                        // delivery must not wait for the peer's delayed ACK.
+                        if !nodelay_inherited {
+                            let _ = stream.set_nodelay(true);
+                        }
                         if let ListenerKind::Tcp = kind {
                             // No handshake: the connection is the whole task,
                             // with nothing else kept in it for its life.
@@ -276,4 +286,25 @@ fn websocket_handshake(
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `Broker::serve` counts on where it skips the per-connection call.
+    #[tokio::test]
+    async fn accepted_sockets_keep_the_listeners_nodelay_on_linux() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        socket2::SockRef::from(&listener)
+            .set_tcp_nodelay(true)
+            .expect("nodelay");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        if cfg!(target_os = "linux") {
+            assert!(accepted.nodelay().expect("read nodelay"));
+        }
+        drop(client);
+    }
 }
