@@ -936,12 +936,7 @@ impl Connection {
             }
             Packet::PubRel(rel) => {
                 // [MQTT-4.3.3-11] PUBREL releases the id; answer PUBCOMP.
-                let known = active
-                    .session
-                    .lock()
-                    .traffic_mut()
-                    .incoming_qos2
-                    .remove(&rel.packet_id);
+                let known = active.session.lock().release_incoming(rel.packet_id);
                 let reason = if known || !v5 {
                     ReasonCode::Success
                 } else {

@@ -266,6 +266,14 @@ impl SessionState {
         self.traffic.as_mut().is_some_and(|t| t.release(packet_id))
     }
 
+    /// PUBREL received: the QoS 2 id is free again [MQTT-4.3.3-11]. False
+    /// when it was not waiting for one.
+    pub fn release_incoming(&mut self, packet_id: u16) -> bool {
+        self.traffic
+            .as_mut()
+            .is_some_and(|t| t.incoming_qos2.remove(&packet_id))
+    }
+
     /// Whether its connection has something to do: messages to send, or a
     /// newer connection (generation) that took the session over.
     pub fn has_work(&self, generation: u64) -> bool {
