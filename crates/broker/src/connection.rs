@@ -337,17 +337,11 @@ impl Connection {
             open,
             ..
         } = self;
-        let stream = match transport.into_tcp().map(tokio::net::TcpStream::into_std) {
-            Some(Ok(stream)) => stream,
-            Some(Err(e)) => {
-                debug!(client_id = %active.session.client_id, error = %e, "cannot hibernate");
-                leave(&shared, &active, true);
-                return;
-            }
-            None => {
-                leave(&shared, &active, true);
-                return;
-            }
+        // Only plain TCP comes here (`can_hibernate`).
+        let Some(Ok(stream)) = transport.into_tcp().map(tokio::net::TcpStream::into_std) else {
+            debug!(client_id = %active.session.client_id, "cannot hibernate: the socket is lost");
+            leave(&shared, &active, true);
+            return;
         };
         let sleeper = Box::new(Hibernated {
             stream: mio::net::TcpStream::from_std(stream),

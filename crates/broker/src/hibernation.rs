@@ -16,7 +16,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -48,8 +48,6 @@ struct Watcher {
     den: Mutex<Den>,
     runtime: tokio::runtime::Handle,
     stopping: AtomicBool,
-    /// Connections hibernating now, for `$SYS` and `/metrics`.
-    count: AtomicU64,
 }
 
 /// The hibernating connections: slots reused through a free list, each
@@ -85,6 +83,23 @@ fn index_of(token: u64) -> usize {
 }
 
 impl Den {
+    fn new(now: Instant) -> Self {
+        Den {
+            slots: Vec::new(),
+            free: Vec::new(),
+            woken: Vec::new(),
+            deadlines: BinaryHeap::new(),
+            epoch: now,
+            asleep_since_trim: 0,
+            trimmed_at: now,
+        }
+    }
+
+    /// Connections hibernating now: the slots not on the free list.
+    fn sleepers(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
     fn millis(&self, at: Instant) -> u64 {
         // Rounded up: a keep-alive deadline is never brought forward.
         let since = at.saturating_duration_since(self.epoch);
@@ -212,9 +227,8 @@ impl Hibernation {
         den.asleep_since_trim = den.asleep_since_trim.saturating_add(1);
         // The thread learns of a trim coming due as of a deadline.
         earliest |= den.asleep_since_trim == TRIM_AFTER_SLEEPERS;
-        // Counted and named in its session while the den is locked, so the
-        // thread (which takes the den's lock first) cannot wake it before.
-        watcher.count.fetch_add(1, Ordering::Relaxed);
+        // Named in its session while the den is locked, so the thread (which
+        // takes the den's lock first) cannot wake it before.
         sleeper.session().hibernated.store(token, Ordering::SeqCst);
         den.slots[index as usize].sleeper = Some(sleeper);
         drop(den);
@@ -224,10 +238,10 @@ impl Hibernation {
         Ok(())
     }
 
-    /// Connections hibernating now.
+    /// Connections hibernating now, for `$SYS` and `/metrics`.
     pub(crate) fn count(&self) -> u64 {
         match self.watcher.get() {
-            Some(Some(watcher)) => watcher.count.load(Ordering::Relaxed),
+            Some(Some(watcher)) => watcher.den().sleepers() as u64,
             _ => 0,
         }
     }
@@ -257,18 +271,9 @@ impl Watcher {
         let watcher = Arc::new(Watcher {
             registry: poll.registry().try_clone()?,
             waker: Waker::new(poll.registry(), WAKER)?,
-            den: Mutex::new(Den {
-                slots: Vec::new(),
-                free: Vec::new(),
-                woken: Vec::new(),
-                deadlines: BinaryHeap::new(),
-                epoch: Instant::now(),
-                asleep_since_trim: 0,
-                trimmed_at: Instant::now(),
-            }),
+            den: Mutex::new(Den::new(Instant::now())),
             runtime,
             stopping: AtomicBool::new(false),
-            count: AtomicU64::new(0),
         });
         let thread = watcher.clone();
         std::thread::Builder::new()
@@ -308,15 +313,16 @@ impl Watcher {
                 for token in std::mem::take(&mut den.woken) {
                     waking.extend(den.take(token));
                 }
-                let now = den.millis(Instant::now());
+                let now = Instant::now();
+                let now_millis = den.millis(now);
                 while let Some(Reverse((due, token))) = den.deadlines.peek().copied() {
-                    if due > now {
+                    if due > now_millis {
                         break;
                     }
                     den.deadlines.pop();
                     waking.extend(den.take(token));
                 }
-                den.take_trim(Instant::now())
+                den.take_trim(now)
             };
             for mut sleeper in waking.drain(..) {
                 let _ = self.registry.deregister(&mut sleeper.stream);
@@ -326,7 +332,6 @@ impl Watcher {
                     Ordering::SeqCst,
                     Ordering::SeqCst,
                 );
-                self.count.fetch_sub(1, Ordering::Relaxed);
                 self.runtime.spawn(connection::wake_up(sleeper));
             }
             if trim {
@@ -342,22 +347,10 @@ impl Watcher {
 mod tests {
     use super::*;
 
-    fn den(now: Instant) -> Den {
-        Den {
-            slots: Vec::new(),
-            free: Vec::new(),
-            woken: Vec::new(),
-            deadlines: BinaryHeap::new(),
-            epoch: now,
-            asleep_since_trim: 0,
-            trimmed_at: now,
-        }
-    }
-
     #[test]
     fn free_pages_go_back_after_a_wave_at_most_every_interval() {
         let start = Instant::now();
-        let mut den = den(start);
+        let mut den = Den::new(start);
         den.asleep_since_trim = TRIM_AFTER_SLEEPERS - 1;
         assert_eq!(den.next_deadline(), None, "no deadline, no trim due");
         assert!(!den.take_trim(start + TRIM_INTERVAL));

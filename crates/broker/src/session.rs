@@ -240,7 +240,7 @@ impl SessionState {
     /// Adds a delivery to the queue under the limit and policy; false when a
     /// message had to be dropped.
     pub fn enqueue(&mut self, delivery: Delivery, limit: usize, policy: QueuePolicy) -> bool {
-        let queue = &mut self.traffic.get_or_insert_default().queue;
+        let queue = &mut self.traffic_mut().queue;
         if queue.len() < limit {
             queue.push_back(delivery);
             return true;

@@ -153,13 +153,7 @@ async fn keepalive_expiry_closes_and_publishes_the_will() {
     watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
     let mut conn = Conn::v311("sleepy");
     conn.keep_alive = 1;
-    conn.will = Some(Will {
-        topic: "wills/sleepy".into(),
-        payload: Bytes::from_static(b"gone"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: Properties::default(),
-    });
+    conn.will = Some(will("wills/sleepy"));
     let started = std::time::Instant::now();
     let (mut sleepy, _) = Client::connect(b.tcp, &conn).await;
     let will = watcher.recv_publish().await;

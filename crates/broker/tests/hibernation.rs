@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use broker::{AllowAll, Broker, Settings};
-use bytes::Bytes;
 use common::*;
 use mqtt::*;
 
@@ -31,16 +30,6 @@ async fn until_hibernated(broker: &Broker, n: u64) {
             broker.stats().clients_hibernated
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn will(topic: &str) -> Will {
-    Will {
-        topic: topic.into(),
-        payload: Bytes::from_static(b"gone"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: Properties::default(),
     }
 }
 

@@ -15,6 +15,17 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// A will of "gone" at QoS 1 on `topic`.
+pub fn will(topic: &str) -> Will {
+    Will {
+        topic: topic.into(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties::default(),
+    }
+}
+
 pub struct TestBroker {
     pub broker: Broker,
     pub tcp: SocketAddr,
