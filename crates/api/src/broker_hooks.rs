@@ -7,15 +7,23 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use platform::device_access::{self, Principal};
+use platform::device_access::{self, MqttLogin, Principal};
 use serde::{Deserialize, Serialize};
 
-use crate::routes::{JsonObject, bearer_token};
+use crate::routes::{JsonObject, Source, bearer_token};
 use crate::{ApiError, AppState};
 
-/// Other fields EMQX may send (`clientid`, `peerhost`, …) are ignored.
+/// Other fields EMQX may send are ignored. Configure the broker to send
+/// `clientid` and `peerhost`: a device must log in with its device id as
+/// client id, and console accounts are throttled by source address.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct AuthenticateRequest {
+    /// The client identifier of the CONNECT (`${clientid}`).
+    #[serde(default)]
+    pub clientid: Option<String>,
+    /// The client's address (`${peerhost}`); the broker's own address when absent.
+    #[serde(default)]
+    pub peerhost: Option<String>,
     pub username: Option<String>,
     pub password: Option<String>,
     /// SHA-256 of the client certificate, when the broker terminates mTLS.
@@ -44,7 +52,9 @@ fn check_hook_secret(state: &AppState, headers: &HeaderMap) -> Result<(), ApiErr
         return Err(ApiError::NotFound("no such endpoint".into()));
     };
     match bearer_token(headers) {
-        Some(given) if given.as_bytes() == expected.as_bytes() => Ok(()),
+        Some(given) if device_access::constant_time_eq(given.as_bytes(), expected.as_bytes()) => {
+            Ok(())
+        }
         _ => Err(ApiError::Unauthorized),
     }
 }
@@ -65,16 +75,27 @@ fn check_hook_secret(state: &AppState, headers: &HeaderMap) -> Result<(), ApiErr
 )]
 pub(crate) async fn authenticate(
     State(state): State<Arc<AppState>>,
+    Source(peer): Source,
     headers: HeaderMap,
     body: JsonObject<AuthenticateRequest>,
 ) -> Result<Json<Decision>, ApiError> {
     check_hook_secret(&state, &headers)?;
     let request = body.parse()?;
+    let source = request
+        .peerhost
+        .as_deref()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(peer);
     let result = device_access::authenticate(
         &state.store,
-        request.username.as_deref(),
-        request.password.as_deref().map(str::as_bytes),
-        request.certificate_sha256.as_deref(),
+        &state.options.logins,
+        MqttLogin {
+            client_id: request.clientid.as_deref().unwrap_or_default(),
+            username: request.username.as_deref(),
+            password: request.password.as_deref().map(str::as_bytes),
+            certificate_sha256: request.certificate_sha256.as_deref(),
+            source,
+        },
     )
     .await;
     Ok(Json(match result {

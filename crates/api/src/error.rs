@@ -40,6 +40,8 @@ pub enum ApiError {
     Conflict(String),
     /// Too many failed logins; retry after this many seconds.
     TooManyAttempts(u64),
+    /// Too many logins at once (the password pool is full); retry shortly.
+    Busy,
     BadRequest {
         detail: String,
         errors: Vec<FieldError>,
@@ -119,6 +121,13 @@ impl IntoResponse for ApiError {
                 format!("try again in {secs} s"),
                 &[][..],
             ),
+            ApiError::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "Too many logins at once",
+                "try again in a few seconds".to_owned(),
+                &[][..],
+            ),
             ApiError::BadRequest { detail, errors } => (
                 StatusCode::BAD_REQUEST,
                 "invalid-request",
@@ -151,7 +160,12 @@ impl IntoResponse for ApiError {
             json,
         )
             .into_response();
-        if let ApiError::TooManyAttempts(secs) = self
+        let retry_after = match self {
+            ApiError::TooManyAttempts(secs) => Some(secs),
+            ApiError::Busy => Some(2),
+            _ => None,
+        };
+        if let Some(secs) = retry_after
             && let Ok(v) = header::HeaderValue::from_str(&secs.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, v);
@@ -177,6 +191,7 @@ impl From<platform::accounts::AccountError> for ApiError {
         use platform::accounts::AccountError as A;
         match e {
             A::BadCredentials => ApiError::Unauthorized,
+            A::Busy => ApiError::Busy,
             A::Invalid(detail) => ApiError::bad_request(detail),
             A::Store(s) => s.into(),
         }

@@ -9,7 +9,6 @@ mod broker_hooks;
 mod dto;
 mod error;
 mod routes;
-mod throttle;
 
 use std::sync::Arc;
 
@@ -23,7 +22,6 @@ pub use error::ApiError;
 pub struct AppState {
     pub store: Store,
     pub options: ApiOptions,
-    pub(crate) logins: Arc<throttle::LoginThrottle>,
 }
 
 /// Switches of the API.
@@ -37,6 +35,9 @@ pub struct ApiOptions {
     pub ingest: Option<Arc<platform::telemetry::Ingest>>,
     /// The alarm engine: told of rule changes and acknowledgements.
     pub alarms: Option<Arc<platform::alarms::AlarmEngine>>,
+    /// The password-login throttle, shared with the embedded broker so a
+    /// console account meets the same limits over MQTT.
+    pub logins: Arc<platform::login_guard::LoginGuard>,
 }
 
 /// The API's router, ready to serve or to test with `oneshot`.
@@ -45,9 +46,5 @@ pub fn app(store: Store) -> Router {
 }
 
 pub fn app_with(store: Store, options: ApiOptions) -> Router {
-    routes::router(Arc::new(AppState {
-        store,
-        options,
-        logins: Arc::default(),
-    }))
+    routes::router(Arc::new(AppState { store, options }))
 }

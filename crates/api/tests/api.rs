@@ -468,6 +468,14 @@ async fn an_external_broker_asks_in_emqx_format() {
     );
     let (_, _, d) = ask(json!({"username": "00:11:22:33:44:55", "password": "wrong"})).await;
     assert_eq!(d["result"], "deny");
+    // The device's own secret with another client id (another device's, the
+    // platform's) is denied: it could take over that session.
+    for clientid in ["00-11-22-33-44-56", "telemark-platform-ingest", ""] {
+        let (_, _, d) =
+            ask(json!({"clientid": clientid, "username": "00-11-22-33-44-55", "password": secret}))
+                .await;
+        assert_eq!(d["result"], "deny", "client id {clientid:?}");
+    }
     let (_, _, d) = ask(json!({"username": "admin", "password": admin_password})).await;
     assert_eq!(
         (d["result"].as_str(), d["is_superuser"].as_bool()),
@@ -1334,28 +1342,37 @@ async fn device_certificates_from_a_csr_a_registered_pem_or_generated() {
     );
     assert_eq!(issued["username"], "00-11-22-33-88-01");
     let fingerprint = issued["certificate_sha256"].as_str().expect("sha256");
-    let principal = platform::device_access::authenticate(
-        &h.store,
-        Some("00-11-22-33-88-01"),
-        None,
-        Some(fingerprint),
-    )
-    .await
-    .expect("the broker accepts the certificate");
+    let guard = platform::login_guard::LoginGuard::default();
+    let by_certificate = |client_id: &'static str, username: &'static str| {
+        platform::device_access::authenticate(
+            &h.store,
+            &guard,
+            platform::device_access::MqttLogin {
+                client_id,
+                username: Some(username),
+                password: None,
+                certificate_sha256: Some(fingerprint),
+                source: std::net::Ipv4Addr::LOCALHOST.into(),
+            },
+        )
+    };
+    let principal = by_certificate("00-11-22-33-88-01", "00-11-22-33-88-01")
+        .await
+        .expect("the broker accepts the certificate");
     assert!(matches!(
         principal,
         platform::device_access::Principal::Device { .. }
     ));
     // Another device presenting that certificate is not that device.
     assert!(
-        platform::device_access::authenticate(
-            &h.store,
-            Some("00-11-22-33-88-02"),
-            None,
-            Some(fingerprint)
-        )
-        .await
-        .is_err()
+        by_certificate("00-11-22-33-88-02", "00-11-22-33-88-02")
+            .await
+            .is_err()
+    );
+    // The certificate's device naming another session is refused.
+    assert_eq!(
+        by_certificate("00-11-22-33-88-02", "00-11-22-33-88-01").await,
+        Err(platform::device_access::Denial::ClientIdMismatch)
     );
     // The same certificate cannot belong to two devices.
     let pem = issued["certificate_pem"].as_str().expect("pem").to_owned();

@@ -9,8 +9,6 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use bytes::Bytes;
 use mqtt::{ProtocolVersion, ReasonCode};
 
@@ -161,16 +159,6 @@ pub enum AuthFileError {
     },
 }
 
-/// Hashes a password for the password file (argon2id, random salt).
-pub fn hash_password(password: &str) -> Result<String, String> {
-    let salt_bytes: [u8; 16] = rand::random();
-    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Access {
     Read,
@@ -249,8 +237,11 @@ fn parse_passwords(text: &str, path: &str) -> Result<HashMap<String, String>, Au
         let (user, hash) = line
             .split_once(':')
             .ok_or_else(|| syntax("expected user:hash"))?;
-        PasswordHash::new(hash)
-            .map_err(|_| syntax("the hash is not a PHC string (use `telemark passwd`)"))?;
+        if !passwords::is_phc(hash) {
+            return Err(syntax(
+                "the hash is not a PHC string (use `telemark passwd`)",
+            ));
+        }
         out.insert(user.to_owned(), hash.to_owned());
     }
     Ok(out)
@@ -324,6 +315,11 @@ pub fn filter_covers(outer: &str, inner: &str) -> bool {
     }
 }
 
+/// One topic level with no wildcard: what `%c` and `%u` may stand for.
+fn is_plain_level(value: &str) -> bool {
+    !value.is_empty() && !value.contains(['+', '#', '/'])
+}
+
 impl Acl {
     fn allows(&self, client: &ClientIdentity, action: Action, topic: &str) -> bool {
         let user_rules = client
@@ -335,9 +331,19 @@ impl Acl {
         let mut allowed = false;
         for rule in self.everyone.iter().chain(user_rules) {
             let filter = if rule.pattern {
+                let username = client.username.as_deref().unwrap_or("");
+                // A client id or user name with `+`, `#` or `/` would turn
+                // the pattern into a wider filter than its author wrote
+                // (the class of Mosquitto's CVE-2017-7650): such a rule
+                // matches nothing for this client.
+                if (rule.filter.contains("%c") && !is_plain_level(&client.client_id))
+                    || (rule.filter.contains("%u") && !is_plain_level(username))
+                {
+                    continue;
+                }
                 rule.filter
                     .replace("%c", &client.client_id)
-                    .replace("%u", client.username.as_deref().unwrap_or(""))
+                    .replace("%u", username)
             } else {
                 rule.filter.clone()
             };
@@ -378,22 +384,12 @@ impl Authenticator for FileAuthenticator {
                 return Err(ReasonCode::BadUserNameOrPassword);
             };
             let password = request.password.clone().unwrap_or_default();
-            // argon2 is deliberately slow: keep it off the reactor threads.
-            let ok = tokio::task::spawn_blocking(move || {
-                PasswordHash::new(&hash)
-                    .map(|parsed| {
-                        Argon2::default()
-                            .verify_password(&password, &parsed)
-                            .is_ok()
-                    })
-                    .unwrap_or(false)
-            })
-            .await
-            .unwrap_or(false);
-            if ok {
-                Ok(identity)
-            } else {
-                Err(ReasonCode::BadUserNameOrPassword)
+            // argon2 is deliberately slow: it runs on the bounded pool, and
+            // a flood is told the server is busy.
+            match passwords::verify(password.to_vec(), hash).await {
+                Ok(true) => Ok(identity),
+                Ok(false) => Err(ReasonCode::BadUserNameOrPassword),
+                Err(passwords::Busy) => Err(ReasonCode::ServerBusy),
             }
         })
     }
@@ -440,6 +436,37 @@ mod tests {
     }
 
     #[test]
+    fn pattern_substitutions_never_become_wildcards() {
+        let acl = parse_acl(
+            "pattern readwrite dwr/+/%c/#\npattern read users/%u/#\n",
+            "acl",
+        )
+        .expect("parses");
+        for sneaky in ["#", "+", "a/b", "+/x", ""] {
+            let client = identity(sneaky, Some(sneaky));
+            assert!(
+                !acl.allows(&client, Action::Subscribe, "dwr/+/victim/#"),
+                "{sneaky:?}"
+            );
+            assert!(
+                !acl.allows(&client, Action::Subscribe, "dwr/#"),
+                "{sneaky:?}"
+            );
+            assert!(
+                !acl.allows(&client, Action::Subscribe, "users/victim/#"),
+                "{sneaky:?}"
+            );
+            assert!(
+                !acl.allows(&client, Action::Publish, "dwr/m/victim/x"),
+                "{sneaky:?}"
+            );
+        }
+        let honest = identity("dev1", Some("alice"));
+        assert!(acl.allows(&honest, Action::Subscribe, "dwr/+/dev1/#"));
+        assert!(acl.allows(&honest, Action::Subscribe, "users/alice/#"));
+    }
+
+    #[test]
     fn acl_file_errors_name_the_line() {
         let err = parse_acl("topic read a/#\ntopic read a/#/b\n", "acl").expect_err("bad");
         assert!(err.to_string().starts_with("acl:2:"), "{err}");
@@ -460,7 +487,7 @@ mod tests {
         let path = dir.path().join("passwd");
         std::fs::write(
             &path,
-            format!("alice:{}\n", hash_password("s3cret").expect("hash")),
+            format!("alice:{}\n", passwords::hash("s3cret").expect("hash")),
         )
         .expect("write");
         let auth = FileAuthenticator::new(Some(&path), None, false).expect("loads");

@@ -1,6 +1,7 @@
 //! The broker's shared state and the operations connections call on it:
 //! routing a message, attaching and detaching sessions, wills, shutdown.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -44,6 +45,8 @@ pub(crate) struct BrokerShared {
     pub open_connections: watch::Sender<usize>,
     pub next_client_number: AtomicU64,
     pub hibernation: Hibernation,
+    /// Client identifiers of in-process sessions: no listener may use them.
+    pub reserved_client_ids: Mutex<HashSet<Arc<str>>>,
 }
 
 /// The broker. Cheap to clone; every clone is the same broker.
@@ -83,6 +86,7 @@ impl Broker {
                 open_connections: watch::channel(0).0,
                 next_client_number: AtomicU64::new(1),
                 hibernation: Hibernation::default(),
+                reserved_client_ids: Mutex::default(),
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -506,6 +510,66 @@ impl BrokerShared {
         if let Some(w) = will {
             self.publish_will(&session.client_id, w.will);
         }
+    }
+
+    pub(crate) fn is_reserved_client_id(&self, client_id: &str) -> bool {
+        self.reserved_client_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(client_id)
+    }
+
+    /// Removes the subscriptions of a resumed session that `identity` may
+    /// no longer make, and the queued messages only they matched. Returns
+    /// how many subscriptions went.
+    pub(crate) fn revoke_unauthorized(
+        &self,
+        session: &Session,
+        identity: &ClientIdentity,
+    ) -> usize {
+        let revoked: Vec<String> = {
+            let state = session.lock();
+            state
+                .subscriptions
+                .filters()
+                .filter(|filter| {
+                    let inner =
+                        mqtt::topic::SharedFilter::parse(filter).map_or(*filter, |s| s.filter);
+                    !self.auth.authorize(identity, Action::Subscribe, inner)
+                })
+                .map(str::to_owned)
+                .collect()
+        };
+        if revoked.is_empty() {
+            return 0;
+        }
+        {
+            let mut tree = write(&self.tree);
+            for filter in &revoked {
+                tree.unsubscribe(&session.client_id, filter);
+            }
+        }
+        let mut state = session.lock();
+        for filter in &revoked {
+            state.subscriptions.remove(filter);
+        }
+        let kept: Vec<String> = state
+            .subscriptions
+            .filters()
+            .map(|f| {
+                mqtt::topic::SharedFilter::parse(f)
+                    .map_or(f, |s| s.filter)
+                    .to_owned()
+            })
+            .collect();
+        if state.queued() > 0 {
+            state.traffic_mut().queue.retain(|delivery| {
+                kept.iter()
+                    .any(|filter| mqtt::topic::matches(filter, &delivery.message.topic))
+            });
+        }
+        tracing::info!(client_id = %session.client_id, revoked = revoked.len(), "resumed session lost subscriptions its identity may no longer make");
+        revoked.len()
     }
 
     pub(crate) fn next_client_id(&self) -> String {

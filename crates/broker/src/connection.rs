@@ -16,7 +16,7 @@ use mqtt::{
     Unsubscribe, encode, encode_publish,
 };
 use tokio::time::{Instant, Sleep};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::auth::{Action, AuthConversation, AuthStep, ClientIdentity, ConnectRequest};
 use crate::broker::{BrokerShared, read, write};
@@ -456,6 +456,10 @@ impl Connection {
                         | ReasonCode::BadAuthenticationMethod
                 )),
             );
+            add(
+                &self.shared.stats.client_id_refusals,
+                u64::from(reason == ReasonCode::ClientIdentifierNotValid),
+            );
         }
         self.send_limited(
             None,
@@ -541,25 +545,57 @@ impl Connection {
             return None;
         }
         let mut assigned_client_id = None;
-        let client_id = if connect.client_id.is_empty() {
-            // [MQTT-3.1.3-8] 3.1.1 refuses an empty id with a persistent
-            // session; 3.1 requires an id (MQTT 3.1 §3.1); 5.0 assigns one
-            // [MQTT-3.2.2-16].
-            if self.version == ProtocolVersion::V3_1 || (!v5 && !connect.clean_start) {
-                self.connack(
-                    ReasonCode::ClientIdentifierNotValid,
-                    "empty client identifier",
-                );
-                return None;
-            }
-            let id = shared.next_client_id();
-            if v5 {
-                assigned_client_id = Some(id.clone());
-            }
-            id
-        } else {
-            connect.client_id.clone()
-        };
+        let bound_to_username = settings
+            .client_id_must_match_username
+            .then_some(connect.username.as_deref())
+            .flatten();
+        let client_id =
+            if let (true, Some(username)) = (connect.client_id.is_empty(), bound_to_username) {
+                // A login bound to its user name gets that name as its id
+                // [MQTT-3.1.3-7]; MQTT 5 clients are told [MQTT-3.2.2-16].
+                if v5 {
+                    assigned_client_id = Some(username.to_owned());
+                }
+                username.to_owned()
+            } else if connect.client_id.is_empty() {
+                // [MQTT-3.1.3-8] 3.1.1 refuses an empty id with a persistent
+                // session; 3.1 requires an id (MQTT 3.1 §3.1); 5.0 assigns one
+                // [MQTT-3.2.2-16].
+                if self.version == ProtocolVersion::V3_1 || (!v5 && !connect.clean_start) {
+                    self.connack(
+                        ReasonCode::ClientIdentifierNotValid,
+                        "empty client identifier",
+                    );
+                    return None;
+                }
+                let id = shared.next_client_id();
+                if v5 {
+                    assigned_client_id = Some(id.clone());
+                }
+                id
+            } else {
+                connect.client_id.clone()
+            };
+        // The broker's own sessions (the platform's ingest) cannot be
+        // named, resumed or taken over from a listener.
+        if shared.is_reserved_client_id(&client_id) {
+            warn!(peer = %self.info.peer, client_id = %client_id, "CONNECT refused: client identifier reserved for an in-process session");
+            self.connack(
+                ReasonCode::ClientIdentifierNotValid,
+                "client identifier reserved",
+            );
+            return None;
+        }
+        if let Some(username) = bound_to_username
+            && username != client_id
+        {
+            warn!(peer = %self.info.peer, client_id = %client_id, username, "CONNECT refused: client identifier is not the user name");
+            self.connack(
+                ReasonCode::ClientIdentifierNotValid,
+                "client identifier must be the user name",
+            );
+            return None;
+        }
         let connected = shared
             .stats
             .clients_connected
@@ -703,6 +739,11 @@ impl Connection {
             .session
             .lock()
             .set_queue_limit(identity.max_queued_messages);
+        if attached.session_present {
+            // What the client may read is decided by the ACL of now, not of
+            // when it subscribed (a device moved to another model, say).
+            shared.revoke_unauthorized(&attached.session, &identity);
+        }
         let p = &connect.properties;
         let active = Active {
             session: attached.session,

@@ -43,9 +43,10 @@ impl Broker {
     /// Subscribes `client_id` to `filters` from inside the process. Its queue
     /// holds up to `queue_limit` messages between two reads, under the
     /// broker's queue policy. Retained messages matching a filter are queued
-    /// first, as for a new MQTT subscription [MQTT-3.3.1-9]. A network client
-    /// connecting with the same client identifier takes the session over
-    /// [MQTT-3.1.4-3]; [`LocalSubscriber::recv`] then returns `None`.
+    /// first, as for a new MQTT subscription [MQTT-3.3.1-9]. The client
+    /// identifier is reserved while the subscriber lives: a network client
+    /// naming it is refused at CONNECT (0x85), so the session cannot be
+    /// resumed or taken over from a listener.
     pub fn subscribe_local(
         &self,
         client_id: &str,
@@ -66,6 +67,11 @@ impl Broker {
             })?;
         }
         let client_id: Arc<str> = client_id.into();
+        shared
+            .reserved_client_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(client_id.clone());
         let attached = shared.attach(&client_id, ProtocolVersion::V5, true, 0, None);
         let session = attached.session;
         let mut retained = Vec::new();
@@ -110,8 +116,7 @@ impl Broker {
 
 impl LocalSubscriber {
     /// Waits for messages and moves every one queued into `into`, oldest
-    /// first [MQTT-4.6.0-6]. `None` once the broker shuts down or a network
-    /// client took the session over.
+    /// first [MQTT-4.6.0-6]. `None` once the broker shuts down.
     pub async fn recv(&mut self, into: &mut VecDeque<Delivery>) -> Option<usize> {
         loop {
             {
@@ -153,5 +158,10 @@ impl Drop for LocalSubscriber {
         // Expiry 0: detaching ends the session and takes its subscriptions
         // out of the tree.
         self.shared.detach(&self.session, self.generation, false);
+        self.shared
+            .reserved_client_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.session.client_id);
     }
 }

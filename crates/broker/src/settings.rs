@@ -59,6 +59,10 @@ pub struct Settings {
     /// before it hibernates again, so devices that publish every few
     /// seconds stay awake. 0 never hibernates.
     pub hibernate_after_ms: u64,
+    /// Refuse a CONNECT with a user name whose client identifier is not that
+    /// user name (CONNACK 0x85, 3.1.1: 0x02), so one login cannot take over
+    /// or read another's session. The platform's device logins always are.
+    pub client_id_must_match_username: bool,
 }
 
 impl Default for Settings {
@@ -81,6 +85,7 @@ impl Default for Settings {
             sys_interval_secs: 10,
             shutdown_timeout_secs: 5,
             hibernate_after_ms: 100,
+            client_id_must_match_username: false,
         }
     }
 }

@@ -21,6 +21,9 @@ pub struct BrokerStats {
     pub messages_dropped: Counter,
     pub malformed_packets: Counter,
     pub auth_failures: Counter,
+    /// CONNECTs refused for their client identifier (reserved, or not the
+    /// identity the credentials belong to).
+    pub client_id_refusals: Counter,
 }
 
 impl Default for BrokerStats {
@@ -38,6 +41,7 @@ impl Default for BrokerStats {
             messages_dropped: Counter::default(),
             malformed_packets: Counter::default(),
             auth_failures: Counter::default(),
+            client_id_refusals: Counter::default(),
         }
     }
 }
@@ -100,6 +104,7 @@ pub struct StatsSnapshot {
     pub messages_dropped: u64,
     pub malformed_packets: u64,
     pub auth_failures: u64,
+    pub client_id_refusals: u64,
     pub retained_messages: u64,
     pub subscriptions: u64,
 }
@@ -132,6 +137,7 @@ impl BrokerStats {
             messages_dropped: get(&self.messages_dropped),
             malformed_packets: get(&self.malformed_packets),
             auth_failures: get(&self.auth_failures),
+            client_id_refusals: get(&self.client_id_refusals),
             retained_messages: retained,
             subscriptions,
         }
@@ -185,6 +191,10 @@ impl StatsSnapshot {
                 self.bytes_received.to_string(),
             ),
             ("$SYS/broker/bytes/sent", self.bytes_sent.to_string()),
+            (
+                "$SYS/broker/clients/refused-client-id",
+                self.client_id_refusals.to_string(),
+            ),
             (
                 "$SYS/broker/retained messages/count",
                 self.retained_messages.to_string(),
@@ -287,6 +297,12 @@ impl StatsSnapshot {
             "counter",
             "CONNECTs refused by authentication.",
             self.auth_failures,
+        );
+        metric(
+            "client_id_refusals_total",
+            "counter",
+            "CONNECTs refused for their client identifier (reserved, or not the credentials' own).",
+            self.client_id_refusals,
         );
         metric(
             "retained_messages",

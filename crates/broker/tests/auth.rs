@@ -22,8 +22,8 @@ fn file_auth(dir: &std::path::Path) -> Arc<dyn Authenticator> {
         &passwd,
         format!(
             "alice:{}\nbob:{}\n",
-            broker::auth::hash_password("alice-pw").expect("hash"),
-            broker::auth::hash_password("bob-pw").expect("hash")
+            passwords::hash("alice-pw").expect("hash"),
+            passwords::hash("bob-pw").expect("hash")
         ),
     )
     .expect("write passwd");
@@ -339,4 +339,156 @@ async fn mutual_tls_passes_the_client_certificate_to_the_authenticator() {
     .await
     .expect("an answer");
     assert!(!outcome, "a client without a certificate must not connect");
+}
+
+// --- identity attacks ---------------------------------------------------
+
+#[tokio::test]
+async fn a_client_id_holding_wildcards_reads_nothing_through_a_pattern() {
+    // The CVE-2017-7650 class: `pattern readwrite dwr/+/%c/#` with client id
+    // `#` must not become `dwr/+/#/#`.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = start_with(quick_settings(), file_auth(dir.path())).await;
+    let (mut victim, _) =
+        Client::connect(b.tcp, &with_login(Conn::v5("victim"), "bob", "bob-pw")).await;
+    for sneaky in ["#", "+", "a/victim"] {
+        let (mut thief, ack) =
+            Client::connect(b.tcp, &with_login(Conn::v5(sneaky), "bob", "bob-pw")).await;
+        assert_eq!(ack.reason, ReasonCode::Success);
+        for filter in ["dwr/+/victim/#", "dwr/#", "#"] {
+            assert_eq!(
+                thief.subscribe(filter, QoS::AtLeastOnce).await,
+                ReasonCode::NotAuthorized,
+                "client id {sneaky:?} subscribing {filter:?}"
+            );
+        }
+        assert_eq!(
+            thief
+                .publish("dwr/311/victim/status", b"forged", QoS::AtLeastOnce, false)
+                .await,
+            ReasonCode::NotAuthorized
+        );
+        victim
+            .publish("dwr/311/victim/status", b"private", QoS::AtLeastOnce, false)
+            .await;
+        thief
+            .expect_silence(std::time::Duration::from_millis(100))
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn an_in_process_session_cannot_be_named_from_a_listener() {
+    let b = start_with(quick_settings(), Arc::new(broker::AllowAll)).await;
+    let mut ingest = b
+        .broker
+        .subscribe_local("platform-ingest", &[("dwr/#", QoS::AtLeastOnce)], 100)
+        .expect("local subscriber");
+    // Resume, take over, or start clean: every form is refused.
+    for conn in [
+        Conn::v5("platform-ingest").persistent(3600),
+        Conn::v5("platform-ingest"),
+        Conn::v311("platform-ingest").resume(),
+    ] {
+        let (_c, ack) = Client::connect_with(b.tcp, &conn).await;
+        // 3.1.1 return code 2, identifier rejected [MQTT-3.1.3-9].
+        assert_eq!(ack.reason, ReasonCode::ClientIdentifierNotValid);
+    }
+    assert_eq!(b.broker.stats().client_id_refusals, 3);
+    // The platform's session still gets every device message.
+    let (mut device, _) = Client::connect(b.tcp, &Conn::v5("device")).await;
+    device
+        .publish("dwr/311/device/status", b"online", QoS::AtLeastOnce, false)
+        .await;
+    let mut got = std::collections::VecDeque::new();
+    tokio::time::timeout(WAIT, ingest.recv(&mut got))
+        .await
+        .expect("in time")
+        .expect("still subscribed");
+    assert_eq!(&got[0].message.payload[..], b"online");
+    // Once it is gone, the id is free again.
+    drop(ingest);
+    Client::connect(b.tcp, &Conn::v5("platform-ingest")).await;
+}
+
+#[tokio::test]
+async fn a_login_bound_to_its_user_name_cannot_take_anothers_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = broker::Settings {
+        client_id_must_match_username: true,
+        ..quick_settings()
+    };
+    let b = start_with(settings, file_auth(dir.path())).await;
+    let (mut alice, _) =
+        Client::connect(b.tcp, &with_login(Conn::v5("alice"), "alice", "alice-pw")).await;
+    alice.subscribe("fleet/#", QoS::AtLeastOnce).await;
+    // bob names alice's session: refused, and alice stays connected.
+    for conn in [Conn::v5("alice"), Conn::v311("alice").resume()] {
+        let (_c, ack) = Client::connect_with(b.tcp, &with_login(conn, "bob", "bob-pw")).await;
+        assert_eq!(ack.reason, ReasonCode::ClientIdentifierNotValid);
+    }
+    let (mut bob, _) = Client::connect(b.tcp, &with_login(Conn::v5("bob"), "bob", "bob-pw")).await;
+    bob.subscribe("fleet/#", QoS::AtLeastOnce).await;
+    alice
+        .publish("fleet/x", b"still here", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(&alice.recv_publish().await.payload[..], b"still here");
+    assert_eq!(&bob.recv_publish().await.payload[..], b"still here");
+    // An empty client id is given the user name [MQTT-3.2.2-16].
+    let (_c, ack) = Client::connect(b.tcp, &with_login(Conn::v5(""), "bob", "bob-pw")).await;
+    assert_eq!(
+        ack.properties.assigned_client_identifier.as_deref(),
+        Some("bob")
+    );
+}
+
+/// Allows subscriptions below the prefixes in its list, which a test changes.
+struct Revocable(Mutex<Vec<&'static str>>);
+
+impl Authenticator for Revocable {
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a ConnectRequest,
+    ) -> BoxFuture<'a, Result<ClientIdentity, ReasonCode>> {
+        Box::pin(async move { Ok(ClientIdentity::from_request(request)) })
+    }
+
+    fn authorize(&self, _client: &ClientIdentity, action: Action, topic: &str) -> bool {
+        action == Action::Publish
+            || self
+                .0
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|p| topic.starts_with(p))
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_session_keeps_only_what_the_acl_allows_now() {
+    let auth = Arc::new(Revocable(Mutex::new(vec!["old-model/", "common/"])));
+    let b = start_with(quick_settings(), auth.clone()).await;
+    let (mut device, _) = Client::connect(b.tcp, &Conn::v5("dev").persistent(3600)).await;
+    device.subscribe("old-model/dev/#", QoS::AtLeastOnce).await;
+    device.subscribe("common/#", QoS::AtLeastOnce).await;
+    device.disconnect().await;
+    let (mut platform, _) = Client::connect(b.tcp, &Conn::v5("platform")).await;
+    platform
+        .publish("old-model/dev/task", b"queued-old", QoS::AtLeastOnce, false)
+        .await;
+    platform
+        .publish("common/news", b"queued-common", QoS::AtLeastOnce, false)
+        .await;
+    // The device moves to another model while offline.
+    auth.0.lock().expect("lock").retain(|p| *p != "old-model/");
+    let (mut device, ack) =
+        Client::connect(b.tcp, &Conn::v5("dev").persistent(3600).resume()).await;
+    assert!(ack.session_present);
+    assert_eq!(&device.recv_publish().await.payload[..], b"queued-common");
+    platform
+        .publish("old-model/dev/task", b"new-old", QoS::AtLeastOnce, false)
+        .await;
+    device
+        .expect_silence(std::time::Duration::from_millis(200))
+        .await;
 }

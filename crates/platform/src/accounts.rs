@@ -1,7 +1,5 @@
 //! Users, roles, passwords and login sessions.
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use sha2::{Digest, Sha256};
 use store::{NewUser, OrganisationKind, Scope, Store, StoreError, User};
 
@@ -74,6 +72,9 @@ impl Role {
 pub enum AccountError {
     #[error("wrong user name or password")]
     BadCredentials,
+    /// Too many password checks at once: the caller should retry shortly.
+    #[error("too many logins at once; try again shortly")]
+    Busy,
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -82,23 +83,14 @@ pub enum AccountError {
 
 /// argon2id with a random salt.
 pub fn hash_password(password: &str) -> Result<String, AccountError> {
-    let salt_bytes: [u8; 16] = rand::random();
-    let salt =
-        SaltString::encode_b64(&salt_bytes).map_err(|e| AccountError::Invalid(e.to_string()))?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| AccountError::Invalid(e.to_string()))
+    passwords::hash(password).map_err(|e| AccountError::Invalid(e.to_string()))
 }
 
-fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
-        .unwrap_or(false)
+/// Verifies on the bounded argon2 pool (see the `passwords` crate).
+async fn verify_password(password: &str, hash: String) -> Result<bool, AccountError> {
+    passwords::verify(password, hash)
+        .await
+        .map_err(|_| AccountError::Busy)
 }
 
 /// Lower-case hex of bytes.
@@ -161,10 +153,7 @@ pub async fn verify_login(
             .get_or_init(|| hash_password(&new_token()).unwrap_or_default())
             .clone(),
     };
-    let password = password.to_owned();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .unwrap_or(false);
+    let ok = verify_password(password, hash).await?;
     let user = match user {
         Some(u) if ok && !u.disabled => u,
         _ => return Err(AccountError::BadCredentials),
@@ -179,6 +168,15 @@ pub async fn login(
     password: &str,
 ) -> Result<(Session, String), AccountError> {
     let session = verify_login(store, username, password).await?;
+    open_session(store, session).await
+}
+
+/// Opens a login session for a user whose password was checked; returns
+/// its token.
+pub async fn open_session(
+    store: &Store,
+    session: Session,
+) -> Result<(Session, String), AccountError> {
     let token = new_token();
     let expires = store::now_millis() + SESSION_HOURS * 3600 * 1000;
     store
@@ -331,12 +329,7 @@ pub async fn change_password(
     current: &str,
     new: &str,
 ) -> Result<(), AccountError> {
-    let hash = session.user.password_hash.clone();
-    let current = current.to_owned();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&current, &hash))
-        .await
-        .unwrap_or(false);
-    if !ok {
+    if !verify_password(current, session.user.password_hash.clone()).await? {
         return Err(AccountError::BadCredentials);
     }
     check_password(&session.user.username, new)?;

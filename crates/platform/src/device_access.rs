@@ -6,8 +6,9 @@
 
 use store::{Scope, Store, StoreError};
 
-use crate::accounts::{self, Role, new_token, sha256_hex};
+use crate::accounts::{Role, new_token, sha256_hex};
 use crate::identifiers::normalize_mac;
+use crate::login_guard::{LoginGuard, LoginRefusal};
 
 /// The fleet prefix of every device topic (DESIGN.md: `dwr/{model}/{device-id}/…`).
 pub const TOPIC_PREFIX: &str = "dwr";
@@ -28,10 +29,28 @@ pub enum Principal {
 /// Why a CONNECT is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denial {
-    /// Unknown user or wrong secret/password.
+    /// Unknown user, wrong secret or password, a console account without
+    /// the right role (the same answer, so a guess learns nothing), or a
+    /// throttled login.
     BadCredentials,
     /// Known, but not allowed to use MQTT.
     NotAuthorized,
+    /// A device's login with a client identifier other than its device id.
+    ClientIdMismatch,
+    /// Too many password checks at once; try again shortly.
+    Busy,
+}
+
+/// What a client presented at CONNECT, from either door (the embedded
+/// broker or an external broker's HTTP hook).
+#[derive(Debug, Clone, Copy)]
+pub struct MqttLogin<'a> {
+    pub client_id: &'a str,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a [u8]>,
+    /// SHA-256 (hex) of a verified client certificate.
+    pub certificate_sha256: Option<&'a str>,
+    pub source: std::net::IpAddr,
 }
 
 /// A freshly issued device secret: shown once.
@@ -43,11 +62,8 @@ pub struct IssuedSecret {
 }
 
 /// Equal in time that does not depend on where the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 pub(crate) fn device_topic_prefix(topic_segment: &str, mac: &str) -> String {
@@ -89,16 +105,19 @@ pub async fn internal_secret(store: &Store) -> Result<String, StoreError> {
     store.platform_secret(INTERNAL_SECRET, new_token).await
 }
 
-/// Checks a CONNECT's user name and password (or client certificate).
+/// Checks a CONNECT's user name and password (or client certificate). A
+/// device must use its device id (its MAC) as client identifier, so one
+/// device's secret cannot name, resume or take over another's session.
+/// Console accounts go through `guard`, like the HTTP login.
 pub async fn authenticate(
     store: &Store,
-    username: Option<&str>,
-    password: Option<&[u8]>,
-    certificate_sha256: Option<&str>,
+    guard: &LoginGuard,
+    login: MqttLogin<'_>,
 ) -> Result<Principal, Denial> {
-    let Some(username) = username else {
+    let Some(username) = login.username else {
         return Err(Denial::NotAuthorized);
     };
+    let password = login.password;
     if username == INTERNAL_USERNAME {
         let expected = internal_secret(store)
             .await
@@ -113,18 +132,18 @@ pub async fn authenticate(
         };
     }
     if let Ok(mac) = normalize_mac(username) {
-        let login = store
+        let login_row = store
             .device_login(&mac)
             .await
             .map_err(|_| Denial::NotAuthorized)?
             .ok_or(Denial::BadCredentials)?;
-        let by_secret = match (&login.secret_sha256, password) {
+        let by_secret = match (&login_row.secret_sha256, password) {
             (Some(expected), Some(given)) => {
                 constant_time_eq(expected.as_bytes(), sha256_hex(given).as_bytes())
             }
             _ => false,
         };
-        let by_certificate = match (&login.certificate_sha256, certificate_sha256) {
+        let by_certificate = match (&login_row.certificate_sha256, login.certificate_sha256) {
             (Some(expected), Some(given)) => {
                 constant_time_eq(expected.as_bytes(), given.as_bytes())
             }
@@ -133,24 +152,30 @@ pub async fn authenticate(
         if !(by_secret || by_certificate) {
             return Err(Denial::BadCredentials);
         }
+        if login.client_id != login_row.mac {
+            tracing::warn!(
+                device = %login_row.mac,
+                client_id = %login.client_id,
+                source = %login.source,
+                "device login refused: client identifier is not the device id"
+            );
+            return Err(Denial::ClientIdMismatch);
+        }
         return Ok(Principal::Device {
-            device_id: login.device_id,
-            organisation_id: login.organisation_id,
-            topic_prefix: device_topic_prefix(&login.topic_segment, &login.mac),
+            device_id: login_row.device_id,
+            organisation_id: login_row.organisation_id,
+            topic_prefix: device_topic_prefix(&login_row.topic_segment, &login_row.mac),
         });
     }
     let password =
         std::str::from_utf8(password.unwrap_or_default()).map_err(|_| Denial::BadCredentials)?;
-    match accounts::verify_login(store, username, password).await {
-        Ok(session) => {
-            if session.role == Role::OperatorAdmin {
-                Ok(Principal::Operator {
-                    username: session.user.username,
-                })
-            } else {
-                Err(Denial::NotAuthorized)
-            }
-        }
+    match guard.verify(store, username, password, login.source).await {
+        Ok(session) if session.role == Role::OperatorAdmin => Ok(Principal::Operator {
+            username: session.user.username,
+        }),
+        // A right password without the role gets the wrong password's answer.
+        Ok(_) => Err(Denial::BadCredentials),
+        Err(LoginRefusal::Busy) => Err(Denial::Busy),
         Err(_) => Err(Denial::BadCredentials),
     }
 }

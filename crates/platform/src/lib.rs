@@ -11,4 +11,5 @@ pub mod device_certificates;
 pub mod identifiers;
 pub mod import;
 pub mod licensing;
+pub mod login_guard;
 pub mod telemetry;

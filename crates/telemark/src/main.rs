@@ -576,7 +576,7 @@ fn passwd(file: &std::path::Path, user: &str, password: Option<String>) -> anyho
     if password.is_empty() {
         anyhow::bail!("the password is empty");
     }
-    let hash = broker::auth::hash_password(&password).map_err(anyhow::Error::msg)?;
+    let hash = passwords::hash(&password)?;
     let existing = std::fs::read_to_string(file).unwrap_or_default();
     let mut lines: Vec<String> = existing
         .lines()
@@ -809,7 +809,12 @@ async fn run_platform(
             "devices marked offline: the embedded broker starts with no connections"
         );
     }
-    let auth = Arc::new(registry::RegistryAuthenticator::new(store.clone()));
+    // One login throttle for console accounts over HTTP and over MQTT.
+    let logins = Arc::new(platform::login_guard::LoginGuard::default());
+    let auth = Arc::new(registry::RegistryAuthenticator::new(
+        store.clone(),
+        logins.clone(),
+    ));
     let broker = Broker::new(config.broker.clone(), auth);
     // The ingest's in-process connection, there before any device is.
     let feed = ingest_feed::EmbeddedFeed::subscribe(&broker)?;
@@ -842,6 +847,7 @@ async fn run_platform(
         broker_hook_secret: args.broker_hook_secret.clone(),
         ingest: Some(ingest.clone()),
         alarms: Some(alarms.clone()),
+        logins,
     };
     let app = api::app_with(store.clone(), options).merge(platform_metrics_route(
         &running.broker,

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use broker::{Action, Authenticator, BoxFuture, ClientIdentity, ConnectRequest};
 use mqtt::ReasonCode;
-use platform::device_access::{self, Denial, Principal};
+use platform::device_access::{self, Denial, MqttLogin, Principal};
+use platform::login_guard::LoginGuard;
 use store::Store;
 
 /// Queue bound of the platform's internal clients: a few seconds of a
@@ -15,15 +16,21 @@ const INTERNAL_QUEUE: usize = 2_000_000;
 
 pub struct RegistryAuthenticator {
     store: Store,
+    logins: Arc<LoginGuard>,
     presence: tokio::sync::mpsc::UnboundedSender<(Principal, bool)>,
 }
 
 impl RegistryAuthenticator {
     /// Needs a tokio runtime: presence is written by a task of its own.
-    pub fn new(store: Store) -> Self {
+    /// `logins` is the HTTP login's guard: console accounts share its throttle.
+    pub fn new(store: Store, logins: Arc<LoginGuard>) -> Self {
         let (presence, changes) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(record_presence(store.clone(), changes));
-        RegistryAuthenticator { store, presence }
+        RegistryAuthenticator {
+            store,
+            logins,
+            presence,
+        }
     }
 
     fn principal(client: &ClientIdentity) -> Option<&Principal> {
@@ -89,14 +96,22 @@ impl Authenticator for RegistryAuthenticator {
         Box::pin(async move {
             let principal = device_access::authenticate(
                 &self.store,
-                request.username.as_deref(),
-                request.password.as_deref(),
-                request.certificate_fingerprint.as_deref(),
+                &self.logins,
+                MqttLogin {
+                    client_id: &request.client_id,
+                    username: request.username.as_deref(),
+                    password: request.password.as_deref(),
+                    certificate_sha256: request.certificate_fingerprint.as_deref(),
+                    source: request.peer.ip(),
+                },
             )
             .await
             .map_err(|denial| match denial {
                 Denial::BadCredentials => ReasonCode::BadUserNameOrPassword,
                 Denial::NotAuthorized => ReasonCode::NotAuthorized,
+                // [MQTT-3.1.3-9] 3.1.1: return code 0x02, identifier rejected.
+                Denial::ClientIdMismatch => ReasonCode::ClientIdentifierNotValid,
+                Denial::Busy => ReasonCode::ServerBusy,
             })?;
             let mut identity = ClientIdentity::from_request(request);
             // The platform's own ingest reads every device's messages: a

@@ -316,6 +316,24 @@ impl Caller {
     }
 }
 
+/// The address a request came from (its TCP peer; a forwarded-for header
+/// is not trusted). Without one (a router tested with `oneshot`), the
+/// unspecified address.
+pub(crate) struct Source(pub std::net::IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for Source {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Source(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |info| info.0.ip()),
+        ))
+    }
+}
+
 /// An object id from the path; one that is not a number gets a problem
 /// document like every other bad request.
 pub(crate) struct Id(pub i64);

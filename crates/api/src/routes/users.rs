@@ -11,30 +11,33 @@ use super::*;
         (status = 200, description = "logged in; sets the session cookie", body = SessionDto),
         (status = 400, response = crate::error::BadRequest),
         (status = 401, response = crate::error::Unauthenticated),
-        (status = 429, description = "too many failed logins; see Retry-After", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 429, description = "too many failed logins; see Retry-After", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "too many logins at once; see Retry-After", body = crate::error::Problem, content_type = "application/problem+json")
     ),
     security(())
 )]
 pub(super) async fn login(
     State(state): State<Arc<AppState>>,
+    Source(source): Source,
     body: JsonObject<LoginRequest>,
 ) -> Result<Response, ApiError> {
+    use platform::login_guard::LoginRefusal;
     let request = body.parse()?;
-    if let Some(wait) = state.logins.locked_for(&request.username) {
-        return Err(ApiError::TooManyAttempts(wait.as_secs().max(1)));
-    }
-    let (session, token) =
-        match accounts::login(&state.store, &request.username, &request.password).await {
-            Ok(ok) => {
-                state.logins.succeeded(&request.username);
-                ok
-            }
-            Err(accounts::AccountError::BadCredentials) => {
-                state.logins.failed(&request.username);
-                return Err(ApiError::Unauthorized);
-            }
-            Err(e) => return Err(e.into()),
-        };
+    let session = match state
+        .options
+        .logins
+        .verify(&state.store, &request.username, &request.password, source)
+        .await
+    {
+        Ok(session) => session,
+        Err(LoginRefusal::BadCredentials) => return Err(ApiError::Unauthorized),
+        Err(LoginRefusal::Throttled(wait)) => {
+            return Err(ApiError::TooManyAttempts(wait.as_secs().max(1)));
+        }
+        Err(LoginRefusal::Busy) => return Err(ApiError::Busy),
+        Err(LoginRefusal::Other(e)) => return Err(e.into()),
+    };
+    let (session, token) = accounts::open_session(&state.store, session).await?;
     let cookie = format!(
         "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
         accounts::SESSION_HOURS * 3600

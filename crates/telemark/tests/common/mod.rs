@@ -1,0 +1,280 @@
+//! Helpers of the binary's end-to-end tests: the built `telemark`, free
+//! ports on 127.0.0.1, Debian's mosquitto clients, a minimal HTTP client.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running `telemark broker`, killed when dropped.
+pub struct Running {
+    pub child: Child,
+    pub tcp: u16,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child that a failed assertion does not leave running.
+pub struct KilledOnDrop(pub Option<Child>);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on 127.0.0.1:{port}");
+}
+
+pub fn telemark() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_telemark"))
+}
+
+pub fn start(extra: &[&str]) -> Running {
+    let tcp = free_port();
+    let mut cmd = telemark();
+    cmd.args(["broker", "--tcp", &format!("127.0.0.1:{tcp}")])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = cmd.spawn().expect("telemark starts");
+    wait_for_port(tcp);
+    Running { child, tcp }
+}
+
+/// Runs a command with a time limit; it must not hang a test run.
+pub fn run(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{cmd:?} does not start ({e}); the test script installs mosquitto-clients")
+        });
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{cmd:?} timed out: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn sub(port: u16, topic: &str, count: u32, extra: &[&str]) -> Child {
+    Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-v",
+            "-C",
+            &count.to_string(),
+            "-W",
+            "10",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub starts; the test script installs mosquitto-clients")
+}
+
+pub fn pub_msg(port: u16, topic: &str, message: &str, extra: &[&str]) -> Output {
+    run(
+        Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                topic,
+                "-m",
+                message,
+            ])
+            .args(extra),
+        Duration::from_secs(10),
+    )
+}
+
+pub fn finish(child: Child) -> String {
+    let out = child.wait_with_output().expect("mosquitto_sub output");
+    assert!(
+        out.status.success(),
+        "mosquitto_sub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// mosquitto_sub needs a moment to subscribe before the publish.
+pub fn settle() {
+    std::thread::sleep(Duration::from_millis(400));
+}
+
+/// A minimal HTTP/1.1 exchange over std, for the end-to-end tests.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).expect("request");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+/// The string value of `"key":"…"` in a JSON text.
+pub fn json_string(body: &str, key: &str) -> String {
+    body.split(&format!("\"{key}\":\""))
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no {key} in {body}"))
+        .to_owned()
+}
+
+/// Logs in through the API; returns the `Authorization` header value.
+pub fn api_login(port: u16, username: &str, password: &str) -> String {
+    let (status, body) = http(
+        port,
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        &format!(r#"{{"username":"{username}","password":"{password}"}}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    format!("Bearer {}", json_string(&body, "token"))
+}
+
+/// A DWM-311-A1 device registered through the API (the model too, the
+/// first time); returns its id.
+pub fn register_device(http_port: u16, bearer: &str, serial: &str, mac: &str) -> i64 {
+    let json = [
+        ("Authorization", bearer),
+        ("Content-Type", "application/json"),
+    ];
+    let (status, body) = http(
+        http_port,
+        "POST",
+        "/api/v1/device-models",
+        &json,
+        r#"{"name":"DWM-311-A1","vendor":"D-Link","hardware_revision":"A1","topic_segment":"311-a1"}"#,
+    );
+    assert!(status == 201 || status == 409, "{body}");
+    let (status, body) = http(
+        http_port,
+        "POST",
+        "/api/v1/devices/import",
+        &[("Authorization", bearer), ("Content-Type", "text/csv")],
+        &format!("serial,mac,model\n{serial},{mac},311-a1\n"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, page) = http(
+        http_port,
+        "GET",
+        &format!("/api/v1/devices?search={serial}"),
+        &json,
+        "",
+    );
+    let page: serde_json::Value = serde_json::from_str(&page).expect("json");
+    page["devices"][0]["id"].as_i64().expect("id")
+}
+
+/// `telemark serve` on fixed ports and a data directory, killed when dropped.
+pub struct Platform {
+    pub child: Child,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_platform(data: &Path, http_port: u16, mqtt_port: u16) -> Platform {
+    let child = telemark()
+        .args(["serve", "--data", data.to_str().expect("path")])
+        .args(["--http", &format!("127.0.0.1:{http_port}")])
+        .args(["--mqtt", &format!("127.0.0.1:{mqtt_port}")])
+        .env("TELEMARK_ADMIN_PASSWORD", "first-admin-secret")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("telemark serve starts");
+    wait_for_port(http_port);
+    wait_for_port(mqtt_port);
+    Platform { child }
+}
+
+/// Polls `check` every 200 ms for up to `secs` seconds.
+pub fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
