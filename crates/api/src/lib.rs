@@ -38,6 +38,9 @@ pub struct ApiOptions {
     /// The password-login throttle, shared with the embedded broker so a
     /// console account meets the same limits over MQTT.
     pub logins: Arc<platform::login_guard::LoginGuard>,
+    /// Where webhooks may point (public addresses, and the operator's
+    /// allowed private targets).
+    pub webhooks: Arc<platform::webhook_target::WebhookPolicy>,
 }
 
 /// The API's router, ready to serve or to test with `oneshot`.

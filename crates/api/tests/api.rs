@@ -1082,7 +1082,7 @@ async fn tenant_isolation_matrix() {
         (
             Method::POST,
             "/api/v1/webhooks".into(),
-            Some(json!({"organisation_id": b_id, "url": "http://127.0.0.1:9/x"})),
+            Some(json!({"organisation_id": b_id, "url": "http://93.184.215.14:9/x"})),
         ),
         (
             Method::GET,
@@ -1714,10 +1714,32 @@ async fn alarm_rules_alarms_and_webhooks_through_the_api() {
         Method::POST,
         "/api/v1/webhooks",
         &auth,
-        Some(json!({"organisation_id": root, "url": "http://127.0.0.1:9/alarms"})),
+        Some(json!({"organisation_id": root, "url": "http://93.184.215.14:9/alarms"})),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{hook}");
+    // Server-side request forgery: every inside address, however spelled.
+    for inside in [
+        "http://127.0.0.1:8080/api/v1/devices",
+        "http://localhost/",
+        "http://127.1/",
+        "http://2130706433/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/",
+        "http://[::1]:1883/",
+    ] {
+        let (status, _, problem) = call(
+            &h.app,
+            Method::POST,
+            "/api/v1/webhooks",
+            &auth,
+            Some(json!({"organisation_id": root, "url": inside})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{inside}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], "url", "{problem}");
+    }
     assert_eq!(hook["secret"].as_str().map(str::len), Some(64));
     let (_, _, hooks) = call(&h.app, Method::GET, "/api/v1/webhooks", &auth, None).await;
     assert!(hooks[0]["secret"].is_null(), "{hooks}");

@@ -381,18 +381,41 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     )
 }
 
-/// Delivers alarm events to webhooks until the engine is gone.
-pub async fn run_webhooks(store: Store, mut events: mpsc::UnboundedReceiver<AlarmEvent>) {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-    {
+/// Deliveries in flight at once; more wait their turn.
+pub const WEBHOOK_CONCURRENCY: usize = 16;
+/// Deliveries waiting beyond those in flight before new ones are dropped
+/// (and logged): a webhook that hangs cannot pile up work without bound.
+pub const WEBHOOK_BACKLOG: usize = 10_000;
+
+/// An error with its causes, so a refused address is named in the log.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Delivers alarm events to webhooks until the engine is gone, through
+/// `policy` (no private targets, no redirects; see `webhook_target`).
+pub async fn run_webhooks(
+    store: Store,
+    mut events: mpsc::UnboundedReceiver<AlarmEvent>,
+    policy: crate::webhook_target::WebhookPolicy,
+) {
+    let client = match policy.client() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "no HTTP client: webhooks are off");
             return;
         }
     };
+    let policy = std::sync::Arc::new(policy);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(WEBHOOK_CONCURRENCY));
+    let pending = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while let Some(event) = events.recv().await {
         let hooks = match store.webhooks_above(&event.organisation_path).await {
             Ok(h) => h,
@@ -403,20 +426,54 @@ pub async fn run_webhooks(store: Store, mut events: mpsc::UnboundedReceiver<Alar
         };
         let body = webhook_body(&event);
         for hook in hooks {
-            let (client, store, body) = (client.clone(), store.clone(), body.clone());
-            tokio::spawn(async move { deliver(&client, &store, &hook, &body).await });
+            use std::sync::atomic::Ordering;
+            if pending.fetch_add(1, Ordering::AcqRel) >= WEBHOOK_CONCURRENCY + WEBHOOK_BACKLOG {
+                pending.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!(webhook = hook.id, "webhook backlog full: delivery dropped");
+                continue;
+            }
+            let (client, store, body, policy, slots, pending) = (
+                client.clone(),
+                store.clone(),
+                body.clone(),
+                policy.clone(),
+                slots.clone(),
+                pending.clone(),
+            );
+            tokio::spawn(async move {
+                if let Ok(_slot) = slots.acquire().await {
+                    deliver(&client, &policy, &store, &hook, &body).await;
+                }
+                pending.fetch_sub(1, Ordering::AcqRel);
+            });
         }
     }
 }
 
-async fn deliver(client: &reqwest::Client, store: &Store, hook: &store::Webhook, body: &str) {
+async fn deliver(
+    client: &reqwest::Client,
+    policy: &crate::webhook_target::WebhookPolicy,
+    store: &Store,
+    hook: &store::Webhook,
+    body: &str,
+) {
     let mut outcome = String::new();
+    // Checked again at delivery: the hook may predate the rule, and the
+    // resolver checks the address connected to.
+    let url = match policy.check_url(&hook.url) {
+        Ok(url) => Some(url),
+        Err(e) => {
+            outcome = format!("refused: {e}");
+            None
+        }
+    };
     for attempt in 0..WEBHOOK_ATTEMPTS {
+        let Some(url) = url.clone() else { break };
         if attempt > 0 {
             tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
         }
         let response = client
-            .post(&hook.url)
+            .post(url)
             .header("content-type", "application/json")
             .header(
                 "x-telemark-signature",
@@ -441,7 +498,7 @@ async fn deliver(client: &reqwest::Client, store: &Store, hook: &store::Webhook,
                     attempt + 1
                 )
             }
-            Err(e) => outcome = format!("{e} after {} attempt(s)", attempt + 1),
+            Err(e) => outcome = format!("{} after {} attempt(s)", error_chain(&e), attempt + 1),
         }
     }
     let delivered = outcome.starts_with("delivered");

@@ -13,3 +13,4 @@ pub mod import;
 pub mod licensing;
 pub mod login_guard;
 pub mod telemetry;
+pub mod webhook_target;

@@ -10,12 +10,17 @@ use std::time::Duration;
 use device_protocol::{Firmware, Lte, Reading, VERSION};
 use platform::alarms::{AlarmEngine, run_webhooks, signature};
 use platform::telemetry::Ingest;
+use platform::webhook_target::WebhookPolicy;
 use store::{NewAlarmRule, NewDevice, NewDeviceModel, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A local webhook receiver: keeps (signature header, body) of each POST.
 async fn receiver() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    receiver_on("127.0.0.1").await
+}
+
+async fn receiver_on(address: &str) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+    let listener = tokio::net::TcpListener::bind((address, 0))
         .await
         .expect("bind");
     let url = format!(
@@ -188,8 +193,31 @@ async fn a_signal_fade_raises_and_clears_an_alarm_and_tells_the_webhook() {
         .create_webhook(&root, operator.id, &url, "hook-secret")
         .await
         .expect("webhook");
+    // Hooks to an inside address the operator did not allow, stored
+    // before the rule existed (the API refuses them now): never called.
+    let (inside_url, inside_calls) = receiver_on("127.0.0.2").await;
+    let port = inside_url
+        .split(':')
+        .nth(2)
+        .and_then(|rest| rest.split('/').next())
+        .expect("port");
+    for sneaky in [
+        inside_url.clone(),
+        format!("http://[::ffff:127.0.0.2]:{port}/x"),
+        format!("http://localhost:{port}/x"),
+    ] {
+        store
+            .create_webhook(&root, operator.id, &sneaky, "hook-secret")
+            .await
+            .expect("webhook");
+    }
     let (engine, events) = AlarmEngine::new(store.clone()).await.expect("engine");
-    tokio::spawn(run_webhooks(store.clone(), events));
+    // The operator's allowlist lets the test's receiver on 127.0.0.1 in.
+    tokio::spawn(run_webhooks(
+        store.clone(),
+        events,
+        WebhookPolicy::new(["127.0.0.1".to_owned()]),
+    ));
     let ingest = Ingest::with_alarms(store.clone(), engine.clone());
     let topic = "dwr/311-a1/00-11-22-33-44-55/hardware/lte";
     let open = || async {
@@ -296,6 +324,33 @@ async fn a_signal_fade_raises_and_clears_an_alarm_and_tells_the_webhook() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(audited >= 2, "deliveries are audited");
+    assert!(
+        inside_calls.lock().expect("lock").is_empty(),
+        "an inside address was called"
+    );
+    let refused = store
+        .audit_log(
+            &root,
+            &store::AuditQuery {
+                search: Some("webhook.failed".into()),
+                before_id: None,
+                limit: 20,
+            },
+        )
+        .await
+        .expect("audit");
+    assert!(
+        refused.len() >= 3
+            && refused.iter().all(
+                |e| e.after_value.as_deref().unwrap_or("").contains("refused")
+                    || e.after_value
+                        .as_deref()
+                        .unwrap_or("")
+                        .contains("not a public")
+            ),
+        "{:?}",
+        refused.iter().map(|e| &e.after_value).collect::<Vec<_>>()
+    );
 
     // Offline and firmware rules, by the periodic pass.
     store

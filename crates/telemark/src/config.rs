@@ -16,7 +16,17 @@ pub struct Config {
     pub auth: Auth,
     pub metrics: Metrics,
     pub telemetry: Telemetry,
+    pub webhooks: Webhooks,
     pub broker: broker::Settings,
+}
+
+/// Where alarm webhooks may point.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Webhooks {
+    /// Host names or addresses that webhooks may reach although they are
+    /// not public (loopback, private, link-local). Empty: only the internet.
+    pub allowed_private_targets: Vec<String>,
 }
 
 /// Where the broker listens. A listener left out is off.
@@ -124,6 +134,9 @@ raw_retention_days = 7                        # readings and device logs
 hourly_retention_days = 365                   # hourly min/max/mean
 max_backlog_readings = 4000000                # waiting for the database; oldest dropped past it
 
+[webhooks]
+allowed_private_targets = []                  # e.g. ["alerts.corp.example", "10.0.0.5"]: inside targets webhooks may reach
+
 [broker]
 max_connections = 200000
 max_packet_size = 16777216
@@ -142,6 +155,7 @@ connect_timeout_secs = 10
 sys_interval_secs = 10
 shutdown_timeout_secs = 5
 hibernate_after_ms = 100                      # an idle TCP connection gives up its task; 0 never
+client_id_must_match_username = false         # a login's client id must be its user name (devices on serve always)
 "#;
 
 impl Config {

@@ -823,7 +823,14 @@ async fn run_platform(
     // webhooks for every change.
     let (alarms, alarm_events) = platform::alarms::AlarmEngine::new(store.clone()).await?;
     let (stop_ingest, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(platform::alarms::run_webhooks(store.clone(), alarm_events));
+    let webhooks = Arc::new(platform::webhook_target::WebhookPolicy::new(
+        config.webhooks.allowed_private_targets.iter().cloned(),
+    ));
+    tokio::spawn(platform::alarms::run_webhooks(
+        store.clone(),
+        alarm_events,
+        (*webhooks).clone(),
+    ));
     tokio::spawn(platform::alarms::run_periodic(
         alarms.clone(),
         format!("{}-{}", std::process::id(), platform::accounts::new_token()),
@@ -848,6 +855,7 @@ async fn run_platform(
         ingest: Some(ingest.clone()),
         alarms: Some(alarms.clone()),
         logins,
+        webhooks,
     };
     let app = api::app_with(store.clone(), options).merge(platform_metrics_route(
         &running.broker,

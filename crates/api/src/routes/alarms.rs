@@ -335,12 +335,14 @@ pub(super) async fn create_webhook(
     caller.require_admin()?;
     let request = body.parse()?;
     let url = request.url.trim();
-    if !(url.starts_with("http://") || url.starts_with("https://"))
-        || url.len() > 2000
-        || url.contains(char::is_whitespace)
-    {
-        return Err(ApiError::field("url", "must be an http:// or https:// URL"));
-    }
+    // No server-side request forgery: inside addresses are refused here
+    // and again at every delivery.
+    state
+        .options
+        .webhooks
+        .check_url_resolving(url)
+        .await
+        .map_err(|e| ApiError::field("url", e.to_string()))?;
     let secret = accounts::new_token();
     let hook = state
         .store
