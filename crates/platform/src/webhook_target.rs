@@ -94,7 +94,7 @@ impl WebhookPolicy {
 
     fn allowed_host(&self, host: &str) -> bool {
         let host = host.trim_matches(['[', ']']).to_ascii_lowercase();
-        self.allowed_private.iter().any(|h| *h == host)
+        self.allowed_private.contains(&host)
     }
 
     fn allowed_address(&self, host: &str, ip: IpAddr) -> bool {
