@@ -95,7 +95,8 @@ def main():
         f.write("\n".join(fleet) + "\n")
 
     def stored():
-        text = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+        req = urllib.request.Request(f"{base}/metrics", headers={"authorization": f"Bearer {token}"})
+        text = urllib.request.urlopen(req, timeout=10).read().decode()
         for line in text.splitlines():
             if line.startswith("telemark_ingest_readings_stored_total "):
                 return int(float(line.split()[1]))

@@ -508,6 +508,10 @@ impl From<store::LicenseKey> for LicenseKeyDto {
 pub struct NewApiTokenDto {
     #[schema(min_length = 1, max_length = 100)]
     pub name: String,
+    /// Days until the token stops working; without it, until revoked.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 3650)]
+    pub expires_in_days: Option<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -516,6 +520,8 @@ pub struct ApiTokenDto {
     pub name: String,
     pub revoked: bool,
     pub created_at: i64,
+    /// When it stops working (ms since the epoch); null: until revoked.
+    pub expires_at: Option<i64>,
     /// Only in the answer that creates it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
@@ -528,6 +534,7 @@ impl From<store::ApiToken> for ApiTokenDto {
             name: t.name,
             revoked: t.revoked,
             created_at: t.created_at,
+            expires_at: t.expires_at,
             token: None,
         }
     }

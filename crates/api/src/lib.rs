@@ -41,7 +41,14 @@ pub struct ApiOptions {
     /// Where webhooks may point (public addresses, and the operator's
     /// allowed private targets).
     pub webhooks: Arc<platform::webhook_target::WebhookPolicy>,
+    /// Renders `/metrics` (Prometheus text); served to operator admins only.
+    pub metrics: Option<MetricsRenderer>,
+    /// Mark the session cookie `Secure`: the console is reached over HTTPS.
+    pub secure_cookie: bool,
 }
+
+/// Produces the Prometheus text of the process.
+pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// The API's router, ready to serve or to test with `oneshot`.
 pub fn app(store: Store) -> Router {

@@ -694,6 +694,20 @@ async fn users_roles_password_change_and_disable() {
     // The engineer changes its password, and is not an admin.
     let eng_token = format!("Bearer {}", login(&h.app, "eng", "engineer-pass-1").await);
     let eng_auth = [("authorization", eng_token.as_str())];
+    // Someone who learned the old password logged in elsewhere and made a
+    // token: the change must end both.
+    let stolen = format!("Bearer {}", login(&h.app, "eng", "engineer-pass-1").await);
+    let (status, _, stolen_token) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/tokens",
+        &[("authorization", stolen.as_str())],
+        Some(json!({"name": "stolen"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{stolen_token}");
+    assert!(stolen_token["expires_at"].is_null());
+    let stolen_token = format!("Bearer {}", stolen_token["token"].as_str().expect("token"));
     let (status, _, _) = call(&h.app, Method::GET, "/api/v1/users", &eng_auth, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _, body) = call(
@@ -715,7 +729,53 @@ async fn users_roles_password_change_and_disable() {
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    for (who, bearer) in [("other session", &stolen), ("API token", &stolen_token)] {
+        let (status, _, _) = call(
+            &h.app,
+            Method::GET,
+            "/api/v1/session",
+            &[("authorization", bearer.as_str())],
+            None,
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{who} outlived the password"
+        );
+    }
+    let (status, _, _) = call(&h.app, Method::GET, "/api/v1/session", &eng_auth, None).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the session that changed it goes on"
+    );
     login(&h.app, "eng", "engineer-pass-2").await;
+    // A token with an expiry says when; an expiry out of range is refused.
+    let (status, _, expiring) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/tokens",
+        &eng_auth,
+        Some(json!({"name": "ci", "expires_in_days": 30})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{expiring}");
+    let in_30_days = store::now_millis() + 30 * 24 * 3600 * 1000;
+    let expires_at = expiring["expires_at"].as_i64().expect("expires_at");
+    assert!((in_30_days - expires_at).abs() < 60_000, "{expiring}");
+    let eng_api_token = format!("Bearer {}", expiring["token"].as_str().expect("token"));
+    for days in [0, 3651] {
+        let (status, _, _) = call(
+            &h.app,
+            Method::POST,
+            "/api/v1/tokens",
+            &eng_auth,
+            Some(json!({"name": "x", "expires_in_days": days})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{days} days");
+    }
 
     // Disabling ends its sessions and its logins.
     let (status, _, user) = call(
@@ -741,6 +801,33 @@ async fn users_roles_password_change_and_disable() {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Its API token is revoked for good: enabling the user again does not
+    // bring it back.
+    call(
+        &h.app,
+        Method::POST,
+        &format!("/api/v1/users/{}/state", eng["id"]),
+        &auth,
+        Some(json!({"disabled": false})),
+    )
+    .await;
+    let (status, _, _) = call(
+        &h.app,
+        Method::GET,
+        "/api/v1/session",
+        &[("authorization", eng_api_token.as_str())],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    call(
+        &h.app,
+        Method::POST,
+        &format!("/api/v1/users/{}/state", eng["id"]),
+        &auth,
+        Some(json!({"disabled": true})),
+    )
+    .await;
     let (status, _, _) = call(
         &h.app,
         Method::POST,
@@ -2008,4 +2095,78 @@ async fn the_console_is_served_outside_the_api() {
     let (headers, body) = get("/api/v1/nothing-here").await;
     assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
     assert!(body.contains("no such endpoint"), "{body}");
+}
+
+#[tokio::test]
+async fn metrics_need_an_operator_and_the_cookie_is_secure_behind_https() {
+    let h = harness().await;
+    let app = api::app_with(
+        h.store.clone(),
+        api::ApiOptions {
+            metrics: Some(std::sync::Arc::new(|| "telemark_up 1\n".to_owned())),
+            secure_cookie: true,
+            ..Default::default()
+        },
+    );
+    let (status, headers, body) = call(
+        &app,
+        Method::POST,
+        "/api/v1/session",
+        &[],
+        Some(json!({"username": "admin", "password": h.admin_password})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let cookie = headers[header::SET_COOKIE].to_str().expect("cookie");
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    let admin = format!("Bearer {}", body["token"].as_str().expect("token"));
+    // A stranger, then a customer's engineer: no figures of the whole platform.
+    let (status, _, _) = call(&app, Method::GET, "/metrics", &[], None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let auth = [("authorization", admin.as_str())];
+    let (_, _, me) = call(&app, Method::GET, "/api/v1/session", &auth, None).await;
+    let (_, _, acme) = call(
+        &app,
+        Method::POST,
+        "/api/v1/organisations",
+        &auth,
+        Some(json!({"parent_id": me["organisation_id"], "name": "Acme"})),
+    )
+    .await;
+    let (status, _, user) = call(
+        &app,
+        Method::POST,
+        "/api/v1/users",
+        &auth,
+        Some(json!({"organisation_id": acme["id"], "username": "acme-eng", "password": "engineer-pass-1", "role": "engineer"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{user}");
+    let eng = format!(
+        "Bearer {}",
+        login(&app, "acme-eng", "engineer-pass-1").await
+    );
+    let (status, _, _) = call(
+        &app,
+        Method::GET,
+        "/metrics",
+        &[("authorization", eng.as_str())],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let request = Request::builder()
+        .uri("/metrics")
+        .header("authorization", admin.as_str())
+        .body(Body::empty())
+        .expect("request");
+    let response = app.clone().oneshot(request).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&text[..], b"telemark_up 1\n");
 }

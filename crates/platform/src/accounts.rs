@@ -192,6 +192,9 @@ async fn session_for(store: &Store, user: User) -> Result<Session, AccountError>
     Ok(Session { user, role, scope })
 }
 
+/// The longest expiry an API token can be given (ten years).
+pub const MAX_TOKEN_DAYS: u32 = 3650;
+
 /// Long-lived API tokens start with this, so they are told from sessions.
 pub const API_TOKEN_PREFIX: &str = "tmk_";
 
@@ -211,10 +214,12 @@ pub async fn session(store: &Store, token: &str) -> Result<Option<Session>, Acco
 }
 
 /// Creates a long-lived API token for the caller; returns it once.
+/// With `expires_in_days` it stops working that many days from now.
 pub async fn create_api_token(
     store: &Store,
     session: &Session,
     name: &str,
+    expires_in_days: Option<u32>,
 ) -> Result<(store::ApiToken, String), AccountError> {
     let name = name.trim();
     if name.is_empty() || name.len() > 100 {
@@ -222,9 +227,20 @@ pub async fn create_api_token(
             "a token needs a name of 1 to 100 characters".into(),
         ));
     }
+    let expires_at = match expires_in_days {
+        None => None,
+        Some(days @ 1..=MAX_TOKEN_DAYS) => {
+            Some(store::now_millis() + i64::from(days) * 24 * 3600 * 1000)
+        }
+        Some(_) => {
+            return Err(AccountError::Invalid(format!(
+                "a token expires in 1 to {MAX_TOKEN_DAYS} days"
+            )));
+        }
+    };
     let token = format!("{API_TOKEN_PREFIX}{}", new_token());
     let row = store
-        .create_api_token(session.user.id, name, &token_digest(&token))
+        .create_api_token(session.user.id, name, &token_digest(&token), expires_at)
         .await?;
     Ok((row, token))
 }
@@ -322,10 +338,13 @@ pub async fn create_user(
         .await?)
 }
 
-/// Changes the caller's own password after checking the current one.
+/// Changes the caller's own password after checking the current one. Every
+/// other session of the user ends and every API token is revoked; the
+/// session whose token is `current_token` goes on.
 pub async fn change_password(
     store: &Store,
     session: &Session,
+    current_token: &str,
     current: &str,
     new: &str,
 ) -> Result<(), AccountError> {
@@ -334,7 +353,11 @@ pub async fn change_password(
     }
     check_password(&session.user.username, new)?;
     store
-        .set_password_hash(session.user.id, &hash_password(new)?)
+        .set_password_hash(
+            session.user.id,
+            &hash_password(new)?,
+            Some(&token_digest(current_token)),
+        )
         .await?;
     Ok(())
 }

@@ -106,7 +106,8 @@ impl Store {
         row.ok_or_else(|| StoreError::NotFound(format!("user {id}")))
     }
 
-    /// Disables or enables a user in `scope`; a disabled user's sessions end.
+    /// Disables or enables a user in `scope`; a disabled user's sessions end
+    /// and API tokens are revoked (enabling again brings neither back).
     pub async fn set_user_disabled(
         &self,
         scope: &Scope,
@@ -123,23 +124,44 @@ impl Store {
                 .await?;
             if disabled {
                 sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
+                sqlx::query("UPDATE api_tokens SET revoked = $1 WHERE user_id = $2")
+                    .bind(true)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
         });
         Ok(())
     }
 
+    /// Sets a new password hash; every session of the user but `keep_session`
+    /// (the one that changed it, by token hash) ends, and every API token is
+    /// revoked: whoever held the old password holds nothing now.
     pub async fn set_password_hash(
         &self,
         user_id: i64,
         password_hash: &str,
+        keep_session: Option<&str>,
     ) -> Result<(), StoreError> {
         with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
             sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
                 .bind(password_hash)
                 .bind(user_id)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND token_hash <> $2")
+                .bind(user_id)
+                .bind(keep_session.unwrap_or(""))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE api_tokens SET revoked = $1 WHERE user_id = $2")
+                .bind(true)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
         });
         Ok(())
     }
@@ -199,6 +221,8 @@ pub struct ApiToken {
     pub name: String,
     pub revoked: bool,
     pub created_at: i64,
+    /// When it stops working (milliseconds); None: until revoked.
+    pub expires_at: Option<i64>,
 }
 
 impl Store {
@@ -207,18 +231,20 @@ impl Store {
         user_id: i64,
         name: &str,
         token_sha256: &str,
+        expires_at: Option<i64>,
     ) -> Result<ApiToken, StoreError> {
         let now = now_millis();
         let row = with_pool!(self, pool => {
             sqlx::query_as(
-                "INSERT INTO api_tokens (user_id, name, token_sha256, revoked, created_at) VALUES ($1, $2, $3, $4, $5) \
-                 RETURNING id, user_id, name, revoked, created_at",
+                "INSERT INTO api_tokens (user_id, name, token_sha256, revoked, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                 RETURNING id, user_id, name, revoked, created_at, expires_at",
             )
             .bind(user_id)
             .bind(name)
             .bind(token_sha256)
             .bind(false)
             .bind(now)
+            .bind(expires_at)
             .fetch_one(pool)
             .await?
         });
@@ -227,7 +253,7 @@ impl Store {
 
     pub async fn api_tokens(&self, user_id: i64) -> Result<Vec<ApiToken>, StoreError> {
         let rows = with_pool!(self, pool => {
-            sqlx::query_as("SELECT id, user_id, name, revoked, created_at FROM api_tokens WHERE user_id = $1 ORDER BY id")
+            sqlx::query_as("SELECT id, user_id, name, revoked, created_at, expires_at FROM api_tokens WHERE user_id = $1 ORDER BY id")
                 .bind(user_id)
                 .fetch_all(pool)
                 .await?
@@ -249,15 +275,17 @@ impl Store {
         Ok(done == 1)
     }
 
-    /// The enabled user a live API token belongs to.
+    /// The enabled user a live (unrevoked, unexpired) API token belongs to.
     pub async fn api_token_user(&self, token_sha256: &str) -> Result<Option<User>, StoreError> {
         let row = with_pool!(self, pool => {
             sqlx::query_as(&format!(
                 "SELECT {USER_COLUMNS} FROM api_tokens t JOIN users u ON u.id = t.user_id \
-                 WHERE t.token_sha256 = $1 AND t.revoked = $2 AND u.disabled = $2"
+                 WHERE t.token_sha256 = $1 AND t.revoked = $2 AND u.disabled = $2 \
+                 AND (t.expires_at IS NULL OR t.expires_at > $3)"
             ))
             .bind(token_sha256)
             .bind(false)
+            .bind(now_millis())
             .fetch_optional(pool)
             .await?
         });

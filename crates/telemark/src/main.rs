@@ -140,6 +140,11 @@ struct ServeArgs {
     /// (EMQX HTTP auth) that sends `Authorization: Bearer SECRET`.
     #[arg(long, env = "TELEMARK_BROKER_HOOK_SECRET", hide_env_values = true)]
     broker_hook_secret: Option<String>,
+    /// The address users reach the console at, when a reverse proxy puts
+    /// it elsewhere (https://nms.example.com/): an https URL makes the
+    /// session cookie Secure.
+    #[arg(long, env = "TELEMARK_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -605,36 +610,39 @@ impl RunningBroker {
     }
 }
 
-fn metrics_route(broker: &Broker) -> axum::Router {
-    platform_metrics_route(broker, None)
-}
-
-/// `/metrics`: the broker's figures, and the ingest's when there is one.
-fn platform_metrics_route(
-    broker: &Broker,
-    ingest: Option<Arc<platform::telemetry::Ingest>>,
-) -> axum::Router {
-    let broker = broker.clone();
+/// `/metrics` without authentication, for `[metrics] bind`: an address
+/// of its own that the operator chooses to expose to a scraper.
+fn metrics_route(render: api::MetricsRenderer) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let broker = broker.clone();
-            let ingest = ingest.clone();
+            let render = render.clone();
             async move {
-                let mut text = broker.stats().prometheus();
-                if let Some(ingest) = ingest {
-                    text.push_str(&ingest_prometheus(&ingest.counters));
-                }
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
                         "text/plain; version=0.0.4",
                     )],
-                    text,
+                    render(),
                 )
             }
         }),
     )
+}
+
+/// The Prometheus text: the broker's figures, and the ingest's when there is one.
+fn metrics_renderer(
+    broker: &Broker,
+    ingest: Option<Arc<platform::telemetry::Ingest>>,
+) -> api::MetricsRenderer {
+    let broker = broker.clone();
+    Arc::new(move || {
+        let mut text = broker.stats().prometheus();
+        if let Some(ingest) = &ingest {
+            text.push_str(&ingest_prometheus(&ingest.counters));
+        }
+        text
+    })
 }
 
 fn ingest_prometheus(c: &platform::telemetry::IngestCounters) -> String {
@@ -737,11 +745,20 @@ async fn start_broker(config: &Config, broker: Broker) -> anyhow::Result<Running
         info!(listener = kind.name(), address = %listener.local_addr()?, "listening");
         listeners.push(broker.serve(listener, kind));
     }
+    Ok(RunningBroker { broker, listeners })
+}
+
+/// `[metrics] bind`: `/metrics` on an address of its own, without login.
+async fn serve_metrics(
+    config: &Config,
+    broker: &Broker,
+    render: api::MetricsRenderer,
+) -> anyhow::Result<()> {
     if let Some(addr) = config.metrics.bind {
-        let local = serve_http(addr, metrics_route(&broker), &broker, "metrics").await?;
+        let local = serve_http(addr, metrics_route(render), broker, "metrics").await?;
         info!(address = %local, "metrics on /metrics");
     }
-    Ok(RunningBroker { broker, listeners })
+    Ok(())
 }
 
 async fn run_broker(config: Config) -> anyhow::Result<()> {
@@ -763,6 +780,12 @@ async fn run_broker(config: Config) -> anyhow::Result<()> {
             Arc::new(AllowAll)
         };
     let running = start_broker(&config, Broker::new(config.broker.clone(), auth)).await?;
+    serve_metrics(
+        &config,
+        &running.broker,
+        metrics_renderer(&running.broker, None),
+    )
+    .await?;
     info!(version = env!("CARGO_PKG_VERSION"), "telemark broker ready");
     shutdown_signal().await;
     info!("shutting down");
@@ -856,11 +879,19 @@ async fn run_platform(
         alarms: Some(alarms.clone()),
         logins,
         webhooks,
+        metrics: Some(metrics_renderer(&running.broker, Some(ingest.clone()))),
+        secure_cookie: args
+            .public_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("https://")),
     };
-    let app = api::app_with(store.clone(), options).merge(platform_metrics_route(
+    serve_metrics(
+        &config,
         &running.broker,
-        Some(ingest.clone()),
-    ));
+        metrics_renderer(&running.broker, Some(ingest.clone())),
+    )
+    .await?;
+    let app = api::app_with(store.clone(), options);
     let http = serve_http(args.http, app, &running.broker, "HTTP").await?;
     // Daily statistics snapshots for week-over-week change. Idempotent
     // upserts, so several `telemark serve` on one database need no lease.

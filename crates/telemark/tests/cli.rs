@@ -735,8 +735,16 @@ fn the_agent_fills_the_black_box_and_buffers_across_a_platform_restart() {
         "the fault is counted"
     );
 
-    // Operators watch the ingest on /metrics.
-    let (_, metrics) = http(http_port, "GET", "/metrics", &[], "");
+    // Operators watch the ingest on /metrics, with their token; nobody else.
+    let (status, _) = http(http_port, "GET", "/metrics", &[], "");
+    assert_eq!(status, 401);
+    let (_, metrics) = http(
+        http_port,
+        "GET",
+        "/metrics",
+        &[("Authorization", bearer.as_str())],
+        "",
+    );
     let stored: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("telemark_ingest_readings_stored_total "))

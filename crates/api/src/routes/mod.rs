@@ -97,6 +97,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     document.info.version = env!("CARGO_PKG_VERSION").to_owned();
     let document = Arc::new(document);
     router
+        .route("/metrics", get(metrics))
         .route(
             "/api/openapi.json",
             get(move || {
@@ -106,6 +107,25 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         )
         .fallback(console_or_not_found)
         .with_state(state)
+}
+
+/// Prometheus text for the operator: on the API's port it needs an
+/// operator admin's session or API token (a scraper holds a `tmk_` token);
+/// `[metrics] bind` serves it without one on an address of its own.
+async fn metrics(State(state): State<Arc<AppState>>, caller: Caller) -> Result<Response, ApiError> {
+    if caller.session.role != Role::OperatorAdmin {
+        return Err(ApiError::Forbidden(
+            "metrics are for the operator's admins".into(),
+        ));
+    }
+    let Some(render) = &state.options.metrics else {
+        return Err(ApiError::NotFound("no metrics here".into()));
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render(),
+    )
+        .into_response())
 }
 
 /// Everything outside `/api` is the console: its files, or its index for

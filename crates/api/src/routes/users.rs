@@ -2,6 +2,16 @@
 
 use super::*;
 
+/// `; Secure` when the console is served over HTTPS: the browser then never
+/// sends the session over plain HTTP.
+fn secure_attribute(state: &AppState) -> &'static str {
+    if state.options.secure_cookie {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
 #[utoipa::path(
     post,
     path = "/api/v1/session",
@@ -39,8 +49,9 @@ pub(super) async fn login(
     };
     let (session, token) = accounts::open_session(&state.store, session).await?;
     let cookie = format!(
-        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        accounts::SESSION_HOURS * 3600
+        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        accounts::SESSION_HOURS * 3600,
+        secure_attribute(&state)
     );
     let dto = SessionDto {
         user_id: session.user.id,
@@ -90,7 +101,10 @@ pub(super) async fn logout(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     accounts::logout(&state.store, &caller.token).await?;
-    let expired = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    let expired = format!(
+        "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+        secure_attribute(&state)
+    );
     Ok((
         [(header::SET_COOKIE, expired)],
         axum::http::StatusCode::NO_CONTENT,
@@ -284,6 +298,7 @@ pub(super) async fn change_password(
     match accounts::change_password(
         &state.store,
         &caller.session,
+        &caller.token,
         &request.current_password,
         &request.new_password,
     )
@@ -345,8 +360,13 @@ pub(super) async fn create_api_token(
     body: JsonObject<NewApiTokenDto>,
 ) -> Result<(axum::http::StatusCode, Json<ApiTokenDto>), ApiError> {
     let request = body.parse()?;
-    let (row, token) =
-        accounts::create_api_token(&state.store, &caller.session, &request.name).await?;
+    let (row, token) = accounts::create_api_token(
+        &state.store,
+        &caller.session,
+        &request.name,
+        request.expires_in_days,
+    )
+    .await?;
     caller
         .audit(
             &state,
