@@ -1925,11 +1925,15 @@ async fn a_device_s_readings_stream_live_over_a_websocket() {
     };
     // Give the server a moment to subscribe after the upgrade.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let now = store::now_millis();
     ingest
-        .handle("dwr/311-a1/00-11-22-33-99-02/hardware/cpu", &cpu(1, 11.0))
+        .handle("dwr/311-a1/00-11-22-33-99-02/hardware/cpu", &cpu(now, 11.0))
         .await;
     ingest
-        .handle("dwr/311-a1/00-11-22-33-99-01/hardware/cpu", &cpu(2, 42.5))
+        .handle(
+            "dwr/311-a1/00-11-22-33-99-01/hardware/cpu",
+            &cpu(now + 1, 42.5),
+        )
         .await;
     let message = tokio::time::timeout(std::time::Duration::from_secs(5), socket.next())
         .await
@@ -1939,7 +1943,7 @@ async fn a_device_s_readings_stream_live_over_a_websocket() {
     let reading: Value = serde_json::from_str(message.to_text().expect("text")).expect("json");
     assert_eq!(
         reading,
-        json!({"metric": "cpu.usage_percent", "ts": 2, "value": 42.5}),
+        json!({"metric": "cpu.usage_percent", "ts": now + 1, "value": 42.5}),
         "only this device's readings"
     );
 }

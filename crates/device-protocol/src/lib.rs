@@ -274,6 +274,118 @@ pub enum ContractError {
     Version { topic: &'static str, found: u32 },
     #[error("status: state must be online or offline, not {0:?}")]
     State(String),
+    /// Within the schema, but past what one device may make the platform
+    /// keep (see the limits below).
+    #[error("{topic}: {message}")]
+    Limit {
+        topic: &'static str,
+        message: String,
+    },
+}
+
+/// Interfaces in one `network/traffic` (each adds two metric series).
+pub const MAX_INTERFACES: usize = 32;
+/// Addresses in one `network/ipv4`.
+pub const MAX_ADDRESSES: usize = 64;
+/// Longest interface name: Linux allows 15 bytes; a little room for others.
+pub const MAX_INTERFACE_NAME: usize = 32;
+/// Log lines in one `log/syslog` or `log/dmesg` message.
+pub const MAX_LOG_LINES: usize = 500;
+/// Longest log line kept, in bytes.
+pub const MAX_LOG_LINE: usize = 4096;
+/// Longest other string (firmware version, band, operator), in bytes.
+pub const MAX_TEXT: usize = 128;
+
+/// Whether a payload's JSON carries a NUL character (`\u0000`), which no
+/// field may hold (PostgreSQL refuses it in text). A raw NUL byte is not
+/// JSON at all, and serde refuses it already.
+fn has_escaped_nul(payload: &[u8]) -> bool {
+    payload.windows(6).enumerate().any(|(i, w)| {
+        w == br"\u0000" && {
+            // Escaped only if the backslash itself is not escaped: an odd
+            // run of backslashes ends here.
+            let run = payload[..=i]
+                .iter()
+                .rev()
+                .take_while(|b| **b == b'\\')
+                .count();
+            run % 2 == 1
+        }
+    })
+}
+
+fn interface_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_INTERFACE_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@'))
+}
+
+impl Reading {
+    /// What one message may make the platform keep: metric names built
+    /// from device data are short and tame, lists are bounded.
+    fn check_limits(&self) -> Result<(), String> {
+        let text = |what: &str, value: Option<&str>| match value {
+            Some(v) if v.len() > MAX_TEXT => Err(format!("{what} longer than {MAX_TEXT} bytes")),
+            _ => Ok(()),
+        };
+        match self {
+            Reading::Traffic(t) => {
+                if t.interfaces.len() > MAX_INTERFACES {
+                    return Err(format!("more than {MAX_INTERFACES} interfaces"));
+                }
+                if let Some(bad) = t
+                    .interfaces
+                    .iter()
+                    .find(|i| !interface_name_ok(&i.interface))
+                {
+                    return Err(format!(
+                        "interface name {:?} is not 1 to {MAX_INTERFACE_NAME} of A-Z a-z 0-9 _ - . : @",
+                        bad.interface.chars().take(40).collect::<String>()
+                    ));
+                }
+            }
+            Reading::Ipv4(a) => {
+                if a.addresses.len() > MAX_ADDRESSES {
+                    return Err(format!("more than {MAX_ADDRESSES} addresses"));
+                }
+                if let Some(bad) = a
+                    .addresses
+                    .iter()
+                    .find(|a| !interface_name_ok(&a.interface) || a.address.len() > MAX_TEXT)
+                {
+                    return Err(format!(
+                        "address entry {:?} is out of bounds",
+                        bad.interface.chars().take(40).collect::<String>()
+                    ));
+                }
+            }
+            Reading::Syslog(b) | Reading::Dmesg(b) => {
+                if b.lines.len() > MAX_LOG_LINES {
+                    return Err(format!("more than {MAX_LOG_LINES} lines in one message"));
+                }
+                if b.lines.iter().any(|l| l.text.len() > MAX_LOG_LINE) {
+                    return Err(format!("a line longer than {MAX_LOG_LINE} bytes"));
+                }
+            }
+            Reading::Firmware(f) => text("version", Some(&f.version))?,
+            Reading::Lte(l) => {
+                text("band", l.band.as_deref())?;
+                text("operator", l.operator.as_deref())?;
+                text("technology", Some(&l.technology))?;
+                if l.carrier_aggregation.len() > 16 {
+                    return Err("more than 16 carrier components".into());
+                }
+            }
+            Reading::Loadavg(_)
+            | Reading::Memory(_)
+            | Reading::Cpu(_)
+            | Reading::Uptime(_)
+            | Reading::Status(_) => {}
+        }
+        Ok(())
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(
@@ -290,6 +402,12 @@ fn decode<T: serde::de::DeserializeOwned>(
 pub fn parse(suffix: &str, payload: &[u8]) -> Result<Reading, ContractError> {
     let topic =
         Topic::from_suffix(suffix).ok_or_else(|| ContractError::UnknownTopic(suffix.to_owned()))?;
+    if has_escaped_nul(payload) {
+        return Err(ContractError::Limit {
+            topic: topic.suffix(),
+            message: "a string holds a NUL character".into(),
+        });
+    }
     let reading = match topic {
         Topic::Loadavg => Reading::Loadavg(decode(topic, payload)?),
         Topic::Memory => Reading::Memory(decode(topic, payload)?),
@@ -316,6 +434,12 @@ pub fn parse(suffix: &str, payload: &[u8]) -> Result<Reading, ContractError> {
     {
         return Err(ContractError::State(s.state.clone()));
     }
+    reading
+        .check_limits()
+        .map_err(|message| ContractError::Limit {
+            topic: topic.suffix(),
+            message,
+        })?;
     Ok(reading)
 }
 
@@ -477,5 +601,85 @@ mod tests {
         let lte = br#"{"v":1,"ts":1,"technology":"lte","rsrp_dbm":-112.0,"rsrq_db":-14.0,"sinr_db":1.5,"rssi_dbm":null,"band":"B3","carrier_aggregation":[{"band":"B7","pci":12,"rsrp_dbm":-115.0}],"operator":"Telia","cell_id":123456,"smcc":244,"smnc":91}"#;
         let lte = parse("hardware/lte", lte).expect("lte");
         assert_eq!(lte.metrics().len(), 3, "absent values are not readings");
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+
+    fn traffic(interfaces: &[&str]) -> Vec<u8> {
+        Reading::Traffic(Traffic {
+            v: VERSION,
+            ts: 1,
+            interfaces: interfaces
+                .iter()
+                .map(|name| InterfaceTraffic {
+                    interface: (*name).to_owned(),
+                    rx_bytes: 0,
+                    tx_bytes: 0,
+                    rx_bps: 0.0,
+                    tx_bps: 0.0,
+                })
+                .collect(),
+        })
+        .to_json()
+    }
+
+    #[test]
+    fn metric_names_from_device_data_stay_tame() {
+        assert!(parse("network/traffic", &traffic(&["wwan0", "br-lan", "eth0.2"])).is_ok());
+        let many: Vec<String> = (0..=MAX_INTERFACES).map(|i| format!("if{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        for bad in [
+            traffic(&many),
+            traffic(&["x".repeat(MAX_INTERFACE_NAME + 1).as_str()]),
+            traffic(&["a/b"]),
+            traffic(&["a b"]),
+            traffic(&[""]),
+            traffic(&["rx_bps\u{1F4A9}"]),
+        ] {
+            assert!(
+                matches!(
+                    parse("network/traffic", &bad),
+                    Err(ContractError::Limit { .. })
+                ),
+                "{}",
+                String::from_utf8_lossy(&bad)
+            );
+        }
+    }
+
+    #[test]
+    fn log_batches_are_bounded_and_nul_is_refused() {
+        let batch = |lines: usize, len: usize| {
+            Reading::Syslog(LogBatch {
+                v: VERSION,
+                ts: 1,
+                lines: (0..lines)
+                    .map(|_| LogLine {
+                        ts: 1,
+                        text: "x".repeat(len),
+                    })
+                    .collect(),
+            })
+            .to_json()
+        };
+        assert!(parse("log/syslog", &batch(MAX_LOG_LINES, 100)).is_ok());
+        assert!(parse("log/syslog", &batch(MAX_LOG_LINES + 1, 1)).is_err());
+        assert!(parse("log/syslog", &batch(1, MAX_LOG_LINE + 1)).is_err());
+        let nul = br#"{"v":1,"ts":1,"lines":[{"ts":1,"text":"a\u0000b"}]}"#;
+        assert!(matches!(
+            parse("log/syslog", nul),
+            Err(ContractError::Limit { .. })
+        ));
+        // An escaped backslash before "u0000" is text, not a NUL.
+        let text = br#"{"v":1,"ts":1,"lines":[{"ts":1,"text":"C:\\u0000"}]}"#;
+        assert!(parse("log/syslog", text).is_ok());
+        let firmware = format!(
+            r#"{{"v":1,"ts":1,"version":"{}"}}"#,
+            "9".repeat(MAX_TEXT + 1)
+        );
+        assert!(parse("system/firmware", firmware.as_bytes()).is_err());
     }
 }

@@ -30,6 +30,17 @@ const MAX_TRANSACTION_ROWS: usize = 500_000;
 /// process. About 5 minutes of 10,000 devices reporting every second, in
 /// about 400 MB; [`Ingest::set_max_backlog`] changes it.
 pub const DEFAULT_MAX_BACKLOG: usize = 4_000_000;
+/// Log lines waiting in memory for the database; past it the oldest are
+/// dropped and counted (`log_lines_dropped`).
+pub const MAX_BACKLOG_LINES: usize = 1_000_000;
+/// Distinct metric series one device may have: each is a row per reading
+/// and an entry in memory, and the names come from the device.
+pub const MAX_METRICS_PER_DEVICE: usize = 256;
+/// How far a reading's time may be from the server's: older or newer
+/// readings are faults (a device clock at 1970 would otherwise send
+/// retention and roll-up over decades of empty hours).
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const DEFAULT_MAX_AHEAD: Duration = Duration::from_secs(24 * 3600);
 /// A device that keeps sending bad messages is logged once a minute.
 const FAULT_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -54,6 +65,8 @@ pub struct IngestCounters {
     /// Readings given up, oldest first, when more waited for the database
     /// than the backlog bound allows.
     pub readings_dropped: AtomicU64,
+    /// Log lines given up the same way, past [`MAX_BACKLOG_LINES`].
+    pub log_lines_dropped: AtomicU64,
 }
 
 #[derive(Default)]
@@ -62,7 +75,7 @@ struct Pending {
     /// without moving a backlog of millions, and a failed batch goes back
     /// in front.
     readings: std::collections::VecDeque<NewReading>,
-    lines: Vec<NewLogLine>,
+    lines: std::collections::VecDeque<NewLogLine>,
     faults: HashMap<i64, (u64, String)>,
     firmware: HashMap<i64, String>,
 }
@@ -87,6 +100,9 @@ pub struct Ingest {
     /// Wakes the [`BatchWriter`] before its tick when a batch is full.
     batch_full: tokio::sync::Notify,
     max_backlog: std::sync::atomic::AtomicUsize,
+    /// Milliseconds a reading may be older / newer than the server's clock.
+    max_age_ms: AtomicU64,
+    max_ahead_ms: AtomicU64,
     pub counters: IngestCounters,
 }
 
@@ -111,6 +127,8 @@ impl Ingest {
             alarms,
             batch_full: tokio::sync::Notify::new(),
             max_backlog: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_BACKLOG),
+            max_age_ms: AtomicU64::new(DEFAULT_MAX_AGE.as_millis() as u64),
+            max_ahead_ms: AtomicU64::new(DEFAULT_MAX_AHEAD.as_millis() as u64),
             counters: IngestCounters::default(),
         })
     }
@@ -122,6 +140,44 @@ impl Ingest {
 
     fn max_backlog(&self) -> usize {
         self.max_backlog.load(Ordering::Relaxed)
+    }
+
+    /// How far from the server's clock a reading's time may be.
+    pub fn set_timestamp_window(&self, max_age: Duration, max_ahead: Duration) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.max_age_ms.store(ms(max_age), Ordering::Relaxed);
+        self.max_ahead_ms.store(ms(max_ahead), Ordering::Relaxed);
+    }
+
+    /// Why a device time is outside the window, if it is.
+    fn outside_window(&self, ts: i64) -> Option<String> {
+        let now = store::now_millis();
+        let max_age = i64::try_from(self.max_age_ms.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        let max_ahead =
+            i64::try_from(self.max_ahead_ms.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        if ts < now.saturating_sub(max_age) {
+            Some(format!(
+                "ts {ts} is more than {} days before the server's time",
+                max_age / 86_400_000
+            ))
+        } else if ts > now.saturating_add(max_ahead) {
+            Some(format!(
+                "ts {ts} is more than {} hours after the server's time",
+                max_ahead / 3_600_000
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Counts a message that broke the contract against its device.
+    fn fault(&self, device_id: i64, topic: &str, error: String) {
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        self.log_fault(topic, &error);
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let fault = pending.faults.entry(device_id).or_default();
+        fault.0 += 1;
+        fault.1 = error;
     }
 
     /// Live readings of every device, for the console's stream.
@@ -218,21 +274,46 @@ impl Ingest {
         };
         let reading = match device_protocol::parse(suffix, payload) {
             Ok(r) => r,
-            Err(e) => {
-                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                let error = e.to_string();
-                self.log_fault(topic, &error);
-                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                let fault = pending.faults.entry(device.id).or_default();
-                fault.0 += 1;
-                fault.1 = error;
-                return;
-            }
+            Err(e) => return self.fault(device.id, topic, e.to_string()),
         };
         let ts = reading.timestamp();
-        let metrics = reading.metrics();
+        let line_times = match &reading {
+            Reading::Syslog(b) | Reading::Dmesg(b) => b.lines.iter().map(|l| l.ts).collect(),
+            _ => Vec::new(),
+        };
+        if let Some(why) = std::iter::once(ts)
+            .chain(line_times)
+            .find_map(|t| self.outside_window(t))
+        {
+            return self.fault(device.id, topic, format!("{suffix}: {why}"));
+        }
+        let mut metrics = reading.metrics();
         if !metrics.is_empty() {
             let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = latest.entry(device.id).or_default();
+            // A device may not grow its series without bound: new names past
+            // the limit are a fault; known ones go on.
+            let before = metrics.len();
+            let mut room = MAX_METRICS_PER_DEVICE.saturating_sub(entry.len());
+            metrics.retain(|(metric, _)| {
+                entry.contains_key(metric.as_str())
+                    || (room > 0 && {
+                        room -= 1;
+                        true
+                    })
+            });
+            if metrics.len() < before {
+                drop(latest);
+                self.fault(
+                    device.id,
+                    topic,
+                    format!(
+                        "{suffix}: more than {MAX_METRICS_PER_DEVICE} metric series for one device; {} readings not kept",
+                        before - metrics.len()
+                    ),
+                );
+                latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+            }
             let entry = latest.entry(device.id).or_default();
             let listened = self.live.receiver_count() > 0;
             for (metric, value) in &metrics {
@@ -291,6 +372,13 @@ impl Ingest {
             }
             _ => {}
         }
+        if pending.lines.len() > MAX_BACKLOG_LINES {
+            let excess = pending.lines.len() - MAX_BACKLOG_LINES;
+            pending.lines.drain(..excess);
+            self.counters
+                .log_lines_dropped
+                .fetch_add(excess as u64, Ordering::Relaxed);
+        }
         let max_backlog = self.max_backlog();
         if pending.readings.len() > max_backlog {
             let excess = pending.readings.len() - max_backlog;
@@ -339,7 +427,7 @@ impl Ingest {
             let take = pending.readings.len().min(MAX_TRANSACTION_ROWS);
             (
                 pending.readings.drain(..take).collect::<Vec<_>>(),
-                std::mem::take(&mut pending.lines),
+                Vec::from(std::mem::take(&mut pending.lines)),
                 std::mem::take(&mut pending.faults),
                 std::mem::take(&mut pending.firmware),
             )
@@ -374,8 +462,15 @@ impl Ingest {
             for reading in readings.into_iter().rev().take(room) {
                 pending.readings.push_front(reading);
             }
-            let newer_lines = std::mem::replace(&mut pending.lines, lines);
+            let newer_lines = std::mem::replace(&mut pending.lines, lines.into());
             pending.lines.extend(newer_lines);
+            if pending.lines.len() > MAX_BACKLOG_LINES {
+                let excess = pending.lines.len() - MAX_BACKLOG_LINES;
+                pending.lines.drain(..excess);
+                self.counters
+                    .log_lines_dropped
+                    .fetch_add(excess as u64, Ordering::Relaxed);
+            }
             for (device_id, (count, error)) in faults {
                 let fault = pending.faults.entry(device_id).or_insert((0, error));
                 fault.0 += count;

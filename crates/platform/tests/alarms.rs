@@ -235,7 +235,7 @@ async fn a_signal_fade_raises_and_clears_an_alarm_and_tells_the_webhook() {
     };
 
     // The fade starts; 20 s of it is not yet an alarm, 31 s is.
-    let t0 = 1_764_000_000_000;
+    let t0 = store::now_millis() - 3_600_000;
     ingest.handle(topic, &lte(t0, -95.0)).await;
     ingest.handle(topic, &lte(t0 + 10_000, -114.0)).await;
     ingest.handle(topic, &lte(t0 + 30_000, -116.0)).await;
@@ -558,4 +558,84 @@ async fn a_backlog_past_its_bound_drops_the_oldest_and_counts_them() {
         .expect("series");
     let kept: Vec<f64> = series.iter().map(|p| p.mean).collect();
     assert_eq!(kept, [6.0, 7.0, 8.0, 9.0], "the newest are kept");
+}
+
+#[tokio::test]
+async fn what_a_device_sends_cannot_grow_the_black_box_without_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_data_dir(dir.path()).await.expect("store");
+    let d = one_device(&store).await;
+    let ingest = Ingest::new(store.clone());
+    let base = "dwr/311-a1/00-11-22-33-44-55/";
+    let now = store::now_millis();
+    let fault_count = || async {
+        store
+            .telemetry_fault(&d.root, d.device)
+            .await
+            .expect("fault")
+            .map(|f| (f.count, f.last_error))
+            .unwrap_or_default()
+    };
+    // A reading dated 1970, one from next week, and a log line from 1970
+    // in a batch dated now: faults, not rows that send retention and
+    // roll-up over decades.
+    ingest
+        .handle(&format!("{base}hardware/cpu"), &cpu_payload(1, 50.0))
+        .await;
+    ingest
+        .handle(
+            &format!("{base}hardware/cpu"),
+            &cpu_payload(now + 7 * 86_400_000, 50.0),
+        )
+        .await;
+    let old_line =
+        format!(r#"{{"v":1,"ts":{now},"lines":[{{"ts":1000,"text":"kernel: hello"}}]}}"#);
+    ingest
+        .handle(&format!("{base}log/syslog"), old_line.as_bytes())
+        .await;
+    // A NUL in a log line (PostgreSQL would refuse the whole batch).
+    let nul = format!(r#"{{"v":1,"ts":{now},"lines":[{{"ts":{now},"text":"a\u0000b"}}]}}"#);
+    ingest
+        .handle(&format!("{base}log/syslog"), nul.as_bytes())
+        .await;
+    ingest.flush().await.expect("flush");
+    let (count, last) = fault_count().await;
+    assert_eq!(count, 4, "{last}");
+    assert!(last.contains("NUL"), "{last}");
+    assert_eq!(store.count_readings().await.expect("count"), 0);
+
+    // Interface names invent metric series: a device may have 256 at most.
+    let mut sent = 0;
+    for batch in 0..20 {
+        let interfaces: Vec<String> = (0..16)
+            .map(|i| format!(r#"{{"interface":"if{batch}x{i}","rx_bytes":0,"tx_bytes":0,"rx_bps":1.0,"tx_bps":2.0}}"#))
+            .collect();
+        let traffic = format!(
+            r#"{{"v":1,"ts":{},"interfaces":[{}]}}"#,
+            now + batch,
+            interfaces.join(",")
+        );
+        ingest
+            .handle(&format!("{base}network/traffic"), traffic.as_bytes())
+            .await;
+        sent += 32;
+    }
+    ingest.flush().await.expect("flush");
+    let stored = store.count_readings().await.expect("count") as usize;
+    assert_eq!(stored, platform::telemetry::MAX_METRICS_PER_DEVICE);
+    assert!(sent > stored);
+    let (_, last) = fault_count().await;
+    assert!(last.contains("metric series"), "{last}");
+    // Known series go on after the limit.
+    ingest
+        .handle(&format!("{base}network/traffic"), format!(
+            r#"{{"v":1,"ts":{},"interfaces":[{{"interface":"if0x0","rx_bytes":0,"tx_bytes":0,"rx_bps":1.0,"tx_bps":2.0}}]}}"#,
+            now + 100
+        ).as_bytes())
+        .await;
+    ingest.flush().await.expect("flush");
+    assert_eq!(
+        store.count_readings().await.expect("count") as usize,
+        stored + 2
+    );
 }

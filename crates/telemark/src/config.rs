@@ -92,6 +92,10 @@ pub struct Telemetry {
     /// Readings waiting in memory for the database; past it the oldest are
     /// dropped and counted.
     pub max_backlog_readings: usize,
+    /// A reading older than this (by its device time) is a fault.
+    pub max_reading_age_days: u32,
+    /// A reading this far ahead of the server's clock is a fault.
+    pub max_reading_ahead_hours: u32,
 }
 
 impl Default for Telemetry {
@@ -100,6 +104,8 @@ impl Default for Telemetry {
             raw_retention_days: 7,
             hourly_retention_days: 365,
             max_backlog_readings: platform::telemetry::DEFAULT_MAX_BACKLOG,
+            max_reading_age_days: 30,
+            max_reading_ahead_hours: 24,
         }
     }
 }
@@ -133,6 +139,8 @@ ws = "127.0.0.1:8083"         # MQTT over WebSocket, path /mqtt
 raw_retention_days = 7                        # readings and device logs
 hourly_retention_days = 365                   # hourly min/max/mean
 max_backlog_readings = 4000000                # waiting for the database; oldest dropped past it
+max_reading_age_days = 30                     # older device times are faults
+max_reading_ahead_hours = 24                  # device times further ahead are faults
 
 [webhooks]
 allowed_private_targets = []                  # e.g. ["alerts.corp.example", "10.0.0.5"]: inside targets webhooks may reach

@@ -684,6 +684,11 @@ fn ingest_prometheus(c: &platform::telemetry::IngestCounters) -> String {
             "readings dropped, oldest first, past the backlog bound",
             c.readings_dropped.load(Relaxed),
         ),
+        (
+            "log_lines_dropped",
+            "device log lines dropped, oldest first, past the backlog bound",
+            c.log_lines_dropped.load(Relaxed),
+        ),
     ] {
         out.push_str(&format!(
             "# HELP telemark_ingest_{name}_total {help}\n# TYPE telemark_ingest_{name}_total counter\ntelemark_ingest_{name}_total {value}\n"
@@ -872,6 +877,10 @@ async fn run_platform(
     // its in-process connection.
     let ingest = platform::telemetry::Ingest::with_alarms(store.clone(), alarms.clone());
     ingest.set_max_backlog(config.telemetry.max_backlog_readings);
+    ingest.set_timestamp_window(
+        std::time::Duration::from_secs(u64::from(config.telemetry.max_reading_age_days) * 86_400),
+        std::time::Duration::from_secs(u64::from(config.telemetry.max_reading_ahead_hours) * 3600),
+    );
     let ingest_task = tokio::spawn(platform::telemetry::run_feed(ingest.clone(), feed, stop_rx));
     let options = api::ApiOptions {
         broker_hook_secret: args.broker_hook_secret.clone(),
