@@ -370,7 +370,7 @@ impl Connection {
     /// The end of a connection refused at CONNECT: the CONNACK, then close.
     async fn refused(&mut self) {
         let _ = self.flush().await;
-        self.transport.close().await;
+        self.transport.close_and_drain().await;
     }
 
     /// The end of a connection that got as far as CONNACK; boxed, so its
@@ -400,7 +400,11 @@ impl Connection {
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.flush()).await;
         leave(&self.shared, &active, ending.publish_will);
-        self.transport.close().await;
+        if ending.reason.is_some() {
+            self.transport.close_and_drain().await;
+        } else {
+            self.transport.close().await;
+        }
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {

@@ -118,6 +118,25 @@ impl Transport {
         }
     }
 
+    /// Closes after the broker ended the connection with a reason (a
+    /// DISCONNECT or a refusing CONNACK): half-closes, then reads and
+    /// discards what the client still sends, briefly. Closing with unread
+    /// data would make the kernel answer with a reset, and the client
+    /// could lose the reason still in its receive buffer.
+    pub(crate) async fn close_and_drain(&mut self) {
+        self.close().await;
+        let mut sink = BytesMut::new();
+        let deadline = tokio::time::Instant::now() + DRAIN_FOR;
+        let mut drained = 0;
+        while drained < DRAIN_AT_MOST {
+            sink.clear();
+            match tokio::time::timeout_at(deadline, self.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+    }
+
     pub(crate) async fn close(&mut self) {
         match &mut self.kind {
             TransportKind::Tcp(stream) => {
@@ -132,6 +151,10 @@ impl Transport {
         }
     }
 }
+
+/// How long, and how much, a closing connection reads and discards.
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_millis(500);
+const DRAIN_AT_MOST: usize = 1 << 20;
 
 async fn read_websocket(
     ws: &mut WebSocketStream<Box<dyn Io>>,

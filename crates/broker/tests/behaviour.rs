@@ -727,6 +727,36 @@ async fn exceeding_the_servers_receive_maximum_closes_with_0x93() {
 }
 
 #[tokio::test]
+async fn a_client_that_keeps_sending_past_receive_maximum_still_reads_0x93() {
+    // The broker half-closes and drains, so the reason is not lost to a
+    // reset while the flood is still arriving.
+    let settings = Settings {
+        receive_maximum: 2,
+        ..quick_settings()
+    };
+    let b = start_with(settings, Arc::new(AllowAll)).await;
+    let (mut p, _) = Client::connect(b.tcp, &Conn::v5("flooder")).await;
+    let mut flood = bytes::BytesMut::new();
+    for _ in 0..5_000 {
+        let packet = p.publish_packet("flood/t", &[0u8; 64], QoS::ExactlyOnce, false);
+        encode(&Packet::Publish(packet), ProtocolVersion::V5, &mut flood).expect("encode");
+    }
+    p.send_bytes(&flood).await;
+    // Read only once the broker has ended the connection, as a client busy
+    // writing would.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let reason = loop {
+        match p.recv().await {
+            Some(Packet::PubRec(_)) => {}
+            Some(Packet::Disconnect(d)) => break Some(d.reason),
+            None => break None,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(reason, Some(ReasonCode::ReceiveMaximumExceeded));
+}
+
+#[tokio::test]
 async fn a_3_1_1_client_is_not_held_to_a_receive_maximum_it_was_never_told() {
     let settings = Settings {
         receive_maximum: 2,

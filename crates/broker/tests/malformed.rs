@@ -202,3 +202,49 @@ async fn random_bytes_never_take_the_broker_down() {
     }
     still_serving(&b).await;
 }
+
+#[tokio::test]
+async fn strangers_who_never_finish_connect_cost_little_and_are_closed() {
+    let settings = broker::Settings {
+        connect_timeout_secs: 1,
+        ..quick_settings()
+    };
+    let b = start_with(settings, std::sync::Arc::new(broker::AllowAll)).await;
+    // A CONNECT header declaring 16 MiB: no CONNECT is that large, so it is
+    // refused at once (MQTT 5: CONNACK 0x95) instead of waited for.
+    let mut huge = Client::open(b.tcp, ProtocolVersion::V5).await;
+    huge.send_bytes(&[
+        0x10, 0xF9, 0xFF, 0xFF, 0x07, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05,
+    ])
+    .await;
+    match huge.recv().await {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.reason, ReasonCode::PacketTooLarge),
+        other => panic!("expected CONNACK 0x95, got {other:?}"),
+    }
+    assert_eq!(huge.recv().await, None);
+    // A plausible size that never completes: closed after the connect
+    // timeout, and the broker holds only what arrived meanwhile.
+    let started = std::time::Instant::now();
+    let stalled = stalled_connects(&b, 50).await;
+    for mut c in stalled {
+        assert_eq!(c.recv().await, None, "closed without a CONNACK");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "closed by the connect timeout"
+    );
+    still_serving(&b).await;
+}
+
+/// `n` connections that each send the first bytes of a 400 KiB CONNECT.
+async fn stalled_connects(b: &TestBroker, n: usize) -> Vec<Client> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut c = Client::open(b.tcp, ProtocolVersion::V3_1_1).await;
+        // Remaining length 409,600 = 0x80 0x80 0x19.
+        c.send_bytes(&[0x10, 0x80, 0x80, 0x19, 0x00, 0x04, b'M', b'Q'])
+            .await;
+        out.push(c);
+    }
+    out
+}

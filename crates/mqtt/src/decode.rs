@@ -98,6 +98,12 @@ impl Reader {
     }
 }
 
+/// The largest CONNECT accepted: client id, will topic and payload, user
+/// name and password at 64 KiB each, with room for properties.
+pub const MAX_CONNECT_SIZE: usize = 512 * 1024;
+/// How much the decoder asks the buffer to grow by for an incomplete packet.
+const RESERVE_AHEAD: usize = 64 * 1024;
+
 /// Decodes packets from a stream of bytes. A server's decoder starts with no
 /// version and learns it from CONNECT; a client's is told its version.
 #[derive(Debug, Clone)]
@@ -170,14 +176,21 @@ impl Decoder {
             }
         }
         let size = header_len + remaining;
-        if size > self.max_packet_size {
-            return Err(DecodeError::PacketTooLarge {
-                size,
-                max: self.max_packet_size,
-            });
+        // Before CONNECT the peer is a stranger: a CONNECT larger than
+        // every field at its largest could make is refused, whatever the
+        // broker's packet limit.
+        let max = if self.version.is_none() {
+            self.max_packet_size.min(MAX_CONNECT_SIZE)
+        } else {
+            self.max_packet_size
+        };
+        if size > max {
+            return Err(DecodeError::PacketTooLarge { size, max });
         }
         if buf.len() < size {
-            buf.reserve(size - buf.len());
+            // Room for what is on its way, not for what was declared: a
+            // header alone must not make the caller allocate megabytes.
+            buf.reserve((size - buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         let mut frame = buf.split_to(size);
@@ -561,4 +574,24 @@ fn decode_subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> 
         properties,
         filters,
     })
+}
+
+#[cfg(test)]
+mod reservation {
+    use super::*;
+
+    #[test]
+    fn a_declared_size_is_not_reserved_before_it_arrives() {
+        let mut decoder = Decoder::new();
+        // A CONNECT declaring 400 KiB, of which 5 bytes arrived.
+        let mut buf = BytesMut::from(&[0x10u8, 0x80, 0x80, 0x19, 0x00][..]);
+        assert!(matches!(decoder.decode(&mut buf), Ok(None)));
+        assert!(buf.capacity() <= 2 * RESERVE_AHEAD, "{}", buf.capacity());
+        // Larger than any CONNECT can be: refused before anything is kept.
+        let mut buf = BytesMut::from(&[0x10u8, 0xF9, 0xFF, 0xFF, 0x07][..]);
+        assert!(matches!(
+            decoder.decode(&mut buf),
+            Err(DecodeError::PacketTooLarge { .. })
+        ));
+    }
 }

@@ -15,7 +15,7 @@ mod reason;
 pub mod topic;
 mod version;
 
-pub use decode::Decoder;
+pub use decode::{Decoder, MAX_CONNECT_SIZE};
 pub use encode::{EncodeError, PublishRef, encode, encode_publish};
 pub use error::DecodeError;
 pub use packet::{
