@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::auth::{Action, Authenticator, ClientIdentity};
 use crate::hibernation::Hibernation;
 use crate::message::Message;
-use crate::retained::RetainedMessages;
+use crate::retained::{RetainedLimits, RetainedMessages};
 use crate::session::{Delivery, MemorySessionStore, Session, SessionStore, StoredWill};
 use crate::settings::Settings;
 use crate::stats::{BrokerStats, StatsSnapshot, add};
@@ -72,13 +72,18 @@ impl Broker {
     /// A broker with in-memory sessions. Spawns its `$SYS` publisher when
     /// called inside a tokio runtime.
     pub fn new(settings: Settings, auth: Arc<dyn Authenticator>) -> Self {
+        let retained_limits = RetainedLimits {
+            max_messages: settings.max_retained_messages,
+            max_bytes: settings.max_retained_bytes,
+            max_per_client: settings.max_retained_per_client,
+        };
         let broker = Broker {
             shared: Arc::new(BrokerShared {
                 settings,
                 auth,
                 sessions: Box::new(MemorySessionStore::default()),
                 tree: RwLock::new(SubscriptionTree::new()),
-                retained: RwLock::new(RetainedMessages::new()),
+                retained: RwLock::new(RetainedMessages::with_limits(retained_limits)),
                 stats: BrokerStats::default(),
                 session_lock: Mutex::new(()),
                 shutdown: watch::channel(false).0,
@@ -114,8 +119,10 @@ impl Broker {
     /// retained if asked, routed to every matching subscription.
     pub fn publish(&self, message: Message) -> usize {
         let message = Arc::new(message);
-        if message.retain {
-            write(&self.shared.retained).set(message.clone());
+        // The process's own messages have no publisher, so only the
+        // broker-wide limits apply; one past them is routed unretained.
+        if message.retain && write(&self.shared.retained).set(message.clone()).is_err() {
+            add(&self.shared.stats.retained_refused, 1);
         }
         self.shared.route(&message)
     }
@@ -283,11 +290,18 @@ impl BrokerShared {
             retain,
             subscription_ids,
         };
-        let limit = state
-            .queue_limit()
-            .unwrap_or(self.settings.max_queued_messages);
-        if !state.enqueue(delivery, limit, self.settings.queue_policy) {
-            add(&self.stats.messages_dropped, 1);
+        // A session with a queue of its own (the embedder's services) is
+        // bounded by its count; every other by count and bytes.
+        let (limit, byte_limit) = match state.queue_limit() {
+            Some(own) => (own, None),
+            None => (
+                self.settings.max_queued_messages,
+                Some(self.settings.max_queued_bytes),
+            ),
+        };
+        let dropped = state.enqueue(delivery, limit, byte_limit, self.settings.queue_policy);
+        if dropped > 0 {
+            add(&self.stats.messages_dropped, dropped);
         }
         let connected = state.connected;
         drop(state);
@@ -325,8 +339,13 @@ impl BrokerShared {
             publisher: Some(client_id.clone()),
             received_at: std::time::Instant::now(),
         });
-        if message.retain {
-            write(&self.retained).set(message.clone());
+        // A will past the retained limits still goes out, unretained: the
+        // subscribers of now hear of the death either way.
+        if message.retain
+            && let Err(refusal) = write(&self.retained).set(message.clone())
+        {
+            add(&self.stats.retained_refused, 1);
+            tracing::debug!(client_id = %client_id, %refusal, "will not retained");
         }
         self.route(&message);
     }

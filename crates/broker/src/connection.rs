@@ -1226,12 +1226,19 @@ impl Connection {
                     publisher: Some(active.session.client_id.clone()),
                     received_at: std::time::Instant::now(),
                 });
-                // [MQTT-3.3.1-5] [MQTT-3.3.1-6] retained: stored, replaced or cleared.
-                if message.retain {
-                    write(&shared.retained).set(message.clone());
-                }
-                let delivered = shared.route(&message);
-                if delivered == 0 && v5 {
+                // [MQTT-3.3.1-5] [MQTT-3.3.1-6] retained: stored, replaced or
+                // cleared. Past the retained limits the PUBLISH is refused
+                // whole with 0x97 Quota exceeded (3.3.4), not routed.
+                let refused = if message.retain {
+                    write(&shared.retained).set(message.clone()).err()
+                } else {
+                    None
+                };
+                if let Some(refusal) = refused {
+                    add(&shared.stats.retained_refused, 1);
+                    debug!(client_id = %active.session.client_id, topic = %message.topic, %refusal, "retained PUBLISH refused");
+                    ReasonCode::QuotaExceeded
+                } else if shared.route(&message) == 0 && v5 {
                     ReasonCode::NoMatchingSubscribers
                 } else {
                     ReasonCode::Success

@@ -126,14 +126,9 @@ impl LocalSubscriber {
                 }
                 let n = state.queued();
                 if n > 0 {
-                    let queue = &mut state.traffic_mut().queue;
-                    if into.is_empty() {
-                        // The queue's allocation goes with the batch; the
-                        // next fills the empty one handed in.
-                        std::mem::swap(queue, into);
-                    } else {
-                        into.extend(queue.drain(..));
-                    }
+                    // The queue's allocation goes with the batch; the next
+                    // fills the empty one handed in.
+                    state.traffic_mut().queue.take_all(into);
                     drop(state);
                     add(&self.shared.stats.messages_sent, n as u64);
                     return Some(n);

@@ -67,6 +67,80 @@ pub struct Delivery {
     pub subscription_ids: Vec<u32>,
 }
 
+/// Messages waiting to be sent, oldest first, with the bytes they hold
+/// (topic and payload) so a queue is bounded in memory as well as count.
+#[derive(Debug, Default)]
+pub struct DeliveryQueue {
+    items: VecDeque<Delivery>,
+    bytes: usize,
+}
+
+fn delivery_size(delivery: &Delivery) -> usize {
+    delivery.message.topic.len() + delivery.message.payload.len()
+}
+
+impl DeliveryQueue {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Topic and payload bytes queued.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn front(&self) -> Option<&Delivery> {
+        self.items.front()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Delivery> {
+        self.items.iter()
+    }
+
+    pub fn push_back(&mut self, delivery: Delivery) {
+        self.bytes += delivery_size(&delivery);
+        self.items.push_back(delivery);
+    }
+
+    pub fn push_front(&mut self, delivery: Delivery) {
+        self.bytes += delivery_size(&delivery);
+        self.items.push_front(delivery);
+    }
+
+    pub fn pop_front(&mut self) -> Option<Delivery> {
+        let delivery = self.items.pop_front()?;
+        self.bytes -= delivery_size(&delivery);
+        Some(delivery)
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&Delivery) -> bool) {
+        let mut bytes = 0;
+        self.items.retain(|d| {
+            let kept = keep(d);
+            if kept {
+                bytes += delivery_size(d);
+            }
+            kept
+        });
+        self.bytes = bytes;
+    }
+
+    /// Moves every queued delivery to the end of `into`; when `into` is
+    /// empty the queue's allocation goes with them.
+    pub fn take_all(&mut self, into: &mut VecDeque<Delivery>) {
+        if into.is_empty() {
+            std::mem::swap(&mut self.items, into);
+        } else {
+            into.extend(self.items.drain(..));
+        }
+        self.bytes = 0;
+    }
+}
+
 /// A QoS 1 or 2 delivery the client has not finished acknowledging.
 #[derive(Debug, Clone)]
 pub enum Inflight {
@@ -91,7 +165,7 @@ pub struct StoredWill {
 #[derive(Debug, Default)]
 pub struct Traffic {
     /// Messages waiting to be sent, oldest first.
-    pub queue: VecDeque<Delivery>,
+    pub queue: DeliveryQueue,
     /// Sent and unacknowledged, in the order sent.
     pub inflight: VecDeque<(u16, Inflight)>,
     inflight_ids: PacketIdSet,
@@ -237,20 +311,41 @@ impl SessionState {
         self.traffic.as_ref().map_or(0, |t| t.queue.len())
     }
 
-    /// Adds a delivery to the queue under the limit and policy; false when a
-    /// message had to be dropped.
-    pub fn enqueue(&mut self, delivery: Delivery, limit: usize, policy: QueuePolicy) -> bool {
+    /// Adds a delivery to the queue under the limits (messages, and bytes
+    /// when `byte_limit` is given) and the policy; returns how many messages
+    /// were dropped to keep them.
+    pub fn enqueue(
+        &mut self,
+        delivery: Delivery,
+        limit: usize,
+        byte_limit: Option<usize>,
+        policy: QueuePolicy,
+    ) -> u64 {
+        let size = delivery_size(&delivery);
         let queue = &mut self.traffic_mut().queue;
-        if queue.len() < limit {
+        let fits = |q: &DeliveryQueue| {
+            q.len() < limit && byte_limit.is_none_or(|max| q.bytes() + size <= max)
+        };
+        if fits(queue) {
             queue.push_back(delivery);
-            return true;
+            return 0;
         }
+        let mut dropped = 1;
         if policy == QueuePolicy::DropOldest {
-            queue.pop_front();
-            queue.push_back(delivery);
+            // Room is made oldest first; a message larger than the whole
+            // byte bound is the one dropped.
+            dropped = 0;
+            while !fits(queue) && queue.pop_front().is_some() {
+                dropped += 1;
+            }
+            if fits(queue) {
+                queue.push_back(delivery);
+            } else {
+                dropped += 1;
+            }
         }
-        self.dropped += 1;
-        false
+        self.dropped += dropped;
+        dropped
     }
 
     /// Ends the flow of `packet_id`, if it is in flight in the expected state.
@@ -429,9 +524,25 @@ mod tests {
     fn full_queue_follows_its_policy() {
         let mut s = SessionState::new(ProtocolVersion::V5);
         for n in 0..3 {
-            assert!(s.enqueue(delivery(n, QoS::AtMostOnce), 3, QueuePolicy::DropOldest));
+            assert_eq!(
+                s.enqueue(
+                    delivery(n, QoS::AtMostOnce),
+                    3,
+                    None,
+                    QueuePolicy::DropOldest
+                ),
+                0
+            );
         }
-        assert!(!s.enqueue(delivery(3, QoS::AtMostOnce), 3, QueuePolicy::DropOldest));
+        assert_eq!(
+            s.enqueue(
+                delivery(3, QoS::AtMostOnce),
+                3,
+                None,
+                QueuePolicy::DropOldest
+            ),
+            1
+        );
         let payloads = |s: &SessionState| -> Vec<u8> {
             s.traffic()
                 .map(|t| t.queue.iter().map(|d| d.message.payload[0]).collect())
@@ -439,10 +550,48 @@ mod tests {
         };
         let first = payloads(&s);
         assert_eq!(first, [1, 2, 3]);
-        assert!(!s.enqueue(delivery(4, QoS::AtMostOnce), 3, QueuePolicy::DropNewest));
+        assert_eq!(
+            s.enqueue(
+                delivery(4, QoS::AtMostOnce),
+                3,
+                None,
+                QueuePolicy::DropNewest
+            ),
+            1
+        );
         let kept = payloads(&s);
         assert_eq!(kept, [1, 2, 3]);
         assert_eq!(s.dropped, 2);
+    }
+
+    #[test]
+    fn a_queue_is_bounded_in_bytes_too() {
+        let mut s = SessionState::new(ProtocolVersion::V5);
+        // Each test delivery is 1 payload byte on topic "t": 2 bytes.
+        for n in 0..5 {
+            assert_eq!(
+                s.enqueue(
+                    delivery(n, QoS::AtMostOnce),
+                    100,
+                    Some(6),
+                    QueuePolicy::DropOldest
+                ),
+                u64::from(n >= 3)
+            );
+        }
+        let queue = &s.traffic().expect("traffic").queue;
+        assert_eq!((queue.len(), queue.bytes()), (3, 6));
+        assert_eq!(queue.front().map(|d| d.message.payload[0]), Some(2));
+        assert_eq!(
+            s.enqueue(
+                delivery(9, QoS::AtMostOnce),
+                100,
+                Some(6),
+                QueuePolicy::DropNewest
+            ),
+            1
+        );
+        assert_eq!(s.dropped, 3);
     }
 
     #[test]
@@ -471,7 +620,12 @@ mod tests {
         let mut s = SessionState::new(ProtocolVersion::V3_1_1);
         assert!(s.settle_idle(0), "nothing to do");
         assert!(s.traffic().is_none());
-        s.enqueue(delivery(1, QoS::AtLeastOnce), 10, QueuePolicy::DropNewest);
+        s.enqueue(
+            delivery(1, QoS::AtLeastOnce),
+            10,
+            None,
+            QueuePolicy::DropNewest,
+        );
         assert!(!s.settle_idle(0), "a queued message is work");
         assert!(s.has_work(0));
         let d = s.traffic_mut().queue.pop_front().expect("queued");

@@ -36,6 +36,16 @@ pub struct Settings {
     pub max_inflight: u16,
     /// Messages queued for one session (offline or slow) before the policy applies.
     pub max_queued_messages: usize,
+    /// Payload and topic bytes queued for one session before the policy
+    /// applies. Sessions the embedder gives a queue of their own (the
+    /// platform's ingest) are bounded by their message count only.
+    pub max_queued_bytes: usize,
+    /// Retained messages held in all, their topic and payload bytes, and
+    /// per publishing client; past a limit a retained PUBLISH is refused
+    /// (MQTT 5: 0x97).
+    pub max_retained_messages: usize,
+    pub max_retained_bytes: usize,
+    pub max_retained_per_client: usize,
     pub queue_policy: QueuePolicy,
     /// Queue QoS 0 messages for sessions that are offline.
     pub queue_qos0_offline: bool,
@@ -76,6 +86,10 @@ impl Default for Settings {
             receive_maximum: 1024,
             max_inflight: 1024,
             max_queued_messages: 10_000,
+            max_queued_bytes: 64 * 1024 * 1024,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 1024 * 1024 * 1024,
+            max_retained_per_client: 1_000,
             queue_policy: QueuePolicy::DropOldest,
             queue_qos0_offline: false,
             max_session_expiry: 7 * 24 * 3600,
@@ -108,6 +122,12 @@ impl Settings {
         }
         if self.max_queued_messages == 0 {
             problems.push("broker.max_queued_messages must be at least 1".to_owned());
+        }
+        if self.max_queued_bytes < self.max_packet_size as usize {
+            problems.push(
+                "broker.max_queued_bytes must hold at least one packet of max_packet_size"
+                    .to_owned(),
+            );
         }
         if self.max_topic_levels == 0 || self.max_topic_length == 0 {
             problems

@@ -24,6 +24,8 @@ pub struct BrokerStats {
     /// CONNECTs refused for their client identifier (reserved, or not the
     /// identity the credentials belong to).
     pub client_id_refusals: Counter,
+    /// Retained PUBLISHes refused past the retained limits.
+    pub retained_refused: Counter,
 }
 
 impl Default for BrokerStats {
@@ -42,6 +44,7 @@ impl Default for BrokerStats {
             malformed_packets: Counter::default(),
             auth_failures: Counter::default(),
             client_id_refusals: Counter::default(),
+            retained_refused: Counter::default(),
         }
     }
 }
@@ -105,6 +108,7 @@ pub struct StatsSnapshot {
     pub malformed_packets: u64,
     pub auth_failures: u64,
     pub client_id_refusals: u64,
+    pub retained_refused: u64,
     pub retained_messages: u64,
     pub subscriptions: u64,
 }
@@ -138,6 +142,7 @@ impl BrokerStats {
             malformed_packets: get(&self.malformed_packets),
             auth_failures: get(&self.auth_failures),
             client_id_refusals: get(&self.client_id_refusals),
+            retained_refused: get(&self.retained_refused),
             retained_messages: retained,
             subscriptions,
         }
@@ -303,6 +308,12 @@ impl StatsSnapshot {
             "counter",
             "CONNECTs refused for their client identifier (reserved, or not the credentials' own).",
             self.client_id_refusals,
+        );
+        metric(
+            "retained_refused_total",
+            "counter",
+            "Retained PUBLISHes refused past the retained limits.",
+            self.retained_refused,
         );
         metric(
             "retained_messages",

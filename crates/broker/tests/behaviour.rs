@@ -1135,3 +1135,51 @@ async fn a_local_subscriber_ends_when_the_broker_shuts_down() {
         .expect("ends in time");
     assert_eq!(ended, None);
 }
+
+#[tokio::test]
+async fn one_client_cannot_fill_the_broker_with_retained_messages() {
+    let settings = Settings {
+        max_retained_per_client: 3,
+        ..quick_settings()
+    };
+    let b = start_with(settings, Arc::new(AllowAll)).await;
+    let (mut hoarder, _) = Client::connect(b.tcp, &Conn::v5("hoarder")).await;
+    for n in 0..3 {
+        assert_eq!(
+            hoarder
+                .publish(&format!("hoard/{n}"), b"x", QoS::AtLeastOnce, true)
+                .await,
+            ReasonCode::NoMatchingSubscribers
+        );
+    }
+    // [MQTT-3.3.4] past its quota: PUBACK 0x97, neither kept nor routed.
+    let (mut watcher, _) = Client::connect(b.tcp, &Conn::v5("watcher")).await;
+    watcher.subscribe("hoard/+", QoS::AtLeastOnce).await;
+    for _ in 0..3 {
+        watcher.recv_publish().await;
+    }
+    assert_eq!(
+        hoarder
+            .publish("hoard/3", b"x", QoS::AtLeastOnce, true)
+            .await,
+        ReasonCode::QuotaExceeded
+    );
+    watcher
+        .expect_silence(std::time::Duration::from_millis(100))
+        .await;
+    // Replacing or clearing its own is fine; so is another client's.
+    assert_eq!(
+        hoarder
+            .publish("hoard/0", b"y", QoS::AtLeastOnce, true)
+            .await,
+        ReasonCode::Success
+    );
+    assert_eq!(watcher.recv_publish().await.payload[..], b"y"[..]);
+    let (mut other, _) = Client::connect(b.tcp, &Conn::v5("other")).await;
+    assert_eq!(
+        other.publish("hoard/9", b"z", QoS::AtLeastOnce, true).await,
+        ReasonCode::Success
+    );
+    assert_eq!(b.broker.stats().retained_refused, 1);
+    assert_eq!(b.broker.stats().retained_messages, 4);
+}
