@@ -12,5 +12,6 @@ pub mod identifiers;
 pub mod import;
 pub mod licensing;
 pub mod login_guard;
+pub mod presence;
 pub mod telemetry;
 pub mod webhook_target;

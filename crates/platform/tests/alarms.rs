@@ -1,4 +1,5 @@
-//! The alarm engine on a real SQLite store, fed through the real ingest: an
+//! The alarm engine, the ingest and the presence writer on a real SQLite
+//! store. The alarm engine is fed through the real ingest: an
 //! LTE fade raises an alarm after the rule's duration and clears when the
 //! signal is back; offline and firmware rules; webhook calls, signed, reach
 //! a local HTTP receiver and are audited.
@@ -374,9 +375,12 @@ async fn a_signal_fade_raises_and_clears_an_alarm_and_tells_the_webhook() {
         .await
         .expect("firmware rule");
     engine.refresh_rules().await.expect("refresh");
-    store.set_device_online(device, true).await.expect("online");
     store
-        .set_device_online(device, false)
+        .set_device_online(device, true, "serve-1")
+        .await
+        .expect("online");
+    store
+        .set_device_online(device, false, "serve-1")
         .await
         .expect("offline");
     ingest
@@ -411,7 +415,10 @@ async fn a_signal_fade_raises_and_clears_an_alarm_and_tells_the_webhook() {
         .await
         .expect("pass");
     assert_eq!(open().await.len(), 2, "and after 61 s it is");
-    store.set_device_online(device, true).await.expect("back");
+    store
+        .set_device_online(device, true, "serve-1")
+        .await
+        .expect("back");
     engine
         .evaluate_presence_and_firmware(now + 62_000)
         .await
@@ -637,5 +644,65 @@ async fn what_a_device_sends_cannot_grow_the_black_box_without_bound() {
     assert_eq!(
         store.count_readings().await.expect("count") as usize,
         stored + 2
+    );
+}
+
+#[tokio::test]
+async fn presence_waits_out_a_database_that_refuses_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_data_dir(dir.path()).await.expect("store");
+    let d = one_device(&store).await;
+    let presence = platform::presence::PresenceRecorder::new();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let path = dir.path().join("telemark.db");
+    let other = sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .expect("second connection");
+    sqlx::query("ALTER TABLE device_presence RENAME TO device_presence_away")
+        .execute(&other)
+        .await
+        .expect("rename");
+    let writer = tokio::spawn(
+        presence
+            .clone()
+            .run(store.clone(), "serve-1".into(), stopped),
+    );
+    // A reconnect storm while the database refuses: one entry, no loss.
+    for _ in 0..1_000 {
+        presence.connected(d.device);
+        presence.disconnected(d.device);
+    }
+    presence.connected(d.device);
+    assert!(
+        eventually(|| presence.counters.write_failures.load(Ordering::Relaxed) > 0).await,
+        "the write failed"
+    );
+    sqlx::query("ALTER TABLE device_presence_away RENAME TO device_presence")
+        .execute(&other)
+        .await
+        .expect("rename back");
+    other.close().await;
+    let mut online = false;
+    for _ in 0..100 {
+        online = store
+            .device(&d.root, d.device)
+            .await
+            .expect("device")
+            .online;
+        if online {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(online, "the connect was retried and written");
+    presence.disconnected(d.device);
+    let _ = stop.send(true);
+    writer.await.expect("writer");
+    assert!(
+        !store
+            .device(&d.root, d.device)
+            .await
+            .expect("device")
+            .online
     );
 }

@@ -91,14 +91,27 @@ impl Store {
     }
 
     /// Records a device going online or offline.
-    pub async fn set_device_online(&self, device_id: i64, online: bool) -> Result<(), StoreError> {
-        self.set_devices_online(&[(device_id, online)]).await
+    pub async fn set_device_online(
+        &self,
+        device_id: i64,
+        online: bool,
+        instance: &str,
+    ) -> Result<(), StoreError> {
+        self.set_devices_online(&[(device_id, online)], instance)
+            .await
     }
 
-    /// Records connects and disconnects in the order given, in one
-    /// transaction: a fleet reconnecting after a broker restart is thousands
-    /// of them within a second.
-    pub async fn set_devices_online(&self, changes: &[(i64, bool)]) -> Result<(), StoreError> {
+    /// Records connects (true) and disconnects (false) seen by `instance`,
+    /// in one transaction: a fleet reconnecting after a broker restart is
+    /// thousands of them within a second.
+    /// A disconnect counts only if `instance` holds the device's
+    /// connection: after a device moved to another instance, the old
+    /// instance's late disconnect does not mark it offline.
+    pub async fn set_devices_online(
+        &self,
+        changes: &[(i64, bool)],
+        instance: &str,
+    ) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -106,41 +119,59 @@ impl Store {
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             for (device_id, online) in changes {
-                sqlx::query("UPDATE devices SET online = $1, last_seen_at = $2 WHERE id = $3")
-                    .bind(online)
-                    .bind(now)
-                    .bind(device_id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("INSERT INTO device_presence (device_id, online, at) VALUES ($1, $2, $3)")
-                    .bind(device_id)
-                    .bind(online)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                let changed = if *online {
+                    sqlx::query("UPDATE devices SET online = $1, last_seen_at = $2, online_instance = $3 WHERE id = $4")
+                        .bind(true)
+                        .bind(now)
+                        .bind(instance)
+                        .bind(device_id)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                } else {
+                    sqlx::query("UPDATE devices SET online = $1, last_seen_at = $2 WHERE id = $3 AND (online_instance = $4 OR online_instance IS NULL)")
+                        .bind(false)
+                        .bind(now)
+                        .bind(device_id)
+                        .bind(instance)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                };
+                if changed > 0 {
+                    sqlx::query("INSERT INTO device_presence (device_id, online, at) VALUES ($1, $2, $3)")
+                        .bind(device_id)
+                        .bind(online)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             tx.commit().await?;
         });
         Ok(())
     }
 
-    /// Marks every device that is still marked online as gone, with a
-    /// presence change each; returns how many. For a platform starting its
-    /// embedded broker: nobody is connected to a broker that just started,
-    /// and disconnects during the last shutdown may not have been written.
-    pub async fn mark_all_offline(&self) -> Result<u64, StoreError> {
+    /// Marks the devices `instance` held online as gone, with a presence
+    /// change each; returns how many. For a platform starting its embedded
+    /// broker: nobody is connected to a broker that just started, and
+    /// disconnects during the last shutdown may not have been written.
+    /// Devices another instance holds are left alone.
+    pub async fn mark_all_offline(&self, instance: &str) -> Result<u64, StoreError> {
         let now = now_millis();
         let n = with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            sqlx::query("INSERT INTO device_presence (device_id, online, at) SELECT id, $1, $2 FROM devices WHERE online = $3")
+            sqlx::query("INSERT INTO device_presence (device_id, online, at) SELECT id, $1, $2 FROM devices WHERE online = $3 AND (online_instance = $4 OR online_instance IS NULL)")
                 .bind(false)
                 .bind(now)
                 .bind(true)
+                .bind(instance)
                 .execute(&mut *tx)
                 .await?;
-            let n = sqlx::query("UPDATE devices SET online = $1 WHERE online = $2")
+            let n = sqlx::query("UPDATE devices SET online = $1 WHERE online = $2 AND (online_instance = $3 OR online_instance IS NULL)")
                 .bind(false)
                 .bind(true)
+                .bind(instance)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

@@ -233,9 +233,15 @@ async fn devices_are_tenant_scoped_unique_and_paged() {
         };
         assert_eq!(all_pages(by_name_desc).await, reversed);
         // Last seen: the two devices seen lately come last, in the order seen.
-        store.set_device_online(ids[7], true).await.expect("online");
+        store
+            .set_device_online(ids[7], true, "serve-1")
+            .await
+            .expect("online");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        store.set_device_online(ids[3], true).await.expect("online");
+        store
+            .set_device_online(ids[3], true, "serve-1")
+            .await
+            .expect("online");
         let by_seen = all_pages(DeviceQuery {
             sort: DeviceSort::LastSeen,
             ..pages.clone()
@@ -255,7 +261,7 @@ async fn devices_are_tenant_scoped_unique_and_paged() {
             .expect("online");
         assert_eq!(online.devices.len(), 2);
         // A restarted platform's embedded broker has no connections yet.
-        assert_eq!(store.mark_all_offline().await.expect("offline"), 2);
+        assert_eq!(store.mark_all_offline("serve-1").await.expect("offline"), 2);
         let history = store
             .presence_history(&root, ids[7], None, 10)
             .await
@@ -264,8 +270,32 @@ async fn devices_are_tenant_scoped_unique_and_paged() {
             history.iter().map(|c| c.online).collect::<Vec<_>>(),
             [false, true]
         );
-        store.set_device_online(ids[7], true).await.expect("online");
-        store.set_device_online(ids[3], true).await.expect("online");
+        store
+            .set_device_online(ids[7], true, "serve-1")
+            .await
+            .expect("online");
+        store
+            .set_device_online(ids[3], true, "serve-1")
+            .await
+            .expect("online");
+        // Two instances on one database: ids[3] reconnects to serve-2, then
+        // serve-1's late disconnect and serve-2's restart must not mark the
+        // devices the other holds offline.
+        store
+            .set_device_online(ids[3], true, "serve-2")
+            .await
+            .expect("moved");
+        store
+            .set_device_online(ids[3], false, "serve-1")
+            .await
+            .expect("late");
+        assert!(store.device(&root, ids[3]).await.expect("device").online);
+        assert_eq!(store.mark_all_offline("serve-2").await.expect("restart"), 1);
+        assert!(store.device(&root, ids[7]).await.expect("device").online);
+        store
+            .set_device_online(ids[3], true, "serve-2")
+            .await
+            .expect("back");
         for (label, expected) in [("lab", 100), ("la", 0)] {
             let labelled = store
                 .devices(

@@ -145,6 +145,11 @@ struct ServeArgs {
     /// session cookie Secure.
     #[arg(long, env = "TELEMARK_PUBLIC_URL", value_name = "URL")]
     public_url: Option<String>,
+    /// This instance's name among several `serve` on one database (its
+    /// host name by default): at start it marks offline only the devices
+    /// it held.
+    #[arg(long, env = "TELEMARK_INSTANCE_ID")]
+    instance_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -830,7 +835,8 @@ async fn run_platform(
     }
     // Devices log in with their MQTT secret or certificate, operator admins
     // with their console password; each is confined by the registry's ACL.
-    let stale = store.mark_all_offline().await?;
+    let instance = args.instance_id.clone().unwrap_or_else(host_name);
+    let stale = store.mark_all_offline(&instance).await?;
     if stale > 0 {
         info!(
             devices = stale,
@@ -839,9 +845,11 @@ async fn run_platform(
     }
     // One login throttle for console accounts over HTTP and over MQTT.
     let logins = Arc::new(platform::login_guard::LoginGuard::default());
+    let presence = platform::presence::PresenceRecorder::new();
     let auth = Arc::new(registry::RegistryAuthenticator::new(
         store.clone(),
         logins.clone(),
+        presence.clone(),
     ));
     let broker = Broker::new(config.broker.clone(), auth);
     // The ingest's in-process connection, there before any device is.
@@ -851,6 +859,11 @@ async fn run_platform(
     // webhooks for every change.
     let (alarms, alarm_events) = platform::alarms::AlarmEngine::new(store.clone()).await?;
     let (stop_ingest, stop_rx) = tokio::sync::watch::channel(false);
+    let presence_task = tokio::spawn(presence.clone().run(
+        store.clone(),
+        instance.clone(),
+        stop_rx.clone(),
+    ));
     let webhooks = Arc::new(platform::webhook_target::WebhookPolicy::new(
         config.webhooks.allowed_private_targets.iter().cloned(),
     ));
@@ -950,8 +963,20 @@ async fn run_platform(
     let _ = stop_ingest.send(true);
     let _ = ingest_task.await;
     running.stop().await;
+    // The broker's last disconnects are written before the store closes.
+    let _ = presence_task.await;
     store.close().await;
     Ok(())
+}
+
+/// The machine's host name, the default instance id.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "telemark".to_owned())
 }
 
 /// The address to reach a listener bound to `addr` from this process.
