@@ -853,3 +853,24 @@ pub struct RelabelResultDto {
     /// Devices whose labels changed.
     pub changed: usize,
 }
+
+/// One background task of the platform.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskHealthDto {
+    pub name: String,
+    pub running: bool,
+    /// Restarts after a panic or an unexpected end since the start.
+    pub restarts: u64,
+    /// When it last failed (ms since the epoch).
+    pub last_failure_at: Option<i64>,
+    /// Why it last failed; only for the operator's admins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthDto {
+    /// `ok`, or `degraded` while a task is down or failed in the last five minutes.
+    pub status: &'static str,
+    pub tasks: Vec<TaskHealthDto>,
+}

@@ -45,6 +45,8 @@ pub struct ApiOptions {
     pub metrics: Option<MetricsRenderer>,
     /// Mark the session cookie `Secure`: the console is reached over HTTPS.
     pub secure_cookie: bool,
+    /// The background tasks, for `GET /api/v1/health`.
+    pub supervisor: Option<Arc<platform::supervisor::Supervisor>>,
 }
 
 /// Produces the Prometheus text of the process.

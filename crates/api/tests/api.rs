@@ -2174,3 +2174,66 @@ async fn metrics_need_an_operator_and_the_cookie_is_secure_behind_https() {
         .to_bytes();
     assert_eq!(&text[..], b"telemark_up 1\n");
 }
+
+#[tokio::test]
+async fn health_reports_a_background_task_that_panicked() {
+    let h = harness().await;
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let supervisor = platform::supervisor::Supervisor::new(stopped.clone());
+    let steady = stopped.clone();
+    supervisor.spawn("retention", move || {
+        let mut stop = steady.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    });
+    supervisor.spawn("ingest", || async {
+        panic!("index out of bounds in the ingest")
+    });
+    let app = api::app_with(
+        h.store.clone(),
+        api::ApiOptions {
+            supervisor: Some(supervisor.clone()),
+            ..Default::default()
+        },
+    );
+    let mut body = Value::Null;
+    for _ in 0..50 {
+        let (status, _, b) = call(&app, Method::GET, "/api/v1/health", &[], None).await;
+        body = b;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(body["status"], "degraded", "{body}");
+    let ingest = body["tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == "ingest"))
+        .expect("ingest listed")
+        .clone();
+    assert!(ingest["restarts"].as_u64() >= Some(1), "{ingest}");
+    assert!(
+        ingest["last_failure"].is_null(),
+        "a stranger sees no internals"
+    );
+    let admin = format!("Bearer {}", login(&app, "admin", &h.admin_password).await);
+    let (_, _, body) = call(
+        &app,
+        Method::GET,
+        "/api/v1/health",
+        &[("authorization", admin.as_str())],
+        None,
+    )
+    .await;
+    let why = body["tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == "ingest"))
+        .map(|t| t["last_failure"].clone())
+        .unwrap_or_default();
+    assert!(
+        why.as_str()
+            .is_some_and(|w| w.contains("index out of bounds")),
+        "{body}"
+    );
+}

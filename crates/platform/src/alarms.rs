@@ -381,6 +381,9 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     )
 }
 
+/// The engine's events, shared so a restarted webhook task reads on.
+pub type SharedAlarmEvents = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<AlarmEvent>>>;
+
 /// Deliveries in flight at once; more wait their turn.
 pub const WEBHOOK_CONCURRENCY: usize = 16;
 /// Deliveries waiting beyond those in flight before new ones are dropped
@@ -403,9 +406,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// `policy` (no private targets, no redirects; see `webhook_target`).
 pub async fn run_webhooks(
     store: Store,
-    mut events: mpsc::UnboundedReceiver<AlarmEvent>,
+    events: SharedAlarmEvents,
     policy: crate::webhook_target::WebhookPolicy,
 ) {
+    // Held for the task's life; a restarted task takes it up where the
+    // last one left off.
+    let mut events = events.lock().await;
     let client = match policy.client() {
         Ok(c) => c,
         Err(e) => {

@@ -13,5 +13,6 @@ pub mod import;
 pub mod licensing;
 pub mod login_guard;
 pub mod presence;
+pub mod supervisor;
 pub mod telemetry;
 pub mod webhook_target;

@@ -216,7 +216,7 @@ async fn a_signal_fade_raises_and_clears_an_alarm_and_tells_the_webhook() {
     // The operator's allowlist lets the test's receiver on 127.0.0.1 in.
     tokio::spawn(run_webhooks(
         store.clone(),
-        events,
+        Arc::new(tokio::sync::Mutex::new(events)),
         WebhookPolicy::new(["127.0.0.1".to_owned()]),
     ));
     let ingest = Ingest::with_alarms(store.clone(), engine.clone());

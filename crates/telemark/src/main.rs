@@ -858,34 +858,59 @@ async fn run_platform(
     // Alarms: thresholds on ingest, offline and firmware in a leased pass,
     // webhooks for every change.
     let (alarms, alarm_events) = platform::alarms::AlarmEngine::new(store.clone()).await?;
-    let (stop_ingest, stop_rx) = tokio::sync::watch::channel(false);
-    let presence_task = tokio::spawn(presence.clone().run(
-        store.clone(),
-        instance.clone(),
-        stop_rx.clone(),
-    ));
+    let alarm_events: platform::alarms::SharedAlarmEvents =
+        Arc::new(tokio::sync::Mutex::new(alarm_events));
+    let (stop_tasks, stop_rx) = tokio::sync::watch::channel(false);
+    // Every background task runs under the supervisor: a panic is logged,
+    // counted and followed by a restart (`/metrics`, `/api/v1/health`).
+    let supervisor = platform::supervisor::Supervisor::new(stop_rx.clone());
+    // Presence stops after the broker, so its last disconnects are written.
+    let (stop_presence, presence_stop) = tokio::sync::watch::channel(false);
+    let presence_task = {
+        let (presence, store, instance, stop) = (
+            presence.clone(),
+            store.clone(),
+            instance.clone(),
+            presence_stop,
+        );
+        supervisor.spawn("presence", move || {
+            presence
+                .clone()
+                .run(store.clone(), instance.clone(), stop.clone())
+        })
+    };
     let webhooks = Arc::new(platform::webhook_target::WebhookPolicy::new(
         config.webhooks.allowed_private_targets.iter().cloned(),
     ));
-    tokio::spawn(platform::alarms::run_webhooks(
-        store.clone(),
-        alarm_events,
-        (*webhooks).clone(),
-    ));
-    tokio::spawn(platform::alarms::run_periodic(
-        alarms.clone(),
-        format!("{}-{}", std::process::id(), platform::accounts::new_token()),
-        stop_rx.clone(),
-    ));
-    tokio::spawn(platform::telemetry::run_retention(
-        store.clone(),
-        platform::telemetry::Retention {
+    {
+        let (store, events, policy) = (store.clone(), alarm_events.clone(), webhooks.clone());
+        supervisor.spawn("webhooks", move || {
+            platform::alarms::run_webhooks(store.clone(), events.clone(), (*policy).clone())
+        });
+    }
+    {
+        let (alarms, stop) = (alarms.clone(), stop_rx.clone());
+        let holder = format!("{}-{}", std::process::id(), platform::accounts::new_token());
+        supervisor.spawn("alarms", move || {
+            platform::alarms::run_periodic(alarms.clone(), holder.clone(), stop.clone())
+        });
+    }
+    {
+        let (store, stop) = (store.clone(), stop_rx.clone());
+        let retention = platform::telemetry::Retention {
             raw_days: config.telemetry.raw_retention_days,
             hourly_days: config.telemetry.hourly_retention_days,
-        },
-        format!("{}-{}", std::process::id(), platform::accounts::new_token()),
-        stop_rx.clone(),
-    ));
+        };
+        let holder = format!("{}-{}", std::process::id(), platform::accounts::new_token());
+        supervisor.spawn("retention", move || {
+            platform::telemetry::run_retention(
+                store.clone(),
+                retention,
+                holder.clone(),
+                stop.clone(),
+            )
+        });
+    }
     // The platform reads device telemetry from the embedded broker through
     // its in-process connection.
     let ingest = platform::telemetry::Ingest::with_alarms(store.clone(), alarms.clone());
@@ -894,39 +919,70 @@ async fn run_platform(
         std::time::Duration::from_secs(u64::from(config.telemetry.max_reading_age_days) * 86_400),
         std::time::Duration::from_secs(u64::from(config.telemetry.max_reading_ahead_hours) * 3600),
     );
-    let ingest_task = tokio::spawn(platform::telemetry::run_feed(ingest.clone(), feed, stop_rx));
+    let ingest_task = {
+        let (ingest, broker, stop) = (ingest.clone(), running.broker.clone(), stop_rx.clone());
+        // The first feed was subscribed before the listeners opened; a
+        // restarted ingest subscribes again.
+        let mut first = Some(feed);
+        supervisor.spawn("ingest", move || {
+            let (ingest, stop) = (ingest.clone(), stop.clone());
+            let feed = first
+                .take()
+                .map(Ok)
+                .unwrap_or_else(|| ingest_feed::EmbeddedFeed::subscribe(&broker));
+            async move {
+                match feed {
+                    Ok(feed) => platform::telemetry::run_feed(ingest, feed, stop).await,
+                    Err(e) => tracing::warn!(error = %e, "the ingest cannot subscribe"),
+                }
+            }
+        })
+    };
+    {
+        // Daily statistics snapshots for week-over-week change. Idempotent
+        // upserts, so several `telemark serve` on one database need no lease.
+        let (store, stop) = (store.clone(), stop_rx.clone());
+        supervisor.spawn("statistics", move || {
+            let (store, mut stop) = (store.clone(), stop.clone());
+            async move {
+                let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+                loop {
+                    tokio::select! {
+                        _ = hourly.tick() => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                    if let Err(e) = store.snapshot_all().await {
+                        tracing::warn!(error = %e, "daily statistics snapshot failed");
+                    }
+                }
+            }
+        });
+    }
+    let render_metrics = {
+        let (broker_metrics, supervisor) = (
+            metrics_renderer(&running.broker, Some(ingest.clone())),
+            supervisor.clone(),
+        );
+        let render: api::MetricsRenderer =
+            Arc::new(move || broker_metrics() + &supervisor.prometheus());
+        render
+    };
     let options = api::ApiOptions {
         broker_hook_secret: args.broker_hook_secret.clone(),
         ingest: Some(ingest.clone()),
         alarms: Some(alarms.clone()),
         logins,
         webhooks,
-        metrics: Some(metrics_renderer(&running.broker, Some(ingest.clone()))),
+        metrics: Some(render_metrics.clone()),
+        supervisor: Some(supervisor.clone()),
         secure_cookie: args
             .public_url
             .as_deref()
             .is_some_and(|url| url.starts_with("https://")),
     };
-    serve_metrics(
-        &config,
-        &running.broker,
-        metrics_renderer(&running.broker, Some(ingest.clone())),
-    )
-    .await?;
+    serve_metrics(&config, &running.broker, render_metrics).await?;
     let app = api::app_with(store.clone(), options);
     let http = serve_http(args.http, app, &running.broker, "HTTP").await?;
-    // Daily statistics snapshots for week-over-week change. Idempotent
-    // upserts, so several `telemark serve` on one database need no lease.
-    let snapshot_store = store.clone();
-    tokio::spawn(async move {
-        let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
-        loop {
-            hourly.tick().await;
-            if let Err(e) = snapshot_store.snapshot_all().await {
-                tracing::warn!(error = %e, "daily statistics snapshot failed");
-            }
-        }
-    });
     println!(
         "Telemark is up: console http://{http}/, API http://{http}/api/v1, MQTT {}",
         describe_listeners(&config)
@@ -960,10 +1016,11 @@ async fn run_platform(
     if let Some(fleet) = fleet {
         let _ = fleet.await;
     }
-    let _ = stop_ingest.send(true);
+    let _ = stop_tasks.send(true);
     let _ = ingest_task.await;
     running.stop().await;
     // The broker's last disconnects are written before the store closes.
+    let _ = stop_presence.send(true);
     let _ = presence_task.await;
     store.close().await;
     Ok(())

@@ -169,3 +169,57 @@ pub(super) async fn audit_csv(
     )
         .into_response())
 }
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/health",
+    tag = "statistics",
+    responses(
+        (status = 200, description = "every background task up and steady", body = HealthDto),
+        (status = 503, description = "a task is down or failed in the last five minutes", body = HealthDto)
+    ),
+    security(())
+)]
+/// For load balancers and monitoring: open to all, with why a task failed
+/// only for the operator's admins (it may name internals).
+pub(super) async fn health(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = bearer_token(&headers).or_else(|| cookie_token(&headers));
+    let operator = match token {
+        Some(token) => accounts::session(&state.store, &token)
+            .await?
+            .is_some_and(|s| s.role == Role::OperatorAdmin),
+        None => false,
+    };
+    let tasks = state
+        .options
+        .supervisor
+        .as_ref()
+        .map(|s| s.status())
+        .unwrap_or_default();
+    let recent = store::now_millis() - 5 * 60 * 1000;
+    let degraded = tasks
+        .iter()
+        .any(|t| !t.running || t.last_failure.as_ref().is_some_and(|(at, _)| *at > recent));
+    let dto = HealthDto {
+        status: if degraded { "degraded" } else { "ok" },
+        tasks: tasks
+            .into_iter()
+            .map(|t| TaskHealthDto {
+                name: t.name.to_owned(),
+                running: t.running,
+                restarts: t.restarts,
+                last_failure_at: t.last_failure.as_ref().map(|(at, _)| *at),
+                last_failure: t.last_failure.filter(|_| operator).map(|(_, why)| why),
+            })
+            .collect(),
+    };
+    let status = if degraded {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        axum::http::StatusCode::OK
+    };
+    Ok((status, Json(dto)).into_response())
+}

@@ -75,6 +75,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(licenses::license_public_key))
         .routes(routes!(audit::statistics))
         .routes(routes!(audit::statistics_history))
+        .routes(routes!(audit::health))
         .routes(routes!(alarms::list_alarm_rules, alarms::create_alarm_rule))
         .routes(routes!(alarms::set_alarm_rule_state))
         .routes(routes!(alarms::list_alarms))
