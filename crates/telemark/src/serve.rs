@@ -1,0 +1,268 @@
+//! `telemark serve` and `demo`: the store, the first-start admin, the
+//! embedded broker with the registry as its authenticator, the supervised
+//! background tasks (ingest, presence, alarms, webhooks, retention,
+//! statistics) and the HTTP API with the console.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use broker::Broker;
+use tracing::info;
+
+use crate::config::Config;
+use crate::listeners::{
+    metrics_renderer, serve_http, serve_metrics, shutdown_signal, start_broker,
+};
+use crate::{ServeArgs, demo, ingest_feed, registry};
+
+/// The platform: store, first-start admin, embedded broker, HTTP API.
+pub(crate) async fn run_platform(
+    mut config: Config,
+    args: &ServeArgs,
+    demo_devices: Option<usize>,
+) -> anyhow::Result<()> {
+    let store = match &args.database {
+        Some(url) => store::Store::open(url).await?,
+        None => store::Store::open_data_dir(&args.data).await?,
+    };
+    info!(backend = store.backend(), "store ready");
+    let admin_password = std::env::var("TELEMARK_ADMIN_PASSWORD").ok();
+    if let Some(password) = platform::accounts::bootstrap(&store, admin_password.as_deref()).await?
+    {
+        if admin_password.is_some() {
+            println!("First start: operator admin 'admin' created with TELEMARK_ADMIN_PASSWORD.");
+        } else {
+            println!("First start: operator admin 'admin', one-time password: {password}");
+            println!("Change it after the first login.");
+        }
+    }
+    // TLS listeners take device certificates from the platform's own device
+    // CA unless the configuration names another.
+    if let Some(tls) = config.tls.as_mut().filter(|t| t.client_ca.is_none()) {
+        let pem = platform::device_certificates::device_ca_pem(&store).await?;
+        std::fs::create_dir_all(&args.data)?;
+        let path = args.data.join("device-ca.pem");
+        std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+        tls.client_ca = Some(path);
+    }
+    // Devices log in with their MQTT secret or certificate, operator admins
+    // with their console password; each is confined by the registry's ACL.
+    let instance = args.instance_id.clone().unwrap_or_else(host_name);
+    let stale = store.mark_all_offline(&instance).await?;
+    if stale > 0 {
+        info!(
+            devices = stale,
+            "devices marked offline: the embedded broker starts with no connections"
+        );
+    }
+    // One login throttle for console accounts over HTTP and over MQTT.
+    let logins = Arc::new(platform::login_guard::LoginGuard::default());
+    let presence = platform::presence::PresenceRecorder::new();
+    let auth = Arc::new(registry::RegistryAuthenticator::new(
+        store.clone(),
+        logins.clone(),
+        presence.clone(),
+    ));
+    let broker = Broker::new(config.broker.clone(), auth);
+    // The ingest's in-process connection, there before any device is.
+    let feed = ingest_feed::EmbeddedFeed::subscribe(&broker)?;
+    let running = start_broker(&config, broker).await?;
+    // Alarms: thresholds on ingest, offline and firmware in a leased pass,
+    // webhooks for every change.
+    let (alarms, alarm_events) = platform::alarms::AlarmEngine::new(store.clone()).await?;
+    let alarm_events: platform::alarms::SharedAlarmEvents =
+        Arc::new(tokio::sync::Mutex::new(alarm_events));
+    let (stop_tasks, stop_rx) = tokio::sync::watch::channel(false);
+    // Every background task runs under the supervisor: a panic is logged,
+    // counted and followed by a restart (`/metrics`, `/api/v1/health`).
+    let supervisor = platform::supervisor::Supervisor::new(stop_rx.clone());
+    // Presence stops after the broker, so its last disconnects are written.
+    let (stop_presence, presence_stop) = tokio::sync::watch::channel(false);
+    let presence_task = {
+        let (presence, store, instance, stop) = (
+            presence.clone(),
+            store.clone(),
+            instance.clone(),
+            presence_stop,
+        );
+        supervisor.spawn("presence", move || {
+            presence
+                .clone()
+                .run(store.clone(), instance.clone(), stop.clone())
+        })
+    };
+    let webhooks = Arc::new(platform::webhook_target::WebhookPolicy::new(
+        config.webhooks.allowed_private_targets.iter().cloned(),
+    ));
+    {
+        let (store, events, policy) = (store.clone(), alarm_events.clone(), webhooks.clone());
+        supervisor.spawn("webhooks", move || {
+            platform::alarms::run_webhooks(store.clone(), events.clone(), (*policy).clone())
+        });
+    }
+    {
+        let (alarms, stop) = (alarms.clone(), stop_rx.clone());
+        let holder = format!("{}-{}", std::process::id(), platform::accounts::new_token());
+        supervisor.spawn("alarms", move || {
+            platform::alarms::run_periodic(alarms.clone(), holder.clone(), stop.clone())
+        });
+    }
+    {
+        let (store, stop) = (store.clone(), stop_rx.clone());
+        let retention = platform::telemetry::Retention {
+            raw_days: config.telemetry.raw_retention_days,
+            hourly_days: config.telemetry.hourly_retention_days,
+        };
+        let holder = format!("{}-{}", std::process::id(), platform::accounts::new_token());
+        supervisor.spawn("retention", move || {
+            platform::telemetry::run_retention(
+                store.clone(),
+                retention,
+                holder.clone(),
+                stop.clone(),
+            )
+        });
+    }
+    // The platform reads device telemetry from the embedded broker through
+    // its in-process connection.
+    let ingest = platform::telemetry::Ingest::with_alarms(store.clone(), alarms.clone());
+    ingest.set_max_backlog(config.telemetry.max_backlog_readings);
+    ingest.set_timestamp_window(
+        std::time::Duration::from_secs(u64::from(config.telemetry.max_reading_age_days) * 86_400),
+        std::time::Duration::from_secs(u64::from(config.telemetry.max_reading_ahead_hours) * 3600),
+    );
+    let ingest_task = {
+        let (ingest, broker, stop) = (ingest.clone(), running.broker.clone(), stop_rx.clone());
+        // The first feed was subscribed before the listeners opened; a
+        // restarted ingest subscribes again.
+        let mut first = Some(feed);
+        supervisor.spawn("ingest", move || {
+            let (ingest, stop) = (ingest.clone(), stop.clone());
+            let feed = first
+                .take()
+                .map(Ok)
+                .unwrap_or_else(|| ingest_feed::EmbeddedFeed::subscribe(&broker));
+            async move {
+                match feed {
+                    Ok(feed) => platform::telemetry::run_feed(ingest, feed, stop).await,
+                    Err(e) => tracing::warn!(error = %e, "the ingest cannot subscribe"),
+                }
+            }
+        })
+    };
+    {
+        // Daily statistics snapshots for week-over-week change. Idempotent
+        // upserts, so several `telemark serve` on one database need no lease.
+        let (store, stop) = (store.clone(), stop_rx.clone());
+        supervisor.spawn("statistics", move || {
+            let (store, mut stop) = (store.clone(), stop.clone());
+            async move {
+                let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+                loop {
+                    tokio::select! {
+                        _ = hourly.tick() => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                    if let Err(e) = store.snapshot_all().await {
+                        tracing::warn!(error = %e, "daily statistics snapshot failed");
+                    }
+                }
+            }
+        });
+    }
+    let render_metrics = {
+        let (broker_metrics, supervisor) = (
+            metrics_renderer(&running.broker, Some(ingest.clone())),
+            supervisor.clone(),
+        );
+        let render: api::MetricsRenderer =
+            Arc::new(move || broker_metrics() + &supervisor.prometheus());
+        render
+    };
+    let options = api::ApiOptions {
+        broker_hook_secret: args.broker_hook_secret.clone(),
+        ingest: Some(ingest.clone()),
+        alarms: Some(alarms.clone()),
+        logins,
+        webhooks,
+        metrics: Some(render_metrics.clone()),
+        supervisor: Some(supervisor.clone()),
+        secure_cookie: args
+            .public_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("https://")),
+    };
+    serve_metrics(&config, &running.broker, render_metrics).await?;
+    let app = api::app_with(store.clone(), options);
+    let http = serve_http(args.http, app, &running.broker, "HTTP").await?;
+    println!(
+        "Telemark is up: console http://{http}/, API http://{http}/api/v1, MQTT {}",
+        describe_listeners(&config)
+    );
+    let (stop_fleet, fleet_stopped) = tokio::sync::watch::channel(false);
+    let fleet = match (demo_devices, config.listeners.tcp) {
+        (Some(count), Some(addr)) => {
+            let devices = demo::seed(&store, count).await?;
+            alarms.refresh_rules().await?;
+            println!(
+                "Demo fleet: {} simulated devices publishing every 5 s. Log in as admin.",
+                devices.len()
+            );
+            Some(tokio::spawn(agent::sim::run_fleet(
+                devices,
+                agent::sim::SimOptions {
+                    broker: format!("mqtt://{}:{}", loopback_for(addr), addr.port()),
+                    interval: std::time::Duration::from_secs(5),
+                    dropout: 0.002,
+                    firmware: "2.1.4".into(),
+                },
+                std::sync::Arc::default(),
+                fleet_stopped,
+            )))
+        }
+        _ => None,
+    };
+    shutdown_signal().await;
+    info!("shutting down");
+    let _ = stop_fleet.send(true);
+    if let Some(fleet) = fleet {
+        let _ = fleet.await;
+    }
+    let _ = stop_tasks.send(true);
+    let _ = ingest_task.await;
+    running.stop().await;
+    // The broker's last disconnects are written before the store closes.
+    let _ = stop_presence.send(true);
+    let _ = presence_task.await;
+    store.close().await;
+    Ok(())
+}
+
+/// The machine's host name, the default instance id.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "telemark".to_owned())
+}
+
+/// The address to reach a listener bound to `addr` from this process.
+fn loopback_for(addr: SocketAddr) -> std::net::IpAddr {
+    match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv6() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip => ip,
+    }
+}
+
+fn describe_listeners(config: &Config) -> String {
+    let l = &config.listeners;
+    [("tcp", l.tcp), ("tls", l.tls), ("ws", l.ws), ("wss", l.wss)]
+        .iter()
+        .filter_map(|(name, addr)| addr.map(|a| format!("{name}://{a}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
