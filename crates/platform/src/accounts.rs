@@ -256,6 +256,9 @@ pub async fn bootstrap(
     store: &Store,
     admin_password: Option<&str>,
 ) -> Result<Option<String>, AccountError> {
+    // The platform's own secrets are made (or sealed, if an earlier version
+    // kept them in the clear) here, so no request ever makes one.
+    ensure_platform_secrets(store).await?;
     if store.user_by_username("admin").await?.is_some() {
         return Ok(None);
     }
@@ -288,6 +291,20 @@ pub async fn bootstrap(
         )
         .await?;
     Ok(Some(password))
+}
+
+/// The license signing key, the device CA and the internal MQTT secret,
+/// made if missing.
+async fn ensure_platform_secrets(store: &Store) -> Result<(), AccountError> {
+    let failed = |what: &str, e: String| AccountError::Invalid(format!("{what}: {e}"));
+    crate::licensing::ensure_signing_key(store)
+        .await
+        .map_err(|e| failed("license signing key", e.to_string()))?;
+    crate::device_certificates::device_ca_pem(store)
+        .await
+        .map_err(|e| failed("device CA", e.to_string()))?;
+    crate::device_access::internal_secret(store).await?;
+    Ok(())
 }
 
 /// Creates a user in an organisation inside the creator's scope, with a role

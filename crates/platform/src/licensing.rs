@@ -49,6 +49,16 @@ async fn signing_key(store: &Store) -> Result<license::SigningKey, LicenseOpErro
     let hex = store
         .platform_secret(SIGNING_KEY, crate::accounts::new_token)
         .await?;
+    signing_key_from_hex(&hex)
+}
+
+/// Makes the signing key if there is none yet: at the platform's first
+/// start, so that nothing a stranger can call ever makes one.
+pub async fn ensure_signing_key(store: &Store) -> Result<(), LicenseOpError> {
+    signing_key(store).await.map(|_| ())
+}
+
+fn signing_key_from_hex(hex: &str) -> Result<license::SigningKey, LicenseOpError> {
     let mut secret = [0u8; 32];
     for (i, slot) in secret.iter_mut().enumerate() {
         *slot = hex
@@ -60,9 +70,16 @@ async fn signing_key(store: &Store) -> Result<license::SigningKey, LicenseOpErro
 }
 
 /// The platform's public key, base64url: what devices verify tokens with.
+/// Only reads: the key is made at the first start, never here.
 pub async fn public_key(store: &Store) -> Result<String, LicenseOpError> {
+    let hex = store
+        .existing_platform_secret(SIGNING_KEY)
+        .await?
+        .ok_or(LicenseOpError::Damaged(
+            "the platform has no license signing key yet",
+        ))?;
     Ok(license::public_key_to_base64(
-        &signing_key(store).await?.verifying_key(),
+        &signing_key_from_hex(&hex)?.verifying_key(),
     ))
 }
 

@@ -12,6 +12,7 @@ mod devices;
 mod imports;
 mod licenses;
 mod organisations;
+mod sealed;
 mod statistics;
 mod telemetry;
 mod users;
@@ -42,6 +43,7 @@ pub use devices::{
 pub use imports::{ImportBatch, ImportKind, ImportQuery, ImportRecord, Rejection};
 pub use licenses::{LicenseKey, LicenseQuery, ServiceModel};
 pub use organisations::{Organisation, OrganisationKind, Scope};
+pub use sealed::{SecretKey, SecretKeyring, key_path, write_key_file};
 pub use statistics::{Counters, today};
 pub use telemetry::{
     LatestReading, LogLine, LogQuery, NewLogLine, NewReading, SeriesPoint, TelemetryFault,
@@ -140,6 +142,8 @@ pub struct Store {
     /// Metric name → id in `metrics`, learnt as names are first written.
     /// Ids never change, so every clone shares one map for good.
     pub(crate) metric_ids: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
+    /// The key platform secrets are sealed with, shared by every clone.
+    pub(crate) keyring: std::sync::Arc<std::sync::RwLock<Option<SecretKeyring>>>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -158,6 +162,7 @@ impl Store {
                 pool: Pool::Postgres(pool),
                 telemetry_writer: None,
                 metric_ids: Default::default(),
+                keyring: Default::default(),
             }
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
@@ -185,6 +190,7 @@ impl Store {
                 pool: Pool::Sqlite(pool),
                 telemetry_writer: Some(writer),
                 metric_ids: Default::default(),
+                keyring: Default::default(),
             }
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
@@ -193,11 +199,30 @@ impl Store {
         Ok(store)
     }
 
-    /// The embedded database in a data directory.
+    /// The embedded database in a data directory, with the data
+    /// directory's key (`platform.key`, made on first use) for sealing
+    /// platform secrets.
     pub async fn open_data_dir(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Invalid(format!("{}: {e}", dir.display())))?;
-        Store::open(&format!("sqlite:{}", dir.join("telemark.db").display())).await
+        let store = Store::open(&format!("sqlite:{}", dir.join("telemark.db").display())).await?;
+        store.set_keyring(SecretKeyring::in_data_dir(dir)?);
+        Ok(store)
+    }
+
+    /// The key platform secrets are sealed with from now on (in every clone).
+    pub fn set_keyring(&self, keyring: SecretKeyring) {
+        *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = Some(keyring);
+    }
+
+    pub(crate) fn keyring(&self) -> Result<SecretKeyring, StoreError> {
+        self.keyring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                StoreError::Invalid("no secret key: platform secrets cannot be sealed".into())
+            })
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -232,6 +257,7 @@ impl Store {
             },
             telemetry_writer: None,
             metric_ids: self.metric_ids.clone(),
+            keyring: self.keyring.clone(),
         }
     }
 }

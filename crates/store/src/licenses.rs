@@ -2,6 +2,7 @@
 
 use crate::BeginWrite;
 use crate::{Scope, Store, StoreError, now_millis, with_pool};
+use crate::{SecretKey, SecretKeyring};
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ServiceModel {
@@ -227,17 +228,21 @@ impl Store {
         Ok(())
     }
 
-    /// The platform secret `name`, made from `make` the first time it is asked for.
+    /// A secret the platform makes for itself once, by name: made by `make`
+    /// the first time (by whichever instance gets there first), sealed
+    /// with the store's key, opened for the caller. A value stored in the
+    /// clear by an earlier version is sealed on first read.
     pub async fn platform_secret(
         &self,
         name: &str,
         make: impl FnOnce() -> String,
     ) -> Result<String, StoreError> {
-        let value = make();
+        let keyring = self.keyring()?;
+        let sealed = keyring.seal(name, &make());
         let stored: String = with_pool!(self, pool => {
             sqlx::query("INSERT INTO platform_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
                 .bind(name)
-                .bind(&value)
+                .bind(&sealed)
                 .execute(pool)
                 .await?;
             sqlx::query_scalar("SELECT value FROM platform_secrets WHERE name = $1")
@@ -245,6 +250,63 @@ impl Store {
                 .fetch_one(pool)
                 .await?
         });
+        if SecretKeyring::is_sealed(&stored) {
+            return keyring.open(name, &stored);
+        }
+        let resealed = keyring.seal(name, &stored);
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE platform_secrets SET value = $1 WHERE name = $2 AND value = $3")
+                .bind(&resealed)
+                .bind(name)
+                .bind(&stored)
+                .execute(pool)
+                .await?;
+        });
         Ok(stored)
+    }
+
+    /// A platform secret if it was made, opened; never makes one.
+    pub async fn existing_platform_secret(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let stored: Option<String> = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT value FROM platform_secrets WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?
+        });
+        match stored {
+            Some(value) if SecretKeyring::is_sealed(&value) => {
+                Ok(Some(self.keyring()?.open(name, &value)?))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Seals every platform secret with `new` and makes it the store's key;
+    /// the old key stays in the ring. All or nothing; returns how many.
+    pub async fn rotate_secret_key(&self, new: SecretKey) -> Result<usize, StoreError> {
+        let old = self.keyring()?;
+        let rotated = SecretKeyring::new(new).with_previous(old.current().clone());
+        let n = with_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let rows: Vec<(String, String)> = sqlx::query_as("SELECT name, value FROM platform_secrets")
+                .fetch_all(&mut *tx)
+                .await?;
+            for (name, value) in &rows {
+                let plain = if SecretKeyring::is_sealed(value) {
+                    old.open(name, value)?
+                } else {
+                    value.clone()
+                };
+                sqlx::query("UPDATE platform_secrets SET value = $1 WHERE name = $2")
+                    .bind(rotated.seal(name, &plain))
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            rows.len()
+        });
+        self.set_keyring(rotated);
+        Ok(n)
     }
 }

@@ -31,7 +31,9 @@ async fn stores() -> (Vec<Store>, tempfile::TempDir) {
             Some((base, _)) => format!("{base}/{name}"),
             None => panic!("TELEMARK_TEST_POSTGRES needs a database path"),
         };
-        out.push(Store::open(&url).await.expect("postgres store"));
+        let store = Store::open(&url).await.expect("postgres store");
+        store.set_keyring(store::SecretKeyring::new(store::SecretKey::generate()));
+        out.push(store);
     }
     (out, dir)
 }
@@ -581,6 +583,34 @@ async fn licenses_and_platform_secrets_on_every_backend() {
             .await
             .expect("secret");
         assert_eq!((first.as_str(), second.as_str()), ("one", "one"));
+        // A rotation seals it again under the new key, which then opens it.
+        assert_eq!(
+            store
+                .rotate_secret_key(store::SecretKey::generate())
+                .await
+                .expect("rotate"),
+            1
+        );
+        assert_eq!(
+            store.existing_platform_secret("k").await.expect("read"),
+            Some("one".into())
+        );
+        assert_eq!(
+            store
+                .existing_platform_secret("nothing")
+                .await
+                .expect("read"),
+            None
+        );
+        // With another key the secret cannot be opened, and the store says
+        // so (the keyring is shared by clones: this is the last step).
+        let stranger = store.clone();
+        stranger.set_keyring(store::SecretKeyring::new(store::SecretKey::generate()));
+        let err = stranger
+            .platform_secret("k", || "forged".into())
+            .await
+            .expect_err("another key");
+        assert!(err.to_string().contains("sealed with key"), "{err}");
     }
 }
 

@@ -63,6 +63,26 @@ enum Command {
     },
     /// Simulate a fleet of devices against a broker.
     Sim(Box<SimArgs>),
+    /// The key platform secrets are sealed with.
+    Secrets {
+        #[command(subcommand)]
+        what: SecretsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Seal every platform secret with a new key and replace the data
+    /// directory's `platform.key` (the old one is kept as
+    /// `platform.key.old`). With TELEMARK_SECRET_KEY, the new key is
+    /// printed instead, to be given to every instance.
+    RotateKey {
+        /// Data directory of the embedded SQLite database and its key.
+        #[arg(long, default_value = "telemark-data")]
+        data: PathBuf,
+        #[arg(long, env = "TELEMARK_DATABASE")]
+        database: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -322,6 +342,12 @@ fn main() -> anyhow::Result<()> {
             user,
             password,
         } => passwd(&file, &user, password),
+        Command::Secrets {
+            what: SecretsCommand::RotateKey { data, database },
+        } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(rotate_secret_key(&data, database.as_deref())),
         Command::Import {
             what:
                 ImportWhat::Devices {
@@ -500,10 +526,7 @@ async fn import_devices(
     organisation: Option<i64>,
     partial: bool,
 ) -> anyhow::Result<()> {
-    let store = match database {
-        Some(url) => store::Store::open(url).await?,
-        None => store::Store::open_data_dir(data).await?,
-    };
+    let store = serve::open_store(data, database).await?;
     let organisation = match organisation {
         Some(id) => id,
         None => store
@@ -569,6 +592,36 @@ async fn import_devices(
     if record.rows_rejected > 0 && !partial {
         std::process::exit(1);
     }
+    Ok(())
+}
+
+/// `telemark secrets rotate-key`. Crash-safe: the new key is written as
+/// `platform.key.new` before the database is resealed (a store opening the
+/// data directory reads both), and takes the old one's place after.
+async fn rotate_secret_key(data: &std::path::Path, database: Option<&str>) -> anyhow::Result<()> {
+    let store = serve::open_store(data, database).await?;
+    let new = store::SecretKey::generate();
+    let from_environment = std::env::var("TELEMARK_SECRET_KEY").is_ok();
+    let path = store::key_path(data);
+    let staged = path.with_extension("key.new");
+    if !from_environment {
+        store::write_key_file(&staged, &new)?;
+    }
+    let sealed = store.rotate_secret_key(new.clone()).await?;
+    if from_environment {
+        println!("{sealed} secrets sealed with the new key {}.", new.id());
+        println!("Give every instance TELEMARK_SECRET_KEY={}", new.to_hex());
+    } else {
+        std::fs::rename(&path, path.with_extension("key.old"))?;
+        std::fs::rename(&staged, &path)?;
+        println!(
+            "{sealed} secrets sealed with the new key {} in {}; the old key is in {}.old until you remove it.",
+            new.id(),
+            path.display(),
+            path.display()
+        );
+    }
+    store.close().await;
     Ok(())
 }
 

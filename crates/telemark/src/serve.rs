@@ -22,10 +22,7 @@ pub(crate) async fn run_platform(
     args: &ServeArgs,
     demo_devices: Option<usize>,
 ) -> anyhow::Result<()> {
-    let store = match &args.database {
-        Some(url) => store::Store::open(url).await?,
-        None => store::Store::open_data_dir(&args.data).await?,
-    };
+    let store = open_store(&args.data, args.database.as_deref()).await?;
     info!(backend = store.backend(), "store ready");
     let admin_password = std::env::var("TELEMARK_ADMIN_PASSWORD").ok();
     if let Some(password) = platform::accounts::bootstrap(&store, admin_password.as_deref()).await?
@@ -265,4 +262,29 @@ fn describe_listeners(config: &Config) -> String {
         .filter_map(|(name, addr)| addr.map(|a| format!("{name}://{a}")))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The platform's database: PostgreSQL at `database`, or SQLite in the data
+/// directory. Platform secrets are sealed with `TELEMARK_SECRET_KEY` (64 hex
+/// digits; every instance on one database needs the same) or else with the
+/// data directory's `platform.key`, made on first use with mode 0600.
+pub(crate) async fn open_store(
+    data: &std::path::Path,
+    database: Option<&str>,
+) -> anyhow::Result<store::Store> {
+    let store = match database {
+        Some(url) => store::Store::open(url).await?,
+        None => store::Store::open_data_dir(data).await?,
+    };
+    match std::env::var("TELEMARK_SECRET_KEY") {
+        Ok(hex) => store.set_keyring(store::SecretKeyring::new(
+            store::SecretKey::from_hex(&hex).context("TELEMARK_SECRET_KEY")?,
+        )),
+        Err(_) if database.is_some() => {
+            std::fs::create_dir_all(data)?;
+            store.set_keyring(store::SecretKeyring::in_data_dir(data)?);
+        }
+        Err(_) => {}
+    }
+    Ok(store)
 }

@@ -309,3 +309,65 @@ fn console_accounts_over_mqtt_share_the_login_throttle() {
     let (accepted, _) = try_connect(mqtt_port, &["-u", &long, "-P", "x"]);
     assert!(!accepted);
 }
+
+#[test]
+fn a_database_dump_alone_holds_no_usable_platform_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let public_key = || {
+        let (status, body) = http(http_port, "GET", "/api/v1/license/public-key", &[], "");
+        assert_eq!(status, 200, "{body}");
+        json_string(&body, "public_key")
+    };
+    let platform = start_platform(dir.path(), http_port, mqtt_port);
+    let first_key = public_key();
+    drop(platform);
+    // The key file is the owner's alone; the database holds no PEM key and
+    // no secret in the clear.
+    let key_file = dir.path().join("platform.key");
+    let mode = std::fs::metadata(&key_file)
+        .expect("key file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    for file in ["telemark.db", "telemark.db-wal"] {
+        let bytes = std::fs::read(dir.path().join(file)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("PRIVATE KEY"),
+            "{file} holds a private key in the clear"
+        );
+    }
+    // The key is rotated; the platform comes back with the same license key.
+    let out = run(
+        telemark()
+            .args(["secrets", "rotate-key", "--data"])
+            .arg(dir.path()),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("platform.key.old").exists());
+    let platform = start_platform(dir.path(), http_port, mqtt_port);
+    assert_eq!(public_key(), first_key);
+    drop(platform);
+    // Without the key (a dump copied elsewhere), serve refuses to start
+    // instead of making new keys that would orphan every license.
+    std::fs::remove_file(&key_file).expect("remove key");
+    std::fs::remove_file(dir.path().join("platform.key.old")).expect("remove old key");
+    let out = run(
+        telemark()
+            .args(["serve", "--data"])
+            .arg(dir.path())
+            .args(["--http", &format!("127.0.0.1:{http_port}")])
+            .args(["--mqtt", &format!("127.0.0.1:{mqtt_port}")]),
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sealed with key"), "{stderr}");
+}
