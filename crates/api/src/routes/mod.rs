@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use platform::accounts::{self, Role, Session};
-use sha2::{Digest, Sha256};
 use store::{DeviceCursor, DeviceQuery, DeviceSort, NewDeviceModel};
 use utoipa::openapi::security::SecurityScheme;
 use utoipa::{Modify, OpenApi};
@@ -209,10 +208,7 @@ impl Modify for Authentication {
 }
 
 fn csrf_for(token: &str) -> String {
-    Sha256::digest(format!("csrf:{token}").as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    accounts::sha256_hex(format!("csrf:{token}").as_bytes())
 }
 
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
@@ -265,7 +261,11 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                 .headers
                 .get("x-csrf-token")
                 .and_then(|v| v.to_str().ok());
-            if sent != Some(csrf_for(&token).as_str()) {
+            let expected = csrf_for(&token);
+            let matches = sent.is_some_and(|sent| {
+                platform::device_access::constant_time_eq(sent.as_bytes(), expected.as_bytes())
+            });
+            if !matches {
                 return Err(ApiError::Forbidden("missing or wrong X-CSRF-Token".into()));
             }
         }
