@@ -2237,3 +2237,63 @@ async fn health_reports_a_background_task_that_panicked() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn an_import_rejection_names_nothing_of_another_tenant() {
+    let h = harness().await;
+    let admin = format!("Bearer {}", login(&h.app, "admin", &h.admin_password).await);
+    let auth = [("authorization", admin.as_str())];
+    let (_, _, me) = call(&h.app, Method::GET, "/api/v1/session", &auth, None).await;
+    create_model(&h.app, &auth).await;
+    let mut orgs = Vec::new();
+    for name in ["Acme Harbour Works", "Globex"] {
+        let (_, _, org) = call(
+            &h.app,
+            Method::POST,
+            "/api/v1/organisations",
+            &auth,
+            Some(json!({"parent_id": me["organisation_id"], "name": name})),
+        )
+        .await;
+        orgs.push(org["id"].clone());
+    }
+    let (status, _, record) = call_csv(
+        &h.app,
+        "/api/v1/devices/import",
+        &auth,
+        "serial,mac,model,name,organisation\nACME-1,00:11:22:66:00:01,311-a1,acme-secret-router,Acme Harbour Works\n",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    let (status, _, _) = call(
+        &h.app,
+        Method::POST,
+        "/api/v1/users",
+        &auth,
+        Some(json!({"organisation_id": orgs[1], "username": "globex-admin", "password": "globex-password", "role": "integrator-admin"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let globex = format!(
+        "Bearer {}",
+        login(&h.app, "globex-admin", "globex-password").await
+    );
+    let (status, _, record) = call_csv(
+        &h.app,
+        "/api/v1/devices/import?partial=true",
+        &[("authorization", globex.as_str())],
+        "serial,mac,model\nACME-1,00:11:22:66:00:99,311-a1\nG-2,00:11:22:66:00:01,311-a1\nG-3,00:11:22:66:00:03,311-a1\n",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    assert_eq!(record["rows_accepted"], 1, "{record}");
+    let text = record["rejections"].to_string();
+    for secret in [
+        "acme-secret-router",
+        "Acme",
+        &format!("organisation {}", orgs[0]),
+    ] {
+        assert!(!text.contains(secret), "{secret:?} leaked: {text}");
+    }
+    assert!(text.contains("already registered"), "{text}");
+}

@@ -159,7 +159,6 @@ macro_rules! bind_new_device {
             .bind($created_at)
     };
 }
-pub(crate) use bind_new_device;
 
 const DEVICE_COLUMNS: &str = "d.id, d.organisation_id, d.model_id, d.name, d.serial, d.mac, d.imei, d.iccid, \
      d.labels, d.license_state, d.firmware_version, d.created_at, d.last_seen_at, d.online";
