@@ -20,8 +20,6 @@ use crate::{Provisioning, now_millis};
 pub enum AgentError {
     #[error("{0}")]
     Config(String),
-    #[error("buffer: {0}")]
-    Buffer(#[from] std::io::Error),
 }
 
 /// The MQTT options of a device of the contract: id, credentials, will.
@@ -90,6 +88,40 @@ pub fn backoff(attempt: u32) -> Duration {
 enum Link {
     Up,
     Down,
+    /// The client wrote a PUBLISH with this packet id (again, if resent).
+    Sent(u16),
+    /// The broker acknowledged it.
+    Acked(u16),
+}
+
+/// Buffered readings handed to the client at once while catching up.
+const CATCH_UP_WINDOW: usize = 100;
+
+/// Which reading each packet id carries, so a buffered reading leaves the
+/// disk only when the broker acknowledged it. Publishes are written in
+/// the order they were asked for, so the n-th new packet id belongs to the
+/// n-th publish; a packet id seen before is a resend of the same reading.
+#[derive(Default)]
+struct Acknowledgements {
+    /// One entry per publish asked for and not yet written: the buffered
+    /// reading's sequence number, or None for a live one.
+    asked: std::collections::VecDeque<Option<u64>>,
+    by_packet: std::collections::HashMap<u16, Option<u64>>,
+}
+
+impl Acknowledgements {
+    fn sent(&mut self, packet_id: u16) {
+        if !self.by_packet.contains_key(&packet_id)
+            && let Some(tag) = self.asked.pop_front()
+        {
+            self.by_packet.insert(packet_id, tag);
+        }
+    }
+
+    /// The buffered reading the broker just acknowledged, if it was one.
+    fn acked(&mut self, packet_id: u16) -> Option<u64> {
+        self.by_packet.remove(&packet_id).flatten()
+    }
 }
 
 /// What the agent did, when it stops.
@@ -106,7 +138,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Result<AgentReport, AgentError> {
     let options = device_options(&p)?;
-    let mut buffer = DiskBuffer::open(&p.buffer_dir, p.buffer_capacity)?;
+    let mut buffer = DiskBuffer::open(&p.buffer_dir, p.buffer_capacity);
     if !buffer.is_empty() {
         tracing::info!(
             waiting = buffer.len(),
@@ -122,6 +154,16 @@ pub async fn run(
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     failures = 0;
                     if link_tx.send(Link::Up).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Publish(packet_id))) => {
+                    if link_tx.send(Link::Sent(packet_id)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if link_tx.send(Link::Acked(ack.pkid)).await.is_err() {
                         return;
                     }
                 }
@@ -154,6 +196,7 @@ pub async fn run(
     let mut collector = SystemCollector::new(p.log_file.clone());
     let mut connected = false;
     let mut report = AgentReport::default();
+    let mut acks = Acknowledgements::default();
     loop {
         let readings: Vec<Reading> = tokio::select! {
             _ = stop.changed() => break,
@@ -162,21 +205,28 @@ pub async fn run(
                     Some(Link::Up) => {
                         connected = true;
                         tracing::info!("connected");
-                        let _ = client.publish(topic(Topic::Status), QoS::AtLeastOnce, true, status("online")).await;
-                        // What waited goes first, in order.
-                        let waiting = buffer.drain()?;
-                        if !waiting.is_empty() {
-                            tracing::info!(count = waiting.len(), dropped = buffer.dropped(), "sending buffered readings");
+                        if client.publish(topic(Topic::Status), QoS::AtLeastOnce, true, status("online")).await.is_ok() {
+                            acks.asked.push_back(None);
                         }
-                        for item in waiting {
-                            if client.publish(item.topic, QoS::AtLeastOnce, item.retain, item.payload.into_bytes()).await.is_ok() {
-                                report.published += 1;
-                            }
+                        if !buffer.is_empty() {
+                            tracing::info!(count = buffer.len(), dropped = buffer.dropped(), "sending buffered readings");
                         }
                         [firmware(&p.firmware_file), collector.ipv4()].into_iter().flatten().collect()
                     }
                     Some(Link::Down) => {
                         connected = false;
+                        // Not acknowledged: sent again on the next connection.
+                        buffer.rewind();
+                        Vec::new()
+                    }
+                    Some(Link::Sent(packet_id)) => {
+                        acks.sent(packet_id);
+                        Vec::new()
+                    }
+                    Some(Link::Acked(packet_id)) => {
+                        if let Some(seq) = acks.acked(packet_id) {
+                            buffer.acknowledge(seq);
+                        }
                         Vec::new()
                     }
                     None => break,
@@ -191,12 +241,14 @@ pub async fn run(
         for reading in readings {
             let t = reading.topic();
             let payload = reading.to_json();
-            if connected {
+            // Live only once what waited is out: readings keep their order.
+            if connected && buffer.is_empty() {
                 if client
                     .publish(topic(t), QoS::AtLeastOnce, t.retain(), payload)
                     .await
                     .is_ok()
                 {
+                    acks.asked.push_back(None);
                     report.published += 1;
                 }
             } else {
@@ -204,7 +256,27 @@ pub async fn run(
                     topic: topic(t),
                     payload: String::from_utf8_lossy(&payload).into_owned(),
                     retain: t.retain(),
-                })?;
+                });
+            }
+        }
+        // Catching up: keep a window of buffered readings with the client,
+        // each leaving the disk when the broker acknowledges it.
+        if connected && buffer.in_flight() < CATCH_UP_WINDOW / 2 {
+            let room = CATCH_UP_WINDOW - buffer.in_flight();
+            for (seq, item) in buffer.next_unsent(room) {
+                if client
+                    .publish(
+                        item.topic,
+                        QoS::AtLeastOnce,
+                        item.retain,
+                        item.payload.into_bytes(),
+                    )
+                    .await
+                    .is_ok()
+                {
+                    acks.asked.push_back(Some(seq));
+                    report.published += 1;
+                }
             }
         }
     }

@@ -371,3 +371,114 @@ fn a_database_dump_alone_holds_no_usable_platform_secret() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("sealed with key"), "{stderr}");
 }
+
+/// A broker that lets a client in and then acknowledges nothing: how the
+/// agent sees a broker that dies between receiving and acknowledging.
+/// Returns the PUBLISH packets it read, once `for_how_long` has passed.
+fn unacknowledging_broker(port: u16, for_how_long: Duration) -> std::thread::JoinHandle<usize> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().expect("the agent connects");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let mut decoder = mqtt::Decoder::new();
+        let mut buf = bytes::BytesMut::new();
+        let mut publishes = 0;
+        let until = Instant::now() + for_how_long;
+        let mut chunk = [0u8; 65536];
+        while Instant::now() < until {
+            match socket.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => continue,
+            }
+            while let Ok(Some(packet)) = decoder.decode(&mut buf) {
+                match packet {
+                    // CONNACK, session not present, accepted.
+                    mqtt::Packet::Connect(_) => socket
+                        .write_all(&[0x20, 0x02, 0x00, 0x00])
+                        .expect("connack"),
+                    mqtt::Packet::Publish(_) => publishes += 1,
+                    _ => {}
+                }
+            }
+        }
+        publishes
+    })
+}
+
+fn buffered_lines(dir: &std::path::Path) -> usize {
+    std::fs::read_to_string(dir.join("buffer.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_agent_forgets_a_buffered_reading_only_once_the_broker_acknowledged_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let buffer = dir.path().join("buffer");
+    let port = free_port();
+    let provisioning = dir.path().join("agent.toml");
+    let write_provisioning = |port: u16| {
+        std::fs::write(
+            &provisioning,
+            format!(
+                "broker = \"mqtt://127.0.0.1:{port}\"\ndevice_id = \"00-11-22-33-77-01\"\nmodel = \"311-a1\"\n\
+                 secret = \"s\"\nbuffer_dir = \"{}\"\n[intervals]\nhardware = 1\nnetwork = 1\nuptime = 1\nlogs = 1\n",
+                buffer.display()
+            ),
+        )
+        .expect("provisioning");
+    };
+    write_provisioning(port);
+    let agent = || {
+        telemark()
+            .args(["agent", "--config", provisioning.to_str().expect("path")])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("agent starts")
+    };
+    // No broker yet: readings wait on disk.
+    let mut first = KilledOnDrop(Some(agent()));
+    assert!(
+        eventually(20, || buffered_lines(&buffer) >= 10),
+        "readings buffered"
+    );
+    // A broker that takes them and acknowledges nothing, then the device
+    // loses power: every reading it sent is still on disk.
+    let broker = unacknowledging_broker(port, Duration::from_secs(4));
+    let before = buffered_lines(&buffer);
+    let received = broker.join().expect("broker");
+    if let Some(child) = first.0.as_mut() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(
+        received >= before.min(50),
+        "the agent sent its buffer ({received} of {before})"
+    );
+    assert!(
+        buffered_lines(&buffer) >= before,
+        "sent but unacknowledged readings left the disk"
+    );
+    // Against a real broker they are delivered, acknowledged and gone.
+    let broker = start(&[]);
+    let watcher = sub(
+        broker.tcp,
+        "dwr/311-a1/00-11-22-33-77-01/#",
+        before as u32,
+        &[],
+    );
+    write_provisioning(broker.tcp);
+    let _second = KilledOnDrop(Some(agent()));
+    let delivered = finish(watcher);
+    assert!(delivered.lines().count() >= before, "{delivered}");
+    assert!(
+        eventually(20, || buffered_lines(&buffer) == 0),
+        "acknowledged readings leave the disk ({} left)",
+        buffered_lines(&buffer)
+    );
+}
