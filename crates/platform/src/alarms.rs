@@ -467,6 +467,10 @@ async fn deliver(
     // Checked again at delivery: the hook may predate the rule, and the
     // resolver checks the address connected to.
     let url = match policy.check_url(&hook.url) {
+        Ok(_) if !policy.delivers() => {
+            outcome = "not sent: webhooks are off ([webhooks] enabled = false)".to_owned();
+            None
+        }
         Ok(url) => Some(url),
         Err(e) => {
             outcome = format!("refused: {e}");

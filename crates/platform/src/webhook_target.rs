@@ -79,6 +79,8 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 pub struct WebhookPolicy {
     /// Host names or addresses (lower case) allowed although not public.
     allowed_private: Vec<String>,
+    /// False: nothing is sent (a test installation, an air-gapped site).
+    disabled: bool,
 }
 
 impl WebhookPolicy {
@@ -89,7 +91,18 @@ impl WebhookPolicy {
                 .map(|h| h.trim().trim_matches(['[', ']']).to_ascii_lowercase())
                 .filter(|h| !h.is_empty())
                 .collect(),
+            disabled: false,
         }
+    }
+
+    /// A policy under which no delivery is made at all.
+    pub fn disabled(mut self) -> Self {
+        self.disabled = true;
+        self
+    }
+
+    pub fn delivers(&self) -> bool {
+        !self.disabled
     }
 
     fn allowed_host(&self, host: &str) -> bool {

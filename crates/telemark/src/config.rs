@@ -21,12 +21,23 @@ pub struct Config {
 }
 
 /// Where alarm webhooks may point.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Webhooks {
+    /// False: no webhook is ever called (each delivery is logged as not sent).
+    pub enabled: bool,
     /// Host names or addresses that webhooks may reach although they are
     /// not public (loopback, private, link-local). Empty: only the internet.
     pub allowed_private_targets: Vec<String>,
+}
+
+impl Default for Webhooks {
+    fn default() -> Self {
+        Webhooks {
+            enabled: true,
+            allowed_private_targets: Vec::new(),
+        }
+    }
 }
 
 /// Where the broker listens. A listener left out is off.
@@ -143,6 +154,7 @@ max_reading_age_days = 30                     # older device times are faults
 max_reading_ahead_hours = 24                  # device times further ahead are faults
 
 [webhooks]
+enabled = true                                # false: no webhook is ever called
 allowed_private_targets = []                  # e.g. ["alerts.corp.example", "10.0.0.5"]: inside targets webhooks may reach
 
 [broker]

@@ -89,9 +89,13 @@ pub(crate) async fn run_platform(
                 .run(store.clone(), instance.clone(), stop.clone())
         })
     };
-    let webhooks = Arc::new(platform::webhook_target::WebhookPolicy::new(
+    let mut policy = platform::webhook_target::WebhookPolicy::new(
         config.webhooks.allowed_private_targets.iter().cloned(),
-    ));
+    );
+    if !config.webhooks.enabled {
+        policy = policy.disabled();
+    }
+    let webhooks = Arc::new(policy);
     {
         let (store, events, policy) = (store.clone(), alarm_events.clone(), webhooks.clone());
         supervisor.spawn("webhooks", move || {
