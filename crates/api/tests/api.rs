@@ -803,14 +803,17 @@ async fn users_roles_password_change_and_disable() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // Its API token is revoked for good: enabling the user again does not
     // bring it back.
-    call(
-        &h.app,
-        Method::POST,
-        &format!("/api/v1/users/{}/state", eng["id"]),
-        &auth,
-        Some(json!({"disabled": false})),
-    )
-    .await;
+    let state_uri = format!("/api/v1/users/{}/state", eng["id"]);
+    let set_disabled = |disabled: bool| {
+        call(
+            &h.app,
+            Method::POST,
+            &state_uri,
+            &auth,
+            Some(json!({ "disabled": disabled })),
+        )
+    };
+    set_disabled(false).await;
     let (status, _, _) = call(
         &h.app,
         Method::GET,
@@ -820,14 +823,7 @@ async fn users_roles_password_change_and_disable() {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    call(
-        &h.app,
-        Method::POST,
-        &format!("/api/v1/users/{}/state", eng["id"]),
-        &auth,
-        Some(json!({"disabled": true})),
-    )
-    .await;
+    set_disabled(true).await;
     let (status, _, _) = call(
         &h.app,
         Method::POST,

@@ -170,6 +170,17 @@ impl Ingest {
         }
     }
 
+    /// Drops the oldest waiting log lines past [`MAX_BACKLOG_LINES`], counted.
+    fn bound_log_lines(&self, pending: &mut Pending) {
+        if pending.lines.len() > MAX_BACKLOG_LINES {
+            let excess = pending.lines.len() - MAX_BACKLOG_LINES;
+            pending.lines.drain(..excess);
+            self.counters
+                .log_lines_dropped
+                .fetch_add(excess as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Counts a message that broke the contract against its device.
     fn fault(&self, device_id: i64, topic: &str, error: String) {
         self.counters.rejected.fetch_add(1, Ordering::Relaxed);
@@ -372,13 +383,7 @@ impl Ingest {
             }
             _ => {}
         }
-        if pending.lines.len() > MAX_BACKLOG_LINES {
-            let excess = pending.lines.len() - MAX_BACKLOG_LINES;
-            pending.lines.drain(..excess);
-            self.counters
-                .log_lines_dropped
-                .fetch_add(excess as u64, Ordering::Relaxed);
-        }
+        self.bound_log_lines(&mut pending);
         let max_backlog = self.max_backlog();
         if pending.readings.len() > max_backlog {
             let excess = pending.readings.len() - max_backlog;
@@ -464,13 +469,7 @@ impl Ingest {
             }
             let newer_lines = std::mem::replace(&mut pending.lines, lines.into());
             pending.lines.extend(newer_lines);
-            if pending.lines.len() > MAX_BACKLOG_LINES {
-                let excess = pending.lines.len() - MAX_BACKLOG_LINES;
-                pending.lines.drain(..excess);
-                self.counters
-                    .log_lines_dropped
-                    .fetch_add(excess as u64, Ordering::Relaxed);
-            }
+            self.bound_log_lines(&mut pending);
             for (device_id, (count, error)) in faults {
                 let fault = pending.faults.entry(device_id).or_insert((0, error));
                 fault.0 += count;
