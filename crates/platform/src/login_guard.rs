@@ -141,8 +141,15 @@ impl LoginGuard {
         self.attempts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A name is kept at most [`MAX_USERNAME_LEN`] bytes long: a 2 MB user
+    /// name in a login body must not become a 2 MB key.
     fn name_key(username: &str, source: IpAddr) -> (String, IpAddr) {
-        (username.trim().to_lowercase(), source_key(source))
+        let name = username.trim();
+        let mut end = name.len().min(MAX_USERNAME_LEN);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        (name[..end].to_lowercase(), source_key(source))
     }
 
     /// How long logins as `username` from `source` stay refused, if they are.
@@ -249,6 +256,17 @@ mod tests {
                 .locked_for("someone-else", ip("2001:db8:1:3::1"))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_huge_user_name_is_kept_short() {
+        let guard = LoginGuard::default();
+        let source = ip("203.0.113.1");
+        let huge = "é".repeat(1 << 20);
+        guard.failed(&huge, source);
+        let attempts = guard.attempts();
+        let key = attempts.by_name.counts.keys().next().expect("tracked");
+        assert!(key.0.len() <= MAX_USERNAME_LEN);
     }
 
     #[test]
