@@ -553,33 +553,26 @@ impl Connection {
             .client_id_must_match_username
             .then_some(connect.username.as_deref())
             .flatten();
-        let client_id =
-            if let (true, Some(username)) = (connect.client_id.is_empty(), bound_to_username) {
-                // A login bound to its user name gets that name as its id
-                // [MQTT-3.1.3-7]; MQTT 5 clients are told [MQTT-3.2.2-16].
-                if v5 {
-                    assigned_client_id = Some(username.to_owned());
-                }
-                username.to_owned()
-            } else if connect.client_id.is_empty() {
-                // [MQTT-3.1.3-8] 3.1.1 refuses an empty id with a persistent
-                // session; 3.1 requires an id (MQTT 3.1 §3.1); 5.0 assigns one
-                // [MQTT-3.2.2-16].
-                if self.version == ProtocolVersion::V3_1 || (!v5 && !connect.clean_start) {
-                    self.connack(
-                        ReasonCode::ClientIdentifierNotValid,
-                        "empty client identifier",
-                    );
-                    return None;
-                }
-                let id = shared.next_client_id();
-                if v5 {
-                    assigned_client_id = Some(id.clone());
-                }
-                id
-            } else {
-                connect.client_id.clone()
-            };
+        let client_id = if connect.client_id.is_empty() {
+            // [MQTT-3.1.3-8] 3.1.1 refuses an empty id with a persistent
+            // session; 3.1 requires an id (MQTT 3.1 §3.1); 5.0 assigns one
+            // [MQTT-3.2.2-16].
+            if self.version == ProtocolVersion::V3_1 || (!v5 && !connect.clean_start) {
+                self.connack(
+                    ReasonCode::ClientIdentifierNotValid,
+                    "empty client identifier",
+                );
+                return None;
+            }
+            // A login bound to its user name is given that name [MQTT-3.1.3-6].
+            let id = bound_to_username.map_or_else(|| shared.next_client_id(), str::to_owned);
+            if v5 {
+                assigned_client_id = Some(id.clone());
+            }
+            id
+        } else {
+            connect.client_id.clone()
+        };
         // The broker's own sessions (the platform's ingest) cannot be
         // named, resumed or taken over from a listener.
         if shared.is_reserved_client_id(&client_id) {
