@@ -3,6 +3,7 @@
 //! that work meant to run once does, however many instances share the
 //! database.
 
+use crate::SecretKeyring;
 use crate::{Scope, Store, StoreError, now_millis, with_pool};
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -100,6 +101,9 @@ const ALARM_RETURNING: &str = "id, rule_id, device_id, organisation_id, state, s
      raised_at, acknowledged_at, acknowledged_by, cleared_at";
 const CONTEXT_COLUMNS: &str = "d.id AS device_id, d.organisation_id, o.path AS organisation_path, d.model_id, d.online, \
      d.last_seen_at, d.firmware_version";
+
+/// The associated data webhook secrets are sealed with.
+pub(crate) const WEBHOOK_SECRET: &str = "webhook-secret";
 
 impl Store {
     pub async fn create_alarm_rule(
@@ -371,11 +375,14 @@ impl Store {
     ) -> Result<Webhook, StoreError> {
         self.organisation(scope, organisation_id).await?;
         let now = now_millis();
+        // Sealed like the platform's own secrets: with a dump alone nobody
+        // signs a forged alarm to the customer's receiver.
+        let sealed = self.keyring()?.seal(WEBHOOK_SECRET, secret);
         let id: i64 = with_pool!(self, pool => {
             sqlx::query_scalar("INSERT INTO webhooks (organisation_id, url, secret, created_at) VALUES ($1, $2, $3, $4) RETURNING id")
                 .bind(organisation_id)
                 .bind(url)
-                .bind(secret)
+                .bind(&sealed)
                 .bind(now)
                 .fetch_one(pool)
                 .await?
@@ -398,7 +405,21 @@ impl Store {
             .fetch_all(pool)
             .await?
         });
-        Ok(rows)
+        self.open_webhook_secrets(rows)
+    }
+
+    /// Opens each webhook's sealed secret (one stored in the clear by an
+    /// earlier version is taken as it is).
+    fn open_webhook_secrets(&self, mut hooks: Vec<Webhook>) -> Result<Vec<Webhook>, StoreError> {
+        if hooks.iter().any(|w| SecretKeyring::is_sealed(&w.secret)) {
+            let keyring = self.keyring()?;
+            for hook in &mut hooks {
+                if SecretKeyring::is_sealed(&hook.secret) {
+                    hook.secret = keyring.open(WEBHOOK_SECRET, &hook.secret)?;
+                }
+            }
+        }
+        Ok(hooks)
     }
 
     pub async fn delete_webhook(&self, scope: &Scope, id: i64) -> Result<(), StoreError> {
@@ -425,10 +446,11 @@ impl Store {
             .fetch_all(pool)
             .await?
         });
-        Ok(all
-            .into_iter()
-            .filter(|w| organisation_path.starts_with(&w.organisation_path))
-            .collect())
+        self.open_webhook_secrets(
+            all.into_iter()
+                .filter(|w| organisation_path.starts_with(&w.organisation_path))
+                .collect(),
+        )
     }
 
     /// Takes (or renews) the lease `name` for `holder` for `ttl_ms`; false

@@ -281,8 +281,9 @@ impl Store {
         }
     }
 
-    /// Seals every platform secret with `new` and makes it the store's key;
-    /// the old key stays in the ring. All or nothing; returns how many.
+    /// Seals every platform secret and webhook secret with `new` and makes
+    /// it the store's key; the old key stays in the ring. All or nothing;
+    /// returns how many.
     pub async fn rotate_secret_key(&self, new: SecretKey) -> Result<usize, StoreError> {
         let old = self.keyring()?;
         let rotated = SecretKeyring::new(new).with_previous(old.current().clone());
@@ -303,8 +304,24 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
+            // Webhook signing secrets are sealed with the same key.
+            let hooks: Vec<(i64, String)> = sqlx::query_as("SELECT id, secret FROM webhooks")
+                .fetch_all(&mut *tx)
+                .await?;
+            for (id, value) in &hooks {
+                let plain = if SecretKeyring::is_sealed(value) {
+                    old.open(crate::alarms::WEBHOOK_SECRET, value)?
+                } else {
+                    value.clone()
+                };
+                sqlx::query("UPDATE webhooks SET secret = $1 WHERE id = $2")
+                    .bind(rotated.seal(crate::alarms::WEBHOOK_SECRET, &plain))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
-            rows.len()
+            rows.len() + hooks.len()
         });
         self.set_keyring(rotated);
         Ok(n)

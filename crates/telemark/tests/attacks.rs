@@ -322,6 +322,31 @@ fn a_database_dump_alone_holds_no_usable_platform_secret() {
     };
     let platform = start_platform(dir.path(), http_port, mqtt_port);
     let first_key = public_key();
+    // A webhook's signing secret, shown once: not in the database either.
+    let bearer = api_login(http_port, "admin", "first-admin-secret");
+    let (_, me) = http(
+        http_port,
+        "GET",
+        "/api/v1/session",
+        &[("Authorization", &bearer)],
+        "",
+    );
+    let me: serde_json::Value = serde_json::from_str(&me).expect("json");
+    let (status, hook) = http(
+        http_port,
+        "POST",
+        "/api/v1/webhooks",
+        &[
+            ("Authorization", &bearer),
+            ("Content-Type", "application/json"),
+        ],
+        &format!(
+            r#"{{"organisation_id":{},"url":"http://93.184.215.14:9/hook"}}"#,
+            me["organisation_id"]
+        ),
+    );
+    assert_eq!(status, 201, "{hook}");
+    let hook_secret = json_string(&hook, "secret");
     drop(platform);
     // The key file is the owner's alone; the database holds no PEM key and
     // no secret in the clear.
@@ -337,6 +362,10 @@ fn a_database_dump_alone_holds_no_usable_platform_secret() {
         assert!(
             !text.contains("PRIVATE KEY"),
             "{file} holds a private key in the clear"
+        );
+        assert!(
+            !text.contains(&hook_secret),
+            "{file} holds a webhook secret in the clear"
         );
     }
     // The key is rotated; the platform comes back with the same license key.
