@@ -254,14 +254,7 @@ fn console_accounts_over_mqtt_share_the_login_throttle() {
     let (http_port, mqtt_port) = (free_port(), free_port());
     let _platform = start_platform(dir.path(), http_port, mqtt_port);
     let bearer = api_login(http_port, "admin", "first-admin-secret");
-    let (_, me) = http(
-        http_port,
-        "GET",
-        "/api/v1/session",
-        &[("Authorization", &bearer)],
-        "",
-    );
-    let organisation: serde_json::Value = serde_json::from_str(&me).expect("json");
+    let organisation = own_organisation(http_port, &bearer);
     let (status, body) = http(
         http_port,
         "POST",
@@ -271,8 +264,7 @@ fn console_accounts_over_mqtt_share_the_login_throttle() {
             ("Content-Type", "application/json"),
         ],
         &format!(
-            r#"{{"organisation_id":{},"username":"watcher","password":"watcher-password","role":"viewer"}}"#,
-            organisation["organisation_id"]
+            r#"{{"organisation_id":{organisation},"username":"watcher","password":"watcher-password","role":"viewer"}}"#
         ),
     );
     assert_eq!(status, 201, "{body}");
@@ -324,14 +316,7 @@ fn a_database_dump_alone_holds_no_usable_platform_secret() {
     let first_key = public_key();
     // A webhook's signing secret, shown once: not in the database either.
     let bearer = api_login(http_port, "admin", "first-admin-secret");
-    let (_, me) = http(
-        http_port,
-        "GET",
-        "/api/v1/session",
-        &[("Authorization", &bearer)],
-        "",
-    );
-    let me: serde_json::Value = serde_json::from_str(&me).expect("json");
+    let organisation = own_organisation(http_port, &bearer);
     let (status, hook) = http(
         http_port,
         "POST",
@@ -340,10 +325,7 @@ fn a_database_dump_alone_holds_no_usable_platform_secret() {
             ("Authorization", &bearer),
             ("Content-Type", "application/json"),
         ],
-        &format!(
-            r#"{{"organisation_id":{},"url":"http://93.184.215.14:9/hook"}}"#,
-            me["organisation_id"]
-        ),
+        &format!(r#"{{"organisation_id":{organisation},"url":"http://93.184.215.14:9/hook"}}"#),
     );
     assert_eq!(status, 201, "{hook}");
     let hook_secret = json_string(&hook, "secret");

@@ -278,3 +278,20 @@ pub fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// The logged-in user's organisation id (`GET /api/v1/session`).
+pub fn own_organisation(port: u16, bearer: &str) -> i64 {
+    let (status, body) = http(
+        port,
+        "GET",
+        "/api/v1/session",
+        &[("Authorization", bearer)],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    body.split("\"organisation_id\":")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .and_then(|id| id.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no organisation_id in {body}"))
+}
