@@ -366,6 +366,15 @@ test("every screen of the operator opens without errors", () =>
     await page.fill("input[name=new_password]", "short");
     await page.click("text=Change password >> nth=-1");
     await page.waitForSelector(".field-error:text('At least 10 characters.')");
+    // An API token that expires in 30 days: shown once, listed with its expiry.
+    await page.fill("input[name=token_name]", "nightly-export");
+    await page.selectOption("select[name=token_expiry]", "30");
+    await page.click("role=button[name='Create token']");
+    await page.waitForSelector("text=Token “nightly-export”");
+    const tokens = await page.evaluate(async () => (await fetch("/api/v1/tokens")).json());
+    const token = tokens.find((t) => t.name === "nightly-export");
+    assert.ok(token && Math.abs(token.expires_at - Date.now() - 30 * 86400000) < 600000, JSON.stringify(tokens));
+    await page.screenshot({ path: path.join(shots, "api-token.png") });
     // Log out: back to the login form, and the session is gone on the server too.
     await page.click("role=button[name='Log out']");
     await page.waitForSelector("form[aria-label='log in']");

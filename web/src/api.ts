@@ -325,5 +325,7 @@ export interface ApiToken {
   name: string;
   revoked: boolean;
   created_at: number;
+  /** When it stops working (ms); null: until revoked. */
+  expires_at: number | null;
   token?: string | null;
 }

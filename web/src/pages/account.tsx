@@ -73,11 +73,13 @@ function ChangePassword() {
 function ApiTokens() {
   const tokens = useLoad((signal) => api<ApiToken[]>("/tokens", { signal }), []);
   const [name, setName] = useState("");
+  const [days, setDays] = useState("90");
   const [created, setCreated] = useState<ApiToken | null>(null);
   const { error, run } = useAction();
   const form = useForm(
     async () => {
-      setCreated(await api<ApiToken>("/tokens", { method: "POST", body: { name: name.trim() } }));
+      const body = { name: name.trim(), ...(days ? { expires_in_days: Number(days) } : {}) };
+      setCreated(await api<ApiToken>("/tokens", { method: "POST", body }));
       setName("");
       tokens.reload();
     },
@@ -92,6 +94,14 @@ function ApiTokens() {
         <Field label="Name" error={form.fieldError("name")}>
           <input name="token_name" value={name} onInput={(e) => setName(valueOf(e))} />
         </Field>
+        <Field label="Expires">
+          <select name="token_expiry" value={days} onChange={(e) => setDays(valueOf(e))}>
+            <option value="30">in 30 days</option>
+            <option value="90">in 90 days</option>
+            <option value="365">in a year</option>
+            <option value="">never (until revoked)</option>
+          </select>
+        </Field>
         <button type="submit" disabled={form.busy}>
           Create token
         </button>
@@ -104,8 +114,14 @@ function ApiTokens() {
           <Table
             columns={[
               { title: "Name", cell: (t: ApiToken) => t.name },
-              { title: "Created", cell: (t) => formatTime(t.created_at) },
-              { title: "State", cell: (t) => <Badge tone={t.revoked ? "muted" : "good"}>{t.revoked ? "revoked" : "active"}</Badge> },
+              { title: "Expires", cell: (t) => (t.expires_at == null ? "never" : formatTime(t.expires_at)) },
+              {
+                title: "State",
+                cell: (t) => {
+                  const state = t.revoked ? "revoked" : t.expires_at != null && t.expires_at <= Date.now() ? "expired" : "active";
+                  return <Badge tone={state === "active" ? "good" : "muted"}>{state}</Badge>;
+                },
+              },
               {
                 title: "",
                 cell: (t) =>
