@@ -173,6 +173,9 @@ struct AclRule {
     filter: String,
     /// `pattern` rules substitute `%c` (client id) and `%u` (user name).
     pattern: bool,
+    /// Which of them the filter names, found once when the file is read.
+    names_client_id: bool,
+    names_username: bool,
 }
 
 /// The standalone broker's access control: a password file of
@@ -286,6 +289,8 @@ fn parse_acl(text: &str, path: &str) -> Result<Acl, AuthFileError> {
                     access,
                     filter: filter.to_owned(),
                     pattern: keyword == "pattern",
+                    names_client_id: filter.contains("%c"),
+                    names_username: filter.contains("%u"),
                 };
                 match (&user, rule.pattern) {
                     (Some(u), false) => acl.users.entry(u.clone()).or_default().push(rule),
@@ -336,8 +341,8 @@ impl Acl {
                 // the pattern into a wider filter than its author wrote
                 // (the class of Mosquitto's CVE-2017-7650): such a rule
                 // matches nothing for this client.
-                if (rule.filter.contains("%c") && !is_plain_level(&client.client_id))
-                    || (rule.filter.contains("%u") && !is_plain_level(username))
+                if (rule.names_client_id && !is_plain_level(&client.client_id))
+                    || (rule.names_username && !is_plain_level(username))
                 {
                     continue;
                 }

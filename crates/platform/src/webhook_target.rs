@@ -126,16 +126,20 @@ impl WebhookPolicy {
         if !matches!(parsed.scheme(), "http" | "https") || !parsed.username().is_empty() {
             return Err(TargetError::NotHttp);
         }
-        let host = match parsed.host() {
-            Some(url::Host::Ipv4(ip)) => {
-                return self.checked_ip(&parsed, IpAddr::V4(ip), parsed.clone());
-            }
-            Some(url::Host::Ipv6(ip)) => {
-                return self.checked_ip(&parsed, IpAddr::V6(ip), parsed.clone());
-            }
-            Some(url::Host::Domain(name)) => name.to_ascii_lowercase(),
+        let ip = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            Some(url::Host::Domain(_)) => None,
             None => return Err(TargetError::NotHttp),
         };
+        let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+        if let Some(ip) = ip {
+            return if self.allowed_address(&host, ip) {
+                Ok(parsed)
+            } else {
+                Err(TargetError::NotPublic(ip.to_string()))
+            };
+        }
         let local_name = host == "localhost"
             || host.ends_with(".localhost")
             || host.ends_with(".local")
@@ -145,15 +149,6 @@ impl WebhookPolicy {
             return Err(TargetError::NotPublic(host));
         }
         Ok(parsed)
-    }
-
-    fn checked_ip(&self, url: &Url, ip: IpAddr, parsed: Url) -> Result<Url, TargetError> {
-        let host = url.host_str().unwrap_or_default();
-        if self.allowed_address(host, ip) {
-            Ok(parsed)
-        } else {
-            Err(TargetError::NotPublic(ip.to_string()))
-        }
     }
 
     /// `check_url`, and for a host name, that it resolves to at least one

@@ -238,6 +238,10 @@ impl Store {
         make: impl FnOnce() -> String,
     ) -> Result<String, StoreError> {
         let keyring = self.keyring()?;
+        // Made (a device CA is a key pair) only when there is none yet.
+        if let Some(existing) = self.existing_platform_secret(name).await? {
+            return Ok(existing);
+        }
         let sealed = keyring.seal(name, &make());
         let stored: String = with_pool!(self, pool => {
             sqlx::query("INSERT INTO platform_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
@@ -253,16 +257,22 @@ impl Store {
         if SecretKeyring::is_sealed(&stored) {
             return keyring.open(name, &stored);
         }
-        let resealed = keyring.seal(name, &stored);
+        self.reseal_plaintext(name, &stored).await?;
+        Ok(stored)
+    }
+
+    /// Seals a secret an earlier version stored in the clear.
+    async fn reseal_plaintext(&self, name: &str, plain: &str) -> Result<(), StoreError> {
+        let resealed = self.keyring()?.seal(name, plain);
         with_pool!(self, pool => {
             sqlx::query("UPDATE platform_secrets SET value = $1 WHERE name = $2 AND value = $3")
                 .bind(&resealed)
                 .bind(name)
-                .bind(&stored)
+                .bind(plain)
                 .execute(pool)
                 .await?;
         });
-        Ok(stored)
+        Ok(())
     }
 
     /// A platform secret if it was made, opened; never makes one.
@@ -277,7 +287,11 @@ impl Store {
             Some(value) if SecretKeyring::is_sealed(&value) => {
                 Ok(Some(self.keyring()?.open(name, &value)?))
             }
-            other => Ok(other),
+            Some(plain) => {
+                self.reseal_plaintext(name, &plain).await?;
+                Ok(Some(plain))
+            }
+            None => Ok(None),
         }
     }
 

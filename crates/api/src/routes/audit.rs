@@ -184,15 +184,9 @@ pub(super) async fn audit_csv(
 /// only for the operator's admins (it may name internals).
 pub(super) async fn health(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Option<Caller>,
 ) -> Result<Response, ApiError> {
-    let token = bearer_token(&headers).or_else(|| cookie_token(&headers));
-    let operator = match token {
-        Some(token) => accounts::session(&state.store, &token)
-            .await?
-            .is_some_and(|s| s.role == Role::OperatorAdmin),
-        None => false,
-    };
+    let operator = caller.is_some_and(|c| c.session.role == Role::OperatorAdmin);
     let tasks = state
         .options
         .supervisor

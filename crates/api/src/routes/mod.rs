@@ -269,15 +269,29 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                 return Err(ApiError::Forbidden("missing or wrong X-CSRF-Token".into()));
             }
         }
-        let address = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|info| info.0.ip().to_string());
+        let address = peer_ip(parts).map(|ip| ip.to_string());
         Ok(Caller {
             session,
             token,
             address,
         })
+    }
+}
+
+/// A caller who may or may not be logged in (open endpoints that show more
+/// to some roles); a wrong or missing token is no caller, not an error.
+impl axum::extract::OptionalFromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Option<Self>, ApiError> {
+        match <Caller as FromRequestParts<Arc<AppState>>>::from_request_parts(parts, state).await {
+            Ok(caller) => Ok(Some(caller)),
+            Err(ApiError::Unauthorized | ApiError::Forbidden(_)) => Ok(None),
+            Err(other) => Err(other),
+        }
     }
 }
 
@@ -347,12 +361,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Source {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Ok(Source(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |info| info.0.ip()),
+            peer_ip(parts).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
         ))
     }
+}
+
+/// The TCP peer of a request, when the server recorded it.
+fn peer_ip(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
 }
 
 /// An object id from the path; one that is not a number gets a problem
