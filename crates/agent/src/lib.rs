@@ -9,6 +9,8 @@ pub mod collect;
 pub mod provisioning;
 pub mod session;
 pub mod sim;
+mod sim_tasks;
+pub mod tasks;
 
 pub use provisioning::Provisioning;
 

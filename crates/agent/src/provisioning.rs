@@ -48,6 +48,10 @@ pub struct Provisioning {
     pub log_file: Option<PathBuf>,
     #[serde(default)]
     pub intervals: Intervals,
+    /// What remote tasks may do here: reboot command, shell allowlist,
+    /// configuration hook, license key.
+    #[serde(default)]
+    pub tasks: crate::tasks::TaskSettings,
 }
 
 /// Seconds between readings of each group.

@@ -34,7 +34,7 @@ pub fn device_options(p: &Provisioning) -> Result<MqttOptions, AgentError> {
         .set_max_packet_size(1 << 20, 1 << 20)
         .set_last_will(LastWill::new(
             Topic::Status.for_device(&p.model, &p.device_id),
-            status("offline"),
+            status("offline", None),
             QoS::AtLeastOnce,
             true,
         ));
@@ -68,11 +68,14 @@ pub fn device_options(p: &Provisioning) -> Result<MqttOptions, AgentError> {
     Ok(options)
 }
 
-pub fn status(state: &str) -> Vec<u8> {
+/// A `status` message; `online` carries the boot id so the platform sees a
+/// reboot.
+pub fn status(state: &str, boot_id: Option<&str>) -> Vec<u8> {
     Reading::Status(Status {
         v: VERSION,
         ts: now_millis(),
         state: state.to_owned(),
+        boot_id: boot_id.map(str::to_owned),
     })
     .to_json()
 }
@@ -92,6 +95,8 @@ enum Link {
     Sent(u16),
     /// The broker acknowledged it.
     Acked(u16),
+    /// A message on the device's task topic.
+    Task(bytes::Bytes),
 }
 
 /// Buffered readings handed to the client at once while catching up.
@@ -167,6 +172,11 @@ pub async fn run(
                         return;
                     }
                 }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if link_tx.send(Link::Task(publish.payload)).await.is_err() {
+                        return;
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => {
                     if link_tx.send(Link::Down).await.is_err() {
@@ -197,6 +207,8 @@ pub async fn run(
     let mut connected = false;
     let mut report = AgentReport::default();
     let mut acks = Acknowledgements::default();
+    let mut seen_tasks = SeenTasks::default();
+    let boot_id = p.tasks.boot_id();
     loop {
         let readings: Vec<Reading> = tokio::select! {
             _ = stop.changed() => break,
@@ -205,7 +217,12 @@ pub async fn run(
                     Some(Link::Up) => {
                         connected = true;
                         tracing::info!("connected");
-                        if client.publish(topic(Topic::Status), QoS::AtLeastOnce, true, status("online")).await.is_ok() {
+                        // Requests first, so none sent once we say online is missed.
+                        let filter = device_protocol::task::request_filter(&p.model, &p.device_id);
+                        if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce).await {
+                            tracing::warn!(error = %e, "task subscription not sent");
+                        }
+                        if client.publish(topic(Topic::Status), QoS::AtLeastOnce, true, status("online", boot_id.as_deref())).await.is_ok() {
                             acks.asked.push_back(None);
                         }
                         if !buffer.is_empty() {
@@ -227,6 +244,10 @@ pub async fn run(
                         if let Some(seq) = acks.acked(packet_id) {
                             buffer.acknowledge(seq);
                         }
+                        Vec::new()
+                    }
+                    Some(Link::Task(payload)) => {
+                        start_task(&client, &p, &payload, &mut seen_tasks);
                         Vec::new()
                     }
                     None => break,
@@ -287,7 +308,7 @@ pub async fn run(
                 topic(Topic::Status),
                 QoS::AtLeastOnce,
                 true,
-                status("offline"),
+                status("offline", None),
             )
             .await;
         let _ = client.disconnect().await;
@@ -297,4 +318,82 @@ pub async fn run(
     report.buffered = buffer.len();
     report.dropped = buffer.dropped();
     Ok(report)
+}
+
+/// Requests already started, so a redelivery (QoS 1 after a reconnect)
+/// does not run a task twice.
+#[derive(Default)]
+pub(crate) struct SeenTasks {
+    order: std::collections::VecDeque<(i64, u32)>,
+    set: std::collections::HashSet<(i64, u32)>,
+}
+
+impl SeenTasks {
+    const KEEP: usize = 1024;
+
+    /// True the first time a request is seen.
+    pub(crate) fn first(&mut self, id: i64, attempt: u32) -> bool {
+        if !self.set.insert((id, attempt)) {
+            return false;
+        }
+        self.order.push_back((id, attempt));
+        if self.order.len() > Self::KEEP
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+/// Starts a task request: answers go to the contract's topics; a reboot is
+/// acknowledged before its command runs.
+fn start_task(client: &AsyncClient, p: &Provisioning, payload: &[u8], seen: &mut SeenTasks) {
+    use device_protocol::task::{self, TaskRequest};
+    let request: TaskRequest = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "a task request that is not the contract's; ignored");
+            return;
+        }
+    };
+    if !seen.first(request.id, request.attempt) {
+        return;
+    }
+    tracing::info!(id = request.id, attempt = request.attempt, kind = %request.kind, "task");
+    let (client, p) = (client.clone(), p.clone());
+    tokio::spawn(async move {
+        let answer_to = |final_: bool| {
+            if final_ {
+                task::result_topic(&p.model, &p.device_id, request.id)
+            } else {
+                task::status_topic(&p.model, &p.device_id, request.id)
+            }
+        };
+        match crate::tasks::run(&request, &p.device_id, &p.tasks).await {
+            crate::tasks::Outcome::Final(answer) => {
+                let _ = client
+                    .publish(answer_to(true), QoS::AtLeastOnce, false, answer.to_json())
+                    .await;
+            }
+            crate::tasks::Outcome::Reboot(ack) => {
+                let _ = client
+                    .publish(answer_to(false), QoS::AtLeastOnce, false, ack.to_json())
+                    .await;
+                // Let the acknowledgement leave before the system goes down.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Err(e) = crate::tasks::reboot(&p.tasks).await {
+                    let mut failed = device_protocol::task::TaskAnswer::new(
+                        &request,
+                        device_protocol::task::AnswerState::Failed,
+                    );
+                    failed.ts = now_millis();
+                    failed.error = Some(e);
+                    let _ = client
+                        .publish(answer_to(true), QoS::AtLeastOnce, false, failed.to_json())
+                        .await;
+                }
+            }
+        }
+    });
 }

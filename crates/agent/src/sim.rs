@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::session::{backoff, status};
+use crate::sim_tasks::{Due, SimAnswers};
 
 /// One simulated device's changing state.
 #[derive(Debug, Clone)]
@@ -37,6 +38,21 @@ pub struct SimulatedDevice {
     tx_bytes: u64,
     uptime: u64,
     firmware: String,
+    /// Changes with every (simulated) reboot, as the kernel's does.
+    pub boot_id: String,
+}
+
+fn new_boot_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 impl SimulatedDevice {
@@ -53,6 +69,7 @@ impl SimulatedDevice {
             tx_bytes: rng.random_range(0..1 << 28),
             uptime: rng.random_range(600..3_000_000),
             firmware: firmware.to_owned(),
+            boot_id: new_boot_id(),
         }
     }
 
@@ -67,8 +84,42 @@ impl SimulatedDevice {
     /// Starts over as after a power cycle.
     pub fn reboot(&mut self) {
         self.uptime = 0;
+        self.boot_id = new_boot_id();
         self.memory_percent = rand::rng().random_range(25.0..35.0);
         self.cpu_burst = 0;
+    }
+
+    /// The radio as a `hardware/lte` reading with signal `rsrp`.
+    fn lte(&self, ts: i64, rsrp: f64) -> Lte {
+        Lte {
+            v: VERSION,
+            ts,
+            technology: "lte".into(),
+            rsrp_dbm: Some(rsrp),
+            rsrq_db: Some((-3.0 + (rsrp + 80.0) * 0.35).clamp(-20.0, -3.0)),
+            sinr_db: Some((25.0 + (rsrp + 80.0) * 0.8).clamp(-5.0, 30.0)),
+            rssi_dbm: Some(rsrp + 28.0),
+            band: Some("B3".into()),
+            carrier_aggregation: vec![CarrierComponent {
+                band: "B7".into(),
+                pci: Some(301),
+                rsrp_dbm: Some(rsrp - 6.0),
+            }],
+            operator: Some("Telia".into()),
+            cell_id: Some(2_650_113),
+            smcc: Some(244),
+            smnc: Some(91),
+        }
+    }
+
+    /// The radio now, as a modem status would read it.
+    pub fn lte_now(&self) -> Lte {
+        let rsrp = if self.fading() {
+            -115.0
+        } else {
+            self.rsrp.clamp(-110.0, -70.0)
+        };
+        self.lte(crate::now_millis(), rsrp)
     }
 
     /// Is the LTE signal in a fade now?
@@ -147,25 +198,7 @@ impl SimulatedDevice {
                     tx_bps,
                 }],
             }),
-            Reading::Lte(Lte {
-                v: VERSION,
-                ts,
-                technology: "lte".into(),
-                rsrp_dbm: Some(rsrp),
-                rsrq_db: Some((-3.0 + (rsrp + 80.0) * 0.35).clamp(-20.0, -3.0)),
-                sinr_db: Some((25.0 + (rsrp + 80.0) * 0.8).clamp(-5.0, 30.0)),
-                rssi_dbm: Some(rsrp + 28.0),
-                band: Some("B3".into()),
-                carrier_aggregation: vec![CarrierComponent {
-                    band: "B7".into(),
-                    pci: Some(301),
-                    rsrp_dbm: Some(rsrp - 6.0),
-                }],
-                operator: Some("Telia".into()),
-                cell_id: Some(2_650_113),
-                smcc: Some(244),
-                smnc: Some(91),
-            }),
+            Reading::Lte(self.lte(ts, rsrp)),
             Reading::Uptime(Uptime {
                 v: VERSION,
                 ts,
@@ -212,6 +245,11 @@ pub struct SimOptions {
     /// every device online).
     pub dropout: f64,
     pub firmware: String,
+    /// How long a simulated reboot keeps a device away.
+    pub reboot_time: Duration,
+    /// The platform's license key (base64): license tokens are verified
+    /// with it as the agent does; without it they are refused.
+    pub license_public_key: Option<String>,
 }
 
 /// What the fleet did, counted.
@@ -257,6 +295,8 @@ struct SimConnection {
     next_id: u16,
     /// QoS 1 messages sent and not yet acknowledged.
     unacked: usize,
+    /// Task requests received and not yet taken.
+    requests: Vec<bytes::Bytes>,
 }
 
 const KEEP_ALIVE: Duration = Duration::from_secs(60);
@@ -272,17 +312,20 @@ impl SimConnection {
             wbuf: BytesMut::with_capacity(4096),
             next_id: 0,
             unacked: 0,
+            requests: Vec::new(),
         };
         // The will says what the agent's does: gone, retained.
         conn.push(&MqttPacket::Connect(Box::new(Connect {
             protocol: ProtocolVersion::V3_1_1,
-            clean_start: true,
+            // A persistent session keeps the task subscription, and QoS 1
+            // requests sent while the device is away, as the agent's does.
+            clean_start: false,
             keep_alive: KEEP_ALIVE.as_secs() as u16,
             properties: Properties::default(),
             client_id: device.device_id.clone(),
             will: Some(Will {
                 topic: Topic::Status.for_device(&device.model, &device.device_id),
-                payload: status("offline").into(),
+                payload: status("offline", None).into(),
                 qos: MqttQoS::AtLeastOnce,
                 retain: true,
                 properties: Properties::default(),
@@ -320,6 +363,21 @@ impl SimConnection {
         }));
     }
 
+    fn subscribe_to_tasks(&mut self, device: &SimDevice) {
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        self.push(&MqttPacket::Subscribe(mqtt::Subscribe {
+            packet_id: self.next_id,
+            properties: Properties::default(),
+            filters: vec![(
+                device_protocol::task::request_filter(&device.model, &device.device_id),
+                mqtt::SubscriptionOptions {
+                    qos: MqttQoS::AtLeastOnce,
+                    ..Default::default()
+                },
+            )],
+        }));
+    }
+
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
@@ -334,8 +392,18 @@ impl SimConnection {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         while let Some(packet) = self.decode()? {
-            if let MqttPacket::PubAck(_) = packet {
-                self.unacked = self.unacked.saturating_sub(1);
+            match packet {
+                MqttPacket::PubAck(_) => self.unacked = self.unacked.saturating_sub(1),
+                MqttPacket::Publish(publish) => {
+                    // [MQTT-4.3.2-1]: a QoS 1 PUBLISH is answered with PUBACK.
+                    if publish.qos == MqttQoS::AtLeastOnce {
+                        self.push(&MqttPacket::PubAck(mqtt::PubResponse::new(
+                            publish.packet_id,
+                        )));
+                    }
+                    self.requests.push(publish.payload);
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -389,6 +457,7 @@ async fn run_device(
     let mut state = SimulatedDevice::new(&device.device_id, &device.model, &options.firmware);
     let topic = |t: Topic| t.for_device(&device.model, &device.device_id);
     let mut failures = 0u32;
+    let mut answers = SimAnswers::default();
     while !*stop.borrow() {
         let connected = tokio::select! {
             _ = stop.changed() => return,
@@ -406,21 +475,46 @@ async fn run_device(
         failures = 0;
         counters.connected.fetch_add(1, Ordering::Relaxed);
         let now = crate::now_millis();
-        conn.publish(topic(Topic::Status), true, status("online"));
+        conn.subscribe_to_tasks(&device);
+        conn.publish(
+            topic(Topic::Status),
+            true,
+            status("online", Some(&state.boot_id)),
+        );
         conn.publish(topic(Topic::Firmware), true, state.firmware(now).to_json());
         counters.messages.fetch_add(2, Ordering::Relaxed);
         let mut tick = tokio::time::interval(options.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_write = tokio::time::Instant::now();
+        let mut rebooting = false;
         let dropped_off = loop {
             if conn.flush().await.is_err() {
                 break false;
             }
             let ping_at = last_write + KEEP_ALIVE / 2;
+            let answer_at = answers.next_at().unwrap_or(ping_at + KEEP_ALIVE);
             tokio::select! {
                 _ = stop.changed() => break false,
                 read = conn.read() => {
                     if read.is_err() { break false; }
+                    for payload in std::mem::take(&mut conn.requests) {
+                        answers.take(&payload, &mut state, &device, &options);
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(answer_at) => {
+                    for due in answers.due() {
+                        match due {
+                            Due::Answer { topic, payload } => {
+                                conn.publish(topic, false, payload);
+                            }
+                            Due::Reboot => rebooting = true,
+                        }
+                    }
+                    last_write = tokio::time::Instant::now();
+                    if rebooting {
+                        break true;
+                    }
                     continue;
                 }
                 _ = tokio::time::sleep_until(ping_at) => {
@@ -444,6 +538,18 @@ async fn run_device(
             }
         };
         counters.connected.fetch_sub(1, Ordering::Relaxed);
+        if rebooting {
+            // The acknowledgement goes out, then the device is gone for
+            // its reboot and comes back with a new boot id.
+            let _ = conn.flush().await;
+            drop(conn);
+            state.reboot();
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(options.reboot_time.mul_f64(rand::rng().random_range(0.5..1.5))) => {}
+            }
+            continue;
+        }
         if dropped_off {
             // Gone without a goodbye: the broker publishes the will.
             drop(conn);
@@ -453,7 +559,7 @@ async fn run_device(
             let away = options.interval * rand::rng().random_range(3..12);
             tokio::time::sleep(away).await;
         } else if *stop.borrow() {
-            conn.publish(topic(Topic::Status), true, status("offline"));
+            conn.publish(topic(Topic::Status), true, status("offline", None));
             let _ = conn.flush().await;
             conn.close().await;
             return;

@@ -148,6 +148,8 @@ pub struct DeviceListQuery {
     pub license_state: Option<String>,
     pub online: Option<bool>,
     pub label: Option<String>,
+    /// Devices that reported exactly this firmware version.
+    pub firmware_version: Option<String>,
     /// id, name, serial or last_seen; a leading '-' reverses it.
     #[param(pattern = "^-?(id|name|serial|last_seen)$")]
     pub sort: Option<String>,
@@ -873,4 +875,191 @@ pub struct HealthDto {
     /// `ok`, or `degraded` while a task is down or failed in the last five minutes.
     pub status: &'static str,
     pub tasks: Vec<TaskHealthDto>,
+}
+
+/// Which devices a bulk job runs on, when not listed by id.
+#[derive(Debug, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceFilterDto {
+    pub model_id: Option<i64>,
+    /// This organisation and those below it (inside the caller's).
+    pub organisation_id: Option<i64>,
+    pub label: Option<String>,
+    pub firmware_version: Option<String>,
+    pub online: Option<bool>,
+}
+
+/// A task for one device.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTaskDto {
+    /// `reboot`, `ping`, `traceroute`, `dns_lookup`, `http_get`,
+    /// `modem_status`, `license_deploy`, `license_revoke`, `configure`,
+    /// `black_box` or `shell`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The type's parameters, e.g. `{"host": "8.8.8.8", "count": 4}` for ping.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    /// Seconds from delivery to a final answer (default per type).
+    pub timeout_secs: Option<i64>,
+    /// Seconds an offline device's task waits to be delivered (default a day).
+    pub expires_in_secs: Option<i64>,
+    pub max_retries: Option<i64>,
+    pub retry_backoff_secs: Option<i64>,
+}
+
+/// A bulk job: one task type over listed devices or a filter.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewJobDto {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    pub device_ids: Option<Vec<i64>>,
+    pub filter: Option<DeviceFilterDto>,
+    pub description: Option<String>,
+    pub timeout_secs: Option<i64>,
+    pub expires_in_secs: Option<i64>,
+    /// Retries of a failed or timed-out execution (0 to 10).
+    pub max_retries: Option<i64>,
+    /// The first retry's wait, doubling with each retry.
+    pub retry_backoff_secs: Option<i64>,
+    /// Executions started per minute (none: as fast as devices answer).
+    pub rollout_per_minute: Option<i64>,
+    /// Abort when more than this share of finished executions failed…
+    pub abort_failure_ratio: Option<f64>,
+    /// …once at least this many finished (default 10).
+    pub abort_min_finished: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobDto {
+    pub id: i64,
+    pub organisation_id: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    pub description: String,
+    pub created_by: String,
+    pub created_at: i64,
+    /// `running`, `finished`, `cancelled` or `aborted`.
+    pub state: String,
+    /// When the last execution became final.
+    pub finished_at: Option<i64>,
+    pub total: i64,
+    pub timeout_secs: i64,
+    pub expires_at: i64,
+    pub max_retries: i64,
+    pub retry_backoff_secs: i64,
+    pub rollout_per_minute: Option<i64>,
+    pub abort_failure_ratio: Option<f64>,
+    pub abort_min_finished: Option<i64>,
+    /// Executions per state.
+    pub counts: std::collections::BTreeMap<String, i64>,
+}
+
+impl JobDto {
+    pub fn new(job: store::TaskJob, counts: Option<store::ExecutionCounts>) -> Self {
+        JobDto {
+            id: job.id,
+            organisation_id: job.organisation_id,
+            kind: job.kind,
+            params: serde_json::from_str(&job.parameters).unwrap_or_default(),
+            description: job.description,
+            created_by: job.created_by,
+            created_at: job.created_at,
+            state: job.state,
+            finished_at: job.finished_at,
+            total: job.total,
+            timeout_secs: job.timeout_secs,
+            expires_at: job.expires_at,
+            max_retries: job.max_retries,
+            retry_backoff_secs: job.retry_backoff_secs,
+            rollout_per_minute: job.rollout_per_minute,
+            abort_failure_ratio: job.abort_failure_ratio,
+            abort_min_finished: job.abort_min_finished,
+            counts: counts.map(|c| c.by_state).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecutionDto {
+    pub id: i64,
+    pub job_id: i64,
+    pub device_id: i64,
+    pub device_name: String,
+    pub device_mac: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `queued`, `sent`, `in_progress`, `succeeded`, `failed`, `rejected`,
+    /// `timed_out` or `cancelled`.
+    pub state: String,
+    pub attempt: i64,
+    pub progress: Option<i64>,
+    pub message: Option<String>,
+    /// The type's structured result, e.g. ping's `sent`, `received`,
+    /// `loss_percent`, `rtt_min_ms`… with the raw output beside it.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub queued_at: i64,
+    pub sent_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// Unix ms: queued, the last moment it may be delivered; sent or in
+    /// progress, the last moment for a final answer.
+    pub deadline: i64,
+}
+
+impl From<store::TaskExecution> for ExecutionDto {
+    fn from(e: store::TaskExecution) -> Self {
+        ExecutionDto {
+            id: e.id,
+            job_id: e.job_id,
+            device_id: e.device_id,
+            device_name: e.device_name,
+            device_mac: e.device_mac,
+            kind: e.kind,
+            state: e.state,
+            attempt: e.attempt,
+            progress: e.progress,
+            message: e.message,
+            result: e.result.and_then(|r| serde_json::from_str(&r).ok()),
+            error: e.error,
+            queued_at: e.queued_at,
+            sent_at: e.sent_at,
+            started_at: e.started_at,
+            finished_at: e.finished_at,
+            deadline: e.deadline,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct JobListQuery {
+    /// `running`, `finished`, `cancelled` or `aborted`.
+    pub state: Option<String>,
+    /// Newest first: the last id of the previous page.
+    pub before_id: Option<i64>,
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionListQuery {
+    pub state: Option<String>,
+    /// Newest first: the last id of the previous page.
+    pub before_id: Option<i64>,
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
 }

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod task;
+
 /// The schema version every payload carries as `v`.
 pub const VERSION: u32 = 1;
 /// The fleet prefix of every device topic.
@@ -240,6 +242,10 @@ pub struct Status {
     pub ts: i64,
     /// `online` or `offline`.
     pub state: String,
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`) with
+    /// `online`: a new one tells the platform a reboot happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 /// A message that follows the contract.
@@ -299,7 +305,7 @@ pub const MAX_TEXT: usize = 128;
 /// Whether a payload's JSON carries a NUL character (`\u0000`), which no
 /// field may hold (PostgreSQL refuses it in text). A raw NUL byte is not
 /// JSON at all, and serde refuses it already.
-fn has_escaped_nul(payload: &[u8]) -> bool {
+pub(crate) fn has_escaped_nul(payload: &[u8]) -> bool {
     payload.windows(6).enumerate().any(|(i, w)| {
         w == br"\u0000" && {
             // Escaped only if the backslash itself is not escaped: an odd
@@ -370,6 +376,7 @@ impl Reading {
                 }
             }
             Reading::Firmware(f) => text("version", Some(&f.version))?,
+            Reading::Status(s) => text("boot_id", s.boot_id.as_deref())?,
             Reading::Lte(l) => {
                 text("band", l.band.as_deref())?;
                 text("operator", l.operator.as_deref())?;
@@ -378,11 +385,7 @@ impl Reading {
                     return Err("more than 16 carrier components".into());
                 }
             }
-            Reading::Loadavg(_)
-            | Reading::Memory(_)
-            | Reading::Cpu(_)
-            | Reading::Uptime(_)
-            | Reading::Status(_) => {}
+            Reading::Loadavg(_) | Reading::Memory(_) | Reading::Cpu(_) | Reading::Uptime(_) => {}
         }
         Ok(())
     }

@@ -14,5 +14,6 @@ pub mod licensing;
 pub mod login_guard;
 pub mod presence;
 pub mod supervisor;
+pub mod tasks;
 pub mod telemetry;
 pub mod webhook_target;

@@ -97,6 +97,8 @@ pub struct Ingest {
     fault_logged: Mutex<HashMap<String, Instant>>,
     live: broadcast::Sender<LiveReading>,
     alarms: Option<Arc<crate::alarms::AlarmEngine>>,
+    /// Where answers on `tasks/…` topics and boot ids go.
+    tasks: std::sync::OnceLock<Arc<crate::tasks::TaskService>>,
     /// Wakes the [`BatchWriter`] before its tick when a batch is full.
     batch_full: tokio::sync::Notify,
     max_backlog: std::sync::atomic::AtomicUsize,
@@ -125,12 +127,18 @@ impl Ingest {
             fault_logged: Mutex::default(),
             live: broadcast::channel(4096).0,
             alarms,
+            tasks: std::sync::OnceLock::new(),
             batch_full: tokio::sync::Notify::new(),
             max_backlog: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_BACKLOG),
             max_age_ms: AtomicU64::new(DEFAULT_MAX_AGE.as_millis() as u64),
             max_ahead_ms: AtomicU64::new(DEFAULT_MAX_AHEAD.as_millis() as u64),
             counters: IngestCounters::default(),
         })
+    }
+
+    /// Hands devices' task answers and boot ids to `tasks` (once).
+    pub fn set_tasks(&self, tasks: Arc<crate::tasks::TaskService>) {
+        let _ = self.tasks.set(tasks);
     }
 
     /// Bounds the readings waiting in memory (at least one).
@@ -283,6 +291,26 @@ impl Ingest {
             self.log_fault(topic, "no device in the registry owns this topic");
             return;
         };
+        if let Some(task_topic) = device_protocol::task::TaskTopic::parse(suffix) {
+            use device_protocol::task::TaskTopic;
+            match (task_topic, self.tasks.get()) {
+                // The platform's own request, seen on `dwr/#`.
+                (Ok(TaskTopic::Request(_)), _) => {}
+                (Ok(answer), Some(tasks)) => tasks.take_answer(
+                    device.id,
+                    mac,
+                    answer,
+                    bytes::Bytes::copy_from_slice(payload),
+                ),
+                (Ok(_), None) => self.fault(
+                    device.id,
+                    topic,
+                    "tasks: this platform runs no tasks".into(),
+                ),
+                (Err(e), _) => self.fault(device.id, topic, e),
+            }
+            return;
+        }
         let reading = match device_protocol::parse(suffix, payload) {
             Ok(r) => r,
             Err(e) => return self.fault(device.id, topic, e.to_string()),
@@ -380,6 +408,13 @@ impl Ingest {
             }
             Reading::Firmware(f) => {
                 pending.firmware.insert(device.id, f.version);
+            }
+            Reading::Status(status) => {
+                if let (Some(boot_id), Some(tasks)) = (&status.boot_id, self.tasks.get())
+                    && status.state == "online"
+                {
+                    tasks.take_boot(device.id, boot_id);
+                }
             }
             _ => {}
         }

@@ -63,6 +63,30 @@ impl Store {
     }
 
     /// Entries of organisations in `scope`, newest first.
+    /// Several entries in one statement (a bulk job's results).
+    pub async fn record_audits(&self, entries: &[NewAuditEntry]) -> Result<(), StoreError> {
+        let now = now_millis();
+        for chunk in entries.chunks(500) {
+            with_pool!(self, pool => {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO audit_log (organisation_id, actor, action, target, before_value, after_value, address, created_at) ",
+                );
+                q.push_values(chunk, |mut row, e| {
+                    row.push_bind(e.organisation_id)
+                        .push_bind(e.actor.clone())
+                        .push_bind(e.action.clone())
+                        .push_bind(e.target.clone())
+                        .push_bind(e.before_value.clone())
+                        .push_bind(e.after_value.clone())
+                        .push_bind(e.address.clone())
+                        .push_bind(now);
+                });
+                q.build().execute(pool).await?;
+            });
+        }
+        Ok(())
+    }
+
     pub async fn audit_log(
         &self,
         scope: &Scope,

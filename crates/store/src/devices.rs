@@ -70,6 +70,8 @@ pub struct DeviceQuery {
     pub online: Option<bool>,
     /// Devices that carry this label.
     pub label: Option<String>,
+    /// Devices that reported exactly this firmware version.
+    pub firmware_version: Option<String>,
     pub sort: DeviceSort,
     pub descending: bool,
     /// Keyset pagination: the last device of the previous page.
@@ -300,6 +302,9 @@ impl Store {
             }
             if let Some(online) = query.online {
                 q.push(" AND d.online = ").push_bind(online);
+            }
+            if let Some(version) = &query.firmware_version {
+                q.push(" AND d.firmware_version = ").push_bind(version.clone());
             }
             if let Some(label) = query.label.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
                 q.push(" AND (',' || d.labels || ',') LIKE ")

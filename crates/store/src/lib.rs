@@ -14,6 +14,7 @@ mod licenses;
 mod organisations;
 mod sealed;
 mod statistics;
+mod tasks;
 mod telemetry;
 mod users;
 
@@ -45,6 +46,10 @@ pub use licenses::{LicenseKey, LicenseQuery, ServiceModel};
 pub use organisations::{Organisation, OrganisationKind, Scope};
 pub use sealed::{SecretKey, SecretKeyring, key_path, write_key_file};
 pub use statistics::{Counters, today};
+pub use tasks::{
+    ClaimedExecution, ExecutionChange, ExecutionCounts, ExecutionQuery, FINAL_STATES, JobQuery,
+    NewTaskJob, OPEN_STATES, OpenExecution, TaskExecution, TaskJob,
+};
 pub use telemetry::{
     LatestReading, LogLine, LogQuery, NewLogLine, NewReading, SeriesPoint, TelemetryFault,
 };

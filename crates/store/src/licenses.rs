@@ -192,6 +192,25 @@ impl Store {
 
     /// Writes a key's new state, device, token and times; the device's
     /// license state follows.
+    /// A bound key whose device confirmed it holds the token: `deployed`.
+    pub async fn mark_license_deployed(
+        &self,
+        key: &str,
+        device_id: i64,
+    ) -> Result<bool, StoreError> {
+        with_pool!(self, pool => {
+            let done = sqlx::query(
+                "UPDATE license_keys SET state = 'deployed' WHERE license_key = $1 AND device_id = $2 AND state = 'bound'",
+            )
+            .bind(key)
+            .bind(device_id)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            Ok(done == 1)
+        })
+    }
+
     pub async fn update_license(&self, key: &LicenseKey) -> Result<(), StoreError> {
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;

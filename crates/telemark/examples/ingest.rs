@@ -109,6 +109,8 @@ async fn main() -> anyhow::Result<()> {
             interval: Duration::from_secs(interval),
             dropout: 0.0,
             firmware: "1.0.0".into(),
+            reboot_time: Duration::from_secs(3),
+            license_public_key: None,
         },
         counters.clone(),
         fleet_stopped,

@@ -1,5 +1,6 @@
 //! The embedded broker's in-process connection to the platform's ingest
-//! (DESIGN.md): a local session on `dwr/#` read straight from its queue.
+//! (DESIGN.md): a local session on `dwr/#` read straight from its queue, and
+//! the way task requests go out to devices.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -43,5 +44,20 @@ impl platform::telemetry::MessageFeed for EmbeddedFeed {
                 .map(|d| (d.message.topic.clone(), d.message.payload.clone()))
                 .collect(),
         )
+    }
+}
+
+/// The platform's task requests, published into the embedded broker as the
+/// process's own messages.
+pub struct BrokerTaskTransport(pub Broker);
+
+impl platform::tasks::TaskTransport for BrokerTaskTransport {
+    fn send(&self, request: platform::tasks::OutgoingRequest) {
+        let mut message =
+            broker::Message::new(&request.topic, request.payload, QoS::AtLeastOnce, false);
+        message.properties.response_topic = Some(request.response_topic);
+        message.properties.correlation_data = Some(request.correlation);
+        message.properties.message_expiry_interval = Some(request.expiry_secs);
+        self.0.publish(message);
     }
 }

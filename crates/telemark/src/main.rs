@@ -108,6 +108,13 @@ struct SimArgs {
     /// Chance per interval that a device drops off for a while.
     #[arg(long, default_value_t = 0.0)]
     dropout: f64,
+    /// Milliseconds a simulated reboot keeps a device away (±50 %).
+    #[arg(long, default_value_t = 3000)]
+    reboot_ms: u64,
+    /// The platform's license key (base64, `GET /api/v1/license/public-key`):
+    /// simulated devices verify license tokens with it.
+    #[arg(long)]
+    license_public_key: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -463,6 +470,8 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
             interval: std::time::Duration::from_secs(args.interval.max(1)),
             dropout: args.dropout,
             firmware: "1.0.0".into(),
+            reboot_time: std::time::Duration::from_millis(args.reboot_ms),
+            license_public_key: args.license_public_key,
         },
         counters.clone(),
         stopped,

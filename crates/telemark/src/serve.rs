@@ -133,6 +133,17 @@ pub(crate) async fn run_platform(
         std::time::Duration::from_secs(u64::from(config.telemetry.max_reading_age_days) * 86_400),
         std::time::Duration::from_secs(u64::from(config.telemetry.max_reading_ahead_hours) * 3600),
     );
+    // Remote tasks go out through the embedded broker; their answers come
+    // back through the ingest.
+    let tasks = platform::tasks::TaskService::new(
+        store.clone(),
+        Arc::new(ingest_feed::BrokerTaskTransport(running.broker.clone())),
+    );
+    ingest.set_tasks(tasks.clone());
+    {
+        let (tasks, stop) = (tasks.clone(), stop_rx.clone());
+        supervisor.spawn("tasks", move || tasks.clone().run(stop.clone()));
+    }
     let ingest_task = {
         let (ingest, broker, stop) = (ingest.clone(), running.broker.clone(), stop_rx.clone());
         // The first feed was subscribed before the listeners opened; a
@@ -185,6 +196,7 @@ pub(crate) async fn run_platform(
         broker_hook_secret: args.broker_hook_secret.clone(),
         ingest: Some(ingest.clone()),
         alarms: Some(alarms.clone()),
+        tasks: Some(tasks.clone()),
         logins,
         webhooks,
         metrics: Some(render_metrics.clone()),
@@ -217,6 +229,8 @@ pub(crate) async fn run_platform(
                     interval: std::time::Duration::from_secs(5),
                     dropout: 0.002,
                     firmware: "2.1.4".into(),
+                    reboot_time: std::time::Duration::from_secs(8),
+                    license_public_key: platform::licensing::public_key(&store).await.ok(),
                 },
                 std::sync::Arc::default(),
                 fleet_stopped,

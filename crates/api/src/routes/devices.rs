@@ -134,6 +134,7 @@ pub(super) async fn list_devices(
                 license_state: q.license_state,
                 online: q.online,
                 label: q.label,
+                firmware_version: q.firmware_version,
                 sort,
                 descending,
                 after,

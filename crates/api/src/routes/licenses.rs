@@ -299,6 +299,29 @@ pub(super) async fn revoke_license(
     caller.require_admin()?;
     let before = state.store.license_key(&caller.session.scope, id).await?;
     let key = platform::licensing::revoke(&state.store, &caller.session.scope, id).await?;
+    // A device that holds the token is told to forget it.
+    if let (true, Some(device), Some(tasks)) = (
+        before.state == "deployed",
+        before.device_id,
+        state.options.tasks.as_ref(),
+    ) {
+        platform::tasks::create_job(
+            &state.store,
+            &caller.session.scope,
+            &caller.session.user.username,
+            &platform::tasks::JobRequest {
+                kind: "license_revoke".into(),
+                params: serde_json::json!({ "key": before.license_key }),
+                device_ids: Some(vec![device]),
+                description: Some(format!("revocation of {}", before.license_key)),
+                max_retries: Some(3),
+                expires_in_secs: Some(30 * 86_400),
+                ..Default::default()
+            },
+        )
+        .await?;
+        tasks.wake();
+    }
     caller
         .audit(
             &state,
@@ -328,4 +351,72 @@ pub(super) async fn license_public_key(
         algorithm: "ed25519",
         public_key: platform::licensing::public_key(&state.store).await?,
     }))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/license-keys/{id}/deploy",
+    tag = "licenses",
+    params(("id" = i64, Path, description = "the object's id")),
+    responses(
+        (status = 201, description = "a license_deploy task for the key's device: the key becomes deployed when the device verified and stored its token", body = ExecutionDto),
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 403, response = crate::error::NotAllowed),
+        (status = 404, response = crate::error::NotInScope),
+        (status = 409, description = "the key is not bound to a device", body = crate::error::Problem, content_type = "application/problem+json")
+    )
+)]
+pub(super) async fn deploy_license(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Id(id): Id,
+) -> Result<(axum::http::StatusCode, Json<ExecutionDto>), ApiError> {
+    if caller.session.role == Role::Viewer {
+        return Err(ApiError::Forbidden(
+            "the viewer role cannot run tasks".into(),
+        ));
+    }
+    let Some(tasks) = state.options.tasks.as_ref() else {
+        return Err(ApiError::NotFound("this server runs no tasks".into()));
+    };
+    let scope = &caller.session.scope;
+    let key = state.store.license_key(scope, id).await?;
+    let (Some(device), Some(token), "bound" | "deployed") =
+        (key.device_id, key.token.clone(), key.state.as_str())
+    else {
+        return Err(ApiError::Conflict(format!(
+            "the key is {}, not bound to a device",
+            key.state
+        )));
+    };
+    let job = platform::tasks::create_job(
+        &state.store,
+        scope,
+        &caller.session.user.username,
+        &platform::tasks::JobRequest {
+            kind: "license_deploy".into(),
+            params: serde_json::json!({ "token": token }),
+            device_ids: Some(vec![device]),
+            description: Some(format!("deployment of {}", key.license_key)),
+            max_retries: Some(2),
+            ..Default::default()
+        },
+    )
+    .await?;
+    tasks.wake();
+    let execution = state
+        .store
+        .task_executions(
+            scope,
+            &store::ExecutionQuery {
+                job_id: Some(job.id),
+                limit: 1,
+                ..Default::default()
+            },
+        )
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::Internal("a new job without its execution".into()))?;
+    Ok((axum::http::StatusCode::CREATED, Json(execution.into())))
 }

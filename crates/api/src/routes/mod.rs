@@ -5,6 +5,7 @@ mod alarms;
 mod audit;
 mod devices;
 mod licenses;
+mod tasks;
 mod telemetry;
 mod users;
 
@@ -81,6 +82,16 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(alarms::acknowledge_alarm))
         .routes(routes!(alarms::list_webhooks, alarms::create_webhook))
         .routes(routes!(alarms::delete_webhook))
+        .routes(routes!(tasks::list_device_tasks, tasks::create_device_task))
+        .routes(routes!(tasks::list_jobs, tasks::create_job))
+        .routes(routes!(tasks::get_job))
+        .routes(routes!(tasks::cancel_job))
+        .routes(routes!(tasks::list_job_executions))
+        .routes(routes!(tasks::job_live))
+        .routes(routes!(tasks::get_execution))
+        .routes(routes!(tasks::cancel_execution))
+        .routes(routes!(tasks::retry_execution))
+        .routes(routes!(licenses::deploy_license))
         .routes(routes!(audit::audit_log))
         .routes(routes!(audit::audit_csv))
         .routes(routes!(crate::broker_hooks::authenticate))
