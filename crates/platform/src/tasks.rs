@@ -449,6 +449,9 @@ struct Completion {
 
 pub struct TaskService {
     store: Store,
+    /// With an embedded broker: this instance, which sends only to the
+    /// devices connected to it.
+    instance: Option<String>,
     transport: Arc<dyn TaskTransport>,
     incoming: mpsc::Sender<Incoming>,
     receiver: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
@@ -458,10 +461,18 @@ pub struct TaskService {
 }
 
 impl TaskService {
-    pub fn new(store: Store, transport: Arc<dyn TaskTransport>) -> Arc<Self> {
+    /// `instance`: the id this platform instance records devices' presence
+    /// under, when its embedded broker holds their connections; None when
+    /// every instance reaches every device (an external broker).
+    pub fn new(
+        store: Store,
+        transport: Arc<dyn TaskTransport>,
+        instance: Option<String>,
+    ) -> Arc<Self> {
         let (incoming, receiver) = mpsc::channel(ANSWER_QUEUE);
         Arc::new(TaskService {
             store,
+            instance,
             transport,
             incoming,
             receiver: tokio::sync::Mutex::new(receiver),
@@ -545,8 +556,12 @@ impl TaskService {
     pub async fn dispatch(&self) -> Result<usize, StoreError> {
         let now = store::now_millis();
         let mut sent = 0;
-        for job in self.store.jobs_with_due_executions(now).await? {
-            let claimed = self.store.claim_executions(job, now, CLAIM_BATCH).await?;
+        let instance = self.instance.as_deref();
+        for job in self.store.jobs_with_due_executions(now, instance).await? {
+            let claimed = self
+                .store
+                .claim_executions(job, now, CLAIM_BATCH, instance)
+                .await?;
             for execution in &claimed {
                 self.send(execution, now);
                 self.event(job, execution.id, execution.device_id, "sent");

@@ -401,16 +401,24 @@ impl Store {
         found.ok_or_else(|| StoreError::NotFound(format!("execution {id}")))
     }
 
-    /// Running jobs with executions waiting to be sent now.
-    pub async fn jobs_with_due_executions(&self, now: i64) -> Result<Vec<i64>, StoreError> {
+    /// Running jobs with executions waiting to be sent now to devices
+    /// online (at `instance`, when given: the platform instance whose
+    /// embedded broker holds the device's connection).
+    pub async fn jobs_with_due_executions(
+        &self,
+        now: i64,
+        instance: Option<&str>,
+    ) -> Result<Vec<i64>, StoreError> {
         with_pool!(self, pool => {
             Ok(sqlx::query_scalar(
                 "SELECT j.id FROM task_jobs j WHERE j.state = 'running' AND EXISTS (\
                  SELECT 1 FROM task_executions e JOIN devices d ON d.id = e.device_id \
-                 WHERE e.job_id = j.id AND e.state = 'queued' AND e.not_before <= $1 AND e.deadline > $1 AND d.online) \
+                 WHERE e.job_id = j.id AND e.state = 'queued' AND e.not_before <= $1 AND e.deadline > $1 AND d.online \
+                 AND ($2 IS NULL OR d.online_instance = $2)) \
                  ORDER BY j.id",
             )
             .bind(now)
+            .bind(instance)
             .fetch_all(pool)
             .await?)
         })
@@ -426,6 +434,7 @@ impl Store {
         job_id: i64,
         now: i64,
         max: usize,
+        instance: Option<&str>,
     ) -> Result<Vec<ClaimedExecution>, StoreError> {
         let lock = match &self.pool {
             Pool::Sqlite(_) => "",
@@ -444,6 +453,7 @@ impl Store {
              progress = NULL, message = NULL, error = NULL \
              WHERE state = 'queued' AND id IN (SELECT e.id FROM task_executions e JOIN devices d ON d.id = e.device_id \
              WHERE e.job_id = $3 AND e.state = 'queued' AND e.not_before <= $1 AND e.deadline > $1 AND d.online \
+             AND ($5 IS NULL OR d.online_instance = $5) \
              ORDER BY e.id LIMIT $4{lock_executions}) \
              RETURNING id, device_id, attempt, deadline"
         );
@@ -474,6 +484,7 @@ impl Store {
                 .bind(now + timeout_secs * 1000)
                 .bind(job_id)
                 .bind(budget as i64)
+                .bind(instance)
                 .fetch_all(&mut *tx)
                 .await?;
             if claimed.is_empty() {

@@ -138,6 +138,7 @@ pub(crate) async fn run_platform(
     let tasks = platform::tasks::TaskService::new(
         store.clone(),
         Arc::new(ingest_feed::BrokerTaskTransport(running.broker.clone())),
+        Some(instance.clone()),
     );
     ingest.set_tasks(tasks.clone());
     {

@@ -1,0 +1,685 @@
+//! Remote tasks end to end: `telemark serve`, the real agent process and
+//! `telemark sim` on loopback, driven through the API as a user would.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+struct Api {
+    port: u16,
+    bearer: String,
+}
+
+impl Api {
+    fn login(port: u16, user: &str, password: &str) -> Api {
+        Api {
+            port,
+            bearer: api_login(port, user, password),
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let text = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let (status, answer) = http(
+            self.port,
+            method,
+            path,
+            &[
+                ("Authorization", self.bearer.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            &text,
+        );
+        (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call("GET", path, &Value::Null);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// Runs a task on one device; returns the execution.
+    fn task(&self, device: i64, task: Value) -> Value {
+        let (status, body) = self.call("POST", &format!("/api/v1/devices/{device}/tasks"), &task);
+        assert_eq!(status, 201, "{task}: {body}");
+        body
+    }
+
+    /// Waits for an execution to reach a final state.
+    fn final_execution(&self, id: i64, secs: u64) -> Value {
+        let mut last = Value::Null;
+        let done = eventually(secs, || {
+            last = self.get(&format!("/api/v1/executions/{id}"));
+            !["queued", "sent", "in_progress"].contains(&last["state"].as_str().unwrap_or(""))
+        });
+        assert!(done, "execution {id} still open: {last}");
+        last
+    }
+}
+
+fn id(v: &Value) -> i64 {
+    v["id"].as_i64().unwrap_or_else(|| panic!("no id in {v}"))
+}
+
+fn secret_for(api: &Api, device: i64) -> String {
+    let (status, body) = api.call(
+        "POST",
+        &format!("/api/v1/devices/{device}/credentials"),
+        &Value::Null,
+    );
+    assert_eq!(status, 201, "{body}");
+    body["password"].as_str().expect("password").to_owned()
+}
+
+fn write_agent_config(
+    dir: &Path,
+    mqtt_port: u16,
+    mac: &str,
+    secret: &str,
+    public_key: &str,
+) -> std::path::PathBuf {
+    let boot = dir.join("boot_id");
+    std::fs::write(&boot, "11111111-aaaa-bbbb-cccc-000000000001\n").expect("boot id");
+    // The fake reboot: a new boot id, then the agent goes down as a system
+    // would (its supervisor, the test, starts it again).
+    let reboot = dir.join("reboot.sh");
+    std::fs::write(
+        &reboot,
+        format!(
+            "#!/bin/sh\necho 22222222-aaaa-bbbb-cccc-000000000002 > {}\nkill -9 $PPID\n",
+            boot.display()
+        ),
+    )
+    .expect("reboot script");
+    let hook = dir.join("applied.json");
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "broker = \"mqtt://127.0.0.1:{mqtt_port}\"\ndevice_id = \"{mac}\"\nmodel = \"311-a1\"\n\
+             secret = \"{secret}\"\nbuffer_dir = \"{buffer}\"\n\
+             [tasks]\nreboot_command = [\"sh\", \"{reboot}\"]\nshell_allowlist = [\"uname -s\"]\n\
+             config_file = \"{config}\"\nconfig_hook = [\"sh\", \"-c\", \"cp \\\"$1\\\" {hook}\", \"hook\"]\n\
+             license_public_key = \"{public_key}\"\nlicense_file = \"{license}\"\nboot_id_file = \"{boot}\"\n",
+            buffer = dir.join("buffer").display(),
+            reboot = reboot.display(),
+            config = dir.join("desired.json").display(),
+            hook = hook.display(),
+            license = dir.join("license.token").display(),
+            boot = boot.display(),
+        ),
+    )
+    .expect("provisioning");
+    path
+}
+
+fn start_agent(config: &Path) -> KilledOnDrop {
+    KilledOnDrop(Some(
+        telemark()
+            .args(["agent", "--config", config.to_str().expect("path")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agent starts"),
+    ))
+}
+
+fn online(api: &Api, device: i64) -> bool {
+    api.get(&format!("/api/v1/devices/{device}"))["online"] == json!(true)
+}
+
+#[test]
+fn the_agent_runs_every_task_type_with_structured_results() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let _platform = start_platform(&dir.path().join("data"), http_port, mqtt_port);
+    let api = Api::login(http_port, "admin", "first-admin-secret");
+    let device = register_device(http_port, &api.bearer, "TASK1", "00:11:22:33:77:01");
+    let secret = secret_for(&api, device);
+    let public_key = api.get("/api/v1/license/public-key")["public_key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let config = write_agent_config(
+        dir.path(),
+        mqtt_port,
+        "00-11-22-33-77-01",
+        &secret,
+        &public_key,
+    );
+    let mut agent = start_agent(&config);
+    assert!(
+        eventually(20, || online(&api, device)),
+        "the agent connects"
+    );
+
+    // Diagnostics: numbers, not only text.
+    let ping = api.task(
+        device,
+        json!({"type": "ping", "params": {"host": "127.0.0.1", "count": 2}}),
+    );
+    let ping = api.final_execution(id(&ping), 20);
+    assert_eq!(ping["state"], "succeeded", "{ping}");
+    assert_eq!(ping["result"]["sent"], 2);
+    assert_eq!(ping["result"]["received"], 2);
+    assert!(ping["result"]["rtt_avg_ms"].as_f64().is_some(), "{ping}");
+    assert!(
+        ping["result"]["raw"]
+            .as_str()
+            .unwrap_or("")
+            .contains("packets transmitted")
+    );
+
+    let trace = api.task(
+        device,
+        json!({"type": "traceroute", "params": {"host": "127.0.0.1", "max_hops": 3}}),
+    );
+    let trace = api.final_execution(id(&trace), 20);
+    assert_eq!(trace["state"], "succeeded", "{trace}");
+    assert_eq!(
+        trace["result"]["hops"][0]["address"], "127.0.0.1",
+        "{trace}"
+    );
+
+    let dns = api.task(
+        device,
+        json!({"type": "dns_lookup", "params": {"name": "localhost"}}),
+    );
+    let dns = api.final_execution(id(&dns), 20);
+    assert_eq!(dns["state"], "succeeded", "{dns}");
+    let answers = dns["result"]["answers"].to_string();
+    assert!(
+        answers.contains("127.0.0.1") || answers.contains("::1"),
+        "{dns}"
+    );
+
+    let get = api.task(
+        device,
+        json!({"type": "http_get", "params": {"url": format!("http://127.0.0.1:{http_port}/api/v1/health")}}),
+    );
+    let get = api.final_execution(id(&get), 20);
+    assert_eq!(get["result"]["status"], 200, "{get}");
+    assert!(get["result"]["time_to_first_byte_ms"].as_f64().is_some());
+
+    // The shell runs what the device allows, nothing else.
+    let uname = api.task(
+        device,
+        json!({"type": "shell", "params": {"command": "uname -s"}}),
+    );
+    let uname = api.final_execution(id(&uname), 20);
+    assert_eq!(uname["state"], "succeeded", "{uname}");
+    assert!(
+        uname["result"]["output"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Linux")
+    );
+    let rm = api.task(
+        device,
+        json!({"type": "shell", "params": {"command": "rm -rf /tmp/x"}}),
+    );
+    let rm = api.final_execution(id(&rm), 20);
+    assert_eq!(rm["state"], "rejected");
+    assert!(
+        rm["error"].as_str().unwrap_or("").contains("allowlist"),
+        "{rm}"
+    );
+
+    // Configuration through the device's hook.
+    let configure = api.task(
+        device,
+        json!({"type": "configure", "params": {"version": 3, "document": {"apn": "internet.example"}}}),
+    );
+    let configure = api.final_execution(id(&configure), 20);
+    assert_eq!(configure["result"]["applied_version"], 3, "{configure}");
+    let applied = std::fs::read_to_string(dir.path().join("applied.json")).expect("the hook ran");
+    assert!(applied.contains("internet.example"));
+
+    // A license: bound, deployed, verified by the device; a forged token refused.
+    let (status, model) = api.call(
+        "POST",
+        "/api/v1/service-models",
+        &json!({"name": "Fleet Basic", "duration_days": 365, "features": ["telemetry"]}),
+    );
+    assert_eq!(status, 201, "{model}");
+    let organisation = own_organisation(http_port, &api.bearer);
+    let (status, keys) = api.call(
+        "POST",
+        "/api/v1/license-keys",
+        &json!({"organisation_id": organisation, "service_model_id": id(&model), "count": 1}),
+    );
+    assert_eq!(status, 201, "{keys}");
+    let key = id(&keys[0]);
+    let (status, bound) = api.call(
+        "POST",
+        &format!("/api/v1/license-keys/{key}/bind"),
+        &json!({"device_id": device}),
+    );
+    assert_eq!(status, 200, "{bound}");
+    let (status, deploy) = api.call(
+        "POST",
+        &format!("/api/v1/license-keys/{key}/deploy"),
+        &Value::Null,
+    );
+    assert_eq!(status, 201, "{deploy}");
+    let deploy = api.final_execution(id(&deploy), 20);
+    assert_eq!(deploy["state"], "succeeded", "{deploy}");
+    assert!(eventually(5, || api
+        .get("/api/v1/license-keys?limit=10")
+        .to_string()
+        .contains("\"state\":\"deployed\"")));
+    assert!(dir.path().join("license.token").exists());
+    let forged = api.task(
+        device,
+        json!({"type": "license_deploy", "params": {"token": "eyJrZXkiOiJYIn0.AAAA"}}),
+    );
+    let forged = api.final_execution(id(&forged), 20);
+    assert_eq!(forged["state"], "rejected", "{forged}");
+
+    // Reboot: acknowledged, the device goes down, and the task succeeds
+    // only when it is back with another boot id.
+    let reboot = api.task(device, json!({"type": "reboot"}));
+    let reboot_id = id(&reboot);
+    assert!(
+        eventually(15, || agent.0.as_mut().is_some_and(|c| c
+            .try_wait()
+            .ok()
+            .flatten()
+            .is_some())),
+        "the reboot command ran"
+    );
+    let during = api.get(&format!("/api/v1/executions/{reboot_id}"));
+    assert_eq!(during["state"], "in_progress", "{during}");
+    drop(agent);
+    let _agent = start_agent(&config);
+    let reboot = api.final_execution(reboot_id, 20);
+    assert_eq!(reboot["state"], "succeeded", "{reboot}");
+    assert_eq!(
+        reboot["result"]["boot_id_after"],
+        "22222222-aaaa-bbbb-cccc-000000000002"
+    );
+
+    // Every task and its result are in the system log.
+    let log = api.get("/api/v1/audit?limit=200").to_string();
+    assert!(
+        log.contains("task.create") && log.contains("task.result"),
+        "{log}"
+    );
+}
+
+#[test]
+fn bad_task_requests_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let _platform = start_platform(&dir.path().join("data"), http_port, mqtt_port);
+    let api = Api::login(http_port, "admin", "first-admin-secret");
+    let device = register_device(http_port, &api.bearer, "TASK2", "00:11:22:33:77:02");
+    for (task, field) in [
+        (json!({"type": "format_disk"}), "params"),
+        (
+            json!({"type": "ping", "params": {"host": "127.0.0.1", "count": 10000}}),
+            "params",
+        ),
+        (json!({"type": "ping", "params": {"host": "-f"}}), "params"),
+        (
+            json!({"type": "ping", "params": {"host": "x"}, "timeout_secs": 0}),
+            "timeout_secs",
+        ),
+    ] {
+        let (status, body) = api.call("POST", &format!("/api/v1/devices/{device}/tasks"), &task);
+        assert_eq!(status, 400, "{task}: {body}");
+        assert!(body.to_string().contains(field), "{task}: {body}");
+    }
+    // Another organisation's engineer cannot reach the operator's device,
+    // nor its executions; a viewer reads but does not run.
+    let operator = own_organisation(http_port, &api.bearer);
+    let (status, integrator) = api.call(
+        "POST",
+        "/api/v1/organisations",
+        &json!({"parent_id": operator, "name": "Integrator"}),
+    );
+    assert_eq!(status, 201, "{integrator}");
+    for (name, organisation, role) in [
+        ("stranger", id(&integrator), "engineer"),
+        ("watcher", operator, "viewer"),
+    ] {
+        let (status, body) = api.call(
+            "POST",
+            "/api/v1/users",
+            &json!({"organisation_id": organisation, "username": name, "password": "long-enough-password", "role": role}),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let ping = json!({"type": "ping", "params": {"host": "127.0.0.1"}});
+    let execution = api.task(device, ping.clone());
+    let stranger = Api::login(http_port, "stranger", "long-enough-password");
+    let (status, _) = stranger.call("POST", &format!("/api/v1/devices/{device}/tasks"), &ping);
+    assert_eq!(status, 404);
+    let (status, _) = stranger.call(
+        "POST",
+        "/api/v1/jobs",
+        &json!({"type": "reboot", "device_ids": [device]}),
+    );
+    assert_eq!(
+        status, 404,
+        "a job naming a device outside the caller's scope"
+    );
+    let (status, _) = stranger.call(
+        "GET",
+        &format!("/api/v1/executions/{}", id(&execution)),
+        &Value::Null,
+    );
+    assert_eq!(status, 404);
+    let (status, _) = stranger.call(
+        "POST",
+        &format!("/api/v1/executions/{}/cancel", id(&execution)),
+        &Value::Null,
+    );
+    assert_eq!(status, 404);
+    let watcher = Api::login(http_port, "watcher", "long-enough-password");
+    let (status, _) = watcher.call("POST", &format!("/api/v1/devices/{device}/tasks"), &ping);
+    assert_eq!(status, 403);
+    assert_eq!(
+        watcher
+            .get(&format!("/api/v1/devices/{device}/tasks"))
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    // Cancel: the open execution and its job end.
+    let (status, cancelled) = api.call(
+        "POST",
+        &format!("/api/v1/executions/{}/cancel", id(&execution)),
+        &Value::Null,
+    );
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["state"], "cancelled");
+    let job = api.get(&format!("/api/v1/jobs/{}", cancelled["job_id"]));
+    assert_eq!(job["state"], "finished", "{job}");
+    assert!(job["finished_at"].as_i64().is_some());
+    let (status, _) = api.call(
+        "POST",
+        &format!("/api/v1/executions/{}/cancel", id(&execution)),
+        &Value::Null,
+    );
+    assert_eq!(status, 409, "already final");
+}
+
+/// A device that takes its requests and never answers: mosquitto_sub
+/// logged in as the device on its task topic.
+fn silent_device(mqtt_port: u16, mac: &str, secret: &str) -> Child {
+    std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &mqtt_port.to_string()])
+        .args(["-i", mac, "-u", mac, "-P", secret, "-q", "1", "-c", "-v"])
+        .args(["-t", &format!("dwr/311-a1/{mac}/tasks/+")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub")
+}
+
+#[test]
+fn offline_delivery_deadlines_retries_and_answers_never_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let _platform = start_platform(&dir.path().join("data"), http_port, mqtt_port);
+    let api = Api::login(http_port, "admin", "first-admin-secret");
+    let device = register_device(http_port, &api.bearer, "TASK3", "00:11:22:33:77:03");
+    let mac = "00-11-22-33-77-03";
+    let secret = secret_for(&api, device);
+    let public_key = api.get("/api/v1/license/public-key")["public_key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    // Offline: one task waits for the device, one expires undelivered.
+    let waits = api.task(device, json!({"type": "ping", "params": {"host": "127.0.0.1", "count": 1}, "expires_in_secs": 600}));
+    let expires = api.task(
+        device,
+        json!({"type": "ping", "params": {"host": "127.0.0.1"}, "expires_in_secs": 10}),
+    );
+    assert_eq!(waits["state"], "queued");
+    let expired = api.final_execution(id(&expires), 20);
+    assert_eq!(expired["state"], "timed_out", "{expired}");
+    assert!(
+        expired["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not delivered"),
+        "{expired}"
+    );
+    // Back online: the waiting task runs within seconds of the connect.
+    let config = write_agent_config(dir.path(), mqtt_port, mac, &secret, &public_key);
+    let agent = start_agent(&config);
+    let connected = Instant::now();
+    let done = api.final_execution(id(&waits), 20);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let delivered_after = connected.elapsed();
+    assert!(
+        delivered_after < Duration::from_secs(10),
+        "{delivered_after:?}"
+    );
+    drop(agent);
+
+    // A device that never answers: each attempt times out, retried once
+    // after the backoff, then final.
+    assert!(eventually(20, || !online(&api, device)));
+    let mut silent = silent_device(mqtt_port, mac, &secret);
+    assert!(eventually(20, || online(&api, device)));
+    let retried = api.task(
+        device,
+        json!({"type": "ping", "params": {"host": "127.0.0.1"}, "timeout_secs": 5, "max_retries": 1, "retry_backoff_secs": 1}),
+    );
+    let retried = api.final_execution(id(&retried), 40);
+    assert_eq!(retried["state"], "timed_out", "{retried}");
+    assert_eq!(retried["attempt"], 2, "{retried}");
+    let _ = silent.kill();
+    let _ = silent.wait();
+
+    // An answer to an execution this device was never sent is refused and
+    // recorded against the device.
+    let out = pub_msg(
+        mqtt_port,
+        &format!("dwr/311-a1/{mac}/tasks/99999/result"),
+        r#"{"v":2,"ts":1,"id":99999,"attempt":1,"state":"succeeded"}"#,
+        &["-i", mac, "-u", mac, "-P", &secret, "-q", "1"],
+    );
+    assert!(out.status.success());
+    assert!(
+        eventually(10, || api
+            .get(&format!("/api/v1/devices/{device}/telemetry-faults"))
+            .to_string()
+            .contains("not open for this device")),
+        "{}",
+        api.get(&format!("/api/v1/devices/{device}/telemetry-faults"))
+    );
+}
+
+fn fleet_file(api: &Api, dir: &Path, count: usize, prefix: u8) -> (std::path::PathBuf, Vec<i64>) {
+    let mut fleet = String::from("device_id,model,secret\n");
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let mac = format!("00:11:22:{prefix:02x}:00:{n:02x}");
+        let id = register_device(api.port, &api.bearer, &format!("F{prefix}-{n}"), &mac);
+        fleet.push_str(&format!(
+            "{},311-a1,{}\n",
+            mac.replace(':', "-"),
+            secret_for(api, id)
+        ));
+        ids.push(id);
+    }
+    let path = dir.join(format!("fleet-{prefix}.csv"));
+    std::fs::write(&path, fleet).expect("fleet");
+    (path, ids)
+}
+
+fn start_sim(fleet: &Path, mqtt_port: u16) -> KilledOnDrop {
+    KilledOnDrop(Some(
+        telemark()
+            .args(["sim", "--fleet", fleet.to_str().expect("path")])
+            .args(["--broker", &format!("mqtt://127.0.0.1:{mqtt_port}")])
+            .args(["--interval", "5", "--reboot-ms", "800"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sim starts"),
+    ))
+}
+
+fn wait_job(api: &Api, job: i64, secs: u64) -> Value {
+    let mut last = Value::Null;
+    let finished = eventually(secs, || {
+        last = api.get(&format!("/api/v1/jobs/{job}"));
+        last["finished_at"].is_i64()
+    });
+    assert!(finished, "job {job} not finished: {last}");
+    last
+}
+
+#[test]
+fn bulk_jobs_on_the_simulated_fleet_finish_and_stop_by_the_abort_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let _platform = start_platform(&dir.path().join("data"), http_port, mqtt_port);
+    let api = Api::login(http_port, "admin", "first-admin-secret");
+    let (fleet, ids) = fleet_file(&api, dir.path(), 20, 0x88);
+    let _sim = start_sim(&fleet, mqtt_port);
+    assert!(
+        eventually(30, || ids.iter().all(|d| online(&api, *d))),
+        "the fleet connects"
+    );
+    // A bulk reboot over a filter: every device acknowledges, goes away
+    // and comes back with a new boot id.
+    let (status, job) = api.call(
+        "POST",
+        "/api/v1/jobs",
+        &json!({"type": "reboot", "filter": {"online": true}, "description": "night reboot"}),
+    );
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(job["total"], 20);
+    let job = wait_job(&api, id(&job), 60);
+    assert_eq!(job["state"], "finished", "{job}");
+    assert_eq!(job["counts"]["succeeded"], 20, "{job}");
+    // A job whose executions fail stops itself: five refused (off the
+    // allowlist) at a rollout of five a minute, the rest never sent.
+    let (status, job) = api.call(
+        "POST",
+        "/api/v1/jobs",
+        &json!({"type": "shell", "params": {"command": "reboot -f"}, "device_ids": ids,
+                "rollout_per_minute": 5, "abort_failure_ratio": 0.5, "abort_min_finished": 5}),
+    );
+    assert_eq!(status, 201, "{job}");
+    let job = wait_job(&api, id(&job), 30);
+    assert_eq!(job["state"], "aborted", "{job}");
+    assert_eq!(job["counts"]["rejected"], 5, "{job}");
+    assert_eq!(job["counts"]["cancelled"], 15, "{job}");
+    let executions = api.get(&format!(
+        "/api/v1/jobs/{}/executions?state=cancelled",
+        id(&job)
+    ));
+    assert!(
+        executions[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("abort"),
+        "{executions}"
+    );
+}
+
+/// Two `telemark serve` on one PostgreSQL, each with half of the fleet: a
+/// job over all of it reaches every device once, through the instance that
+/// holds its connection.
+#[test]
+fn two_instances_on_one_postgres_send_each_execution_once() {
+    let Ok(database) = std::env::var("TELEMARK_TEST_POSTGRES") else {
+        eprintln!("TELEMARK_TEST_POSTGRES is not set: scripts/test-postgres starts one");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A fresh database of its own.
+    let name = format!("tasks_{}", std::process::id());
+    let admin = std::process::Command::new("psql")
+        .args([&database, "-c", &format!("CREATE DATABASE {name}")])
+        .output()
+        .expect("psql");
+    assert!(
+        admin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&admin.stderr)
+    );
+    let url = match database.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("TELEMARK_TEST_POSTGRES is not a URL"),
+    };
+    let instance = |n: u32, http: u16, mqtt: u16| {
+        KilledOnDrop(Some(
+            telemark()
+                .args([
+                    "serve",
+                    "--data",
+                    dir.path().join(format!("data{n}")).to_str().expect("path"),
+                ])
+                .args([
+                    "--http",
+                    &format!("127.0.0.1:{http}"),
+                    "--mqtt",
+                    &format!("127.0.0.1:{mqtt}"),
+                ])
+                .args(["--instance-id", &format!("instance-{n}")])
+                .env("TELEMARK_DATABASE", &url)
+                .env("TELEMARK_SECRET_KEY", "ab".repeat(32))
+                .env("TELEMARK_ADMIN_PASSWORD", "first-admin-secret")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("serve starts"),
+        ))
+    };
+    let (http1, mqtt1, http2, mqtt2) = (free_port(), free_port(), free_port(), free_port());
+    let _one = instance(1, http1, mqtt1);
+    wait_for_port(http1);
+    let _two = instance(2, http2, mqtt2);
+    wait_for_port(http2);
+    wait_for_port(mqtt1);
+    wait_for_port(mqtt2);
+    let api = Api::login(http1, "admin", "first-admin-secret");
+    let (fleet1, ids1) = fleet_file(&api, dir.path(), 10, 0x91);
+    let (fleet2, ids2) = fleet_file(&api, dir.path(), 10, 0x92);
+    let _sim1 = start_sim(&fleet1, mqtt1);
+    let _sim2 = start_sim(&fleet2, mqtt2);
+    let all: Vec<i64> = ids1.iter().chain(&ids2).copied().collect();
+    assert!(
+        eventually(30, || all.iter().all(|d| online(&api, *d))),
+        "both halves connect"
+    );
+    let api2 = Api::login(http2, "admin", "first-admin-secret");
+    let (status, job) = api2.call(
+        "POST",
+        "/api/v1/jobs",
+        &json!({"type": "ping", "params": {"host": "127.0.0.1", "count": 1}, "device_ids": all}),
+    );
+    assert_eq!(status, 201, "{job}");
+    let job = wait_job(&api, id(&job), 60);
+    let executions = api.get(&format!("/api/v1/jobs/{}/executions?limit=100", id(&job)));
+    let executions = executions.as_array().expect("list");
+    assert_eq!(executions.len(), 20);
+    for e in executions {
+        assert!(
+            ["succeeded", "failed"].contains(&e["state"].as_str().unwrap_or("")),
+            "{e}"
+        );
+        assert_eq!(e["attempt"], 1, "sent once: {e}");
+    }
+}
