@@ -287,6 +287,33 @@ test("search a device's black-box logs", () =>
   for (const text of await lines.locator(".text").allTextContents()) assert.match(text, /DHCPACK/);
   }));
 
+test("run a diagnostic on a device and read its result table, then a bulk job", () =>
+  inBrowser("tasks", async (page) => {
+  await page.goto(`${base}/devices/${fleet["harbour-001"]}`);
+  await page.click("role=tab[name='Tasks']");
+  await page.selectOption("select[aria-label='task type']", "traceroute");
+  await page.fill("[data-testid=task-form] input[name=host]", "127.0.0.1");
+  await page.click("[data-testid=task-form] button[type=submit]");
+  await page.waitForSelector("[data-testid=task-result] .badge:text('succeeded')", { timeout: 20_000 });
+  const hops = page.locator("[data-testid=hops] tbody tr");
+  assert.ok((await hops.count()) >= 4, "the traceroute's hops as table rows");
+  assert.equal(await hops.last().locator("td").nth(1).textContent(), "127.0.0.1");
+  await page.waitForSelector("[data-testid=device-tasks] >> text=Traceroute");
+  // Two devices from the list: one job, followed on its own page.
+  await page.goto(`${base}/devices?search=harbour`);
+  const rows = page.locator("[data-testid=devices] tbody tr");
+  await rows.first().waitFor();
+  await rows.nth(0).locator("input[type=checkbox]").check();
+  await rows.nth(1).locator("input[type=checkbox]").check();
+  await page.click("[data-testid=bulk-bar] >> text=Run task…");
+  await page.selectOption(".modal select[aria-label='task type']", "dns_lookup");
+  await page.fill(".modal input[name=name]", "telemark.example");
+  await page.click(".modal button[type=submit]");
+  await page.waitForURL(/\/jobs\/\d+$/);
+  await page.waitForSelector(".page-head .actions .badge:text-is('finished')", { timeout: 20_000 });
+  assert.equal(await page.locator("[data-testid=executions] tbody tr").count(), 2);
+  }));
+
 test("acknowledge an alarm", () =>
   inBrowser("alarm", async (page) => {
   await page.click("nav >> text=Alarms");
@@ -345,6 +372,8 @@ test("every screen of the operator opens without errors", () =>
       ["/alarm-rules", "Alarm rules"],
       ["/audit", "System logs"],
       ["/account", "Account: admin"],
+      ["/jobs", "Jobs"],
+      ["/diagnostics", "Diagnostics"],
     ];
     for (const [url, title] of screens) {
       await page.goto(`${base}${url}`);

@@ -329,3 +329,54 @@ export interface ApiToken {
   expires_at: number | null;
   token?: string | null;
 }
+
+export type ExecutionState =
+  | "queued"
+  | "sent"
+  | "in_progress"
+  | "succeeded"
+  | "failed"
+  | "rejected"
+  | "timed_out"
+  | "cancelled";
+
+export interface Execution {
+  id: number;
+  job_id: number;
+  device_id: number;
+  device_name: string;
+  device_mac: string;
+  type: string;
+  state: ExecutionState;
+  attempt: number;
+  progress: number | null;
+  message: string | null;
+  result: Record<string, unknown> | null;
+  error: string | null;
+  queued_at: number;
+  sent_at: number | null;
+  started_at: number | null;
+  finished_at: number | null;
+  deadline: number;
+}
+
+export interface Job {
+  id: number;
+  organisation_id: number;
+  type: string;
+  params: Record<string, unknown>;
+  description: string;
+  created_by: string;
+  created_at: number;
+  state: "running" | "finished" | "cancelled" | "aborted";
+  finished_at: number | null;
+  total: number;
+  timeout_secs: number;
+  expires_at: number;
+  max_retries: number;
+  retry_backoff_secs: number;
+  rollout_per_minute: number | null;
+  abort_failure_ratio: number | null;
+  abort_min_finished: number | null;
+  counts: Partial<Record<ExecutionState, number>>;
+}

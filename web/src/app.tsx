@@ -17,6 +17,7 @@ import { AuditLog } from "./pages/audit";
 import { Alarms, AlarmRules } from "./pages/alarms";
 import { Account } from "./pages/account";
 import { Statistics } from "./pages/statistics";
+import { Diagnostics, JobDetail, Jobs } from "./pages/tasks";
 import { Page } from "./components/ui";
 
 interface NavItem {
@@ -39,6 +40,13 @@ const NAV: { section: string; items: NavItem[] }[] = [
       { href: "/devices", label: "Devices", show: always },
       { href: "/alarms", label: "Alarms", show: always },
       { href: "/statistics", label: "Statistics", show: always },
+    ],
+  },
+  {
+    section: "Operate",
+    items: [
+      { href: "/diagnostics", label: "Diagnostics", show: always },
+      { href: "/jobs", label: "Jobs", show: always },
     ],
   },
   {
@@ -154,6 +162,9 @@ function Shell() {
             <Route path="/audit" component={AuditLog} />
             <Route path="/statistics" component={Statistics} />
             <Route path="/account" component={Account} />
+            <Route path="/diagnostics" component={Diagnostics} />
+            <Route path="/jobs" component={Jobs} />
+            <Route path="/jobs/:id" component={JobDetail} />
             <Route default component={NotFound} />
           </Router>
         </main>

@@ -13,6 +13,8 @@ export const isAdmin = computed(() => {
   const role = session.value?.role;
   return role === "operator-admin" || role === "integrator-admin" || role === "customer-admin";
 });
+/** Engineers and admins run remote tasks; viewers read them. */
+export const canRunTasks = computed(() => !!session.value && session.value.role !== "viewer");
 export const isOperator = computed(() => session.value?.role === "operator-admin");
 export const myOrganisation = computed(() =>
   organisations.value.find((o) => o.id === session.value?.organisation_id),

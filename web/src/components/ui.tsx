@@ -429,6 +429,14 @@ export function formatTime(ms: number | null | undefined): string {
 export function formatAgo(ms: number | null | undefined, now = Date.now()): string {
   if (ms == null) return "never";
   const s = Math.round((now - ms) / 1000);
+  // A deadline or an expiry lies ahead.
+  if (s <= -5) {
+    const ahead = -s;
+    if (ahead < 60) return `in ${ahead} s`;
+    if (ahead < 3600) return `in ${Math.floor(ahead / 60)} min`;
+    if (ahead < 86400) return `in ${Math.floor(ahead / 3600)} h`;
+    return `in ${Math.floor(ahead / 86400)} d`;
+  }
   if (s < 5) return "just now";
   if (s < 60) return `${s} s ago`;
   if (s < 3600) return `${Math.floor(s / 60)} min ago`;

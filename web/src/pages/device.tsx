@@ -35,6 +35,7 @@ import {
 } from "../components/ui";
 import { licenseTone } from "./devices";
 import { AlarmTable } from "./alarms";
+import { DeviceTasks } from "./tasks";
 
 const RANGES: [string, number][] = [
   ["1 h", 3600_000],
@@ -96,7 +97,7 @@ export function DeviceDetail() {
   const { params } = useRoute();
   const id = Number(params.id);
   const device = useLoad((signal) => api<Device>(`/devices/${id}`, { signal }), [id]);
-  const [tab, setTab] = useState<"overview" | "logs" | "presence" | "alarms">("overview");
+  const [tab, setTab] = useState<"overview" | "tasks" | "logs" | "presence" | "alarms">("overview");
   if (!Number.isInteger(id) || id <= 0) return <Page title="Device">{<ErrorBox error="No such device." />}</Page>;
   return (
     <LoadState loaded={device}>
@@ -115,6 +116,7 @@ export function DeviceDetail() {
             {(
               [
                 ["overview", "Live charts"],
+                ["tasks", "Tasks"],
                 ["logs", "Black box logs"],
                 ["presence", "Presence"],
                 ["alarms", "Alarms"],
@@ -132,6 +134,7 @@ export function DeviceDetail() {
             ))}
           </nav>
           {tab === "overview" && <Charts deviceId={id} />}
+          {tab === "tasks" && <DeviceTasks device={d} />}
           {tab === "logs" && <Logs deviceId={id} />}
           {tab === "presence" && <Presence deviceId={id} />}
           {tab === "alarms" && <DeviceAlarms deviceId={id} />}

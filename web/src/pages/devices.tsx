@@ -1,7 +1,8 @@
 import { useEffect, useState } from "preact/hooks";
 import { useLocation } from "preact-iso";
 import { api, type Device, type DevicePage, type LicenseKey, type ServiceModel } from "../api";
-import { deviceModels, isAdmin, modelName, organisationName, organisations } from "../session";
+import { canRunTasks, deviceModels, isAdmin, modelName, organisationName, organisations } from "../session";
+import { BulkTaskDialog } from "./tasks";
 import {
   Badge,
   Field,
@@ -76,7 +77,7 @@ export function Devices() {
   }, [page.data]);
 
   const [selected, setSelected] = useState<Set<string | number>>(new Set());
-  const [dialog, setDialog] = useState<"bind" | "label" | null>(null);
+  const [dialog, setDialog] = useState<"bind" | "label" | "task" | null>(null);
   const toggle = (id: string | number) => {
     const next = new Set(selected);
     if (!next.delete(id)) next.add(id);
@@ -178,15 +179,22 @@ export function Devices() {
           ))}
         </select>
       </div>
-      {isAdmin.value && selected.size > 0 && (
+      {canRunTasks.value && selected.size > 0 && (
         <div class="bulk-bar" data-testid="bulk-bar">
           <span>{selected.size} selected</span>
-          <button type="button" onClick={() => setDialog("bind")}>
-            Bind license…
+          <button type="button" onClick={() => setDialog("task")}>
+            Run task…
           </button>
-          <button type="button" onClick={() => setDialog("label")}>
-            Label…
-          </button>
+          {isAdmin.value && (
+            <>
+              <button type="button" onClick={() => setDialog("bind")}>
+                Bind license…
+              </button>
+              <button type="button" onClick={() => setDialog("label")}>
+                Label…
+              </button>
+            </>
+          )}
           <button type="button" class="link" onClick={() => setSelected(new Set())}>
             Clear selection
           </button>
@@ -208,7 +216,7 @@ export function Devices() {
               columns={columns}
               rows={p.devices}
               rowKey={(d) => d.id}
-              selected={isAdmin.value ? selected : undefined}
+              selected={canRunTasks.value ? selected : undefined}
               onToggle={toggle}
               onToggleAll={(all) => {
                 const next = new Set(selected);
@@ -220,6 +228,7 @@ export function Devices() {
           </>
         )}
       </LoadState>
+      {dialog === "task" && <BulkTaskDialog deviceIds={[...selected] as number[]} onClose={() => setDialog(null)} />}
       {dialog === "bind" && (
         <BindDialog
           deviceIds={[...selected] as number[]}

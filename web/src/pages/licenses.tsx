@@ -88,6 +88,15 @@ export function LicenseKeys() {
                           Bind…
                         </button>
                       )}
+                      {(k.state === "bound" || k.state === "deployed") && (
+                        <button
+                          type="button"
+                          title="Send the signed token to the device, which verifies and keeps it"
+                          onClick={() => act(`/license-keys/${k.id}/deploy`)}
+                        >
+                          {k.state === "deployed" ? "Deploy again" : "Deploy"}
+                        </button>
+                      )}
                       {k.state === "bound" && (
                         <button type="button" onClick={() => act(`/license-keys/${k.id}/unbind`)}>
                           Unbind
