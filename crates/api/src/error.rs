@@ -236,7 +236,10 @@ impl From<platform::tasks::TaskError> for ApiError {
     fn from(e: platform::tasks::TaskError) -> Self {
         use platform::tasks::TaskError as T;
         match e {
-            T::Field { field, message } if field == "state" => ApiError::Conflict(message),
+            T::Field {
+                field: "state",
+                message,
+            } => ApiError::Conflict(message),
             T::Field { field, message } => ApiError::field(field, message),
             T::Store(s) => s.into(),
         }

@@ -201,3 +201,61 @@ mod tests {
         );
     }
 }
+
+/// The demo's jobs, made once the fleet is online on first start: a radio
+/// check of every device that finishes at once, and a configuration rollout
+/// at a tenth of the fleet a minute that is still running when the newcomer
+/// looks.
+pub async fn start_jobs(store: Store, tasks: std::sync::Arc<platform::tasks::TaskService>) {
+    let result: anyhow::Result<()> = async {
+        let admin = store
+            .user_by_username("admin")
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no admin user"))?;
+        let root = store.scope_of(admin.organisation_id).await?;
+        let jobs = store
+            .task_jobs(&root, &store::JobQuery { limit: 1, ..Default::default() })
+            .await?;
+        if !jobs.is_empty() {
+            return Ok(());
+        }
+        let total = store.count_devices(&root).await?;
+        for _ in 0..120 {
+            if store.count_online_devices(&root).await? * 10 >= total * 9 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        use platform::tasks::{DeviceFilter, JobRequest, create_job};
+        let online = DeviceFilter { online: Some(true), ..Default::default() };
+        create_job(&store, &root, "admin", &JobRequest {
+            kind: "modem_status".into(),
+            description: Some("Radio check of the fleet".into()),
+            filter: Some(online.clone()),
+            ..Default::default()
+        })
+        .await?;
+        create_job(&store, &root, "admin", &JobRequest {
+            kind: "configure".into(),
+            params: serde_json::json!({
+                "version": 2,
+                "document": {"apn": "iot.telia.example", "ntp": ["0.pool.ntp.org", "1.pool.ntp.org"], "log_level": "info"}
+            }),
+            description: Some("APN and NTP update, a tenth of the fleet a minute".into()),
+            filter: Some(DeviceFilter::default()),
+            rollout_per_minute: Some((total / 10).max(1)),
+            max_retries: Some(2),
+            retry_backoff_secs: Some(20),
+            abort_failure_ratio: Some(0.3),
+            abort_min_finished: Some(20),
+            ..Default::default()
+        })
+        .await?;
+        tasks.wake();
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "the demo's jobs were not started");
+    }
+}

@@ -223,7 +223,7 @@ pub(crate) async fn run_platform(
                 "Demo fleet: {} simulated devices publishing every 5 s. Log in as admin.",
                 devices.len()
             );
-            Some(tokio::spawn(agent::sim::run_fleet(
+            let fleet = Some(tokio::spawn(agent::sim::run_fleet(
                 devices,
                 agent::sim::SimOptions {
                     broker: format!("mqtt://{}:{}", loopback_for(addr), addr.port()),
@@ -235,7 +235,9 @@ pub(crate) async fn run_platform(
                 },
                 std::sync::Arc::default(),
                 fleet_stopped,
-            )))
+            )));
+            tokio::spawn(demo::start_jobs(store.clone(), tasks.clone()));
+            fleet
         }
         _ => None,
     };

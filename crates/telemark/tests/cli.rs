@@ -847,6 +847,22 @@ fn demo_starts_a_platform_with_a_live_simulated_fleet() {
         .contains("lte.rsrp_dbm")),
         "readings of the fleet are stored"
     );
+    // The demo opens with one finished job and one rolling out.
+    let jobs = || -> serde_json::Value {
+        serde_json::from_str(&http(http_port, "GET", "/api/v1/jobs", &auth, "").1).expect("json")
+    };
+    assert!(
+        eventually(30, || {
+            let jobs = jobs();
+            let states: Vec<&str> = jobs
+                .as_array()
+                .map(|l| l.iter().filter_map(|j| j["state"].as_str()).collect())
+                .unwrap_or_default();
+            states.contains(&"finished") && states.contains(&"running")
+        }),
+        "{}",
+        jobs()
+    );
     let mut child = child.0.take().expect("still running");
     let _ = child.kill();
     let out = child.wait_with_output().expect("output");
