@@ -643,6 +643,7 @@ impl TaskService {
     async fn handle_incoming(&self, batch: Vec<Incoming>) -> Result<(), StoreError> {
         let now = store::now_millis();
         let mut answers = Vec::new();
+        let mut boots = Vec::new();
         for item in batch {
             match item {
                 Incoming::Answer {
@@ -654,11 +655,20 @@ impl TaskService {
                     Ok(answer) => answers.push((device_id, mac, answer)),
                     Err(e) => self.refuse(device_id, &mac, e.to_string()).await,
                 },
-                Incoming::Boot { device_id, boot_id } => {
-                    self.handle_boot(device_id, &boot_id, now).await?;
-                }
+                Incoming::Boot { device_id, boot_id } => boots.push((device_id, boot_id)),
             }
         }
+        // A device's answers arrive before it reboots and says it is back,
+        // so answers go first: a reboot is `in_progress` before its boot.
+        self.handle_answers(answers, now).await?;
+        self.handle_boots(boots, now).await
+    }
+
+    async fn handle_answers(
+        &self,
+        answers: Vec<(i64, String, TaskAnswer)>,
+        now: i64,
+    ) -> Result<(), StoreError> {
         if answers.is_empty() {
             return Ok(());
         }
@@ -704,40 +714,46 @@ impl TaskService {
                 continue;
             }
             let change = decide(row, &answer, running.contains(&row.job_id), now);
-            // Later answers of this batch start from this one's outcome.
-            row.state = change.state.clone();
-            if change.state == "queued" {
-                row.attempt = change.from_attempt;
-            }
+            // Later answers of this batch start from this one's outcome;
+            // each change is conditional on the one before, applied in order.
             rows.push(row.clone());
+            row.state = change.state.clone();
             changes.push(change);
         }
-        // One execution answered twice in a batch: each change is made from
-        // the state the previous one left, so apply them in order.
         let applied = self.store.apply_execution_changes(&changes).await?;
         self.after_changes(&changes, &applied, &rows, now).await
     }
 
-    async fn handle_boot(&self, device_id: i64, boot_id: &str, now: i64) -> Result<(), StoreError> {
-        self.store.set_device_boot_id(device_id, boot_id).await?;
-        let pending = self.store.pending_reboots(device_id).await?;
+    /// Devices back online with a boot id: their reboots that were under
+    /// way with another boot id succeeded.
+    async fn handle_boots(&self, boots: Vec<(i64, String)>, now: i64) -> Result<(), StoreError> {
+        if boots.is_empty() {
+            return Ok(());
+        }
+        // The latest boot of each device.
+        let latest: HashMap<i64, String> = boots.into_iter().collect();
+        let pairs: Vec<(i64, String)> = latest.iter().map(|(d, b)| (*d, b.clone())).collect();
+        self.store.set_devices_boot_ids(&pairs).await?;
+        let devices: Vec<i64> = latest.keys().copied().collect();
+        let pending = self.store.pending_reboots(&devices).await?;
         let changes: Vec<ExecutionChange> = pending
             .iter()
-            .filter(|e| {
-                e.state == "in_progress" && e.boot_id.as_deref().is_some_and(|b| b != boot_id)
-            })
-            .map(|e| {
-                let mut c = ExecutionChange::new(e, "succeeded");
-                c.progress = Some(100);
-                c.message = Some("back online after the reboot".into());
-                c.result = Some(
-                    serde_json::json!({
-                        "boot_id_before": e.boot_id,
-                        "boot_id_after": boot_id,
+            .filter_map(|e| {
+                let boot_id = latest.get(&e.device_id)?;
+                (e.state == "in_progress" && e.boot_id.as_deref().is_some_and(|b| b != boot_id))
+                    .then(|| {
+                        let mut c = ExecutionChange::new(e, "succeeded");
+                        c.progress = Some(100);
+                        c.message = Some("back online after the reboot".into());
+                        c.result = Some(
+                            serde_json::json!({
+                                "boot_id_before": e.boot_id,
+                                "boot_id_after": boot_id,
+                            })
+                            .to_string(),
+                        );
+                        c
                     })
-                    .to_string(),
-                );
-                c
             })
             .collect();
         let applied = self.store.apply_execution_changes(&changes).await?;

@@ -567,15 +567,25 @@ impl Store {
         })
     }
 
-    /// A device's reboots waiting for it to come back.
-    pub async fn pending_reboots(&self, device_id: i64) -> Result<Vec<OpenExecution>, StoreError> {
-        let sql = format!(
-            "SELECT {OPEN_COLUMNS} FROM task_executions e JOIN task_jobs j ON j.id = e.job_id \
-             WHERE e.device_id = $1 AND j.kind = 'reboot' AND e.state IN ('sent', 'in_progress')"
-        );
-        with_pool!(self, pool => {
-            Ok(sqlx::query_as(&sql).bind(device_id).fetch_all(pool).await?)
-        })
+    /// The reboots of these devices waiting for them to come back.
+    pub async fn pending_reboots(&self, devices: &[i64]) -> Result<Vec<OpenExecution>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in devices.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT {OPEN_COLUMNS} FROM task_executions e JOIN task_jobs j ON j.id = e.job_id \
+                 WHERE e.device_id IN ({}) AND j.kind = 'reboot' AND e.state IN ('sent', 'in_progress')",
+                in_list(1, chunk.len())
+            );
+            let rows: Vec<OpenExecution> = with_pool!(self, pool => {
+                let mut q = sqlx::query_as(&sql);
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.fetch_all(pool).await?
+            });
+            out.extend(rows);
+        }
+        Ok(out)
     }
 
     /// Open executions of a job (to cancel them).
@@ -703,18 +713,21 @@ impl Store {
         })
     }
 
-    /// Remembers the boot id a device reported with `status` online.
-    pub async fn set_device_boot_id(
-        &self,
-        device_id: i64,
-        boot_id: &str,
-    ) -> Result<(), StoreError> {
+    /// Remembers the boot ids devices reported with `status` online.
+    pub async fn set_devices_boot_ids(&self, boots: &[(i64, String)]) -> Result<(), StoreError> {
+        if boots.is_empty() {
+            return Ok(());
+        }
         with_pool!(self, pool => {
-            sqlx::query("UPDATE devices SET boot_id = $1 WHERE id = $2")
-                .bind(boot_id)
-                .bind(device_id)
-                .execute(pool)
-                .await?;
+            let mut tx = pool.begin_write().await?;
+            for (device, boot_id) in boots {
+                sqlx::query("UPDATE devices SET boot_id = $1 WHERE id = $2")
+                    .bind(boot_id)
+                    .bind(*device)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
         });
         Ok(())
     }

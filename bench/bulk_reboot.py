@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Benchmark: a bulk reboot of a simulated fleet, as an operator runs one.
+
+    bench/bulk_reboot.py DEVICES [--reboot-ms 3000] [--bin target/release/telemark] [--database postgres://…]
+
+Starts `telemark serve` (SQLite in a temporary directory, or --database),
+registers DEVICES devices through the API with their own MQTT secrets, runs
+`telemark sim` (readings every 60 s, a simulated reboot keeping a device
+away --reboot-ms ±50 %), waits until every device is online, then creates
+one reboot job over the whole fleet and polls it. Every execution succeeds
+only when its device is back online with a new boot id. Prints the counts
+per state every second and, at the end, the seconds until every execution
+was final. Everything on 127.0.0.1.
+"""
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("devices", type=int)
+    p.add_argument("--reboot-ms", type=int, default=3000)
+    p.add_argument("--bin", default="target/release/telemark")
+    p.add_argument("--database")
+    a = p.parse_args()
+    work = tempfile.mkdtemp(prefix="telemark-reboot-")
+    http, mqtt = free_port(), free_port()
+    base = f"http://127.0.0.1:{http}"
+    env = dict(os.environ, TELEMARK_ADMIN_PASSWORD="bench-admin-password", RUST_LOG="warn")
+    args = [a.bin, "serve", "--data", f"{work}/data", "--http", f"127.0.0.1:{http}", "--mqtt", f"127.0.0.1:{mqtt}"]
+    if a.database:
+        args += ["--database", a.database]
+    serve = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"{base}/api/openapi.json", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    token = None
+
+    def call(method, path, body=None, ctype="application/json"):
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        req = urllib.request.Request(f"{base}/api/v1{path}", data=data, method=method)
+        if data is not None:
+            req.add_header("content-type", ctype)
+        if token:
+            req.add_header("authorization", f"Bearer {token}")
+        with urllib.request.urlopen(req, timeout=120) as r:
+            text = r.read()
+            return json.loads(text) if text else None
+
+    token = call("POST", "/session", {"username": "admin", "password": "bench-admin-password"})["token"]
+    call("POST", "/device-models", {"name": "DWM-311-A1", "vendor": "D-Link", "hardware_revision": "A1", "topic_segment": "311-a1"})
+    csv = "name,serial,mac,model\n" + "".join(
+        f"r{n:06d},S{n:08d},02:30:00:{n >> 16 & 255:02x}:{n >> 8 & 255:02x}:{n & 255:02x},311-a1\n" for n in range(a.devices)
+    )
+    call("POST", "/devices/import", csv.encode(), "text/csv")
+    fleet = ["device_id,model,secret"]
+    after = None
+    while True:
+        page = call("GET", "/devices?limit=1000" + (f"&after={after}" if after else ""))
+        for d in page["devices"]:
+            c = call("POST", f"/devices/{d['id']}/credentials")
+            fleet.append(f"{c['username']},311-a1,{c['password']}")
+        after = page.get("next_cursor")
+        if not after:
+            break
+    with open(f"{work}/fleet.csv", "w") as f:
+        f.write("\n".join(fleet) + "\n")
+    sim = subprocess.Popen(
+        [a.bin, "sim", "--fleet", f"{work}/fleet.csv", "--broker", f"mqtt://127.0.0.1:{mqtt}",
+         "--interval", "60", "--reboot-ms", str(a.reboot_ms)],
+        env=env, stdout=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        online = call("GET", "/statistics")["online_devices"]["value"]
+        if online >= a.devices:
+            break
+        time.sleep(1)
+    print(f"{online} of {a.devices} devices online", flush=True)
+    start = time.time()
+    job = call("POST", "/jobs", {"type": "reboot", "filter": {}, "description": "benchmark"})
+    created = time.time() - start
+    while True:
+        time.sleep(1)
+        j = call("GET", f"/jobs/{job['id']}")
+        elapsed = time.time() - start
+        print(f"{elapsed:5.1f} s  {json.dumps(j['counts'], sort_keys=True)}", flush=True)
+        if j["finished_at"] or elapsed > 600:
+            break
+    final = (j["finished_at"] - j["created_at"]) / 1000 if j["finished_at"] else None
+    print(f"job of {j['total']} reboots created in {created:.2f} s; every execution final after "
+          f"{final} s (job created → last final); counts {json.dumps(j['counts'], sort_keys=True)}")
+    sim.send_signal(signal.SIGTERM)
+    sim.wait(timeout=120)
+    serve.send_signal(signal.SIGTERM)
+    serve.wait(timeout=300)
+
+
+if __name__ == "__main__":
+    main()
