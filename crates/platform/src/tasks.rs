@@ -535,9 +535,7 @@ impl TaskService {
                     if n == 0 {
                         return;
                     }
-                    if let Err(e) = self.handle_incoming(std::mem::take(&mut batch)).await {
-                        tracing::warn!(error = %e, "task answers not written");
-                    }
+                    self.handle_with_retries(std::mem::take(&mut batch)).await;
                 }
                 _ = dispatch.tick() => self.log(self.dispatch().await, "task dispatch"),
                 _ = self.wake.notified() => self.log(self.dispatch().await, "task dispatch"),
@@ -640,8 +638,11 @@ impl TaskService {
         Ok(applied.len())
     }
 
-    async fn handle_incoming(&self, batch: Vec<Incoming>) -> Result<(), StoreError> {
-        let now = store::now_millis();
+    /// Writes a batch, retrying while the database refuses (a deadlock, a
+    /// restart): each change is conditional on the state it was decided
+    /// from, so a batch that half-happened is decided again from where it
+    /// stopped.
+    async fn handle_with_retries(&self, batch: Vec<Incoming>) {
         let mut answers = Vec::new();
         let mut boots = Vec::new();
         for item in batch {
@@ -658,15 +659,37 @@ impl TaskService {
                 Incoming::Boot { device_id, boot_id } => boots.push((device_id, boot_id)),
             }
         }
-        // A device's answers arrive before it reboots and says it is back,
-        // so answers go first: a reboot is `in_progress` before its boot.
-        self.handle_answers(answers, now).await?;
-        self.handle_boots(boots, now).await
+        let mut wait = Duration::from_millis(100);
+        for attempt in 1..=8 {
+            let now = store::now_millis();
+            // A device's answers arrive before it reboots and says it is
+            // back, so answers go first: a reboot is `in_progress` before
+            // its boot.
+            let written = match self.handle_answers(&answers, now).await {
+                Ok(()) => self.handle_boots(&boots, now).await,
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(()) => return,
+                Err(e) if attempt < 8 => {
+                    tracing::warn!(error = %e, retry_in = ?wait, "task answers not written; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    let lost = answers.len() + boots.len();
+                    self.counters
+                        .answers_dropped
+                        .fetch_add(lost as u64, Ordering::Relaxed);
+                    tracing::warn!(error = %e, dropped = lost, "task answers given up; their executions meet their deadlines");
+                }
+            }
+        }
     }
 
     async fn handle_answers(
         &self,
-        answers: Vec<(i64, String, TaskAnswer)>,
+        answers: &[(i64, String, TaskAnswer)],
         now: i64,
     ) -> Result<(), StoreError> {
         if answers.is_empty() {
@@ -694,6 +717,7 @@ impl TaskService {
         let mut changes = Vec::new();
         let mut rows = Vec::new();
         for (device_id, mac, answer) in answers {
+            let device_id = *device_id;
             let Some(row) = open
                 .get_mut(&answer.id)
                 .filter(|e| e.device_id == device_id)
@@ -702,7 +726,7 @@ impl TaskService {
                     "answer to execution {}, which is not open for this device (never sent to it, final, or past its deadline)",
                     answer.id
                 );
-                self.refuse(device_id, &mac, why).await;
+                self.refuse(device_id, mac, why).await;
                 continue;
             };
             if row.state == "queued" || i64::from(answer.attempt) != row.attempt {
@@ -710,10 +734,10 @@ impl TaskService {
                     "answer to attempt {} of execution {}, which is at attempt {} ({})",
                     answer.attempt, answer.id, row.attempt, row.state
                 );
-                self.refuse(device_id, &mac, why).await;
+                self.refuse(device_id, mac, why).await;
                 continue;
             }
-            let change = decide(row, &answer, running.contains(&row.job_id), now);
+            let change = decide(row, answer, running.contains(&row.job_id), now);
             // Later answers of this batch start from this one's outcome;
             // each change is conditional on the one before, applied in order.
             rows.push(row.clone());
@@ -726,12 +750,12 @@ impl TaskService {
 
     /// Devices back online with a boot id: their reboots that were under
     /// way with another boot id succeeded.
-    async fn handle_boots(&self, boots: Vec<(i64, String)>, now: i64) -> Result<(), StoreError> {
+    async fn handle_boots(&self, boots: &[(i64, String)], now: i64) -> Result<(), StoreError> {
         if boots.is_empty() {
             return Ok(());
         }
         // The latest boot of each device.
-        let latest: HashMap<i64, String> = boots.into_iter().collect();
+        let latest: HashMap<i64, String> = boots.iter().cloned().collect();
         let pairs: Vec<(i64, String)> = latest.iter().map(|(d, b)| (*d, b.clone())).collect();
         self.store.set_devices_boot_ids(&pairs).await?;
         let devices: Vec<i64> = latest.keys().copied().collect();

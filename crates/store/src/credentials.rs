@@ -116,9 +116,14 @@ impl Store {
             return Ok(());
         }
         let now = now_millis();
+        // Rows locked in id order, as every batch update of devices does:
+        // two transactions never wait on each other in a cycle (PostgreSQL
+        // deadlock). Stable, so one device's changes keep their order.
+        let mut changes = changes.to_vec();
+        changes.sort_by_key(|(device, _)| *device);
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            for (device_id, online) in changes {
+            for (device_id, online) in &changes {
                 let changed = if *online {
                     sqlx::query("UPDATE devices SET online = $1, last_seen_at = $2, online_instance = $3 WHERE id = $4")
                         .bind(true)

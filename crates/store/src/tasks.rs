@@ -718,9 +718,12 @@ impl Store {
         if boots.is_empty() {
             return Ok(());
         }
+        // In id order, as every batch update of devices: no deadlock.
+        let mut boots = boots.to_vec();
+        boots.sort_by_key(|(device, _)| *device);
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            for (device, boot_id) in boots {
+            for (device, boot_id) in &boots {
                 sqlx::query("UPDATE devices SET boot_id = $1 WHERE id = $2")
                     .bind(boot_id)
                     .bind(*device)

@@ -239,9 +239,12 @@ impl Store {
         if versions.is_empty() {
             return Ok(());
         }
+        // In id order, as every batch update of devices: no deadlock.
+        let mut versions = versions.to_vec();
+        versions.sort_by_key(|(device, _)| *device);
         with_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            for (device_id, version) in versions {
+            for (device_id, version) in &versions {
                 sqlx::query(
                     "UPDATE devices SET firmware_version = $1 WHERE id = $2 \
                      AND (firmware_version IS NULL OR firmware_version <> $1)",
