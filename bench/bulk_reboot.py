@@ -35,6 +35,9 @@ def main():
     p.add_argument("--reboot-ms", type=int, default=3000)
     p.add_argument("--bin", default="target/release/telemark")
     p.add_argument("--database")
+    p.add_argument("--offline-secs", type=int, default=0,
+                   help="then stop the fleet, queue a ping for every device, wait this long, "
+                        "restart the fleet and time each task from the reconnect")
     a = p.parse_args()
     work = tempfile.mkdtemp(prefix="telemark-reboot-")
     http, mqtt = free_port(), free_port()
@@ -108,6 +111,37 @@ def main():
           f"{final} s (job created → last final); counts {json.dumps(j['counts'], sort_keys=True)}")
     sim.send_signal(signal.SIGTERM)
     sim.wait(timeout=120)
+    if a.offline_secs:
+        while call("GET", "/statistics")["online_devices"]["value"] > 0:
+            time.sleep(1)
+        job = call("POST", "/jobs", {"type": "ping", "params": {"host": "127.0.0.1", "count": 1}, "filter": {}})
+        print(f"fleet offline; a ping queued for each of {job['total']} devices; waiting {a.offline_secs} s", flush=True)
+        time.sleep(a.offline_secs)
+        back = time.time()
+        sim = subprocess.Popen(
+            [a.bin, "sim", "--fleet", f"{work}/fleet.csv", "--broker", f"mqtt://127.0.0.1:{mqtt}", "--interval", "1"],
+            env=env, stdout=subprocess.DEVNULL,
+        )
+        while not call("GET", f"/jobs/{job['id']}")["finished_at"] and time.time() - back < 600:
+            time.sleep(0.5)
+        sent, done = [], []
+        before = None
+        while True:
+            page = call("GET", f"/jobs/{job['id']}/executions?limit=1000" + (f"&before_id={before}" if before else ""))
+            for e in page:
+                sent.append(e["sent_at"] / 1000 - back)
+                done.append(e["finished_at"] / 1000 - back)
+            if len(page) < 1000:
+                break
+            before = page[-1]["id"]
+        sent.sort()
+        done.sort()
+        q = lambda xs, f: xs[min(len(xs) - 1, int(f * len(xs)))]
+        print(f"after {a.offline_secs} s offline: from the fleet's restart, sent p50 {q(sent, .5):.2f} s, "
+              f"p99 {q(sent, .99):.2f} s, max {sent[-1]:.2f} s; final p50 {q(done, .5):.2f} s, p99 {q(done, .99):.2f} s, "
+              f"max {done[-1]:.2f} s ({len(done)} executions; the simulator spreads its reconnects over its first second)")
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(timeout=120)
     serve.send_signal(signal.SIGTERM)
     serve.wait(timeout=300)
 
