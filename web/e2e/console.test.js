@@ -290,11 +290,17 @@ test("search a device's black-box logs", () =>
 test("run a diagnostic on a device and read its result table, then a bulk job", () =>
   inBrowser("tasks", async (page) => {
   await page.goto(`${base}/devices/${fleet["harbour-001"]}`);
+  // The radio panel: what hardware/lte said, and the modem read on demand.
+  await page.waitForSelector("[data-testid=radio] >> text=Telia");
+  await page.click("[data-testid=radio] >> text=Read modem now");
+  await page.waitForSelector("[data-testid=radio] >> text=Reading the modem…");
+  await page.waitForSelector("[data-testid=radio] >> text=Read modem now", { timeout: 20_000 });
   await page.click("role=tab[name='Tasks']");
+  await page.waitForSelector("[data-testid=device-tasks] tr:has-text('Modem status') .badge:text('succeeded')");
   await page.selectOption("select[aria-label='task type']", "traceroute");
   await page.fill("[data-testid=task-form] input[name=host]", "127.0.0.1");
   await page.click("[data-testid=task-form] button[type=submit]");
-  await page.waitForSelector("[data-testid=task-result] .badge:text('succeeded')", { timeout: 20_000 });
+  await page.waitForSelector("[data-testid=task-result]:has-text('Traceroute') .badge:text('succeeded')", { timeout: 20_000 });
   const hops = page.locator("[data-testid=hops] tbody tr");
   assert.ok((await hops.count()) >= 4, "the traceroute's hops as table rows");
   assert.equal(await hops.last().locator("td").nth(1).textContent(), "127.0.0.1");

@@ -380,3 +380,28 @@ export interface Job {
   abort_min_finished: number | null;
   counts: Partial<Record<ExecutionState, number>>;
 }
+
+export interface RadioState {
+  technology: string | null;
+  band: string | null;
+  carrier_aggregation: { band: string; pci: number | null; rsrp_dbm: number | null }[];
+  operator: string | null;
+  cell_id: number | null;
+  smcc: number | null;
+  smnc: number | null;
+  source: "telemetry" | "modem_status";
+  updated_at: number;
+}
+
+export interface RadioChange {
+  id: number;
+  at: number;
+  kind: string;
+  before: string | null;
+  after: string | null;
+}
+
+export interface Radio {
+  state: RadioState | null;
+  changes: RadioChange[];
+}

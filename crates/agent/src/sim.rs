@@ -40,7 +40,14 @@ pub struct SimulatedDevice {
     firmware: String,
     /// Changes with every (simulated) reboot, as the kernel's does.
     pub boot_id: String,
+    /// The serving cell and band: a handover now and then, to the low band
+    /// when the signal fades.
+    cell_id: u64,
+    band: &'static str,
 }
+
+/// Cells of the simulated operator, one of which serves each device.
+const CELLS: [u64; 4] = [2_650_113, 2_650_114, 2_650_371, 2_651_009];
 
 fn new_boot_id() -> String {
     let b: [u8; 16] = rand::random();
@@ -70,6 +77,8 @@ impl SimulatedDevice {
             uptime: rng.random_range(600..3_000_000),
             firmware: firmware.to_owned(),
             boot_id: new_boot_id(),
+            cell_id: CELLS[rng.random_range(0..CELLS.len())],
+            band: "B3",
         }
     }
 
@@ -99,14 +108,19 @@ impl SimulatedDevice {
             rsrq_db: Some((-3.0 + (rsrp + 80.0) * 0.35).clamp(-20.0, -3.0)),
             sinr_db: Some((25.0 + (rsrp + 80.0) * 0.8).clamp(-5.0, 30.0)),
             rssi_dbm: Some(rsrp + 28.0),
-            band: Some("B3".into()),
-            carrier_aggregation: vec![CarrierComponent {
-                band: "B7".into(),
-                pci: Some(301),
-                rsrp_dbm: Some(rsrp - 6.0),
-            }],
+            band: Some(self.band.into()),
+            // No secondary cell on the low band.
+            carrier_aggregation: if self.band == "B3" {
+                vec![CarrierComponent {
+                    band: "B7".into(),
+                    pci: Some(301),
+                    rsrp_dbm: Some(rsrp - 6.0),
+                }]
+            } else {
+                Vec::new()
+            },
             operator: Some("Telia".into()),
-            cell_id: Some(2_650_113),
+            cell_id: Some(self.cell_id),
             smcc: Some(244),
             smnc: Some(91),
         }
@@ -159,6 +173,12 @@ impl SimulatedDevice {
         } else {
             self.rsrp.clamp(-110.0, -70.0)
         };
+        // Handovers: now and then to a neighbour cell; a fade drops the
+        // device to the 800 MHz band and its end brings it back.
+        if rng.random_bool(0.003) {
+            self.cell_id = CELLS[rng.random_range(0..CELLS.len())];
+        }
+        self.band = if self.fade > 0 { "B20" } else { "B3" };
         let hour = (ts / 3_600_000) % 24;
         let day = 0.5 - 0.5 * ((hour as f64 - 3.0) / 24.0 * std::f64::consts::TAU).cos();
         let rx_bps = 2.0e6 * (0.1 + 0.9 * day) * rng.random_range(0.6..1.4);

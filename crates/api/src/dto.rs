@@ -1063,3 +1063,38 @@ pub struct ExecutionListQuery {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RadioStateDto {
+    /// `lte`, `nr5g-nsa`, `nr5g-sa`, `umts`, `gsm`.
+    pub technology: Option<String>,
+    pub band: Option<String>,
+    /// Secondary cells: `[{band, pci, rsrp_dbm}]`.
+    #[schema(value_type = Vec<Object>)]
+    pub carrier_aggregation: serde_json::Value,
+    pub operator: Option<String>,
+    pub cell_id: Option<i64>,
+    pub smcc: Option<i64>,
+    pub smnc: Option<i64>,
+    /// `telemetry` (hardware/lte) or `modem_status` (the diagnostic).
+    pub source: String,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RadioChangeDto {
+    pub id: i64,
+    pub at: i64,
+    /// `band`, `cell`, `operator`, `technology` or `carrier_aggregation`.
+    pub kind: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RadioDto {
+    /// None until the device reported its radio.
+    pub state: Option<RadioStateDto>,
+    /// Handovers and other changes, newest first.
+    pub changes: Vec<RadioChangeDto>,
+}

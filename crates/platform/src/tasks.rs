@@ -864,7 +864,31 @@ impl TaskService {
     }
 
     /// What a succeeded execution changes beyond itself.
-    async fn complete(&self, completion: Completion, _now: i64) -> Result<(), StoreError> {
+    async fn complete(&self, completion: Completion, now: i64) -> Result<(), StoreError> {
+        if completion.kind == "modem_status"
+            && let Some(result) = completion
+                .result
+                .clone()
+                .and_then(|r| serde_json::from_value::<device_protocol::task::ModemResult>(r).ok())
+        {
+            // The diagnostic fills the same radio panel the telemetry does.
+            self.store
+                .record_radio(&[store::RadioState {
+                    device_id: completion.device_id,
+                    technology: result.technology,
+                    band: result.band,
+                    carrier_aggregation: crate::telemetry::carrier_json(
+                        &result.carrier_aggregation,
+                    ),
+                    operator: result.operator,
+                    cell_id: result.cell_id.and_then(|c| i64::try_from(c).ok()),
+                    smcc: None,
+                    smnc: None,
+                    source: "modem_status".into(),
+                    updated_at: now,
+                }])
+                .await?;
+        }
         if completion.kind == "license_deploy"
             && let Some(key) = completion
                 .result

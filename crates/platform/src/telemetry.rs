@@ -78,6 +78,8 @@ struct Pending {
     lines: std::collections::VecDeque<NewLogLine>,
     faults: HashMap<i64, (u64, String)>,
     firmware: HashMap<i64, String>,
+    /// The latest radio state each device reported since the last flush.
+    radio: HashMap<i64, store::RadioState>,
 }
 
 /// Device → metric → (device time, value).
@@ -409,6 +411,11 @@ impl Ingest {
             Reading::Firmware(f) => {
                 pending.firmware.insert(device.id, f.version);
             }
+            Reading::Lte(lte) => {
+                pending
+                    .radio
+                    .insert(device.id, radio_state(device.id, &lte));
+            }
             Reading::Status(status) => {
                 if let (Some(boot_id), Some(tasks)) = (&status.boot_id, self.tasks.get())
                     && status.state == "online"
@@ -462,7 +469,7 @@ impl Ingest {
     /// kept for the next flush (up to the backlog bound),
     /// so a short database outage loses nothing.
     pub async fn flush(&self) -> Result<usize, store::StoreError> {
-        let (mut readings, lines, faults, firmware) = {
+        let (mut readings, lines, faults, firmware, radio) = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             let take = pending.readings.len().min(MAX_TRANSACTION_ROWS);
             (
@@ -470,6 +477,7 @@ impl Ingest {
                 Vec::from(std::mem::take(&mut pending.lines)),
                 std::mem::take(&mut pending.faults),
                 std::mem::take(&mut pending.firmware),
+                std::mem::take(&mut pending.radio),
             )
         };
         // In key order, the insert walks each device's end of the table once.
@@ -485,7 +493,9 @@ impl Ingest {
             }
             let firmware: Vec<(i64, String)> =
                 firmware.iter().map(|(d, v)| (*d, v.clone())).collect();
-            self.store.set_devices_firmware(&firmware).await
+            self.store.set_devices_firmware(&firmware).await?;
+            let radio: Vec<store::RadioState> = radio.values().cloned().collect();
+            self.store.record_radio(&radio).await.map(|_| ())
         }
         .await;
         if let Err(e) = result {
@@ -512,6 +522,9 @@ impl Ingest {
             for (device_id, version) in firmware {
                 pending.firmware.entry(device_id).or_insert(version);
             }
+            for (device_id, state) in radio {
+                pending.radio.entry(device_id).or_insert(state);
+            }
             return Err(e);
         }
         self.counters
@@ -522,6 +535,27 @@ impl Ingest {
             .fetch_add(lines.len() as u64, Ordering::Relaxed);
         Ok(rows)
     }
+}
+
+/// A `hardware/lte` reading as the radio state it shows.
+pub fn radio_state(device_id: i64, lte: &device_protocol::Lte) -> store::RadioState {
+    store::RadioState {
+        device_id,
+        technology: Some(lte.technology.clone()),
+        band: lte.band.clone(),
+        carrier_aggregation: carrier_json(&lte.carrier_aggregation),
+        operator: lte.operator.clone(),
+        cell_id: lte.cell_id.and_then(|c| i64::try_from(c).ok()),
+        smcc: lte.smcc.map(i64::from),
+        smnc: lte.smnc.map(i64::from),
+        source: "telemetry".into(),
+        updated_at: lte.ts,
+    }
+}
+
+/// Carrier components as stored: `[{band, pci, rsrp_dbm}]`.
+pub fn carrier_json(components: &[device_protocol::CarrierComponent]) -> String {
+    serde_json::to_string(components).unwrap_or_else(|_| "[]".into())
 }
 
 /// Where the ingest reads device messages.

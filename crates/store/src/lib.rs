@@ -12,6 +12,7 @@ mod devices;
 mod imports;
 mod licenses;
 mod organisations;
+mod radio;
 mod sealed;
 mod statistics;
 mod tasks;
@@ -44,6 +45,7 @@ pub use devices::{
 pub use imports::{ImportBatch, ImportKind, ImportQuery, ImportRecord, Rejection};
 pub use licenses::{LicenseKey, LicenseQuery, ServiceModel};
 pub use organisations::{Organisation, OrganisationKind, Scope};
+pub use radio::{RadioChange, RadioState};
 pub use sealed::{SecretKey, SecretKeyring, key_path, write_key_file};
 pub use statistics::{Counters, today};
 pub use tasks::{

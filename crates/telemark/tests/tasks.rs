@@ -683,3 +683,87 @@ fn two_instances_on_one_postgres_send_each_execution_once() {
         assert_eq!(e["attempt"], 1, "sent once: {e}");
     }
 }
+
+#[test]
+fn the_radio_state_and_its_handovers_are_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let _platform = start_platform(&dir.path().join("data"), http_port, mqtt_port);
+    let api = Api::login(http_port, "admin", "first-admin-secret");
+    let device = register_device(http_port, &api.bearer, "RADIO1", "00:11:22:33:77:09");
+    let mac = "00-11-22-33-77-09";
+    let secret = secret_for(&api, device);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let lte = |ts: i64, band: &str, cell: u64, ca: &str| {
+        format!(
+            r#"{{"v":1,"ts":{ts},"technology":"lte","rsrp_dbm":-97.0,"rsrq_db":-11.0,"sinr_db":12.5,"rssi_dbm":-69.0,"band":"{band}","carrier_aggregation":[{ca}],"operator":"Telia","cell_id":{cell},"smcc":244,"smnc":91}}"#
+        )
+    };
+    for message in [
+        lte(
+            now - 2000,
+            "B3",
+            2650113,
+            r#"{"band":"B7","pci":301,"rsrp_dbm":-103.0}"#,
+        ),
+        lte(
+            now - 1000,
+            "B3",
+            2650113,
+            r#"{"band":"B7","pci":301,"rsrp_dbm":-109.0}"#,
+        ),
+        lte(now, "B20", 2650371, ""),
+    ] {
+        let out = pub_msg(
+            mqtt_port,
+            &format!("dwr/311-a1/{mac}/hardware/lte"),
+            &message,
+            &["-i", mac, "-u", mac, "-P", &secret, "-q", "1"],
+        );
+        assert!(out.status.success());
+        // One flush each, so each reading is compared with the one before.
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    let mut radio = Value::Null;
+    assert!(
+        eventually(10, || {
+            radio = api.get(&format!("/api/v1/devices/{device}/radio"));
+            radio["changes"].as_array().is_some_and(|c| c.len() == 3)
+        }),
+        "{radio}"
+    );
+    assert_eq!(radio["state"]["band"], "B20");
+    assert_eq!(radio["state"]["cell_id"], 2650371);
+    assert_eq!(radio["state"]["operator"], "Telia");
+    let kinds: Vec<&str> = radio["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter_map(|c| c["kind"].as_str())
+        .collect();
+    // A signal that moves is no change; band, cell and the secondary cell are.
+    assert_eq!(kinds.iter().filter(|k| **k == "band").count(), 1, "{radio}");
+    assert_eq!(kinds.iter().filter(|k| **k == "cell").count(), 1, "{radio}");
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == "carrier_aggregation")
+            .count(),
+        1,
+        "{radio}"
+    );
+    let band = radio["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .find(|c| c["kind"] == "band")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (band["before"].as_str(), band["after"].as_str()),
+        (Some("B3"), Some("B20"))
+    );
+}

@@ -35,7 +35,7 @@ import {
 } from "../components/ui";
 import { licenseTone } from "./devices";
 import { AlarmTable } from "./alarms";
-import { DeviceTasks } from "./tasks";
+import { DeviceTasks, RadioPanel } from "./tasks";
 
 const RANGES: [string, number][] = [
   ["1 h", 3600_000],
@@ -133,7 +133,12 @@ export function DeviceDetail() {
               </button>
             ))}
           </nav>
-          {tab === "overview" && <Charts deviceId={id} />}
+          {tab === "overview" && (
+            <>
+              <RadioPanel device={d} />
+              <Charts deviceId={id} />
+            </>
+          )}
           {tab === "tasks" && <DeviceTasks device={d} />}
           {tab === "logs" && <Logs deviceId={id} />}
           {tab === "presence" && <Presence deviceId={id} />}

@@ -5,7 +5,7 @@
 
 import { useEffect, useState } from "preact/hooks";
 import { useLocation, useRoute } from "preact-iso";
-import { api, type Device, type DevicePage, type Execution, type ExecutionState, type Job } from "../api";
+import { api, type Device, type DevicePage, type Execution, type ExecutionState, type Job, type Radio } from "../api";
 import { canRunTasks } from "../session";
 import {
   Badge,
@@ -642,5 +642,92 @@ export function JobDetail() {
         </Page>
       )}
     </LoadState>
+  );
+}
+
+const CHANGE_LABEL: Record<string, string> = {
+  band: "Band",
+  cell: "Cell handover",
+  operator: "Operator",
+  technology: "Technology",
+  carrier_aggregation: "Carrier aggregation",
+};
+
+function carriers(bands: string | null): string {
+  return bands ? bands.replaceAll("+", " + ") : "none";
+}
+
+/** The radio the device is on, its recent handovers, and a modem read on demand. */
+export function RadioPanel({ device }: { device: Device }) {
+  const radio = useLoad((signal) => api<Radio>(`/devices/${device.id}/radio`, { signal, query: { limit: 10 } }), [device.id]);
+  const [reading, setReading] = useState<number | null>(null);
+  const { error, run } = useAction();
+  useInterval(() => radio.reload(), reading ? 1000 : 30_000);
+  useEffect(() => {
+    if (!reading) return;
+    const check = setInterval(async () => {
+      const e = await api<Execution>(`/executions/${reading}`);
+      if (!OPEN.includes(e.state)) {
+        setReading(null);
+        radio.reload();
+      }
+    }, 1000);
+    return () => clearInterval(check);
+  }, [reading]);
+  const r = radio.data?.state;
+  return (
+    <section class="card radio" data-testid="radio">
+      <header class="card-head">
+        <h3>Radio</h3>
+        {canRunTasks.value && (
+          <button
+            type="button"
+            disabled={!!reading || !device.online}
+            title={device.online ? "Ask the modem now (modem_status task)" : "The device is offline"}
+            onClick={() =>
+              run(async () => {
+                const e = await api<Execution>(`/devices/${device.id}/tasks`, { method: "POST", body: { type: "modem_status" } });
+                setReading(e.id);
+              })
+            }
+          >
+            {reading ? "Reading the modem…" : "Read modem now"}
+          </button>
+        )}
+      </header>
+      {error && <ErrorBox error={error} />}
+      {!r ? (
+        <p class="empty">No radio reported yet.</p>
+      ) : (
+        <>
+          <Pairs
+            rows={[
+              ["Technology", text(r.technology)],
+              ["Band", text(r.band)],
+              ["Carrier aggregation", r.carrier_aggregation.length ? [r.band, ...r.carrier_aggregation.map((c) => c.band)].filter(Boolean).join(" + ") : "none"],
+              ["Operator", r.smcc && r.smnc ? `${text(r.operator)} (${r.smcc}-${r.smnc})` : text(r.operator)],
+              ["Cell", text(r.cell_id)],
+              ["From", `${r.source === "modem_status" ? "modem status" : "telemetry"}, ${formatTime(r.updated_at)}`],
+            ]}
+          />
+          {radio.data!.changes.length > 0 && (
+            <Table
+              testId="radio-changes"
+              columns={[
+                { title: "When", cell: (c) => <Time ms={c.at} /> },
+                { title: "Change", cell: (c) => CHANGE_LABEL[c.kind] ?? c.kind },
+                {
+                  title: "From → to",
+                  cell: (c) =>
+                    c.kind === "carrier_aggregation" ? `${carriers(c.before)} → ${carriers(c.after)}` : `${text(c.before)} → ${text(c.after)}`,
+                },
+              ]}
+              rows={radio.data!.changes}
+              rowKey={(c) => c.id}
+            />
+          )}
+        </>
+      )}
+    </section>
   );
 }

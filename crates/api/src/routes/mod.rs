@@ -58,6 +58,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(telemetry::device_faults))
         .routes(routes!(telemetry::device_live))
         .routes(routes!(telemetry::device_presence))
+        .routes(routes!(telemetry::device_radio))
         .routes(routes!(devices::device_ca))
         .routes(routes!(devices::get_import))
         .routes(routes!(devices::list_imports))

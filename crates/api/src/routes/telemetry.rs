@@ -287,3 +287,54 @@ pub(super) async fn device_presence(
             .collect(),
     ))
 }
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}/radio",
+    tag = "telemetry",
+    params(("id" = i64, Path, description = "the object's id"), PresenceQuery),
+    responses(
+        (status = 200, description = "the radio the device is on (technology, band, carrier aggregation, operator, cell) and its changes, newest first", body = RadioDto),
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 404, response = crate::error::NotInScope)
+    )
+)]
+pub(super) async fn device_radio(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Id(id): Id,
+    q: Result<Query<PresenceQuery>, QueryRejection>,
+) -> Result<Json<RadioDto>, ApiError> {
+    let q = query(q)?;
+    let scope = &caller.session.scope;
+    let radio = state.store.radio_state(scope, id).await?;
+    let changes = state
+        .store
+        .radio_changes(scope, id, q.before_id, page_limit(q.limit, 50, 1000)?)
+        .await?;
+    Ok(Json(RadioDto {
+        state: radio.map(|r| RadioStateDto {
+            technology: r.technology,
+            band: r.band,
+            carrier_aggregation: serde_json::from_str(&r.carrier_aggregation)
+                .unwrap_or(serde_json::Value::Array(Vec::new())),
+            operator: r.operator,
+            cell_id: r.cell_id,
+            smcc: r.smcc,
+            smnc: r.smnc,
+            source: r.source,
+            updated_at: r.updated_at,
+        }),
+        changes: changes
+            .into_iter()
+            .map(|c| RadioChangeDto {
+                id: c.id,
+                at: c.at,
+                kind: c.kind,
+                before: c.before_value,
+                after: c.after_value,
+            })
+            .collect(),
+    }))
+}
