@@ -185,23 +185,6 @@ fn luhn_complete(digits: &str) -> String {
     format!("{digits}{}", (10 - sum % 10) % 10)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn luhn_check_digits_validate() {
-        let imei = super::luhn_complete("35693803100000");
-        assert!(
-            platform::identifiers::validate_imei(&imei).is_ok(),
-            "{imei}"
-        );
-        let iccid = super::luhn_complete("894601000002000000");
-        assert!(
-            platform::identifiers::validate_iccid(&iccid).is_ok(),
-            "{iccid}"
-        );
-    }
-}
-
 /// The demo's jobs, made once the fleet is online on first start: a radio
 /// check of every device that finishes at once, and a configuration rollout
 /// at a tenth of the fleet a minute that is still running when the newcomer
@@ -257,5 +240,22 @@ pub async fn start_jobs(store: Store, tasks: std::sync::Arc<platform::tasks::Tas
     .await;
     if let Err(e) = result {
         tracing::warn!(error = %e, "the demo's jobs were not started");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn luhn_check_digits_validate() {
+        let imei = super::luhn_complete("35693803100000");
+        assert!(
+            platform::identifiers::validate_imei(&imei).is_ok(),
+            "{imei}"
+        );
+        let iccid = super::luhn_complete("894601000002000000");
+        assert!(
+            platform::identifiers::validate_iccid(&iccid).is_ok(),
+            "{iccid}"
+        );
     }
 }
