@@ -370,7 +370,7 @@ fn start_task(client: &AsyncClient, p: &Provisioning, payload: &[u8], seen: &mut
                 task::status_topic(&p.model, &p.device_id, request.id)
             }
         };
-        match crate::tasks::run(&request, &p.device_id, &p.tasks).await {
+        match crate::tasks::run(&request, &p).await {
             crate::tasks::Outcome::Final(answer) => {
                 let _ = client
                     .publish(answer_to(true), QoS::AtLeastOnce, false, answer.to_json())

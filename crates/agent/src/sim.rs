@@ -518,7 +518,7 @@ async fn run_device(
                 read = conn.read() => {
                     if read.is_err() { break false; }
                     for payload in std::mem::take(&mut conn.requests) {
-                        answers.take(&payload, &mut state, &device, &options);
+                        answers.take(&payload, &mut state, &device, &options).await;
                     }
                     continue;
                 }

@@ -58,8 +58,9 @@ impl SimAnswers {
         due.into_iter().map(|(_, d)| d).collect()
     }
 
-    /// Takes a request and schedules its answers.
-    pub(crate) fn take(
+    /// Takes a request and schedules its answers. A black-box request is
+    /// uploaded here, before its answer is scheduled.
+    pub(crate) async fn take(
         &mut self,
         payload: &[u8],
         state: &mut SimulatedDevice,
@@ -75,7 +76,15 @@ impl SimAnswers {
         let now = Instant::now();
         let status_topic = task::status_topic(&device.model, &device.device_id, request.id);
         let result_topic = task::result_topic(&device.model, &device.device_id, request.id);
-        let (delay, answer) = simulate(&request, state, device, options);
+        let (delay, answer) = match TaskParams::from_parts(&request.kind, &request.params) {
+            Ok(TaskParams::BlackBox(task::BlackBox {
+                upload_url: Some(url),
+            })) if request.deadline > now_millis() => (
+                Duration::ZERO,
+                upload_bundle(&request, &url, state, device).await,
+            ),
+            _ => simulate(&request, state, device, options),
+        };
         if request.kind == "reboot" && answer.state == AnswerState::InProgress {
             self.waiting.push_back((
                 now,
@@ -423,4 +432,51 @@ fn simulate(
             ),
         },
     }
+}
+
+/// A simulated device's bundle: its readings now, a few log lines, its modem.
+async fn upload_bundle(
+    request: &TaskRequest,
+    url: &str,
+    state: &mut SimulatedDevice,
+    device: &SimDevice,
+) -> TaskAnswer {
+    let now = now_millis();
+    let readings: Vec<serde_json::Value> = state
+        .tick(now, 1)
+        .iter()
+        .filter_map(|r| {
+            let mut v: serde_json::Value = serde_json::from_slice(&r.to_json()).ok()?;
+            v["topic"] = r.topic().suffix().into();
+            Some(v)
+        })
+        .collect();
+    let bundle = serde_json::json!({
+        "v": 1,
+        "device": device.device_id,
+        "model": device.model,
+        "created_at": now,
+        "agent": concat!("sim ", env!("CARGO_PKG_VERSION")),
+        "boot_id": state.boot_id,
+        "readings": readings,
+        "syslog": [
+            "kernel: wwan0: carrier on",
+            "ModemManager: modem 0: state changed (registered -> connected)",
+            "dnsmasq-dhcp: DHCPACK(br-lan) 192.168.1.23 lan-client",
+        ],
+        "dmesg": ["[    0.000000] Linux version 5.15.137 (builder@telemark) #0 SMP"],
+        "config": {"version": 1, "document": {"apn": "internet"}},
+        "modem": state.lte_now(),
+    });
+    let sections = ["readings", "syslog", "dmesg", "config", "modem"]
+        .map(str::to_owned)
+        .to_vec();
+    crate::tasks::upload(
+        request,
+        url,
+        bundle.to_string().into_bytes(),
+        sections,
+        Duration::from_secs(20),
+    )
+    .await
 }

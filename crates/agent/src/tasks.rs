@@ -97,7 +97,8 @@ fn succeeded(request: &TaskRequest, result: impl serde::Serialize) -> TaskAnswer
 }
 
 /// Runs one request on this system.
-pub async fn run(request: &TaskRequest, device_id: &str, settings: &TaskSettings) -> Outcome {
+pub async fn run(request: &TaskRequest, p: &crate::Provisioning) -> Outcome {
+    let (device_id, settings) = (p.device_id.as_str(), &p.tasks);
     if request.deadline <= now_millis() {
         return Outcome::Final(rejected(
             request,
@@ -131,9 +132,10 @@ pub async fn run(request: &TaskRequest, device_id: &str, settings: &TaskSettings
         TaskParams::Configure(c) => {
             configure(request, c.version, &c.document, budget, settings).await
         }
-        TaskParams::BlackBox(_) => {
-            rejected(request, "black_box: this agent has no bundle upload yet")
-        }
+        TaskParams::BlackBox(b) => match b.upload_url {
+            Some(url) => black_box(request, &url, p, budget).await,
+            None => rejected(request, "black_box: the request carries no upload_url"),
+        },
         TaskParams::Shell(s) => shell(request, &s.command, budget, settings).await,
     };
     Outcome::Final(outcome)
@@ -545,6 +547,143 @@ async fn shell(
             a
         }
         Err(e) => failed(request, e),
+    }
+}
+
+/// The last `n` lines of a text file, if it can be read.
+fn tail(path: &Path, n: usize) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    Some(
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| (*l).to_owned())
+            .collect(),
+    )
+}
+
+/// Collects the bundle (fresh readings, the followed log's tail, kernel
+/// messages, the applied configuration, the modem, the provisioning minus
+/// its secret) and PUTs it to the one-time URL.
+async fn black_box(
+    request: &TaskRequest,
+    url: &str,
+    p: &crate::Provisioning,
+    budget: Duration,
+) -> TaskAnswer {
+    let mut collector = crate::collect::SystemCollector::new(None);
+    let readings: Vec<serde_json::Value> = [
+        collector.loadavg(),
+        collector.memory(),
+        collector.cpu(),
+        collector.traffic(),
+        collector.uptime(),
+        collector.ipv4(),
+        collector.lte(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|r| {
+        let mut v: serde_json::Value = serde_json::from_slice(&r.to_json()).ok()?;
+        v["topic"] = r.topic().suffix().into();
+        Some(v)
+    })
+    .collect();
+    let limit = Duration::from_secs(5);
+    let dmesg = capture("dmesg", &[], limit, 256 * 1024)
+        .await
+        .ok()
+        .map(|c| {
+            c.output
+                .lines()
+                .rev()
+                .take(200)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        });
+    let modem = capture("mmcli", &["-J", "-m", "any"], limit, 1 << 20)
+        .await
+        .ok()
+        .filter(|c| c.code == Some(0))
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(&c.output).ok());
+    let config = std::fs::read_to_string(&p.tasks.config_file)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let syslog = p.log_file.as_deref().and_then(|f| tail(f, 500));
+    let bundle = serde_json::json!({
+        "v": 1,
+        "device": p.device_id,
+        "model": p.model,
+        "created_at": now_millis(),
+        "agent": env!("CARGO_PKG_VERSION"),
+        "boot_id": p.tasks.boot_id(),
+        "readings": readings,
+        "syslog": syslog,
+        "dmesg": dmesg,
+        "config": config,
+        "modem": modem,
+        "provisioning": {"broker": p.broker, "buffer_dir": p.buffer_dir, "log_file": p.log_file, "intervals": {
+            "hardware": p.intervals.hardware, "network": p.intervals.network, "lte": p.intervals.lte,
+            "uptime": p.intervals.uptime, "logs": p.intervals.logs}},
+    });
+    let sections: Vec<String> = [
+        "readings",
+        "syslog",
+        "dmesg",
+        "config",
+        "modem",
+        "provisioning",
+    ]
+    .iter()
+    .filter(|s| !bundle[**s].is_null())
+    .map(|s| (*s).to_owned())
+    .collect();
+    let body = bundle.to_string().into_bytes();
+    upload(request, url, body, sections, budget).await
+}
+
+/// PUTs a bundle and answers with its size and digest.
+pub async fn upload(
+    request: &TaskRequest,
+    url: &str,
+    body: Vec<u8>,
+    sections: Vec<String>,
+    budget: Duration,
+) -> TaskAnswer {
+    use sha2::Digest;
+    let sha256: String = sha2::Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let bytes = body.len() as u64;
+    let client = match reqwest::Client::builder()
+        .timeout(budget)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return failed(request, e.to_string()),
+    };
+    match client
+        .put(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => succeeded(
+            request,
+            device_protocol::task::BlackBoxResult {
+                bytes,
+                sha256,
+                sections,
+            },
+        ),
+        Ok(r) => failed(request, format!("upload refused: HTTP {}", r.status())),
+        Err(e) => failed(request, format!("upload failed: {e}")),
     }
 }
 

@@ -1098,3 +1098,29 @@ pub struct RadioDto {
     /// Handovers and other changes, newest first.
     pub changes: Vec<RadioChangeDto>,
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BundleDto {
+    pub id: i64,
+    pub device_id: i64,
+    /// The black_box execution that asked for it.
+    pub execution_id: i64,
+    pub size: Option<i64>,
+    pub sha256: Option<String>,
+    pub created_at: i64,
+    pub received_at: Option<i64>,
+}
+
+impl From<store::Bundle> for BundleDto {
+    fn from(b: store::Bundle) -> Self {
+        BundleDto {
+            id: b.id,
+            device_id: b.device_id,
+            execution_id: b.execution_id,
+            size: b.size,
+            sha256: b.sha256,
+            created_at: b.created_at,
+            received_at: b.received_at,
+        }
+    }
+}

@@ -46,6 +46,8 @@ pub enum ApiError {
         detail: String,
         errors: Vec<FieldError>,
     },
+    /// The body is larger than this operation takes.
+    TooLarge(String),
     Internal(String),
 }
 
@@ -111,6 +113,13 @@ impl IntoResponse for ApiError {
                 StatusCode::CONFLICT,
                 "conflict",
                 "Conflict",
+                d.clone(),
+                &[][..],
+            ),
+            ApiError::TooLarge(d) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Too large",
                 d.clone(),
                 &[][..],
             ),

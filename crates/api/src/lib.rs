@@ -35,6 +35,8 @@ pub struct ApiOptions {
     pub ingest: Option<Arc<platform::telemetry::Ingest>>,
     /// The alarm engine: told of rule changes and acknowledgements.
     pub alarms: Option<Arc<platform::alarms::AlarmEngine>>,
+    /// Where black-box bundles are kept (`black-box/` below it).
+    pub data_dir: Option<std::path::PathBuf>,
     /// Remote tasks: woken when a job is created, its events for live pages.
     pub tasks: Option<Arc<platform::tasks::TaskService>>,
     /// The password-login throttle, shared with the embedded broker so a

@@ -339,8 +339,11 @@ pub struct Configure {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlackBox {
-    /// Where to PUT the bundle; valid for this execution only.
-    pub upload_url: String,
+    /// Where to PUT the bundle; valid for this execution only. The
+    /// platform makes it when it sends the request: a user does not choose
+    /// where a device's black box goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -466,7 +469,7 @@ impl TaskParams {
             {
                 return Err(format!("command must be 1 to {MAX_COMMAND} bytes"));
             }
-            TaskParams::BlackBox(b) if b.upload_url.len() > 2048 => {
+            TaskParams::BlackBox(b) if b.upload_url.as_ref().is_some_and(|u| u.len() > 2048) => {
                 return Err("upload_url longer than 2048 bytes".into());
             }
             _ => {}
@@ -533,6 +536,15 @@ pub struct ModemResult {
     pub cell_id: Option<u64>,
     pub carrier_aggregation: Vec<crate::CarrierComponent>,
     pub raw: String,
+}
+
+/// `black_box`'s result: what was uploaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct BlackBoxResult {
+    pub bytes: u64,
+    pub sha256: String,
+    /// What the bundle holds, e.g. `readings`, `syslog`, `dmesg`, `config`, `modem`.
+    pub sections: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -112,6 +112,15 @@ pub async fn create_job(
 ) -> Result<TaskJob, TaskError> {
     let params =
         TaskParams::from_parts(&request.kind, &request.params).map_err(|m| field("params", m))?;
+    if let TaskParams::BlackBox(b) = &params
+        && b.upload_url.is_some()
+    {
+        // Where a device's black box goes is the platform's choice alone.
+        return Err(field(
+            "params",
+            "upload_url is made by the platform for each execution",
+        ));
+    }
     let range = |name: &'static str, value: Option<i64>, min: i64, max: i64, default: i64| {
         let v = value.unwrap_or(default);
         if v < min || v > max {
@@ -449,6 +458,8 @@ struct Completion {
 
 pub struct TaskService {
     store: Store,
+    /// The platform's base URL as devices reach it, for black-box uploads.
+    upload_base: Option<String>,
     /// With an embedded broker: this instance, which sends only to the
     /// devices connected to it.
     instance: Option<String>,
@@ -464,14 +475,18 @@ impl TaskService {
     /// `instance`: the id this platform instance records devices' presence
     /// under, when its embedded broker holds their connections; None when
     /// every instance reaches every device (an external broker).
+    /// `upload_base`: the platform's URL as devices reach it (black-box
+    /// uploads go to `{upload_base}/api/v1/black-box/{token}`).
     pub fn new(
         store: Store,
         transport: Arc<dyn TaskTransport>,
         instance: Option<String>,
+        upload_base: Option<String>,
     ) -> Arc<Self> {
         let (incoming, receiver) = mpsc::channel(ANSWER_QUEUE);
         Arc::new(TaskService {
             store,
+            upload_base,
             instance,
             transport,
             incoming,
@@ -561,7 +576,14 @@ impl TaskService {
                 .claim_executions(job, now, CLAIM_BATCH, instance)
                 .await?;
             for execution in &claimed {
-                self.send(execution, now);
+                let mut params: serde_json::Value =
+                    serde_json::from_str(&execution.parameters).unwrap_or_default();
+                if execution.kind == "black_box"
+                    && let Some(base) = &self.upload_base
+                {
+                    params["upload_url"] = self.bundle_slot(base, execution).await?.into();
+                }
+                self.send(execution, params, now);
                 self.event(job, execution.id, execution.device_id, "sent");
             }
             sent += claimed.len();
@@ -570,7 +592,29 @@ impl TaskService {
         Ok(sent)
     }
 
-    fn send(&self, execution: &ClaimedExecution, now: i64) {
+    /// A one-time upload URL for a black-box execution, valid until its
+    /// deadline; only the token's SHA-256 is stored.
+    async fn bundle_slot(
+        &self,
+        base: &str,
+        execution: &ClaimedExecution,
+    ) -> Result<String, StoreError> {
+        let token = crate::accounts::new_token();
+        self.store
+            .open_bundle_slot(
+                execution.device_id,
+                execution.id,
+                &crate::accounts::sha256_hex(token.as_bytes()),
+                execution.deadline,
+            )
+            .await?;
+        Ok(format!(
+            "{}/api/v1/black-box/{token}",
+            base.trim_end_matches('/')
+        ))
+    }
+
+    fn send(&self, execution: &ClaimedExecution, params: serde_json::Value, now: i64) {
         let attempt = u32::try_from(execution.attempt).unwrap_or(u32::MAX);
         let request = TaskRequest {
             v: TASK_VERSION,
@@ -578,7 +622,7 @@ impl TaskService {
             id: execution.id,
             attempt,
             kind: execution.kind.clone(),
-            params: serde_json::from_str(&execution.parameters).unwrap_or(serde_json::Value::Null),
+            params,
             deadline: execution.deadline,
         };
         let (model, mac) = (&execution.topic_segment, &execution.mac);

@@ -7,6 +7,7 @@
 
 mod alarms;
 mod audit;
+mod bundles;
 mod credentials;
 mod devices;
 mod imports;
@@ -37,6 +38,7 @@ pub(crate) fn like_literal(text: &str) -> String {
 
 pub use alarms::{Alarm, AlarmQuery, AlarmRule, DeviceContext, NewAlarmRule, Webhook};
 pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
+pub use bundles::Bundle;
 pub use credentials::{DeviceLogin, PresenceChange};
 pub use devices::{
     Device, DeviceCursor, DeviceModel, DevicePage, DeviceQuery, DeviceSort, NewDevice,

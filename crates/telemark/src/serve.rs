@@ -139,6 +139,11 @@ pub(crate) async fn run_platform(
         store.clone(),
         Arc::new(ingest_feed::BrokerTaskTransport(running.broker.clone())),
         Some(instance.clone()),
+        Some(
+            args.public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", reachable(args.http))),
+        ),
     );
     ingest.set_tasks(tasks.clone());
     {
@@ -198,6 +203,7 @@ pub(crate) async fn run_platform(
         ingest: Some(ingest.clone()),
         alarms: Some(alarms.clone()),
         tasks: Some(tasks.clone()),
+        data_dir: Some(args.data.clone()),
         logins,
         webhooks,
         metrics: Some(render_metrics.clone()),
@@ -265,6 +271,11 @@ fn host_name() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "telemark".to_owned())
+}
+
+/// `addr` as another process on this machine reaches it.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(loopback_for(addr), addr.port())
 }
 
 /// The address to reach a listener bound to `addr` from this process.

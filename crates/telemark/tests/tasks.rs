@@ -246,6 +246,44 @@ fn the_agent_runs_every_task_type_with_structured_results() {
     let applied = std::fs::read_to_string(dir.path().join("applied.json")).expect("the hook ran");
     assert!(applied.contains("internet.example"));
 
+    // The black box: the agent uploads its bundle to a one-time URL.
+    let bundle = api.task(device, json!({"type": "black_box"}));
+    let bundle = api.final_execution(id(&bundle), 30);
+    assert_eq!(bundle["state"], "succeeded", "{bundle}");
+    let sections = bundle["result"]["sections"].to_string();
+    assert!(
+        sections.contains("readings") && sections.contains("config"),
+        "{bundle}"
+    );
+    let bundles = api.get(&format!("/api/v1/devices/{device}/black-box"));
+    assert_eq!(
+        bundles[0]["sha256"], bundle["result"]["sha256"],
+        "{bundles}"
+    );
+    let (status, body) = http(
+        http_port,
+        "GET",
+        &format!("/api/v1/black-box-bundles/{}", id(&bundles[0])),
+        &[("Authorization", api.bearer.as_str())],
+        "",
+    );
+    assert_eq!(status, 200);
+    let downloaded: Value = serde_json::from_str(&body).expect("the bundle is JSON");
+    assert_eq!(downloaded["device"], "00-11-22-33-77-01");
+    assert!(
+        downloaded["readings"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty()),
+        "{downloaded}"
+    );
+    // A user does not choose where a device's black box goes.
+    let (status, _) = api.call(
+        "POST",
+        &format!("/api/v1/devices/{device}/tasks"),
+        &json!({"type": "black_box", "params": {"upload_url": "http://203.0.113.9/x"}}),
+    );
+    assert_eq!(status, 400);
+
     // A license: bound, deployed, verified by the device; a forged token refused.
     let (status, model) = api.call(
         "POST",
@@ -485,6 +523,41 @@ fn offline_delivery_deadlines_retries_and_answers_never_sent() {
     assert_eq!(retried["attempt"], 2, "{retried}");
     let _ = silent.kill();
     let _ = silent.wait();
+
+    // A black-box upload URL works once, for its execution only.
+    let watcher = sub(
+        mqtt_port,
+        &format!("dwr/311-a1/{mac}/tasks/+"),
+        1,
+        &["-i", mac, "-u", mac, "-P", &secret, "-q", "1"],
+    );
+    settle();
+    api.task(device, json!({"type": "black_box", "timeout_secs": 30}));
+    let request = finish(watcher);
+    let url = request
+        .split("\"upload_url\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no upload_url in {request}"))
+        .to_owned();
+    let path = url
+        .split_once(&format!("127.0.0.1:{http_port}"))
+        .map(|(_, p)| p.to_owned())
+        .expect("a local URL");
+    let put = |path: &str, body: &str| {
+        http(
+            http_port,
+            "PUT",
+            path,
+            &[("Content-Type", "application/json")],
+            body,
+        )
+        .0
+    };
+    assert_eq!(put(&path, r#"{"v":1}"#), 201, "the first upload is kept");
+    assert_eq!(put(&path, r#"{"v":1}"#), 404, "the token is spent");
+    assert_eq!(put("/api/v1/black-box/not-a-token", "{}"), 404);
+    assert_eq!(put("/api/v1/black-box/..%2F..%2Fetc", "{}"), 404);
 
     // An answer to an execution this device was never sent is refused and
     // recorded against the device.

@@ -35,6 +35,7 @@ const TYPES: { type: string; label: string; fields: ParamField[] }[] = [
   { type: "dns_lookup", label: "DNS lookup", fields: [{ name: "name", label: "Name", placeholder: "example.com" }] },
   { type: "http_get", label: "HTTP GET", fields: [{ name: "url", label: "URL", placeholder: "https://example.com/" }] },
   { type: "modem_status", label: "Modem status", fields: [] },
+  { type: "black_box", label: "Collect black box", fields: [] },
   { type: "reboot", label: "Reboot", fields: [] },
   { type: "shell", label: "Allowed command", fields: [{ name: "command", label: "Command line", placeholder: "uptime" }] },
   {
@@ -259,6 +260,17 @@ export function ResultView({ execution: e }: { execution: Execution }) {
     case "configure":
       body = <Pairs rows={[["Applied version", text(r.applied_version)], ["State", text(r.state)]]} />;
       break;
+    case "black_box":
+      body = (
+        <Pairs
+          rows={[
+            ["Size", `${num(typeof r.bytes === "number" ? r.bytes / 1024 : null, 1)} KiB`],
+            ["Sections", ((r.sections as string[]) ?? []).join(", ") || "—"],
+            ["SHA-256", text(r.sha256)],
+          ]}
+        />
+      );
+      break;
     default:
       body = e.result ? <pre class="output">{JSON.stringify(e.result, null, 2)}</pre> : null;
   }
@@ -331,6 +343,7 @@ export function DeviceTasks({ device }: { device: Device }) {
           <ResultView execution={current} />
         </section>
       )}
+      <Bundles deviceId={device.id} refresh={list.data?.filter((e) => e.type === "black_box" && e.state === "succeeded").length ?? 0} />
       <LoadState loaded={list} isEmpty={(l) => l.length === 0} empty="No tasks have run on this device yet.">
         {(l) => (
           <Table
@@ -349,6 +362,36 @@ export function DeviceTasks({ device }: { device: Device }) {
         )}
       </LoadState>
     </div>
+  );
+}
+
+interface Bundle {
+  id: number;
+  execution_id: number;
+  size: number | null;
+  sha256: string | null;
+  received_at: number | null;
+}
+
+/** The black-box bundles a device uploaded, to download. */
+function Bundles({ deviceId, refresh }: { deviceId: number; refresh: number }) {
+  const bundles = useLoad((signal) => api<Bundle[]>(`/devices/${deviceId}/black-box`, { signal }), [deviceId, refresh]);
+  if (!bundles.data?.length) return null;
+  return (
+    <section class="card">
+      <h3>Black-box bundles</h3>
+      <Table
+        testId="bundles"
+        columns={[
+          { title: "Received", cell: (b) => formatTime(b.received_at) },
+          { title: "Size", cell: (b) => `${formatNumber((b.size ?? 0) / 1024, 1)} KiB`, class: "num" },
+          { title: "SHA-256", cell: (b) => <span class="mono" title={b.sha256 ?? ""}>{(b.sha256 ?? "").slice(0, 12)}…</span> },
+          { title: "", cell: (b) => <a href={`/api/v1/black-box-bundles/${b.id}`} download>Download</a> },
+        ]}
+        rows={bundles.data}
+        rowKey={(b) => b.id}
+      />
+    </section>
   );
 }
 

@@ -3,6 +3,7 @@
 
 mod alarms;
 mod audit;
+mod bundles;
 mod devices;
 mod licenses;
 mod tasks;
@@ -93,6 +94,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(tasks::cancel_execution))
         .routes(routes!(tasks::retry_execution))
         .routes(routes!(licenses::deploy_license))
+        .routes(routes!(bundles::list_bundles))
+        .routes(routes!(bundles::download_bundle))
         .routes(routes!(audit::audit_log))
         .routes(routes!(audit::audit_csv))
         .routes(routes!(crate::broker_hooks::authenticate))
@@ -104,6 +107,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
                 .routes(routes!(devices::import_devices))
                 .routes(routes!(licenses::import_license_keys))
                 .layer(axum::extract::DefaultBodyLimit::max(IMPORT_BODY_LIMIT)),
+        )
+        .merge(
+            // A black-box bundle streams to a file, bounded by the handler.
+            OpenApiRouter::new()
+                .routes(routes!(bundles::upload_bundle))
+                .layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .split_for_parts();
     document.info.version = env!("CARGO_PKG_VERSION").to_owned();
