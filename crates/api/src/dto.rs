@@ -1124,3 +1124,20 @@ impl From<store::Bundle> for BundleDto {
         }
     }
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceConfigDto {
+    /// The version the latest configure job for this device asked for.
+    pub desired_version: Option<i64>,
+    #[schema(value_type = Option<Object>)]
+    pub desired_document: Option<serde_json::Value>,
+    pub desired_job: Option<i64>,
+    pub desired_at: Option<i64>,
+    /// The version the device last reported applying.
+    pub reported_version: Option<i64>,
+    /// `applied`, or why the last application failed.
+    pub reported_state: Option<String>,
+    pub reported_at: Option<i64>,
+    /// A desired version the device has not reported applying.
+    pub drift: bool,
+}

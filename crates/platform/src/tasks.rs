@@ -203,6 +203,10 @@ pub async fn create_job(
     if device_ids.is_empty() {
         return Err(field("filter", "matches no device"));
     }
+    let configuration = match &params {
+        TaskParams::Configure(c) => Some((c.version, c.document.to_string())),
+        _ => None,
+    };
     let job = store
         .create_task_job(
             scope,
@@ -219,10 +223,16 @@ pub async fn create_job(
                 rollout_per_minute: request.rollout_per_minute,
                 abort_failure_ratio: request.abort_failure_ratio,
                 abort_min_finished: abort_min,
-                device_ids,
+                device_ids: device_ids.clone(),
             },
         )
         .await?;
+    if let Some((version, document)) = configuration {
+        // What these devices should run from now on, whatever they report.
+        store
+            .set_desired_config(&device_ids, version, &document, job.id)
+            .await?;
+    }
     store
         .record_audit(&NewAuditEntry {
             organisation_id: job.organisation_id,
@@ -887,6 +897,16 @@ impl TaskService {
                     }),
                     address: None,
                 });
+                if row.kind == "configure" && change.state != "succeeded" {
+                    let why = change.error.clone().unwrap_or_else(|| change.state.clone());
+                    self.store
+                        .set_reported_config(
+                            row.device_id,
+                            None,
+                            &format!("{}: {why}", change.state),
+                        )
+                        .await?;
+                }
                 if change.state == "succeeded" {
                     completions.push(Completion {
                         kind: row.kind.clone(),
@@ -931,6 +951,16 @@ impl TaskService {
                     source: "modem_status".into(),
                     updated_at: now,
                 }])
+                .await?;
+        }
+        if completion.kind == "configure" {
+            let version = completion
+                .result
+                .as_ref()
+                .and_then(|r| r.get("applied_version"))
+                .and_then(|v| v.as_i64());
+            self.store
+                .set_reported_config(completion.device_id, version, "applied")
                 .await?;
         }
         if completion.kind == "license_deploy"

@@ -8,6 +8,7 @@
 mod alarms;
 mod audit;
 mod bundles;
+mod config;
 mod credentials;
 mod devices;
 mod imports;
@@ -39,6 +40,7 @@ pub(crate) fn like_literal(text: &str) -> String {
 pub use alarms::{Alarm, AlarmQuery, AlarmRule, DeviceContext, NewAlarmRule, Webhook};
 pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
 pub use bundles::Bundle;
+pub use config::DeviceConfig;
 pub use credentials::{DeviceLogin, PresenceChange};
 pub use devices::{
     Device, DeviceCursor, DeviceModel, DevicePage, DeviceQuery, DeviceSort, NewDevice,

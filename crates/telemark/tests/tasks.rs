@@ -245,6 +245,16 @@ fn the_agent_runs_every_task_type_with_structured_results() {
     assert_eq!(configure["result"]["applied_version"], 3, "{configure}");
     let applied = std::fs::read_to_string(dir.path().join("applied.json")).expect("the hook ran");
     assert!(applied.contains("internet.example"));
+    let configured = api.get(&format!("/api/v1/devices/{device}/config"));
+    assert_eq!(
+        (
+            configured["desired_version"].as_i64(),
+            configured["reported_version"].as_i64()
+        ),
+        (Some(3), Some(3)),
+        "{configured}"
+    );
+    assert_eq!(configured["drift"], false);
 
     // The black box: the agent uploads its bundle to a one-time URL.
     let bundle = api.task(device, json!({"type": "black_box"}));
@@ -379,6 +389,14 @@ fn bad_task_requests_are_refused_with_a_reason() {
         assert_eq!(status, 400, "{task}: {body}");
         assert!(body.to_string().contains(field), "{task}: {body}");
     }
+    // A desired configuration the (offline) device has not applied is drift.
+    api.task(
+        device,
+        json!({"type": "configure", "params": {"version": 5, "document": {"apn": "x"}}}),
+    );
+    let config = api.get(&format!("/api/v1/devices/{device}/config"));
+    assert_eq!(config["desired_version"], 5, "{config}");
+    assert_eq!(config["drift"], true, "{config}");
     // Another organisation's engineer cannot reach the operator's device,
     // nor its executions; a viewer reads but does not run.
     let operator = own_organisation(http_port, &api.bearer);
@@ -433,7 +451,8 @@ fn bad_task_requests_are_refused_with_a_reason() {
             .get(&format!("/api/v1/devices/{device}/tasks"))
             .as_array()
             .map(Vec::len),
-        Some(1)
+        Some(2),
+        "a viewer reads the device's tasks"
     );
     // Cancel: the open execution and its job end.
     let (status, cancelled) = api.call(

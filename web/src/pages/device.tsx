@@ -198,6 +198,12 @@ function Identity({ device: d }: { device: Device }) {
         <dd>{d.labels.length ? d.labels.map((l) => <span class="chip">{l}</span>) : "—"}</dd>
       </div>
       <div>
+        <dt>Configuration</dt>
+        <dd data-testid="config">
+          <ConfigState deviceId={d.id} />
+        </dd>
+      </div>
+      <div>
         <dt>Contract faults</dt>
         <dd>
           {faults.data ? (
@@ -215,6 +221,30 @@ function Identity({ device: d }: { device: Device }) {
         </dd>
       </div>
     </dl>
+  );
+}
+
+interface DeviceConfig {
+  desired_version: number | null;
+  desired_job: number | null;
+  reported_version: number | null;
+  reported_state: string | null;
+  drift: boolean;
+}
+
+/** Desired against reported configuration: drift shows. */
+function ConfigState({ deviceId }: { deviceId: number }) {
+  const config = useLoad((signal) => api<DeviceConfig>(`/devices/${deviceId}/config`, { signal }), [deviceId]);
+  const c = config.data;
+  if (!c) return <>…</>;
+  if (c.desired_version === null) return <>{c.reported_version === null ? "none sent" : `v${c.reported_version} applied`}</>;
+  if (!c.drift) return <Badge tone="good">v{c.desired_version} applied</Badge>;
+  return (
+    <span title={c.reported_state ?? ""}>
+      <Badge tone="warn">drift</Badge> desired <a href={`/jobs/${c.desired_job}`}>v{c.desired_version}</a>, reported{" "}
+      {c.reported_version === null ? "none" : `v${c.reported_version}`}
+      {c.reported_state && c.reported_state !== "applied" ? ` (${c.reported_state})` : ""}
+    </span>
   );
 }
 

@@ -93,6 +93,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(tasks::get_execution))
         .routes(routes!(tasks::cancel_execution))
         .routes(routes!(tasks::retry_execution))
+        .routes(routes!(tasks::device_config))
         .routes(routes!(licenses::deploy_license))
         .routes(routes!(bundles::list_bundles))
         .routes(routes!(bundles::download_bundle))

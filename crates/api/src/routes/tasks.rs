@@ -470,3 +470,49 @@ pub(super) async fn job_live(
         }
     }))
 }
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}/config",
+    tag = "tasks",
+    params(("id" = i64, Path, description = "the object's id")),
+    responses(
+        (status = 200, description = "the configuration the device should run against the one it reported; `drift` when they differ", body = DeviceConfigDto),
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 404, response = crate::error::NotInScope)
+    )
+)]
+pub(super) async fn device_config(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Id(id): Id,
+) -> Result<Json<DeviceConfigDto>, ApiError> {
+    let config = state
+        .store
+        .device_config(&caller.session.scope, id)
+        .await?
+        .unwrap_or(store::DeviceConfig {
+            device_id: id,
+            desired_version: None,
+            desired_document: None,
+            desired_job: None,
+            desired_at: None,
+            reported_version: None,
+            reported_state: None,
+            reported_at: None,
+        });
+    Ok(Json(DeviceConfigDto {
+        drift: config.desired_version.is_some()
+            && config.desired_version != config.reported_version,
+        desired_version: config.desired_version,
+        desired_document: config
+            .desired_document
+            .and_then(|d| serde_json::from_str(&d).ok()),
+        desired_job: config.desired_job,
+        desired_at: config.desired_at,
+        reported_version: config.reported_version,
+        reported_state: config.reported_state,
+        reported_at: config.reported_at,
+    }))
+}
