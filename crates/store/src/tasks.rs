@@ -205,6 +205,34 @@ fn in_list(first: usize, count: usize) -> String {
 }
 
 impl Store {
+    /// Rows of `sql` (its `IN (…)` list given the placeholders) for every id,
+    /// in chunks under either database's bind limit.
+    async fn rows_for_ids<T>(
+        &self,
+        ids: &[i64],
+        sql: impl Fn(&str) -> String,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: Send
+            + Unpin
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            let sql = sql(&in_list(1, chunk.len()));
+            let rows: Vec<T> = with_pool!(self, pool => {
+                let mut q = sqlx::query_as(&sql);
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.fetch_all(pool).await?
+            });
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
     /// Creates a job and one queued execution per device; every device must
     /// be inside `scope`.
     pub async fn create_task_job(
@@ -330,22 +358,14 @@ impl Store {
         &self,
         job_ids: &[i64],
     ) -> Result<HashMap<i64, ExecutionCounts>, StoreError> {
+        let rows: Vec<(i64, String, i64)> = self
+            .rows_for_ids(job_ids, |ids| {
+                format!("SELECT job_id, state, COUNT(*) FROM task_executions WHERE job_id IN ({ids}) GROUP BY job_id, state")
+            })
+            .await?;
         let mut out: HashMap<i64, ExecutionCounts> = HashMap::new();
-        for chunk in job_ids.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT job_id, state, COUNT(*) FROM task_executions WHERE job_id IN ({}) GROUP BY job_id, state",
-                in_list(1, chunk.len())
-            );
-            let rows: Vec<(i64, String, i64)> = with_pool!(self, pool => {
-                let mut q = sqlx::query_as(&sql);
-                for id in chunk {
-                    q = q.bind(*id);
-                }
-                q.fetch_all(pool).await?
-            });
-            for (job, state, count) in rows {
-                out.entry(job).or_default().by_state.insert(state, count);
-            }
+        for (job, state, count) in rows {
+            out.entry(job).or_default().by_state.insert(state, count);
         }
         Ok(out)
     }
@@ -533,23 +553,13 @@ impl Store {
 
     /// The open executions among `ids`.
     pub async fn open_executions(&self, ids: &[i64]) -> Result<Vec<OpenExecution>, StoreError> {
-        let mut out = Vec::new();
-        for chunk in ids.chunks(CHUNK) {
-            let sql = format!(
+        self.rows_for_ids(ids, |ids| {
+            format!(
                 "SELECT {OPEN_COLUMNS} FROM task_executions e JOIN task_jobs j ON j.id = e.job_id \
-                 WHERE e.id IN ({}) AND e.state IN ('queued', 'sent', 'in_progress')",
-                in_list(1, chunk.len())
-            );
-            let rows: Vec<OpenExecution> = with_pool!(self, pool => {
-                let mut q = sqlx::query_as(&sql);
-                for id in chunk {
-                    q = q.bind(*id);
-                }
-                q.fetch_all(pool).await?
-            });
-            out.extend(rows);
-        }
-        Ok(out)
+                 WHERE e.id IN ({ids}) AND e.state IN ('queued', 'sent', 'in_progress')"
+            )
+        })
+        .await
     }
 
     /// Open executions whose deadline passed before `now` (at most `limit`).
@@ -569,23 +579,13 @@ impl Store {
 
     /// The reboots of these devices waiting for them to come back.
     pub async fn pending_reboots(&self, devices: &[i64]) -> Result<Vec<OpenExecution>, StoreError> {
-        let mut out = Vec::new();
-        for chunk in devices.chunks(CHUNK) {
-            let sql = format!(
+        self.rows_for_ids(devices, |ids| {
+            format!(
                 "SELECT {OPEN_COLUMNS} FROM task_executions e JOIN task_jobs j ON j.id = e.job_id \
-                 WHERE e.device_id IN ({}) AND j.kind = 'reboot' AND e.state IN ('sent', 'in_progress')",
-                in_list(1, chunk.len())
-            );
-            let rows: Vec<OpenExecution> = with_pool!(self, pool => {
-                let mut q = sqlx::query_as(&sql);
-                for id in chunk {
-                    q = q.bind(*id);
-                }
-                q.fetch_all(pool).await?
-            });
-            out.extend(rows);
-        }
-        Ok(out)
+                 WHERE e.device_id IN ({ids}) AND j.kind = 'reboot' AND e.state IN ('sent', 'in_progress')"
+            )
+        })
+        .await
     }
 
     /// Open executions of a job (to cancel them).
@@ -662,22 +662,10 @@ impl Store {
 
     /// Jobs among `ids` that still have a `finished_at` to be given.
     pub async fn unfinished_jobs(&self, ids: &[i64]) -> Result<Vec<TaskJob>, StoreError> {
-        let mut out = Vec::new();
-        for chunk in ids.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT {JOB_COLUMNS} FROM task_jobs j WHERE j.finished_at IS NULL AND j.id IN ({})",
-                in_list(1, chunk.len())
-            );
-            let rows: Vec<TaskJob> = with_pool!(self, pool => {
-                let mut q = sqlx::query_as(&sql);
-                for id in chunk {
-                    q = q.bind(*id);
-                }
-                q.fetch_all(pool).await?
-            });
-            out.extend(rows);
-        }
-        Ok(out)
+        self.rows_for_ids(ids, |ids| {
+            format!("SELECT {JOB_COLUMNS} FROM task_jobs j WHERE j.finished_at IS NULL AND j.id IN ({ids})")
+        })
+        .await
     }
 
     /// Stops a running job from sending more (`cancelled`, `aborted`); its

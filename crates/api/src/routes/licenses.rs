@@ -405,18 +405,5 @@ pub(super) async fn deploy_license(
     )
     .await?;
     tasks.wake();
-    let execution = state
-        .store
-        .task_executions(
-            scope,
-            &store::ExecutionQuery {
-                job_id: Some(job.id),
-                limit: 1,
-                ..Default::default()
-            },
-        )
-        .await?
-        .pop()
-        .ok_or_else(|| ApiError::Internal("a new job without its execution".into()))?;
-    Ok((axum::http::StatusCode::CREATED, Json(execution.into())))
+    super::tasks::created_execution(&state, scope, job.id).await
 }

@@ -411,6 +411,39 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
     }
 }
 
+/// A WebSocket that sends each event `to_text` keeps, until either side
+/// closes. A slow reader skips events (the channel lags) rather than
+/// slowing whoever sends them.
+fn live_events<T: Clone + Send + 'static>(
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+    mut events: tokio::sync::broadcast::Receiver<T>,
+    to_text: impl Fn(T) -> Option<String> + Send + 'static,
+) -> Response {
+    upgrade.on_upgrade(move |mut socket| async move {
+        use axum::extract::ws::Message;
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(event) => {
+                        if let Some(text) = to_text(event)
+                            && socket.send(Message::Text(text.into())).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                },
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    })
+}
+
 fn id_problem(e: &PathRejection) -> String {
     format!("must be a whole number ({})", e.body_text())
 }

@@ -81,12 +81,21 @@ pub(super) async fn create_device_task(
     )
     .await?;
     tasks.wake();
+    created_execution(&state, scope, job.id).await
+}
+
+/// The one execution of a job just made for one device, as 201.
+pub(super) async fn created_execution(
+    state: &AppState,
+    scope: &store::Scope,
+    job_id: i64,
+) -> Result<(axum::http::StatusCode, Json<ExecutionDto>), ApiError> {
     let execution = state
         .store
         .task_executions(
             scope,
             &store::ExecutionQuery {
-                job_id: Some(job.id),
+                job_id: Some(job_id),
                 limit: 1,
                 ..Default::default()
             },
@@ -439,36 +448,21 @@ pub(super) async fn job_live(
 ) -> Result<Response, ApiError> {
     state.store.task_job(&caller.session.scope, id).await?;
     let upgrade = upgrade.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let mut events = tasks_of(&state)?.subscribe();
-    Ok(upgrade.on_upgrade(move |mut socket| async move {
-        use axum::extract::ws::Message;
-        use tokio::sync::broadcast::error::RecvError;
-        loop {
-            tokio::select! {
-                event = events.recv() => match event {
-                    Ok(e) if e.job_id == id => {
-                        let text = serde_json::json!({
-                            "execution_id": e.execution_id,
-                            "device_id": e.device_id,
-                            "state": e.state,
-                        })
-                        .to_string();
-                        if socket.send(Message::Text(text.into())).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    // A slow page skips changes; it reloads the counts.
-                    Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return,
-                },
-                incoming = socket.recv() => match incoming {
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                    Some(Ok(_)) => {}
-                },
-            }
-        }
-    }))
+    // A slow page skips changes; it reloads the counts.
+    Ok(live_events(
+        upgrade,
+        tasks_of(&state)?.subscribe(),
+        move |e| {
+            (e.job_id == id).then(|| {
+                serde_json::json!({
+                    "execution_id": e.execution_id,
+                    "device_id": e.device_id,
+                    "state": e.state,
+                })
+                .to_string()
+            })
+        },
+    ))
 }
 
 #[utoipa::path(

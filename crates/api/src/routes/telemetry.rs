@@ -221,30 +221,11 @@ pub(super) async fn device_live(
             "this server ingests no telemetry".into(),
         ));
     };
-    let mut readings = ingest.subscribe_live();
-    Ok(upgrade.on_upgrade(move |mut socket| async move {
-        use axum::extract::ws::Message;
-        use tokio::sync::broadcast::error::RecvError;
-        loop {
-            tokio::select! {
-                reading = readings.recv() => match reading {
-                    Ok(r) if r.device_id == id => {
-                        let text = serde_json::json!({"metric": r.metric, "ts": r.ts, "value": r.value}).to_string();
-                        if socket.send(Message::Text(text.into())).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    // A slow viewer skips readings rather than slowing the ingest.
-                    Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return,
-                },
-                incoming = socket.recv() => match incoming {
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                    Some(Ok(_)) => {}
-                },
-            }
-        }
+    // A slow viewer skips readings rather than slowing the ingest.
+    Ok(live_events(upgrade, ingest.subscribe_live(), move |r| {
+        (r.device_id == id).then(|| {
+            serde_json::json!({"metric": r.metric, "ts": r.ts, "value": r.value}).to_string()
+        })
     }))
 }
 
