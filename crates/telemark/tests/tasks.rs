@@ -328,6 +328,23 @@ fn the_agent_runs_every_task_type_with_structured_results() {
         .to_string()
         .contains("\"state\":\"deployed\"")));
     assert!(dir.path().join("license.token").exists());
+    // Revoking a deployed key tells the device, which forgets the token.
+    let (status, revoked) = api.call(
+        "POST",
+        &format!("/api/v1/license-keys/{key}/revoke"),
+        &Value::Null,
+    );
+    assert_eq!(status, 200, "{revoked}");
+    let mut revocation = Value::Null;
+    assert!(
+        eventually(20, || {
+            revocation = api.get(&format!("/api/v1/devices/{device}/tasks?limit=1"))[0].clone();
+            revocation["type"] == "license_revoke" && revocation["state"] == "succeeded"
+        }),
+        "{revocation}"
+    );
+    assert_eq!(revocation["result"]["removed"], true, "{revocation}");
+    assert!(!dir.path().join("license.token").exists());
     let forged = api.task(
         device,
         json!({"type": "license_deploy", "params": {"token": "eyJrZXkiOiJYIn0.AAAA"}}),
@@ -578,6 +595,23 @@ fn offline_delivery_deadlines_retries_and_answers_never_sent() {
     assert_eq!(put("/api/v1/black-box/not-a-token", "{}"), 404);
     assert_eq!(put("/api/v1/black-box/..%2F..%2Fetc", "{}"), 404);
 
+    // An answer after the deadline finds the execution final: refused.
+    let late = format!(
+        r#"{{"v":2,"ts":1,"id":{},"attempt":2,"state":"succeeded","result":{{}}}}"#,
+        id(&retried)
+    );
+    let out = pub_msg(
+        mqtt_port,
+        &format!("dwr/311-a1/{mac}/tasks/{}/result", id(&retried)),
+        &late,
+        &["-i", mac, "-u", mac, "-P", &secret, "-q", "1"],
+    );
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        api.get(&format!("/api/v1/executions/{}", id(&retried)))["state"],
+        "timed_out"
+    );
     // An answer to an execution this device was never sent is refused and
     // recorded against the device.
     let out = pub_msg(
