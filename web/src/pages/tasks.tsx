@@ -198,7 +198,18 @@ export function ResultView({ execution: e }: { execution: Execution }) {
       break;
     case "traceroute": {
       const hops = (r.hops as { hop: number; address: string | null; rtt_ms: number | null }[]) ?? [];
+      const slowest = Math.max(1, ...hops.map((h) => h.rtt_ms ?? 0));
       body = (
+        <>
+        <div class="hop-chart" role="img" aria-label="round-trip time per hop">
+          {hops.map((h) => (
+            <div class="hop-bar" title={`hop ${h.hop}: ${h.rtt_ms === null ? "no answer" : `${num(h.rtt_ms, 2)} ms`}`}>
+              <span class="hop-label">{h.hop}</span>
+              <span class={h.rtt_ms === null ? "bar silent" : "bar"} style={{ width: `${h.rtt_ms === null ? 100 : (100 * h.rtt_ms) / slowest}%` }} />
+              <span class="hop-value">{h.rtt_ms === null ? "*" : `${num(h.rtt_ms, 1)} ms`}</span>
+            </div>
+          ))}
+        </div>
         <Table
           testId="hops"
           columns={[
@@ -209,6 +220,7 @@ export function ResultView({ execution: e }: { execution: Execution }) {
           rows={hops}
           rowKey={(h) => h.hop}
         />
+        </>
       );
       break;
     }
