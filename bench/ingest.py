@@ -12,20 +12,11 @@ has stored (from /metrics) and the RSS of both processes; at the end, the
 readings the simulator sent against those stored. Everything on 127.0.0.1.
 """
 import argparse
-import json
-import os
 import signal
-import socket
-import subprocess
-import tempfile
 import time
 import urllib.request
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from platform_run import Platform
 
 
 def rss_mib(pid):
@@ -47,52 +38,10 @@ def main():
     p.add_argument("--bin", default="target/release/telemark")
     p.add_argument("--database")
     a = p.parse_args()
-    work = tempfile.mkdtemp(prefix="telemark-ingest-")
-    http, mqtt = free_port(), free_port()
-    base = f"http://127.0.0.1:{http}"
-    env = dict(os.environ, TELEMARK_ADMIN_PASSWORD="bench-admin-password", RUST_LOG="warn")
-    args = [a.bin, "serve", "--data", f"{work}/data", "--http", f"127.0.0.1:{http}", "--mqtt", f"127.0.0.1:{mqtt}"]
-    if a.database:
-        args += ["--database", a.database]
-    serve = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(f"{base}/api/openapi.json", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-
-    token = None
-
-    def call(method, path, body=None, ctype="application/json"):
-        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        req = urllib.request.Request(f"{base}/api/v1{path}", data=data, method=method)
-        if data is not None:
-            req.add_header("content-type", ctype)
-        if token:
-            req.add_header("authorization", f"Bearer {token}")
-        with urllib.request.urlopen(req, timeout=120) as r:
-            text = r.read()
-            return json.loads(text) if text else None
-
-    token = call("POST", "/session", {"username": "admin", "password": "bench-admin-password"})["token"]
-    call("POST", "/device-models", {"name": "DWM-311-A1", "vendor": "D-Link", "hardware_revision": "A1", "topic_segment": "311-a1"})
-    csv = "name,serial,mac,model\n" + "".join(
-        f"r{n:06d},S{n:08d},02:20:00:{n >> 16 & 255:02x}:{n >> 8 & 255:02x}:{n & 255:02x},311-a1\n" for n in range(a.devices)
-    )
-    call("POST", "/devices/import", csv.encode(), "text/csv")
-    fleet = ["device_id,model,secret"]
-    after = None
-    while True:
-        page = call("GET", "/devices?limit=1000" + (f"&after={after}" if after else ""))
-        for d in page["devices"]:
-            c = call("POST", f"/devices/{d['id']}/credentials")
-            fleet.append(f"{c['username']},311-a1,{c['password']}")
-        after = page.get("next_cursor")
-        if not after:
-            break
-    with open(f"{work}/fleet.csv", "w") as f:
-        f.write("\n".join(fleet) + "\n")
+    platform = Platform(a.bin, a.database, prefix="telemark-ingest-")
+    base, token = platform.base, platform.token
+    fleet = platform.register_fleet(a.devices, "02:20:00")
+    serve = platform.process
 
     def stored():
         req = urllib.request.Request(f"{base}/metrics", headers={"authorization": f"Bearer {token}"})
@@ -102,10 +51,7 @@ def main():
                 return int(float(line.split()[1]))
         return 0
 
-    sim = subprocess.Popen(
-        [a.bin, "sim", "--fleet", f"{work}/fleet.csv", "--broker", f"mqtt://127.0.0.1:{mqtt}", "--interval", str(a.interval)],
-        env=env, stdout=subprocess.PIPE, text=True,
-    )
+    sim = platform.sim(fleet, "--interval", str(a.interval))
     start, last, last_t = time.time(), 0, time.time()
     first_rss = None
     while time.time() - start < a.seconds:

@@ -1,0 +1,84 @@
+"""What the platform benchmarks share: `telemark serve` on loopback ports in
+a temporary directory, an API client logged in as its admin, and a fleet of
+devices registered through the API with their own MQTT secrets."""
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+ADMIN_PASSWORD = "bench-admin-password"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Platform:
+    """`telemark serve` (SQLite in a temporary directory, or `database`)."""
+
+    def __init__(self, binary, database=None, prefix="telemark-bench-"):
+        self.binary = binary
+        self.work = tempfile.mkdtemp(prefix=prefix)
+        self.http, self.mqtt = free_port(), free_port()
+        self.base = f"http://127.0.0.1:{self.http}"
+        self.env = dict(os.environ, TELEMARK_ADMIN_PASSWORD=ADMIN_PASSWORD, RUST_LOG="warn")
+        args = [binary, "serve", "--data", f"{self.work}/data", "--http", f"127.0.0.1:{self.http}",
+                "--mqtt", f"127.0.0.1:{self.mqtt}"]
+        if database:
+            args += ["--database", database]
+        self.process = subprocess.Popen(args, env=self.env, stdout=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"{self.base}/api/openapi.json", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.token = None
+        self.token = self.call("POST", "/session", {"username": "admin", "password": ADMIN_PASSWORD})["token"]
+
+    def call(self, method, path, body=None, ctype="application/json"):
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        req = urllib.request.Request(f"{self.base}/api/v1{path}", data=data, method=method)
+        if data is not None:
+            req.add_header("content-type", ctype)
+        if self.token:
+            req.add_header("authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(req, timeout=120) as r:
+            text = r.read()
+            return json.loads(text) if text else None
+
+    def register_fleet(self, devices, mac_prefix):
+        """`devices` DWM-311-A1 routers with MACs `{mac_prefix}:XX:XX:XX`;
+        returns the path of the fleet file `telemark sim` reads."""
+        self.call("POST", "/device-models",
+                  {"name": "DWM-311-A1", "vendor": "D-Link", "hardware_revision": "A1", "topic_segment": "311-a1"})
+        csv = "name,serial,mac,model\n" + "".join(
+            f"r{n:06d},S{n:08d},{mac_prefix}:{n >> 16 & 255:02x}:{n >> 8 & 255:02x}:{n & 255:02x},311-a1\n"
+            for n in range(devices)
+        )
+        self.call("POST", "/devices/import", csv.encode(), "text/csv")
+        fleet = ["device_id,model,secret"]
+        after = None
+        while True:
+            page = self.call("GET", "/devices?limit=1000" + (f"&after={after}" if after else ""))
+            for d in page["devices"]:
+                c = self.call("POST", f"/devices/{d['id']}/credentials")
+                fleet.append(f"{c['username']},311-a1,{c['password']}")
+            after = page.get("next_cursor")
+            if not after:
+                break
+        path = f"{self.work}/fleet.csv"
+        with open(path, "w") as f:
+            f.write("\n".join(fleet) + "\n")
+        return path
+
+    def sim(self, fleet, *args):
+        return subprocess.Popen(
+            [self.binary, "sim", "--fleet", fleet, "--broker", f"mqtt://127.0.0.1:{self.mqtt}", *args],
+            env=self.env, stdout=subprocess.PIPE, text=True,
+        )
