@@ -124,20 +124,32 @@ pub(super) async fn list_device_tasks(
     Id(id): Id,
     q: Result<Query<ExecutionListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<ExecutionDto>>, ApiError> {
-    let q = query(q)?;
+    state.store.device(&caller.session.scope, id).await?;
+    let of_device = store::ExecutionQuery {
+        device_id: Some(id),
+        ..Default::default()
+    };
+    executions_page(&state, &caller, query(q)?, of_device, 50).await
+}
+
+/// A page of executions (of a device or a job) with the list's filters.
+async fn executions_page(
+    state: &AppState,
+    caller: &Caller,
+    q: ExecutionListQuery,
+    of: store::ExecutionQuery,
+    default_limit: u32,
+) -> Result<Json<Vec<ExecutionDto>>, ApiError> {
     check_state(&q.state, &EXECUTION_STATES)?;
-    let scope = &caller.session.scope;
-    state.store.device(scope, id).await?;
     let executions = state
         .store
         .task_executions(
-            scope,
+            &caller.session.scope,
             &store::ExecutionQuery {
-                device_id: Some(id),
                 state: q.state,
                 before_id: q.before_id,
-                limit: page_limit(q.limit, 50, 1000)?,
-                ..Default::default()
+                limit: page_limit(q.limit, default_limit, 1000)?,
+                ..of
             },
         )
         .await?;
@@ -318,24 +330,12 @@ pub(super) async fn list_job_executions(
     Id(id): Id,
     q: Result<Query<ExecutionListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<ExecutionDto>>, ApiError> {
-    let q = query(q)?;
-    check_state(&q.state, &EXECUTION_STATES)?;
-    let scope = &caller.session.scope;
-    state.store.task_job(scope, id).await?;
-    let executions = state
-        .store
-        .task_executions(
-            scope,
-            &store::ExecutionQuery {
-                job_id: Some(id),
-                state: q.state,
-                before_id: q.before_id,
-                limit: page_limit(q.limit, 100, 1000)?,
-                ..Default::default()
-            },
-        )
-        .await?;
-    Ok(Json(executions.into_iter().map(Into::into).collect()))
+    state.store.task_job(&caller.session.scope, id).await?;
+    let of_job = store::ExecutionQuery {
+        job_id: Some(id),
+        ..Default::default()
+    };
+    executions_page(&state, &caller, query(q)?, of_job, 100).await
 }
 
 #[utoipa::path(
