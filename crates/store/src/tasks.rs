@@ -722,15 +722,4 @@ impl Store {
         });
         Ok(())
     }
-
-    /// The latest boot id a device reported.
-    pub async fn device_boot_id(&self, device_id: i64) -> Result<Option<String>, StoreError> {
-        with_pool!(self, pool => {
-            Ok(sqlx::query_scalar("SELECT boot_id FROM devices WHERE id = $1")
-                .bind(device_id)
-                .fetch_optional(pool)
-                .await?
-                .flatten())
-        })
-    }
 }

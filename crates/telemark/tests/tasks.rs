@@ -448,6 +448,15 @@ fn bad_task_requests_are_refused_with_a_reason() {
         status, 404,
         "a job naming a device outside the caller's scope"
     );
+    // Nor the device's radio, configuration or black-box bundles.
+    for path in ["radio", "config", "black-box", "tasks"] {
+        let (status, _) = stranger.call(
+            "GET",
+            &format!("/api/v1/devices/{device}/{path}"),
+            &Value::Null,
+        );
+        assert_eq!(status, 404, "{path}");
+    }
     let (status, _) = stranger.call(
         "GET",
         &format!("/api/v1/executions/{}", id(&execution)),
