@@ -5,8 +5,10 @@
 //! payloads.
 
 pub mod buffer;
+pub mod channel;
 pub mod collect;
 pub mod provisioning;
+pub mod remote;
 pub mod session;
 pub mod sim;
 mod sim_tasks;

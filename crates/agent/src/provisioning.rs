@@ -52,6 +52,10 @@ pub struct Provisioning {
     /// configuration hook, license key.
     #[serde(default)]
     pub tasks: crate::tasks::TaskSettings,
+    /// Remote access here: terminal command, ports a port forward may
+    /// reach, reverse SSH.
+    #[serde(default)]
+    pub remote: crate::remote::RemoteSettings,
 }
 
 /// Seconds between readings of each group.

@@ -95,8 +95,8 @@ enum Link {
     Sent(u16),
     /// The broker acknowledged it.
     Acked(u16),
-    /// A message on the device's task topic.
-    Task(bytes::Bytes),
+    /// A message on one of the device's subscriptions (tasks, sessions).
+    Message(String, bytes::Bytes),
 }
 
 /// Buffered readings handed to the client at once while catching up.
@@ -173,7 +173,7 @@ pub async fn run(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    if link_tx.send(Link::Task(publish.payload)).await.is_err() {
+                    if link_tx.send(Link::Message(publish.topic, publish.payload)).await.is_err() {
                         return;
                     }
                 }
@@ -209,6 +209,8 @@ pub async fn run(
     let mut acks = Acknowledgements::default();
     let mut seen_tasks = SeenTasks::default();
     let boot_id = p.tasks.boot_id();
+    let sessions = crate::remote::Sessions::new(client.clone(), &p);
+    let device_prefix = format!("{}/{}/{}/", device_protocol::PREFIX, p.model, p.device_id);
     loop {
         let readings: Vec<Reading> = tokio::select! {
             _ = stop.changed() => break,
@@ -218,9 +220,13 @@ pub async fn run(
                         connected = true;
                         tracing::info!("connected");
                         // Requests first, so none sent once we say online is missed.
-                        let filter = device_protocol::task::request_filter(&p.model, &p.device_id);
-                        if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce).await {
-                            tracing::warn!(error = %e, "task subscription not sent");
+                        for filter in [
+                            device_protocol::task::request_filter(&p.model, &p.device_id),
+                            device_protocol::session::input_filter(&p.model, &p.device_id),
+                        ] {
+                            if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce).await {
+                                tracing::warn!(error = %e, "subscription not sent");
+                            }
                         }
                         if client.publish(topic(Topic::Status), QoS::AtLeastOnce, true, status("online", boot_id.as_deref())).await.is_ok() {
                             acks.asked.push_back(None);
@@ -232,6 +238,7 @@ pub async fn run(
                     }
                     Some(Link::Down) => {
                         connected = false;
+                        sessions.end_all();
                         // Not acknowledged: sent again on the next connection.
                         buffer.rewind();
                         Vec::new()
@@ -246,8 +253,15 @@ pub async fn run(
                         }
                         Vec::new()
                     }
-                    Some(Link::Task(payload)) => {
-                        start_task(&client, &p, &payload, &mut seen_tasks);
+                    Some(Link::Message(topic, payload)) => {
+                        let suffix = topic.strip_prefix(&device_prefix).unwrap_or_default();
+                        match device_protocol::session::parse_topic(suffix) {
+                            Some(Ok((session, device_protocol::session::Direction::In))) => {
+                                sessions.input(session, &payload).await;
+                            }
+                            Some(_) => {}
+                            None => start_task(&client, &p, &sessions, &payload, &mut seen_tasks),
+                        }
                         Vec::new()
                     }
                     None => break,
@@ -348,7 +362,13 @@ impl SeenTasks {
 
 /// Starts a task request: answers go to the contract's topics; a reboot is
 /// acknowledged before its command runs.
-fn start_task(client: &AsyncClient, p: &Provisioning, payload: &[u8], seen: &mut SeenTasks) {
+fn start_task(
+    client: &AsyncClient,
+    p: &Provisioning,
+    sessions: &crate::remote::Sessions,
+    payload: &[u8],
+    seen: &mut SeenTasks,
+) {
     use device_protocol::task::{self, TaskRequest};
     let request: TaskRequest = match serde_json::from_slice(payload) {
         Ok(r) => r,
@@ -361,7 +381,7 @@ fn start_task(client: &AsyncClient, p: &Provisioning, payload: &[u8], seen: &mut
         return;
     }
     tracing::info!(id = request.id, attempt = request.attempt, kind = %request.kind, "task");
-    let (client, p) = (client.clone(), p.clone());
+    let (client, p, sessions) = (client.clone(), p.clone(), sessions.clone());
     tokio::spawn(async move {
         let answer_to = |final_: bool| {
             if final_ {
@@ -370,7 +390,12 @@ fn start_task(client: &AsyncClient, p: &Provisioning, payload: &[u8], seen: &mut
                 task::status_topic(&p.model, &p.device_id, request.id)
             }
         };
-        match crate::tasks::run(&request, &p).await {
+        let outcome = if request.kind == "remote_session" {
+            crate::tasks::Outcome::Final(sessions.open(&request).await)
+        } else {
+            crate::tasks::run(&request, &p).await
+        };
+        match outcome {
             crate::tasks::Outcome::Final(answer) => {
                 let _ = client
                     .publish(answer_to(true), QoS::AtLeastOnce, false, answer.to_json())

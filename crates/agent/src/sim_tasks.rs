@@ -190,6 +190,15 @@ fn simulate(
         rng.random_range(28.0..65.0)
     };
     match params {
+        TaskParams::RemoteSession(_) => (
+            Duration::from_millis(200),
+            finish(
+                request,
+                AnswerState::Rejected,
+                None,
+                Some("a simulated device has no terminal or ports; connect a real agent".into()),
+            ),
+        ),
         TaskParams::Reboot {} => {
             let mut a = finish(
                 request,

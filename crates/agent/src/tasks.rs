@@ -84,13 +84,13 @@ pub fn rejected(request: &TaskRequest, why: impl Into<String>) -> TaskAnswer {
     a
 }
 
-fn failed(request: &TaskRequest, why: impl Into<String>) -> TaskAnswer {
+pub(crate) fn failed(request: &TaskRequest, why: impl Into<String>) -> TaskAnswer {
     let mut a = answer(request, AnswerState::Failed);
     a.error = Some(why.into());
     a
 }
 
-fn succeeded(request: &TaskRequest, result: impl serde::Serialize) -> TaskAnswer {
+pub(crate) fn succeeded(request: &TaskRequest, result: impl serde::Serialize) -> TaskAnswer {
     let mut a = answer(request, AnswerState::Succeeded);
     a.result = serde_json::to_value(result).ok();
     a
@@ -137,6 +137,8 @@ pub async fn run(request: &TaskRequest, p: &crate::Provisioning) -> Outcome {
             None => rejected(request, "black_box: the request carries no upload_url"),
         },
         TaskParams::Shell(s) => shell(request, &s.command, budget, settings).await,
+        // Opened by the session's registry, which owns what it starts.
+        TaskParams::RemoteSession(_) => rejected(request, "remote sessions are opened elsewhere"),
     };
     Outcome::Final(outcome)
 }

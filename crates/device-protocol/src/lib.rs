@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod session;
 pub mod task;
 
 /// The schema version every payload carries as `v`.

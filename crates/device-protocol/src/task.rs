@@ -287,6 +287,10 @@ pub enum TaskParams {
     BlackBox(BlackBox),
     /// A command from the device's own allowlist.
     Shell(Shell),
+    /// Open a terminal, port forward or reverse SSH tunnel
+    /// ([`crate::session`]); made by the platform's remote-access service
+    /// only, never by a job.
+    RemoteSession(crate::session::RemoteSession),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -361,7 +365,7 @@ fn default_hops() -> u32 {
 
 impl TaskParams {
     /// Every type name, in the order the console offers them.
-    pub const TYPES: [&'static str; 11] = [
+    pub const TYPES: [&'static str; 12] = [
         "reboot",
         "ping",
         "traceroute",
@@ -373,6 +377,7 @@ impl TaskParams {
         "configure",
         "black_box",
         "shell",
+        "remote_session",
     ];
 
     /// The type and parameters of a request, checked against the limits.
@@ -405,6 +410,7 @@ impl TaskParams {
             TaskParams::Configure(_) => "configure",
             TaskParams::BlackBox(_) => "black_box",
             TaskParams::Shell(_) => "shell",
+            TaskParams::RemoteSession(_) => "remote_session",
         }
     }
 
@@ -469,6 +475,7 @@ impl TaskParams {
             {
                 return Err(format!("command must be 1 to {MAX_COMMAND} bytes"));
             }
+            TaskParams::RemoteSession(s) => s.check()?,
             TaskParams::BlackBox(b) if b.upload_url.as_ref().is_some_and(|u| u.len() > 2048) => {
                 return Err("upload_url longer than 2048 bytes".into());
             }
