@@ -34,7 +34,7 @@ where
     let _stop_writer = AbortOnDrop(writer);
     let mut to_writer = Some(to_writer);
     let mut buf = vec![0u8; MAX_DATA];
-    let (mut read_done, mut write_done) = (false, false);
+    let (mut read_done, mut write_done, mut incoming_open) = (false, false, true);
     let gone = || "the session ended".to_owned();
     while !(read_done && write_done) {
         let room = send.room().min(MAX_DATA);
@@ -51,7 +51,9 @@ where
                 }
                 Err(e) => return Err(format!("read: {e}")),
             },
-            frame = incoming.recv() => match frame {
+            frame = incoming.recv(), if incoming_open => match frame {
+                // Both ends said all they had: only our writer is left.
+                None if read_done && to_writer.is_none() => incoming_open = false,
                 None => return Err(gone()),
                 Some(Frame::Data { offset, bytes, .. }) => {
                     receive.data(offset, bytes.len()).map_err(|e| e.to_string())?;
