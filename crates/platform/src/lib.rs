@@ -13,6 +13,7 @@ pub mod import;
 pub mod licensing;
 pub mod login_guard;
 pub mod presence;
+pub mod remote;
 pub mod supervisor;
 pub mod tasks;
 pub mod telemetry;

@@ -112,6 +112,12 @@ pub async fn create_job(
 ) -> Result<TaskJob, TaskError> {
     let params =
         TaskParams::from_parts(&request.kind, &request.params).map_err(|m| field("params", m))?;
+    if let TaskParams::RemoteSession(_) = &params {
+        return Err(field(
+            "type",
+            "remote sessions are opened with POST /api/v1/devices/{id}/sessions",
+        ));
+    }
     if let TaskParams::BlackBox(b) = &params
         && b.upload_url.is_some()
     {
@@ -248,6 +254,41 @@ pub async fn create_job(
         })
         .await?;
     Ok(job)
+}
+
+/// The job of one remote session's opening: one device, a short expiry
+/// (an offline device fails fast), no retries. The system log entry is the
+/// remote-access service's.
+pub(crate) async fn create_session_job(
+    store: &Store,
+    scope: &Scope,
+    actor: &str,
+    device_id: i64,
+    session: &device_protocol::session::RemoteSession,
+    timeout_secs: i64,
+    expires_in_secs: i64,
+) -> Result<TaskJob, TaskError> {
+    let params = TaskParams::RemoteSession(session.clone());
+    Ok(store
+        .create_task_job(
+            scope,
+            &NewTaskJob {
+                organisation_id: scope.organisation_id,
+                kind: params.kind().to_owned(),
+                parameters: params.params().to_string(),
+                description: format!("{} session", session.kind.as_str()),
+                created_by: actor.to_owned(),
+                timeout_secs,
+                expires_at: store::now_millis() + expires_in_secs * 1000,
+                max_retries: 0,
+                retry_backoff_secs: 30,
+                rollout_per_minute: None,
+                abort_failure_ratio: None,
+                abort_min_finished: None,
+                device_ids: vec![device_id],
+            },
+        )
+        .await?)
 }
 
 /// Every device in `scope` matching `filter`.
@@ -406,6 +447,10 @@ async fn close_if_done(store: &Store, jobs: &[i64]) -> Result<Vec<i64>, StoreErr
 /// Sends a request to a device.
 pub trait TaskTransport: Send + Sync + 'static {
     fn send(&self, request: OutgoingRequest);
+    /// A remote-session frame to a device's `sessions/{id}/in`: QoS 1, not
+    /// retained, expiring after a few seconds (a frame late by more is of
+    /// no use to a session).
+    fn send_session(&self, topic: String, payload: Bytes);
 }
 
 /// A request ready for the broker: QoS 1, not retained.
@@ -478,6 +523,8 @@ pub struct TaskService {
     receiver: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
     events: broadcast::Sender<TaskEvent>,
     wake: tokio::sync::Notify,
+    /// Remote access, which opens sessions as tasks and learns their outcome.
+    remote: std::sync::OnceLock<std::sync::Weak<crate::remote::RemoteSessions>>,
     pub counters: TaskCounters,
 }
 
@@ -503,8 +550,17 @@ impl TaskService {
             receiver: tokio::sync::Mutex::new(receiver),
             events: broadcast::channel(4096).0,
             wake: tokio::sync::Notify::new(),
+            remote: std::sync::OnceLock::new(),
             counters: TaskCounters::default(),
         })
+    }
+
+    pub(crate) fn set_remote(&self, remote: std::sync::Weak<crate::remote::RemoteSessions>) {
+        let _ = self.remote.set(remote);
+    }
+
+    fn remote(&self) -> Option<Arc<crate::remote::RemoteSessions>> {
+        self.remote.get().and_then(std::sync::Weak::upgrade)
     }
 
     /// Changes of executions as they happen, for live pages.
@@ -593,6 +649,14 @@ impl TaskService {
                 {
                     params["upload_url"] = self.bundle_slot(base, execution).await?.into();
                 }
+                if execution.kind == "remote_session" {
+                    let session = params["session"].as_str().unwrap_or_default().to_owned();
+                    match self.remote().and_then(|r| r.request_params(&session, execution.id, params)) {
+                        Some(filled) => params = filled,
+                        // Its session ended before delivery: nothing to open.
+                        None => continue,
+                    }
+                }
                 self.send(execution, params, now);
                 self.event(job, execution.id, execution.device_id, "sent");
             }
@@ -647,6 +711,12 @@ impl TaskService {
     }
 
     fn event(&self, job_id: i64, execution_id: i64, device_id: i64, state: &str) {
+        if store::FINAL_STATES.contains(&state)
+            && let Some(remote) = self.remote()
+        {
+            let state = state.to_owned();
+            tokio::spawn(async move { remote.task_final(execution_id, &state).await });
+        }
         let _ = self.events.send(TaskEvent {
             job_id,
             execution_id,

@@ -101,6 +101,8 @@ pub struct Ingest {
     alarms: Option<Arc<crate::alarms::AlarmEngine>>,
     /// Where answers on `tasks/…` topics and boot ids go.
     tasks: std::sync::OnceLock<Arc<crate::tasks::TaskService>>,
+    /// Where `sessions/…/out` frames and devices' goodbyes go.
+    remote: std::sync::OnceLock<Arc<crate::remote::RemoteSessions>>,
     /// Wakes the [`BatchWriter`] before its tick when a batch is full.
     batch_full: tokio::sync::Notify,
     max_backlog: std::sync::atomic::AtomicUsize,
@@ -130,6 +132,7 @@ impl Ingest {
             live: broadcast::channel(4096).0,
             alarms,
             tasks: std::sync::OnceLock::new(),
+            remote: std::sync::OnceLock::new(),
             batch_full: tokio::sync::Notify::new(),
             max_backlog: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_BACKLOG),
             max_age_ms: AtomicU64::new(DEFAULT_MAX_AGE.as_millis() as u64),
@@ -141,6 +144,11 @@ impl Ingest {
     /// Hands devices' task answers and boot ids to `tasks` (once).
     pub fn set_tasks(&self, tasks: Arc<crate::tasks::TaskService>) {
         let _ = self.tasks.set(tasks);
+    }
+
+    /// Hands devices' remote-session frames to `remote` (once).
+    pub fn set_remote(&self, remote: Arc<crate::remote::RemoteSessions>) {
+        let _ = self.remote.set(remote);
     }
 
     /// Bounds the readings waiting in memory (at least one).
@@ -313,10 +321,34 @@ impl Ingest {
             }
             return;
         }
+        if let Some(session_topic) = device_protocol::session::parse_topic(suffix) {
+            use device_protocol::session::Direction;
+            match (session_topic, self.remote.get()) {
+                // The platform's own frames, seen on `dwr/#`.
+                (Ok((_, Direction::In)), _) => {}
+                (Ok((id, Direction::Out)), Some(remote)) => {
+                    let reply = format!("{key}sessions/{id}/in");
+                    remote.from_device(device.id, id, bytes::Bytes::copy_from_slice(payload), reply);
+                }
+                (Ok(_), None) => self.fault(
+                    device.id,
+                    topic,
+                    "sessions: this platform offers no remote access".into(),
+                ),
+                (Err(e), _) => self.fault(device.id, topic, e),
+            }
+            return;
+        }
         let reading = match device_protocol::parse(suffix, payload) {
             Ok(r) => r,
             Err(e) => return self.fault(device.id, topic, e.to_string()),
         };
+        if let (Reading::Status(status), Some(remote)) = (&reading, self.remote.get())
+            && status.state == "offline"
+        {
+            // Before the age check: a will's time is its connection's.
+            remote.device_offline(device.id);
+        }
         let ts = reading.timestamp();
         let line_times = match &reading {
             Reading::Syslog(b) | Reading::Dmesg(b) => b.lines.iter().map(|l| l.ts).collect(),
