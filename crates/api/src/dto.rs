@@ -1141,3 +1141,64 @@ pub struct DeviceConfigDto {
     /// A desired version the device has not reported applying.
     pub drift: bool,
 }
+
+/// A remote session to open on a device.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRemoteSessionDto {
+    /// `terminal`, `tunnel` (TCP to one device port) or `reverse_ssh`.
+    pub kind: String,
+    /// Terminal size.
+    pub cols: Option<u16>,
+    pub rows: Option<u16>,
+    /// Tunnel: the device port (on the device's allowlist); reverse SSH:
+    /// the device port the bastion's end leads to (default 22).
+    pub port: Option<u16>,
+    /// Byte-credit window per channel and direction (default 64 KiB for a
+    /// terminal, 256 KiB for a tunnel).
+    pub window: Option<u32>,
+}
+
+/// A remote session: open or opening. Ended sessions are in the system log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RemoteSessionDto {
+    /// 32 hex digits.
+    pub id: String,
+    pub device_id: i64,
+    pub kind: String,
+    /// `opening` until the device answered, then `open`.
+    pub state: String,
+    pub opened_by: String,
+    pub started_at: i64,
+    /// The `remote_session` task that opened it.
+    pub execution_id: i64,
+    pub window: u32,
+    pub port: Option<u16>,
+    /// Reverse SSH: the port bound on the bastion's loopback.
+    pub bound_port: Option<u16>,
+    pub bytes_to_device: u64,
+    pub bytes_from_device: u64,
+    /// The WebSocket that carries the session (binary frames of
+    /// `docs/device-protocol.md`, text events `opened` and `ended`).
+    pub stream: String,
+}
+
+impl From<platform::remote::SessionInfo> for RemoteSessionDto {
+    fn from(s: platform::remote::SessionInfo) -> Self {
+        RemoteSessionDto {
+            stream: format!("/api/v1/remote-sessions/{}/stream", s.id),
+            id: s.id,
+            device_id: s.device_id,
+            kind: s.kind.to_owned(),
+            state: s.state.to_owned(),
+            opened_by: s.opened_by,
+            started_at: s.started_at,
+            execution_id: s.execution_id,
+            window: s.window,
+            port: s.port,
+            bound_port: s.bound_port,
+            bytes_to_device: s.bytes_to_device,
+            bytes_from_device: s.bytes_from_device,
+        }
+    }
+}

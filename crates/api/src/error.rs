@@ -254,3 +254,18 @@ impl From<platform::tasks::TaskError> for ApiError {
         }
     }
 }
+
+impl From<platform::remote::RemoteError> for ApiError {
+    fn from(e: platform::remote::RemoteError) -> Self {
+        use platform::remote::RemoteError as R;
+        match e {
+            R::Forbidden(m) => ApiError::Forbidden(m),
+            R::NotFound(m) => ApiError::NotFound(m),
+            R::Field { field, message } => ApiError::field(field, message),
+            R::Conflict(m) => ApiError::Conflict(m),
+            R::Task(t) => t.into(),
+            R::Store(s) => s.into(),
+            R::Bastion(m) => ApiError::Internal(m),
+        }
+    }
+}

@@ -39,6 +39,8 @@ pub struct ApiOptions {
     pub data_dir: Option<std::path::PathBuf>,
     /// Remote tasks: woken when a job is created, its events for live pages.
     pub tasks: Option<Arc<platform::tasks::TaskService>>,
+    /// Remote access: terminals, tunnels, reverse SSH.
+    pub remote: Option<Arc<platform::remote::RemoteSessions>>,
     /// The password-login throttle, shared with the embedded broker so a
     /// console account meets the same limits over MQTT.
     pub logins: Arc<platform::login_guard::LoginGuard>,

@@ -17,7 +17,95 @@ pub struct Config {
     pub metrics: Metrics,
     pub telemetry: Telemetry,
     pub webhooks: Webhooks,
+    pub remote: Remote,
     pub broker: broker::Settings,
+}
+
+/// Remote access: who may open terminals and tunnels, for how long, and
+/// the bastion reverse SSH tunnels go to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Remote {
+    /// Roles that may open sessions (`operator-admin`, `integrator-admin`,
+    /// `customer-admin`, `engineer`).
+    pub roles: Vec<String>,
+    pub idle_secs: u32,
+    pub max_secs: u32,
+    pub per_device: usize,
+    pub total: usize,
+    pub bastion: Option<Bastion>,
+}
+
+impl Default for Remote {
+    fn default() -> Self {
+        let d = platform::remote::RemoteSettings::default();
+        Remote {
+            roles: d.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            idle_secs: d.idle_secs,
+            max_secs: d.max_secs,
+            per_device: d.per_device,
+            total: d.total,
+            bastion: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bastion {
+    pub host: String,
+    #[serde(default = "ssh_port")]
+    pub port: u16,
+    pub user: String,
+    /// The bastion's public host key file (`ssh_host_ed25519_key.pub`).
+    pub host_key_file: PathBuf,
+    /// The `authorized_keys` of `user`, kept by Telemark.
+    pub authorized_keys: PathBuf,
+}
+
+fn ssh_port() -> u16 {
+    22
+}
+
+impl Remote {
+    pub fn settings(&self) -> anyhow::Result<platform::remote::RemoteSettings> {
+        let roles = self
+            .roles
+            .iter()
+            .map(|r| {
+                platform::accounts::Role::parse(r)
+                    .filter(|r| *r != platform::accounts::Role::Viewer)
+                    .with_context(|| format!("remote.roles: {r:?} is not a role that may act"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if self.idle_secs == 0 || self.max_secs == 0 || self.max_secs > 7 * 86_400 {
+            bail!("remote.idle_secs and remote.max_secs must be 1 s to a week");
+        }
+        let bastion = match &self.bastion {
+            None => None,
+            Some(b) => {
+                let host_key = std::fs::read_to_string(&b.host_key_file)
+                    .with_context(|| format!("remote.bastion.host_key_file {}", b.host_key_file.display()))?;
+                // `type base64 [comment]`: the comment is not part of the key.
+                let host_key = host_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                Some(platform::remote::Bastion {
+                    host: b.host.clone(),
+                    port: b.port,
+                    user: b.user.clone(),
+                    host_key,
+                    authorized_keys: b.authorized_keys.clone(),
+                })
+            }
+        };
+        Ok(platform::remote::RemoteSettings {
+            roles,
+            idle_secs: self.idle_secs,
+            max_secs: self.max_secs,
+            per_device: self.per_device.max(1),
+            total: self.total.max(1),
+            bastion,
+        })
+    }
 }
 
 /// Where alarm webhooks may point.
@@ -156,6 +244,19 @@ max_reading_ahead_hours = 24                  # device times further ahead are f
 [webhooks]
 enabled = true                                # false: no webhook is ever called
 allowed_private_targets = []                  # e.g. ["alerts.corp.example", "10.0.0.5"]: inside targets webhooks may reach
+
+[remote]
+roles = ["operator-admin", "integrator-admin"]  # who may open terminals and tunnels
+idle_secs = 900                               # a session without traffic ends
+max_secs = 14400                              # and every session ends after this
+per_device = 4                                # sessions on one device at once
+total = 256                                   # sessions on this instance at once
+# [remote.bastion]                            # reverse SSH tunnels go here
+# host = "bastion.example.net"                # as devices reach it
+# port = 22
+# user = "telemark"
+# host_key_file = "/etc/ssh/ssh_host_ed25519_key.pub"
+# authorized_keys = "/home/telemark/.ssh/authorized_keys"   # kept by Telemark
 
 [broker]
 max_connections = 200000

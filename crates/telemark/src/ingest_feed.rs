@@ -47,6 +47,10 @@ impl platform::telemetry::MessageFeed for EmbeddedFeed {
     }
 }
 
+/// A session frame the broker still holds after this long is dropped: the
+/// session has ended by then (its device went away).
+const SESSION_FRAME_EXPIRY_SECS: u32 = 30;
+
 /// The platform's task requests, published into the embedded broker as the
 /// process's own messages.
 pub struct BrokerTaskTransport(pub Broker);
@@ -58,6 +62,12 @@ impl platform::tasks::TaskTransport for BrokerTaskTransport {
         message.properties.response_topic = Some(request.response_topic);
         message.properties.correlation_data = Some(request.correlation);
         message.properties.message_expiry_interval = Some(request.expiry_secs);
+        self.0.publish(message);
+    }
+
+    fn send_session(&self, topic: String, payload: bytes::Bytes) {
+        let mut message = broker::Message::new(&topic, payload, QoS::AtLeastOnce, false);
+        message.properties.message_expiry_interval = Some(SESSION_FRAME_EXPIRY_SECS);
         self.0.publish(message);
     }
 }

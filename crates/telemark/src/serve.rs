@@ -146,6 +146,17 @@ pub(crate) async fn run_platform(
         ),
     );
     ingest.set_tasks(tasks.clone());
+    let remote = platform::remote::RemoteSessions::new(
+        store.clone(),
+        Arc::new(ingest_feed::BrokerTaskTransport(running.broker.clone())),
+        tasks.clone(),
+        config.remote.settings()?,
+    );
+    ingest.set_remote(remote.clone());
+    {
+        let (remote, stop) = (remote.clone(), stop_rx.clone());
+        supervisor.spawn("remote sessions", move || remote.clone().run_sweeper(stop.clone()));
+    }
     {
         let (tasks, stop) = (tasks.clone(), stop_rx.clone());
         supervisor.spawn("tasks", move || tasks.clone().run(stop.clone()));
@@ -203,6 +214,7 @@ pub(crate) async fn run_platform(
         ingest: Some(ingest.clone()),
         alarms: Some(alarms.clone()),
         tasks: Some(tasks.clone()),
+        remote: Some(remote.clone()),
         data_dir: Some(args.data.clone()),
         logins,
         webhooks,

@@ -6,6 +6,7 @@ mod audit;
 mod bundles;
 mod devices;
 mod licenses;
+mod remote;
 mod tasks;
 mod telemetry;
 mod users;
@@ -95,6 +96,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(tasks::retry_execution))
         .routes(routes!(tasks::device_config))
         .routes(routes!(licenses::deploy_license))
+        .routes(routes!(remote::list_sessions, remote::open_session))
+        .routes(routes!(remote::get_session, remote::close_session))
+        .routes(routes!(remote::session_stream))
         .routes(routes!(bundles::list_bundles))
         .routes(routes!(bundles::download_bundle))
         .routes(routes!(audit::audit_log))
