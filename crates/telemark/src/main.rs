@@ -6,6 +6,7 @@ mod ingest_feed;
 mod listeners;
 mod registry;
 mod serve;
+mod tunnel;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,6 +64,8 @@ enum Command {
     },
     /// Simulate a fleet of devices against a broker.
     Sim(Box<SimArgs>),
+    /// Forward a local port to a port on a device, through the platform.
+    Tunnel(Box<tunnel::TunnelArgs>),
     /// The key platform secrets are sealed with.
     Secrets {
         #[command(subcommand)]
@@ -422,6 +425,10 @@ fn main() -> anyhow::Result<()> {
                     Ok(())
                 })
         }
+        Command::Tunnel(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(tunnel::run(*args)),
         Command::Sim(args) => {
             raise_file_limit();
             tokio::runtime::Builder::new_multi_thread()
