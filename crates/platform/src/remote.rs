@@ -334,7 +334,7 @@ impl RemoteSessions {
                 private_key = Some(private);
                 let expiry = time_stamp(store::now_millis() / 1000 + i64::from(self.settings.max_secs) + 60);
                 authorized_line = Some(format!(
-                    "restrict,port-forwarding,permitopen=\"none\",expiry-time=\"{expiry}\" {public}"
+                    "restrict,port-forwarding,permitlisten=\"localhost:*\",expiry-time=\"{expiry}\" {public}"
                 ));
                 Some(target)
             }
@@ -370,6 +370,14 @@ impl RemoteSessions {
                 )));
             }
         }
+        // A terminal's one channel is there from the start.
+        let channels = || {
+            let mut c = HashMap::new();
+            if request.kind == SessionKind::Terminal {
+                c.insert(0, ReceiveWindow::new(window));
+            }
+            c
+        };
         let live = Live {
             id: id.clone(),
             device_id,
@@ -389,8 +397,8 @@ impl RemoteSessions {
             attached: false,
             client,
             client_queue: Some(client_queue),
-            down: HashMap::new(),
-            up: HashMap::new(),
+            down: channels(),
+            up: channels(),
             bytes_down: 0,
             bytes_up: 0,
             bound_port: None,
@@ -579,6 +587,15 @@ impl RemoteSessions {
                 None => Err(None),
                 Some(l) => {
                     l.last_activity = Instant::now();
+                    if l.phase == Phase::Opening {
+                        // The device speaks once its end is open; its task
+                        // answer may still be on its way to the database.
+                        l.phase = Phase::Open;
+                        let _ = l.client.send(ClientMessage::Event(serde_json::json!({
+                            "event": "opened",
+                            "session": l.info(),
+                        })));
+                    }
                     match frame.and_then(|f| device_frame(l, &f).map(|()| f)) {
                         Ok(Frame::End { reason }) => Ok(Some(reason)),
                         Ok(_) => {
@@ -736,15 +753,18 @@ impl RemoteSessions {
                 .and_then(|r| serde_json::from_str(r).ok());
             let mut live = self.live();
             if let Some(l) = live.get_mut(&id) {
+                let was_open = l.phase == Phase::Open;
                 l.phase = Phase::Open;
                 l.bound_port = opened.and_then(|o| o.bound_port);
                 // The key has reached the device; the platform forgets it.
                 l.private_key = None;
                 l.last_activity = Instant::now();
-                let _ = l.client.send(ClientMessage::Event(serde_json::json!({
-                    "event": "opened",
-                    "session": l.info(),
-                })));
+                if !was_open {
+                    let _ = l.client.send(ClientMessage::Event(serde_json::json!({
+                        "event": "opened",
+                        "session": l.info(),
+                    })));
+                }
             }
         } else {
             let why = execution

@@ -232,7 +232,9 @@ pub(super) async fn session_stream(
                     match message {
                         Message::Binary(bytes) => {
                             if remote.from_client(&id, &bytes).is_err() {
-                                return;
+                                // The session is over; the writer delivers
+                                // why and closes.
+                                std::future::pending::<()>().await;
                             }
                         }
                         Message::Close(_) => return,
