@@ -23,7 +23,7 @@ const shots = path.join(here, "screenshots");
 const ADMIN_PASSWORD = "e2e-admin-password";
 const CUSTOMER_PASSWORD = "harbour-password-1";
 
-let dir, serve, sim, browser, base, adminToken;
+let dir, serve, sim, browser, base, adminToken, mqttPort;
 const fleet = {}; // name -> device id
 let serviceModelId;
 
@@ -71,7 +71,7 @@ before(async () => {
   rmSync(shots, { recursive: true, force: true });
   mkdirSync(shots, { recursive: true });
   const httpPort = await freePort();
-  const mqttPort = await freePort();
+  mqttPort = await freePort();
   base = `http://127.0.0.1:${httpPort}`;
   serve = spawn(
     binary,
@@ -319,6 +319,56 @@ test("run a diagnostic on a device and read its result table, then a bulk job", 
   await page.waitForSelector(".page-head .actions .badge:text-is('finished')", { timeout: 20_000 });
   assert.equal(await page.locator("[data-testid=executions] tbody tr").count(), 2);
   }));
+
+test("open the terminal of a router running the real agent, type echo hi and read hi", async () => {
+  // A router with the real agent (the simulator has no shell).
+  await http("POST", "/devices/import?source=agent.csv", {
+    body: "name,serial,mac,model,organisation\nagent-001,AG0001,00:1b:11:cc:00:01,311-a1,Harbour Logistics\n",
+    contentType: "text/csv",
+  });
+  const device = (await http("GET", "/devices?limit=1&search=agent-001")).devices[0];
+  const credentials = await http("POST", `/devices/${device.id}/credentials`);
+  const config = path.join(dir, "agent.toml");
+  writeFileSync(
+    config,
+    `broker = "mqtt://127.0.0.1:${mqttPort}"\ndevice_id = "00-1b-11-cc-00-01"\nmodel = "311-a1"\n` +
+      `secret = "${credentials.password}"\nbuffer_dir = "${path.join(dir, "agent-buffer")}"\n` +
+      `[remote]\nterminal_command = ["/bin/sh"]\n`,
+  );
+  const agent = spawn(binary, ["agent", "--config", config], {
+    stdio: ["ignore", "ignore", "inherit"],
+    env: { ...process.env, RUST_LOG: "warn" },
+  });
+  try {
+    await eventually("the agent online", async () => (await http("GET", `/devices/${device.id}`)).online);
+    await inBrowser("terminal", async (page) => {
+      await page.goto(`${base}/devices/${device.id}`);
+      await page.click("role=tab[name='Terminal']");
+      await page.click("text=Open terminal");
+      await page.waitForSelector("[data-testid=terminal-state]:has-text('Connected')", { timeout: 20_000 });
+      await page.click("[data-testid=terminal]");
+      await page.keyboard.type("echo hi-$((40+2))");
+      await page.keyboard.press("Enter");
+      // The echo of the command line has "$((40+2))"; only the shell's answer has "hi-42".
+      await page.waitForSelector("[data-testid=terminal] .xterm-rows >> text=hi-42");
+      // The PTY has the browser's size, not a default 80x24.
+      await page.keyboard.type("stty size");
+      await page.keyboard.press("Enter");
+      const size = await eventually("stty size answered", async () => {
+        const rows = await page.locator("[data-testid=terminal] .xterm-rows").innerText();
+        return rows.match(/^(\d+) (\d+)$/m);
+      }, 10_000);
+      assert.notEqual(`${size[1]} ${size[2]}`, "24 80", "the terminal was sized to the page");
+      await page.click("text=Close terminal");
+      await page.waitForSelector("[data-testid=terminal] .xterm-rows >> text=session ended");
+    });
+    const log = await http("GET", "/audit?limit=50");
+    const actions = JSON.stringify(log);
+    assert.ok(actions.includes("remote.open") && actions.includes("remote.close"), "the session is in the system log");
+  } finally {
+    agent.kill("SIGTERM");
+  }
+});
 
 test("acknowledge an alarm", () =>
   inBrowser("alarm", async (page) => {

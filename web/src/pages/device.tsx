@@ -35,6 +35,7 @@ import {
 } from "../components/ui";
 import { licenseTone } from "./devices";
 import { AlarmTable } from "./alarms";
+import { RemoteTerminal } from "./terminal";
 import { DeviceTasks, RadioPanel } from "./tasks";
 
 const RANGES: [string, number][] = [
@@ -97,7 +98,9 @@ export function DeviceDetail() {
   const { params } = useRoute();
   const id = Number(params.id);
   const device = useLoad((signal) => api<Device>(`/devices/${id}`, { signal }), [id]);
-  const [tab, setTab] = useState<"overview" | "tasks" | "logs" | "presence" | "alarms">("overview");
+  const [tab, setTab] = useState<"overview" | "tasks" | "terminal" | "logs" | "presence" | "alarms">(
+    "overview",
+  );
   if (!Number.isInteger(id) || id <= 0) return <Page title="Device">{<ErrorBox error="No such device." />}</Page>;
   return (
     <LoadState loaded={device}>
@@ -117,6 +120,7 @@ export function DeviceDetail() {
               [
                 ["overview", "Live charts"],
                 ["tasks", "Tasks"],
+                ["terminal", "Terminal"],
                 ["logs", "Black box logs"],
                 ["presence", "Presence"],
                 ["alarms", "Alarms"],
@@ -140,6 +144,7 @@ export function DeviceDetail() {
             </>
           )}
           {tab === "tasks" && <DeviceTasks device={d} />}
+          {tab === "terminal" && <RemoteTerminal device={d} />}
           {tab === "logs" && <Logs deviceId={id} />}
           {tab === "presence" && <Presence deviceId={id} />}
           {tab === "alarms" && <DeviceAlarms deviceId={id} />}
