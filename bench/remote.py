@@ -90,12 +90,18 @@ def source_server(port):
     srv.bind(("127.0.0.1", port))
     srv.listen()
 
+    def send(conn):
+        with conn:
+            try:
+                for _ in range(SIZE // len(chunk)):
+                    conn.sendall(chunk)
+            except OSError:
+                pass  # the reader went away (a port probe)
+
     def serve():
         while True:
             conn, _ = srv.accept()
-            with conn:
-                for _ in range(SIZE // len(chunk)):
-                    conn.sendall(chunk)
+            threading.Thread(target=send, args=(conn,), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
 
@@ -133,8 +139,12 @@ def sshd(work):
 
 def telemark_keystrokes(platform, device, keys):
     session = platform.call("POST", f"/devices/{device}/sessions", {"kind": "terminal", "cols": 80, "rows": 24})
-    ws = connect(f"ws://127.0.0.1:{platform.http}{session['stream']}",
-                 additional_headers={"Authorization": f"Bearer {platform.token}"}, max_size=None)
+    with connect(f"ws://127.0.0.1:{platform.http}{session['stream']}",
+                 additional_headers={"Authorization": f"Bearer {platform.token}"}, max_size=None) as ws:
+        return keystrokes_over(ws, keys)
+
+
+def keystrokes_over(ws, keys):
     received = sent = 0
 
     def next_output(deadline):
@@ -167,7 +177,6 @@ def telemark_keystrokes(platform, device, keys):
         next_output(time.time() + 5)
         samples.append((time.perf_counter() - start) * 1000)
     ws.send(frame(END, 0, 0, b"benchmark done"))
-    ws.close()
     return samples
 
 
@@ -232,8 +241,9 @@ def main():
         local = free_port()
         tunnel = subprocess.Popen([binary, "tunnel", device_id, "--remote-port", str(source_port),
                                    "--local-port", str(local), "--url", platform.base],
-                                  env=dict(platform.env, TELEMARK_TOKEN=token), stdout=subprocess.DEVNULL)
-        wait_port(local, 30)
+                                  env=dict(platform.env, TELEMARK_TOKEN=token), stdout=subprocess.PIPE, text=True)
+        # It listens once the device has opened its end.
+        assert "Forwarding" in tunnel.stdout.readline()
         peak = PeakMemory([platform.process.pid, agent.pid, tunnel.pid])
         before = {p: rss_kib(p) for p in peak.pids}
         peak.start()

@@ -151,6 +151,11 @@ pub async fn run(
         );
     }
     let (client, mut events) = AsyncClient::new(options, 256);
+    // Terminal keystrokes and their echoes are small packets that must not
+    // wait for the acknowledgement of the previous one (Nagle).
+    let mut network = events.network_options();
+    network.set_tcp_nodelay(true);
+    events.set_network_options(network);
     let (link_tx, mut link) = mpsc::channel(8);
     let poller = tokio::spawn(async move {
         let mut failures = 0u32;

@@ -124,6 +124,11 @@ pub(crate) async fn serve_http(
         .await
         .with_context(|| format!("binding the {what} listener to {addr}"))?;
     let local = listener.local_addr()?;
+    // A keystroke in a terminal is one small WebSocket frame: Nagle would
+    // hold it behind the last unacknowledged one.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let shutdown_broker = broker.clone();
     tokio::spawn(async move {
         let _ = axum::serve(

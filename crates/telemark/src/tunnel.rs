@@ -63,7 +63,7 @@ pub(crate) async fn run(args: TunnelArgs) -> anyhow::Result<()> {
     );
     let mut request = ws_url.as_str().into_client_request()?;
     request.headers_mut().insert("Authorization", auth.parse()?);
-    let (socket, _) = tokio_tungstenite::connect_async(request)
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
         .await
         .context("opening the session's stream")?;
     let (mut sink, mut stream) = socket.split();
