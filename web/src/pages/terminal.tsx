@@ -36,6 +36,17 @@ export function RemoteTerminal({ device }: { device: Device }) {
 
   useEffect(() => () => stop.current(), []);
 
+  // Ended by the user: the platform ends it on both sides, logs it, and
+  // sends the reason, which the socket shows before it closes.
+  async function close() {
+    if (!session) return stop.current();
+    try {
+      await api(`/remote-sessions/${session.id}`, { method: "DELETE" });
+    } catch {
+      stop.current();
+    }
+  }
+
   async function open() {
     if (!host.current) return;
     stop.current();
@@ -162,7 +173,7 @@ export function RemoteTerminal({ device }: { device: Device }) {
           </button>
         )}
         {(state === "opening" || state === "open") && (
-          <button type="button" onClick={() => stop.current()}>
+          <button type="button" onClick={close}>
             Close terminal
           </button>
         )}
