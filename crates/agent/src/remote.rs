@@ -88,8 +88,11 @@ impl Sessions {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(session, error = %e, "a malformed session frame; the session ends");
-                self.end(session, &format!("the device received a malformed frame: {e}"))
-                    .await;
+                self.end(
+                    session,
+                    &format!("the device received a malformed frame: {e}"),
+                )
+                .await;
                 return;
             }
         };
@@ -368,15 +371,7 @@ impl Sessions {
                 channels.insert(0, input);
                 let out = out.clone();
                 done.spawn(async move {
-                    let pumped = pump(
-                        0,
-                        params.window,
-                        read,
-                        write,
-                        channel_inbox,
-                        out,
-                    )
-                    .await;
+                    let pumped = pump(0, params.window, read, write, channel_inbox, out).await;
                     (0u32, pumped, Some(child))
                 });
             }
@@ -500,7 +495,11 @@ impl Sessions {
 }
 
 enum Runner {
-    Terminal(pty_process::Pty, tokio::process::Child, std::os::fd::OwnedFd),
+    Terminal(
+        pty_process::Pty,
+        tokio::process::Child,
+        std::os::fd::OwnedFd,
+    ),
     Tunnel,
     Reverse(tokio::process::Child, tempfile::TempDir),
 }

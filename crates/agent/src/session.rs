@@ -178,7 +178,11 @@ pub async fn run(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    if link_tx.send(Link::Message(publish.topic, publish.payload)).await.is_err() {
+                    if link_tx
+                        .send(Link::Message(publish.topic, publish.payload))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

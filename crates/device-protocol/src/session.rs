@@ -77,7 +77,9 @@ pub fn parse_topic(suffix: &str) -> Option<Result<(&str, Direction), String>> {
     let parsed = match rest.split_once('/') {
         Some((id, "in")) if valid_session_id(id) => Ok((id, Direction::In)),
         Some((id, "out")) if valid_session_id(id) => Ok((id, Direction::Out)),
-        _ => Err(format!("session topic {suffix:?} is not sessions/{{id}}/in|out")),
+        _ => Err(format!(
+            "session topic {suffix:?} is not sessions/{{id}}/in|out"
+        )),
     };
     Some(parsed)
 }
@@ -152,12 +154,9 @@ impl Frame {
             Frame::Ack { channel, consumed } => (ACK, *channel, *consumed, &[]),
             Frame::Open { channel, port } => (OPEN, *channel, u64::from(*port), &[]),
             Frame::Close { channel, reason } => (CLOSE, *channel, 0, reason_bytes(reason)),
-            Frame::Resize { cols, rows } => (
-                RESIZE,
-                0,
-                (u64::from(*cols) << 16) | u64::from(*rows),
-                &[],
-            ),
+            Frame::Resize { cols, rows } => {
+                (RESIZE, 0, (u64::from(*cols) << 16) | u64::from(*rows), &[])
+            }
             Frame::End { reason } => (END, 0, 0, reason_bytes(reason)),
         };
         let mut out = Vec::with_capacity(HEADER + body.len());
@@ -225,8 +224,7 @@ impl Frame {
             RESIZE => {
                 no_body("resize")?;
                 let (cols, rows) = ((value >> 16) & 0xffff, value & 0xffff);
-                if value >> 32 != 0 || !(1..=1000).contains(&cols) || !(1..=1000).contains(&rows)
-                {
+                if value >> 32 != 0 || !(1..=1000).contains(&cols) || !(1..=1000).contains(&rows) {
                     return Err(FrameError::BadSize);
                 }
                 Frame::Resize {
@@ -536,10 +534,7 @@ mod tests {
     #[test]
     fn bad_frames_are_refused() {
         assert_eq!(Frame::decode(&[1, 0, 0]), Err(FrameError::Short(3)));
-        assert_eq!(
-            Frame::decode(&[9; HEADER]),
-            Err(FrameError::UnknownKind(9))
-        );
+        assert_eq!(Frame::decode(&[9; HEADER]), Err(FrameError::UnknownKind(9)));
         let mut empty_data = Frame::Ack {
             channel: 0,
             consumed: 0,
@@ -555,10 +550,7 @@ mod tests {
         port[5..HEADER].copy_from_slice(&70000u64.to_be_bytes());
         assert_eq!(Frame::decode(&port), Err(FrameError::BadPort(70000)));
         let huge = vec![DATA; MAX_FRAME + 1];
-        assert!(matches!(
-            Frame::decode(&huge),
-            Err(FrameError::TooLarge(_))
-        ));
+        assert!(matches!(Frame::decode(&huge), Err(FrameError::TooLarge(_))));
         let mut bad_utf8 = Frame::End { reason: "x".into() }.encode();
         bad_utf8.push(0xff);
         assert_eq!(Frame::decode(&bad_utf8), Err(FrameError::BadReason));
@@ -604,10 +596,7 @@ mod tests {
         send.ack(ack).expect("a good ack");
         assert_eq!(send.room(), 6);
         // A sender that ignores its room is caught.
-        assert!(matches!(
-            receive.data(6, 7),
-            Err(FlowError::Overrun { .. })
-        ));
+        assert!(matches!(receive.data(6, 7), Err(FlowError::Overrun { .. })));
         assert!(matches!(receive.data(9, 1), Err(FlowError::Gap { .. })));
         assert!(send.ack(7).is_err(), "an ack beyond what was sent");
     }

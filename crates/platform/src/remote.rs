@@ -320,7 +320,12 @@ impl RemoteSessions {
                 let known_host = if bastion.port == 22 {
                     format!("{} {}", bastion.host, bastion.host_key.trim())
                 } else {
-                    format!("[{}]:{} {}", bastion.host, bastion.port, bastion.host_key.trim())
+                    format!(
+                        "[{}]:{} {}",
+                        bastion.host,
+                        bastion.port,
+                        bastion.host_key.trim()
+                    )
                 };
                 reverse = Some(ReverseSsh {
                     host: bastion.host.clone(),
@@ -332,7 +337,8 @@ impl RemoteSessions {
                     target_port: target,
                 });
                 private_key = Some(private);
-                let expiry = time_stamp(store::now_millis() / 1000 + i64::from(self.settings.max_secs) + 60);
+                let expiry =
+                    time_stamp(store::now_millis() / 1000 + i64::from(self.settings.max_secs) + 60);
                 authorized_line = Some(format!(
                     "restrict,port-forwarding,permitlisten=\"localhost:*\",expiry-time=\"{expiry}\" {public}"
                 ));
@@ -455,7 +461,11 @@ impl RemoteSessions {
                     l.execution_id = execution_id;
                     l.info()
                 }
-                None => return Err(RemoteError::Conflict("the session ended as it opened".into())),
+                None => {
+                    return Err(RemoteError::Conflict(
+                        "the session ended as it opened".into(),
+                    ));
+                }
             }
         };
         self.counters
@@ -511,7 +521,12 @@ impl RemoteSessions {
     }
 
     /// One session, for its opener (or an operator admin).
-    pub fn session(&self, id: &str, username: &str, role: Role) -> Result<SessionInfo, RemoteError> {
+    pub fn session(
+        &self,
+        id: &str,
+        username: &str,
+        role: Role,
+    ) -> Result<SessionInfo, RemoteError> {
         let live = self.live();
         match live.get(id) {
             Some(l) if l.opened_by == username || role == Role::OperatorAdmin => Ok(l.info()),
@@ -630,7 +645,11 @@ impl RemoteSessions {
             }
             Err(Some(why)) => {
                 self.count_refused();
-                self.finish(id, format!("the device broke the session protocol: {why}"), true);
+                self.finish(
+                    id,
+                    format!("the device broke the session protocol: {why}"),
+                    true,
+                );
             }
         }
     }
@@ -699,7 +718,13 @@ impl RemoteSessions {
             }
             if l.phase == Phase::Opening {
                 // Nobody waits for the device's answer any more.
-                let _ = crate::tasks::cancel_execution(&store, &l.scope, "remote access", l.execution_id).await;
+                let _ = crate::tasks::cancel_execution(
+                    &store,
+                    &l.scope,
+                    "remote access",
+                    l.execution_id,
+                )
+                .await;
                 tasks.wake();
             }
             let seconds = l.started.elapsed().as_secs();
@@ -721,7 +746,11 @@ impl RemoteSessions {
         });
     }
 
-    async fn bastion_keys(&self, add: Option<&str>, remove: Option<&str>) -> Result<(), RemoteError> {
+    async fn bastion_keys(
+        &self,
+        add: Option<&str>,
+        remove: Option<&str>,
+    ) -> Result<(), RemoteError> {
         let Some(b) = &self.settings.bastion else {
             return Ok(());
         };
@@ -770,7 +799,11 @@ impl RemoteSessions {
             let why = execution
                 .error
                 .unwrap_or_else(|| format!("the device's answer: {state}"));
-            self.finish(&id, format!("the device did not open the session: {why}"), false);
+            self.finish(
+                &id,
+                format!("the device did not open the session: {why}"),
+                false,
+            );
         }
     }
 
@@ -789,7 +822,10 @@ impl RemoteSessions {
                 .values()
                 .filter_map(|l| {
                     let why = if l.started.elapsed() >= longest {
-                        format!("the session reached its maximum of {} s", self.settings.max_secs)
+                        format!(
+                            "the session reached its maximum of {} s",
+                            self.settings.max_secs
+                        )
                     } else if l.last_activity.elapsed() >= idle {
                         format!("idle for {} s", self.settings.idle_secs)
                     } else if !l.attached && l.started.elapsed() >= ATTACH_WITHIN {
@@ -814,11 +850,14 @@ impl RemoteSessions {
 /// Checks a client's frame against what the session allows and its windows.
 fn client_frame(l: &mut Live, f: &Frame) -> Result<(), String> {
     match f {
-        Frame::Data { channel, offset, bytes } => {
-            let w = l
-                .up
-                .get_mut(channel)
-                .ok_or_else(|| format!("data on channel {channel}, which is not open"))?;
+        Frame::Data {
+            channel,
+            offset,
+            bytes,
+        } => {
+            let w =
+                l.up.get_mut(channel)
+                    .ok_or_else(|| format!("data on channel {channel}, which is not open"))?;
             w.data(*offset, bytes.len()).map_err(|e| e.to_string())?;
             l.bytes_up += bytes.len() as u64;
         }
@@ -832,13 +871,19 @@ fn client_frame(l: &mut Live, f: &Frame) -> Result<(), String> {
                 return Err("only a tunnel opens channels".into());
             }
             if Some(*port) != l.port {
-                return Err(format!("this session reaches port {} only", l.port.unwrap_or(0)));
+                return Err(format!(
+                    "this session reaches port {} only",
+                    l.port.unwrap_or(0)
+                ));
             }
             if *channel == 0 || l.up.contains_key(channel) {
                 return Err(format!("channel {channel} cannot be opened"));
             }
             if l.up.len() >= session::MAX_CHANNELS as usize {
-                return Err(format!("at most {} connections per session", session::MAX_CHANNELS));
+                return Err(format!(
+                    "at most {} connections per session",
+                    session::MAX_CHANNELS
+                ));
             }
             l.up.insert(*channel, ReceiveWindow::new(l.window));
             l.down.insert(*channel, ReceiveWindow::new(l.window));
@@ -861,7 +906,11 @@ fn client_frame(l: &mut Live, f: &Frame) -> Result<(), String> {
 /// Checks a device's frame.
 fn device_frame(l: &mut Live, f: &Frame) -> Result<(), String> {
     match f {
-        Frame::Data { channel, offset, bytes } => {
+        Frame::Data {
+            channel,
+            offset,
+            bytes,
+        } => {
             let w = l
                 .down
                 .get_mut(channel)
@@ -1016,7 +1065,10 @@ mod tests {
         let stale = "restrict,expiry-time=\"20000101000000\" ssh-ed25519 AAAA stale";
         std::fs::write(&path, format!("{stale}\n")).expect("write");
         edit_authorized_keys(&path, Some(live), None).expect("add");
-        assert_eq!(std::fs::read_to_string(&path).expect("read"), format!("{live}\n"));
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            format!("{live}\n")
+        );
         edit_authorized_keys(&path, None, Some(live)).expect("remove");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "");
     }

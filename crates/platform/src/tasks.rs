@@ -651,7 +651,10 @@ impl TaskService {
                 }
                 if execution.kind == "remote_session" {
                     let session = params["session"].as_str().unwrap_or_default().to_owned();
-                    match self.remote().and_then(|r| r.request_params(&session, execution.id, params)) {
+                    match self
+                        .remote()
+                        .and_then(|r| r.request_params(&session, execution.id, params))
+                    {
                         Some(filled) => params = filled,
                         // Its session ended before delivery: nothing to open.
                         None => continue,

@@ -328,7 +328,12 @@ impl Ingest {
                 (Ok((_, Direction::In)), _) => {}
                 (Ok((id, Direction::Out)), Some(remote)) => {
                     let reply = format!("{key}sessions/{id}/in");
-                    remote.from_device(device.id, id, bytes::Bytes::copy_from_slice(payload), reply);
+                    remote.from_device(
+                        device.id,
+                        id,
+                        bytes::Bytes::copy_from_slice(payload),
+                        reply,
+                    );
                 }
                 (Ok(_), None) => self.fault(
                     device.id,

@@ -84,10 +84,15 @@ impl Remote {
         let bastion = match &self.bastion {
             None => None,
             Some(b) => {
-                let host_key = std::fs::read_to_string(&b.host_key_file)
-                    .with_context(|| format!("remote.bastion.host_key_file {}", b.host_key_file.display()))?;
+                let host_key = std::fs::read_to_string(&b.host_key_file).with_context(|| {
+                    format!("remote.bastion.host_key_file {}", b.host_key_file.display())
+                })?;
                 // `type base64 [comment]`: the comment is not part of the key.
-                let host_key = host_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                let host_key = host_key
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 Some(platform::remote::Bastion {
                     host: b.host.clone(),
                     port: b.port,

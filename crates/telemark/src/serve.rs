@@ -155,7 +155,9 @@ pub(crate) async fn run_platform(
     ingest.set_remote(remote.clone());
     {
         let (remote, stop) = (remote.clone(), stop_rx.clone());
-        supervisor.spawn("remote sessions", move || remote.clone().run_sweeper(stop.clone()));
+        supervisor.spawn("remote sessions", move || {
+            remote.clone().run_sweeper(stop.clone())
+        });
     }
     {
         let (tasks, stop) = (tasks.clone(), stop_rx.clone());

@@ -51,7 +51,9 @@ pub(crate) async fn run(args: TunnelArgs) -> anyhow::Result<()> {
         .await
         .context("reaching the platform")?;
     let session: serde_json::Value = answer(response).await?;
-    let stream_path = session["stream"].as_str().context("no stream in the answer")?;
+    let stream_path = session["stream"]
+        .as_str()
+        .context("no stream in the answer")?;
     let window = session["window"]
         .as_u64()
         .and_then(|w| u32::try_from(w).ok())
@@ -211,9 +213,10 @@ async fn find_device(
         .into_iter()
         .flatten()
         .filter(|d| {
-            ["name", "serial", "mac"]
-                .iter()
-                .any(|k| d[k].as_str().is_some_and(|v| v.eq_ignore_ascii_case(device)))
+            ["name", "serial", "mac"].iter().any(|k| {
+                d[k].as_str()
+                    .is_some_and(|v| v.eq_ignore_ascii_case(device))
+            })
         })
         .filter_map(|d| d["id"].as_i64())
         .collect();

@@ -26,7 +26,10 @@ fn call(port: u16, bearer: &str, method: &str, path: &str, body: &Value) -> (u16
         port,
         method,
         path,
-        &[("Authorization", bearer), ("Content-Type", "application/json")],
+        &[
+            ("Authorization", bearer),
+            ("Content-Type", "application/json"),
+        ],
         &text,
     );
     (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
@@ -101,7 +104,11 @@ fn fleet(config: &str, ports: &[u16]) -> Fleet {
 impl Fleet {
     fn start_agent(&self) -> KilledOnDrop {
         let agent = telemark()
-            .args(["agent", "--config", self.agent_config.to_str().expect("path")])
+            .args([
+                "agent",
+                "--config",
+                self.agent_config.to_str().expect("path"),
+            ])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(agent_log(&self.dir.path().join("agent.log")))
@@ -274,9 +281,14 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminal_runs_commands_resizes_and_carries_10_mib_in_bounded_memory() {
-    let f = tokio::task::spawn_blocking(|| fleet("", &[])).await.expect("fleet");
+    let f = tokio::task::spawn_blocking(|| fleet("", &[]))
+        .await
+        .expect("fleet");
     let agent = f.start_agent();
-    let (status, session) = f.open(&f.admin, json!({"kind": "terminal", "cols": 80, "rows": 24}));
+    let (status, session) = f.open(
+        &f.admin,
+        json!({"kind": "terminal", "cols": 80, "rows": 24}),
+    );
     assert_eq!(status, 201, "{session}");
     assert_eq!(session["state"], "opening");
     let mut term = TerminalClient::attach(f.http, &f.admin, &session)
@@ -390,7 +402,9 @@ async fn a_terminal_runs_commands_resizes_and_carries_10_mib_in_bounded_memory()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_refuse_strangers_and_end_when_a_side_breaks_the_rules_or_vanishes() {
-    let f = tokio::task::spawn_blocking(|| fleet("", &[])).await.expect("fleet");
+    let f = tokio::task::spawn_blocking(|| fleet("", &[]))
+        .await
+        .expect("fleet");
     let mut agent = f.start_agent();
     // Roles: an engineer may run tasks but not open a shell (by default).
     let org = own_organisation(f.http, &f.admin);
@@ -629,7 +643,11 @@ fn ssh(dir: &Path, key: &Path, port: u16, host_key_pub: &Path, command: &str) ->
     let known = dir.join(format!("known_{port}"));
     let host_key = std::fs::read_to_string(host_key_pub).expect("host key");
     let host_key: Vec<&str> = host_key.split_whitespace().take(2).collect();
-    std::fs::write(&known, format!("[127.0.0.1]:{port} {}\n", host_key.join(" "))).expect("known");
+    std::fs::write(
+        &known,
+        format!("[127.0.0.1]:{port} {}\n", host_key.join(" ")),
+    )
+    .expect("known");
     Command::new("ssh")
         .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
         .arg("-o")
@@ -658,7 +676,13 @@ fn telemark_tunnel_carries_an_ssh_login_and_an_http_request() {
     let web_port = free_port();
     let _web = KilledOnDrop(Some(
         Command::new("python3")
-            .args(["-m", "http.server", &web_port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "-m",
+                "http.server",
+                &web_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
             .current_dir(&web_root)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -787,7 +811,14 @@ fn a_reverse_ssh_tunnel_reaches_the_device_sshd_through_a_real_bastion() {
             bound.is_some()
         }),
         "the device reports the port bound on the bastion: {}\n{}",
-        call(f.http, &f.admin, "GET", &format!("/api/v1/devices/{}/tasks", f.device), &Value::Null).1,
+        call(
+            f.http,
+            &f.admin,
+            "GET",
+            &format!("/api/v1/devices/{}/tasks", f.device),
+            &Value::Null
+        )
+        .1,
         std::fs::read_to_string(f.dir.path().join("agent.log")).unwrap_or_default()
     );
     let bound = bound.expect("port") as u16;
@@ -799,7 +830,10 @@ fn a_reverse_ssh_tunnel_reaches_the_device_sshd_through_a_real_bastion() {
         "echo reverse-$((6*7))",
     );
     let output = finish(login);
-    assert!(output.contains("reverse-42"), "ssh through the bastion: {output}");
+    assert!(
+        output.contains("reverse-42"),
+        "ssh through the bastion: {output}"
+    );
 
     // Torn down on request: the port closes, the key leaves the bastion.
     let (status, _) = call(
@@ -811,7 +845,8 @@ fn a_reverse_ssh_tunnel_reaches_the_device_sshd_through_a_real_bastion() {
     );
     assert_eq!(status, 204);
     assert!(
-        eventually(15, || std::net::TcpStream::connect(("127.0.0.1", bound)).is_err()),
+        eventually(15, || std::net::TcpStream::connect(("127.0.0.1", bound))
+            .is_err()),
         "the bastion's port is closed"
     );
     assert!(

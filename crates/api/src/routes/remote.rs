@@ -202,7 +202,11 @@ pub(super) async fn session_stream(
             use futures_util::{SinkExt, StreamExt};
             let (mut sink, mut stream) = socket.split();
             let hello = serde_json::json!({ "event": "attached", "session": info });
-            if sink.send(Message::Text(hello.to_string().into())).await.is_err() {
+            if sink
+                .send(Message::Text(hello.to_string().into()))
+                .await
+                .is_err()
+            {
                 remote.client_gone(&id);
                 return;
             }
@@ -230,12 +234,10 @@ pub(super) async fn session_stream(
             let reader = async {
                 while let Some(Ok(message)) = stream.next().await {
                     match message {
-                        Message::Binary(bytes) => {
-                            if remote.from_client(&id, &bytes).is_err() {
-                                // The session is over; the writer delivers
-                                // why and closes.
-                                std::future::pending::<()>().await;
-                            }
+                        Message::Binary(bytes) if remote.from_client(&id, &bytes).is_err() => {
+                            // The session is over; the writer delivers why
+                            // and closes.
+                            std::future::pending::<()>().await;
                         }
                         Message::Close(_) => return,
                         _ => {}
