@@ -1045,7 +1045,7 @@ mod tests {
     #[test]
     fn expiry_times_are_utc_civil_dates() {
         assert_eq!(time_stamp(0), "19700101000000");
-        assert_eq!(time_stamp(1_796_342_400), "20261203000000");
+        assert_eq!(time_stamp(1_796_342_400), "20261204000000");
         assert_eq!(time_stamp(951_782_400 + 3661), "20000229010101");
     }
 
