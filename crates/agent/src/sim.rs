@@ -315,8 +315,9 @@ struct SimConnection {
     next_id: u16,
     /// QoS 1 messages sent and not yet acknowledged.
     unacked: usize,
-    /// Task requests received and not yet taken.
-    requests: Vec<bytes::Bytes>,
+    /// Task requests and session input received and not yet taken, with
+    /// their topics.
+    requests: Vec<(String, bytes::Bytes)>,
 }
 
 const KEEP_ALIVE: Duration = Duration::from_secs(60);
@@ -388,13 +389,21 @@ impl SimConnection {
         self.push(&MqttPacket::Subscribe(mqtt::Subscribe {
             packet_id: self.next_id,
             properties: Properties::default(),
-            filters: vec![(
+            filters: [
                 device_protocol::task::request_filter(&device.model, &device.device_id),
-                mqtt::SubscriptionOptions {
-                    qos: MqttQoS::AtLeastOnce,
-                    ..Default::default()
-                },
-            )],
+                device_protocol::session::input_filter(&device.model, &device.device_id),
+            ]
+            .into_iter()
+            .map(|filter| {
+                (
+                    filter,
+                    mqtt::SubscriptionOptions {
+                        qos: MqttQoS::AtLeastOnce,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect(),
         }));
     }
 
@@ -421,7 +430,8 @@ impl SimConnection {
                             publish.packet_id,
                         )));
                     }
-                    self.requests.push(publish.payload);
+                    self.requests
+                        .push((publish.topic.to_string(), publish.payload));
                 }
                 _ => {}
             }
@@ -496,6 +506,12 @@ async fn run_device(
         counters.connected.fetch_add(1, Ordering::Relaxed);
         let now = crate::now_millis();
         conn.subscribe_to_tasks(&device);
+        let prefix = format!(
+            "{}/{}/{}/",
+            device_protocol::PREFIX,
+            device.model,
+            device.device_id
+        );
         conn.publish(
             topic(Topic::Status),
             true,
@@ -517,8 +533,12 @@ async fn run_device(
                 _ = stop.changed() => break false,
                 read = conn.read() => {
                     if read.is_err() { break false; }
-                    for payload in std::mem::take(&mut conn.requests) {
-                        answers.take(&payload, &mut state, &device, &options).await;
+                    for (topic, payload) in std::mem::take(&mut conn.requests) {
+                        let suffix = topic.strip_prefix(&prefix).unwrap_or_default();
+                        match crate::sim_shell::input_session(suffix) {
+                            Some(id) => answers.session_input(id, &payload, &device),
+                            None => answers.take(&payload, &mut state, &device, &options).await,
+                        }
                     }
                     continue;
                 }

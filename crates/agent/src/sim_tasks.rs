@@ -18,7 +18,7 @@ use crate::session::SeenTasks;
 use crate::sim::{SimDevice, SimOptions, SimulatedDevice};
 
 /// Commands a simulated device's allowlist holds, with their output.
-const SHELL: [(&str, &str); 3] = [
+pub(crate) const SHELL: [(&str, &str); 3] = [
     (
         "uptime",
         " 10:42:01 up 12 days,  3:04,  load average: 0.08, 0.12, 0.10\n",
@@ -43,6 +43,7 @@ pub(crate) enum Due {
 pub(crate) struct SimAnswers {
     waiting: VecDeque<(Instant, Due)>,
     seen: SeenTasks,
+    shells: crate::sim_shell::SimShells,
 }
 
 impl SimAnswers {
@@ -77,6 +78,42 @@ impl SimAnswers {
         let status_topic = task::status_topic(&device.model, &device.device_id, request.id);
         let result_topic = task::result_topic(&device.model, &device.device_id, request.id);
         let (delay, answer) = match TaskParams::from_parts(&request.kind, &request.params) {
+            Ok(TaskParams::RemoteSession(s))
+                if s.kind == device_protocol::session::SessionKind::Terminal
+                    && request.deadline > now_millis() =>
+            {
+                let frames = self.shells.open(
+                    &s.session,
+                    s.cols.unwrap_or(80),
+                    s.rows.unwrap_or(24),
+                    &options.firmware,
+                );
+                let answer = if frames.is_empty() {
+                    finish(
+                        &request,
+                        AnswerState::Rejected,
+                        None,
+                        Some("this device already has 4 terminals open".into()),
+                    )
+                } else {
+                    ok(
+                        &request,
+                        device_protocol::session::SessionOpened {
+                            session: s.session.clone(),
+                            bound_port: None,
+                        },
+                    )
+                };
+                self.waiting.push_back((
+                    now,
+                    Due::Answer {
+                        topic: result_topic,
+                        payload: answer.to_json(),
+                    },
+                ));
+                self.session_frames(&s.session, frames, device);
+                return;
+            }
             Ok(TaskParams::BlackBox(task::BlackBox {
                 upload_url: Some(url),
             })) if request.deadline > now_millis() => (
@@ -116,6 +153,28 @@ impl SimAnswers {
                 payload: answer.to_json(),
             },
         ));
+    }
+}
+
+impl SimAnswers {
+    /// A frame on one of the device's `sessions/{id}/in` topics.
+    pub(crate) fn session_input(&mut self, id: &str, payload: &[u8], device: &SimDevice) {
+        let frames = self.shells.input(id, payload);
+        self.session_frames(id, frames, device);
+    }
+
+    fn session_frames(&mut self, id: &str, frames: Vec<Vec<u8>>, device: &SimDevice) {
+        let topic = device_protocol::session::output_topic(&device.model, &device.device_id, id);
+        let now = Instant::now();
+        for payload in frames {
+            self.waiting.push_back((
+                now,
+                Due::Answer {
+                    topic: topic.clone(),
+                    payload,
+                },
+            ));
+        }
     }
 }
 
@@ -196,7 +255,7 @@ fn simulate(
                 request,
                 AnswerState::Rejected,
                 None,
-                Some("a simulated device has no terminal or ports; connect a real agent".into()),
+                Some("a simulated device has no ports to forward; connect a real agent".into()),
             ),
         ),
         TaskParams::Reboot {} => {

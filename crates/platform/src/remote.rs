@@ -174,9 +174,11 @@ struct Live {
     client: mpsc::UnboundedSender<ClientMessage>,
     /// Held until the client attaches.
     client_queue: Option<mpsc::UnboundedReceiver<ClientMessage>>,
-    /// Device → client and client → device, per channel.
-    down: HashMap<u32, ReceiveWindow>,
-    up: HashMap<u32, ReceiveWindow>,
+    /// The open channels, each direction's window as the relay sees it.
+    channels: HashMap<u32, RelayChannel>,
+    /// Channels closed lately: a frame still on its way for one is let
+    /// through (the far end drops it), not taken for a breach.
+    closed: std::collections::VecDeque<u32>,
     bytes_down: u64,
     bytes_up: u64,
     bound_port: Option<u16>,
@@ -377,13 +379,10 @@ impl RemoteSessions {
             }
         }
         // A terminal's one channel is there from the start.
-        let channels = || {
-            let mut c = HashMap::new();
-            if request.kind == SessionKind::Terminal {
-                c.insert(0, ReceiveWindow::new(window));
-            }
-            c
-        };
+        let mut channels = HashMap::new();
+        if request.kind == SessionKind::Terminal {
+            channels.insert(0, RelayChannel::new(window));
+        }
         let live = Live {
             id: id.clone(),
             device_id,
@@ -403,8 +402,8 @@ impl RemoteSessions {
             attached: false,
             client,
             client_queue: Some(client_queue),
-            down: channels(),
-            up: channels(),
+            channels,
+            closed: std::collections::VecDeque::new(),
             bytes_down: 0,
             bytes_up: 0,
             bound_port: None,
@@ -847,24 +846,93 @@ impl RemoteSessions {
     }
 }
 
+/// One channel as the relay sees it: both directions' windows, and which
+/// side has finished sending (a close without a reason, like a FIN).
+struct RelayChannel {
+    /// Client → device.
+    up: ReceiveWindow,
+    /// Device → client.
+    down: ReceiveWindow,
+    client_done: bool,
+    device_done: bool,
+}
+
+impl RelayChannel {
+    fn new(window: u32) -> Self {
+        RelayChannel {
+            up: ReceiveWindow::new(window),
+            down: ReceiveWindow::new(window),
+            client_done: false,
+            device_done: false,
+        }
+    }
+}
+
+/// How many closed channel ids a session remembers.
+const CLOSED_KEPT: usize = 64;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Device,
+}
+
+/// Checks a data, ack or close frame from `side` against the channel's
+/// windows and state.
+fn channel_frame(l: &mut Live, side: Side, f: &Frame) -> Result<(), String> {
+    let (channel, closing) = match f {
+        Frame::Data { channel, .. } | Frame::Ack { channel, .. } => (*channel, None),
+        Frame::Close { channel, reason } => (*channel, Some(reason.is_empty())),
+        _ => return Ok(()),
+    };
+    let Some(c) = l.channels.get_mut(&channel) else {
+        if l.closed.contains(&channel) || !matches!(f, Frame::Data { .. }) {
+            return Ok(());
+        }
+        return Err(format!("data on channel {channel}, which is not open"));
+    };
+    let (sending, acking, done) = match side {
+        Side::Client => (&mut c.up, &mut c.down, &mut c.client_done),
+        Side::Device => (&mut c.down, &mut c.up, &mut c.device_done),
+    };
+    match f {
+        Frame::Data { offset, bytes, .. } => {
+            if *done {
+                return Err(format!("data on channel {channel} after its end"));
+            }
+            sending
+                .data(*offset, bytes.len())
+                .map_err(|e| e.to_string())?;
+            match side {
+                Side::Client => l.bytes_up += bytes.len() as u64,
+                Side::Device => l.bytes_down += bytes.len() as u64,
+            }
+        }
+        Frame::Ack { consumed, .. } => acking.acknowledged(*consumed).map_err(|e| e.to_string())?,
+        _ => {
+            *done = true;
+            // A reason aborts both directions; otherwise the channel goes
+            // once both sides have finished.
+            if closing == Some(false) || (c.client_done && c.device_done) {
+                l.channels.remove(&channel);
+                if l.closed.len() >= CLOSED_KEPT {
+                    l.closed.pop_front();
+                }
+                l.closed.push_back(channel);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks a client's frame against what the session allows and its windows.
 fn client_frame(l: &mut Live, f: &Frame) -> Result<(), String> {
+    if l.phase == Phase::Opening && !matches!(f, Frame::End { .. } | Frame::Ack { .. }) {
+        return Err("the session is not open yet".into());
+    }
     match f {
-        Frame::Data {
-            channel,
-            offset,
-            bytes,
-        } => {
-            let w =
-                l.up.get_mut(channel)
-                    .ok_or_else(|| format!("data on channel {channel}, which is not open"))?;
-            w.data(*offset, bytes.len()).map_err(|e| e.to_string())?;
-            l.bytes_up += bytes.len() as u64;
-        }
-        Frame::Ack { channel, consumed } => {
-            if let Some(w) = l.down.get_mut(channel) {
-                w.acknowledged(*consumed).map_err(|e| e.to_string())?;
-            }
+        Frame::Data { .. } | Frame::Ack { .. } | Frame::Close { .. } => {
+            channel_frame(l, Side::Client, f)?;
         }
         Frame::Open { channel, port } => {
             if l.kind != SessionKind::Tunnel {
@@ -876,29 +944,20 @@ fn client_frame(l: &mut Live, f: &Frame) -> Result<(), String> {
                     l.port.unwrap_or(0)
                 ));
             }
-            if *channel == 0 || l.up.contains_key(channel) {
+            if *channel == 0 || l.channels.contains_key(channel) || l.closed.contains(channel) {
                 return Err(format!("channel {channel} cannot be opened"));
             }
-            if l.up.len() >= session::MAX_CHANNELS as usize {
+            if l.channels.len() >= session::MAX_CHANNELS as usize {
                 return Err(format!(
                     "at most {} connections per session",
                     session::MAX_CHANNELS
                 ));
             }
-            l.up.insert(*channel, ReceiveWindow::new(l.window));
-            l.down.insert(*channel, ReceiveWindow::new(l.window));
-        }
-        Frame::Close { channel, .. } => {
-            if l.kind == SessionKind::Tunnel {
-                forget_if_closed(l, *channel);
-            }
+            l.channels.insert(*channel, RelayChannel::new(l.window));
         }
         Frame::Resize { .. } if l.kind == SessionKind::Terminal => {}
         Frame::Resize { .. } => return Err("only a terminal resizes".into()),
         Frame::End { .. } => {}
-    }
-    if l.phase == Phase::Opening && !matches!(f, Frame::End { .. }) {
-        return Err("the session is not open yet".into());
     }
     Ok(())
 }
@@ -906,43 +965,13 @@ fn client_frame(l: &mut Live, f: &Frame) -> Result<(), String> {
 /// Checks a device's frame.
 fn device_frame(l: &mut Live, f: &Frame) -> Result<(), String> {
     match f {
-        Frame::Data {
-            channel,
-            offset,
-            bytes,
-        } => {
-            let w = l
-                .down
-                .get_mut(channel)
-                .ok_or_else(|| format!("data on channel {channel}, which is not open"))?;
-            w.data(*offset, bytes.len()).map_err(|e| e.to_string())?;
-            l.bytes_down += bytes.len() as u64;
+        Frame::Data { .. } | Frame::Ack { .. } | Frame::Close { .. } => {
+            channel_frame(l, Side::Device, f)
         }
-        Frame::Ack { channel, consumed } => {
-            if let Some(w) = l.up.get_mut(channel) {
-                w.acknowledged(*consumed).map_err(|e| e.to_string())?;
-            }
-        }
-        Frame::Close { channel, .. } => {
-            if l.kind == SessionKind::Tunnel {
-                forget_if_closed(l, *channel);
-            }
-        }
-        Frame::End { .. } => {}
+        Frame::End { .. } => Ok(()),
         Frame::Open { .. } | Frame::Resize { .. } => {
-            return Err("a device neither opens channels nor resizes".into());
+            Err("a device neither opens channels nor resizes".into())
         }
-    }
-    Ok(())
-}
-
-/// A closed channel's windows stay until nothing is in flight either way,
-/// so late data of an orderly close still passes; then they go.
-fn forget_if_closed(l: &mut Live, channel: u32) {
-    let idle = |w: Option<&ReceiveWindow>| w.is_none_or(|w| w.in_flight() == 0);
-    if idle(l.up.get(&channel)) && idle(l.down.get(&channel)) {
-        l.up.remove(&channel);
-        l.down.remove(&channel);
     }
 }
 

@@ -442,6 +442,18 @@ async fn sessions_refuse_strangers_and_end_when_a_side_breaks_the_rules_or_vanis
     let (status, _) = f.open(&stranger, json!({"kind": "terminal"}));
     assert_eq!(status, 404);
 
+    // A session cannot be smuggled in as an ordinary task or job (which
+    // would skip the role check and the relay).
+    let (status, body) = call(
+        f.http,
+        &f.admin,
+        "POST",
+        &format!("/api/v1/devices/{}/tasks", f.device),
+        &json!({"type": "remote_session", "params": {"session": "0123456789abcdef0123456789abcdef", "kind": "terminal", "window": 65536, "idle_secs": 60, "max_secs": 60}}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("/sessions"), "{body}");
+
     // A tunnel to a port the device does not allow: refused with why.
     let (status, tunnel) = f.open(&f.admin, json!({"kind": "tunnel", "port": 23}));
     assert_eq!(status, 201, "{tunnel}");
