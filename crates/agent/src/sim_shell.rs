@@ -89,10 +89,8 @@ impl SimShells {
                             }
                             out.extend_from_slice(PROMPT.as_bytes());
                         }
-                        '\u{7f}' | '\u{8}' => {
-                            if shell.line.pop().is_some() {
-                                out.extend_from_slice(b"\x08 \x08");
-                            }
+                        '\u{7f}' | '\u{8}' if shell.line.pop().is_some() => {
+                            out.extend_from_slice(b"\x08 \x08");
                         }
                         '\u{3}' => {
                             shell.line.clear();
