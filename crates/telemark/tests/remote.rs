@@ -868,3 +868,70 @@ fn a_reverse_ssh_tunnel_reaches_the_device_sshd_through_a_real_bastion() {
         "the key is gone from the bastion"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_device_offers_a_small_shell_for_the_demo() {
+    let f = tokio::task::spawn_blocking(|| fleet("", &[]))
+        .await
+        .expect("fleet");
+    let (_, body) = call(
+        f.http,
+        &f.admin,
+        "POST",
+        &format!("/api/v1/devices/{}/credentials", f.device),
+        &Value::Null,
+    );
+    let roster = f.dir.path().join("fleet.csv");
+    std::fs::write(
+        &roster,
+        format!(
+            "device_id,model,secret\n00-11-22-33-88-01,311-a1,{}\n",
+            body["password"].as_str().expect("password")
+        ),
+    )
+    .expect("fleet file");
+    let _sim = KilledOnDrop(Some(
+        telemark()
+            .args(["sim", "--fleet", roster.to_str().expect("path")])
+            .args(["--broker", &format!("mqtt://127.0.0.1:{}", f.mqtt)])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sim starts"),
+    ));
+    let (http, admin, device) = (f.http, f.admin.clone(), f.device);
+    assert!(
+        tokio::task::spawn_blocking(move || eventually(20, || online(http, &admin, device)))
+            .await
+            .expect("join")
+    );
+    let (status, session) = f.open(
+        &f.admin,
+        json!({"kind": "terminal", "cols": 100, "rows": 30}),
+    );
+    assert_eq!(status, 201, "{session}");
+    let mut term = TerminalClient::attach(f.http, &f.admin, &session)
+        .await
+        .expect("attach");
+    assert!(
+        term.until(20, |t| t.text().contains("root@router:~# "))
+            .await
+    );
+    term.type_text("echo hi\r").await;
+    assert!(
+        term.until(10, |t| t.text().contains("echo hi\r\nhi\r\n"))
+            .await,
+        "{}",
+        term.text()
+    );
+    term.type_text("stty size\r").await;
+    assert!(term.until(10, |t| t.text().contains("30 100")).await);
+    // A port forward needs a real device.
+    let (status, tunnel) = f.open(&f.admin, json!({"kind": "tunnel", "port": 22}));
+    assert_eq!(status, 201);
+    let mut refused = TerminalClient::attach(f.http, &f.admin, &tunnel)
+        .await
+        .expect("attach");
+    assert!(refused.until(20, |t| t.saw("ended").is_some()).await);
+}
