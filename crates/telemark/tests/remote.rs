@@ -551,7 +551,7 @@ async fn sessions_refuse_strangers_and_end_when_a_side_breaks_the_rules_or_vanis
         let config = f.agent_config.clone();
         let (http, admin, device) = (f.http, f.admin.clone(), f.device);
         move || {
-            let agent = start_agent_at(&config);
+            let agent = start_agent(&config);
             assert!(eventually(20, || online(http, &admin, device)));
             agent
         }
@@ -574,18 +574,6 @@ async fn sessions_refuse_strangers_and_end_when_a_side_breaks_the_rules_or_vanis
         "{:?}",
         term.events
     );
-}
-
-fn start_agent_at(config: &Path) -> KilledOnDrop {
-    KilledOnDrop(Some(
-        telemark()
-            .args(["agent", "--config", config.to_str().expect("path")])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("agent starts"),
-    ))
 }
 
 fn online(http_port: u16, bearer: &str, device: i64) -> bool {
@@ -650,6 +638,15 @@ fn sshd(dir: &Path, name: &str, authorized_keys: &Path) -> Sshd {
     }
 }
 
+/// The device's own sshd, which lets the engineer's key in; returns the key.
+fn device_sshd(dir: &Path) -> (PathBuf, Sshd) {
+    let engineer_key = dir.join("engineer");
+    ssh_keygen(&engineer_key);
+    let device_keys = dir.join("device_authorized_keys");
+    std::fs::copy(engineer_key.with_extension("pub"), &device_keys).expect("keys");
+    (engineer_key, sshd(dir, "device", &device_keys))
+}
+
 /// `ssh` as the engineer: batch mode, the test's key, the server's host key.
 fn ssh(dir: &Path, key: &Path, port: u16, host_key_pub: &Path, command: &str) -> Child {
     let known = dir.join(format!("known_{port}"));
@@ -677,11 +674,7 @@ fn ssh(dir: &Path, key: &Path, port: u16, host_key_pub: &Path, command: &str) ->
 fn telemark_tunnel_carries_an_ssh_login_and_an_http_request() {
     let work = tempfile::tempdir().expect("tempdir");
     // The device's own services: sshd and a web UI.
-    let engineer_key = work.path().join("engineer");
-    ssh_keygen(&engineer_key);
-    let device_keys = work.path().join("device_authorized_keys");
-    std::fs::copy(engineer_key.with_extension("pub"), &device_keys).expect("keys");
-    let device_sshd = sshd(work.path(), "device", &device_keys);
+    let (engineer_key, device_sshd) = device_sshd(work.path());
     let web_root = work.path().join("www");
     std::fs::create_dir_all(&web_root).expect("www");
     std::fs::write(web_root.join("index.html"), "router web ui").expect("page");
@@ -771,11 +764,7 @@ fn telemark_tunnel_carries_an_ssh_login_and_an_http_request() {
 #[test]
 fn a_reverse_ssh_tunnel_reaches_the_device_sshd_through_a_real_bastion() {
     let work = tempfile::tempdir().expect("tempdir");
-    let engineer_key = work.path().join("engineer");
-    ssh_keygen(&engineer_key);
-    let device_keys = work.path().join("device_authorized_keys");
-    std::fs::copy(engineer_key.with_extension("pub"), &device_keys).expect("keys");
-    let device_sshd = sshd(work.path(), "device", &device_keys);
+    let (engineer_key, device_sshd) = device_sshd(work.path());
     // The bastion: its authorized_keys is Telemark's to keep.
     let bastion_keys = work.path().join("bastion_authorized_keys");
     std::fs::write(&bastion_keys, "").expect("keys");

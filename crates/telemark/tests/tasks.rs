@@ -123,18 +123,6 @@ fn write_agent_config(
     path
 }
 
-fn start_agent(config: &Path) -> KilledOnDrop {
-    KilledOnDrop(Some(
-        telemark()
-            .args(["agent", "--config", config.to_str().expect("path")])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("agent starts"),
-    ))
-}
-
 fn online(api: &Api, device: i64) -> bool {
     api.get(&format!("/api/v1/devices/{device}"))["online"] == json!(true)
 }

@@ -295,3 +295,16 @@ pub fn own_organisation(port: u16, bearer: &str) -> i64 {
         .and_then(|id| id.trim().parse().ok())
         .unwrap_or_else(|| panic!("no organisation_id in {body}"))
 }
+
+/// `telemark agent` with a provisioning file, killed when dropped.
+pub fn start_agent(config: &Path) -> KilledOnDrop {
+    KilledOnDrop(Some(
+        telemark()
+            .args(["agent", "--config", config.to_str().expect("path")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agent starts"),
+    ))
+}
