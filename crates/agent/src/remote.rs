@@ -464,7 +464,9 @@ impl Sessions {
                     break format!("the session reached its maximum of {} s", params.max_secs);
                 }
                 _ = tick.tick() => {
-                    if now_millis() - last.load(Ordering::Relaxed) > idle {
+                    // A reverse tunnel's traffic never passes here: its
+                    // maximum length is its TTL.
+                    if params.kind != SessionKind::ReverseSsh && now_millis() - last.load(Ordering::Relaxed) > idle {
                         break format!("idle for {} s", params.idle_secs);
                     }
                 }

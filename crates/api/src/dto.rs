@@ -1157,6 +1157,9 @@ pub struct NewRemoteSessionDto {
     /// Byte-credit window per channel and direction (default 64 KiB for a
     /// terminal, 256 KiB for a tunnel).
     pub window: Option<u32>,
+    /// How long the session may live at most (a reverse tunnel's TTL): 10
+    /// seconds up to the operator's `[remote] max_secs` (the default).
+    pub ttl_secs: Option<u32>,
 }
 
 /// A remote session: open or opening. Ended sessions are in the system log.
@@ -1176,6 +1179,9 @@ pub struct RemoteSessionDto {
     pub port: Option<u16>,
     /// Reverse SSH: the port bound on the bastion's loopback.
     pub bound_port: Option<u16>,
+    /// Reverse SSH: the bastion as `user@host:port`; reach the device with
+    /// `ssh -J user@host:port -p BOUND_PORT root@127.0.0.1`.
+    pub bastion: Option<String>,
     pub bytes_to_device: u64,
     pub bytes_from_device: u64,
     /// The WebSocket that carries the session (binary frames of
@@ -1197,6 +1203,7 @@ impl From<platform::remote::SessionInfo> for RemoteSessionDto {
             window: s.window,
             port: s.port,
             bound_port: s.bound_port,
+            bastion: s.bastion,
             bytes_to_device: s.bytes_to_device,
             bytes_from_device: s.bytes_from_device,
         }

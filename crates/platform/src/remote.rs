@@ -110,6 +110,9 @@ pub struct OpenRequest {
     /// leads to (22 unless given).
     pub port: Option<u16>,
     pub window: Option<u32>,
+    /// The session's longest life (a reverse tunnel's TTL); the operator's
+    /// `max_secs` unless shorter.
+    pub ttl_secs: Option<u32>,
 }
 
 /// Who opens a session.
@@ -135,6 +138,8 @@ pub struct SessionInfo {
     pub port: Option<u16>,
     /// Reverse SSH: the port on the bastion's loopback.
     pub bound_port: Option<u16>,
+    /// Reverse SSH: the bastion, `user@host:port`, to jump through.
+    pub bastion: Option<String>,
     pub bytes_to_device: u64,
     pub bytes_from_device: u64,
 }
@@ -164,6 +169,7 @@ struct Live {
     port: Option<u16>,
     window: u32,
     opened_by: String,
+    max_secs: u32,
     scope: Scope,
     execution_id: i64,
     started: Instant,
@@ -187,6 +193,7 @@ struct Live {
     private_key: Option<String>,
     /// Reverse SSH: the public key line written to the bastion.
     authorized_line: Option<String>,
+    bastion: Option<String>,
 }
 
 impl Live {
@@ -205,6 +212,7 @@ impl Live {
             window: self.window,
             port: self.port,
             bound_port: self.bound_port,
+            bastion: self.bastion.clone(),
             bytes_to_device: self.bytes_up,
             bytes_from_device: self.bytes_down,
         }
@@ -259,6 +267,45 @@ impl RemoteSessions {
         &self.settings
     }
 
+    /// Prometheus text: sessions open by kind, opened, ended, frames refused.
+    pub fn prometheus(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut open: HashMap<&'static str, usize> = HashMap::new();
+        for l in self.live().values() {
+            *open.entry(l.kind.as_str()).or_default() += 1;
+        }
+        let mut out = String::from(
+            "# HELP telemark_remote_sessions_open remote sessions open on this instance\n# TYPE telemark_remote_sessions_open gauge\n",
+        );
+        for kind in [
+            SessionKind::Terminal,
+            SessionKind::Tunnel,
+            SessionKind::ReverseSsh,
+        ] {
+            let kind = kind.as_str();
+            out.push_str(&format!(
+                "telemark_remote_sessions_open{{kind=\"{kind}\"}} {}\n",
+                open.get(kind).copied().unwrap_or(0)
+            ));
+        }
+        let c = &self.counters;
+        for (name, help, value) in [
+            ("sessions_opened", "remote sessions opened", &c.opened),
+            ("sessions_ended", "remote sessions ended", &c.ended),
+            (
+                "frames_refused",
+                "session frames refused (unknown session, malformed, past the window)",
+                &c.frames_refused,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP telemark_remote_{name}_total {help}\n# TYPE telemark_remote_{name}_total counter\ntelemark_remote_{name}_total {}\n",
+                value.load(Relaxed)
+            ));
+        }
+        out
+    }
+
     /// Whether `role` may open sessions.
     pub fn may_open(&self, role: Role) -> bool {
         self.settings.roles.contains(&role)
@@ -300,6 +347,16 @@ impl RemoteSessions {
                 ),
             });
         }
+        let max_secs = match request.ttl_secs {
+            None => self.settings.max_secs,
+            Some(t) if (10..=self.settings.max_secs).contains(&t) => t,
+            Some(_) => {
+                return Err(RemoteError::Field {
+                    field: "ttl_secs",
+                    message: format!("must be 10 to {} seconds", self.settings.max_secs),
+                });
+            }
+        };
         let id = session_id();
         let mut reverse = None;
         let mut private_key = None;
@@ -339,8 +396,7 @@ impl RemoteSessions {
                     target_port: target,
                 });
                 private_key = Some(private);
-                let expiry =
-                    time_stamp(store::now_millis() / 1000 + i64::from(self.settings.max_secs) + 60);
+                let expiry = time_stamp(store::now_millis() / 1000 + i64::from(max_secs) + 60);
                 authorized_line = Some(format!(
                     "restrict,port-forwarding,permitlisten=\"localhost:*\",expiry-time=\"{expiry}\" {public}"
                 ));
@@ -355,7 +411,7 @@ impl RemoteSessions {
             port,
             window,
             idle_secs: self.settings.idle_secs,
-            max_secs: self.settings.max_secs,
+            max_secs,
             reverse_ssh: reverse,
         };
         params.check().map_err(|m| RemoteError::Field {
@@ -393,6 +449,7 @@ impl RemoteSessions {
             port,
             window,
             opened_by: opener.username.clone(),
+            max_secs,
             scope: opener.scope.clone(),
             execution_id: 0,
             started: Instant::now(),
@@ -409,6 +466,10 @@ impl RemoteSessions {
             bound_port: None,
             private_key,
             authorized_line: authorized_line.clone(),
+            bastion: (request.kind == SessionKind::ReverseSsh)
+                .then_some(self.settings.bastion.as_ref())
+                .flatten()
+                .map(|b| format!("{}@{}:{}", b.user, b.host, b.port)),
         };
         // In the table before the job exists, so its dispatch finds it.
         self.live().insert(id.clone(), live);
@@ -815,19 +876,18 @@ impl RemoteSessions {
                 _ = stop.changed() => break,
             }
             let idle = Duration::from_secs(self.settings.idle_secs.into());
-            let longest = Duration::from_secs(self.settings.max_secs.into());
             let due: Vec<(String, String)> = self
                 .live()
                 .values()
                 .filter_map(|l| {
-                    let why = if l.started.elapsed() >= longest {
-                        format!(
-                            "the session reached its maximum of {} s",
-                            self.settings.max_secs
-                        )
-                    } else if l.last_activity.elapsed() >= idle {
+                    // A reverse tunnel's traffic goes through the bastion,
+                    // not through us, and it has no client: its TTL rules.
+                    let relayed = l.kind != SessionKind::ReverseSsh;
+                    let why = if l.started.elapsed() >= Duration::from_secs(l.max_secs.into()) {
+                        format!("the session reached its maximum of {} s", l.max_secs)
+                    } else if relayed && l.last_activity.elapsed() >= idle {
                         format!("idle for {} s", self.settings.idle_secs)
-                    } else if !l.attached && l.started.elapsed() >= ATTACH_WITHIN {
+                    } else if relayed && !l.attached && l.started.elapsed() >= ATTACH_WITHIN {
                         "no client attached within a minute".into()
                     } else {
                         return None;

@@ -490,6 +490,50 @@ pub struct TaskCounters {
     pub jobs_aborted: AtomicU64,
 }
 
+impl TaskCounters {
+    /// Prometheus text of the counters.
+    pub fn prometheus(&self) -> String {
+        let counters = [
+            ("sent", "task requests sent to devices", &self.sent),
+            ("answers", "task answers taken", &self.answers),
+            (
+                "answers_refused",
+                "task answers refused (malformed, unsent, stale)",
+                &self.answers_refused,
+            ),
+            (
+                "answers_dropped",
+                "task answers dropped while too many waited",
+                &self.answers_dropped,
+            ),
+            (
+                "timed_out",
+                "executions past their deadline",
+                &self.timed_out,
+            ),
+            (
+                "retried",
+                "executions queued again for a retry",
+                &self.retried,
+            ),
+            (
+                "jobs_aborted",
+                "jobs stopped by their failure rule",
+                &self.jobs_aborted,
+            ),
+        ];
+        counters
+            .iter()
+            .map(|(name, help, value)| {
+                format!(
+                    "# HELP telemark_tasks_{name}_total {help}\n# TYPE telemark_tasks_{name}_total counter\ntelemark_tasks_{name}_total {}\n",
+                    value.load(Ordering::Relaxed)
+                )
+            })
+            .collect()
+    }
+}
+
 enum Incoming {
     Answer {
         device_id: i64,

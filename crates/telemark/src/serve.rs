@@ -203,12 +203,18 @@ pub(crate) async fn run_platform(
         });
     }
     let render_metrics = {
-        let (broker_metrics, supervisor) = (
+        let (broker_metrics, supervisor, tasks, remote) = (
             metrics_renderer(&running.broker, Some(ingest.clone())),
             supervisor.clone(),
+            tasks.clone(),
+            remote.clone(),
         );
-        let render: api::MetricsRenderer =
-            Arc::new(move || broker_metrics() + &supervisor.prometheus());
+        let render: api::MetricsRenderer = Arc::new(move || {
+            broker_metrics()
+                + &supervisor.prometheus()
+                + &tasks.counters.prometheus()
+                + &remote.prometheus()
+        });
         render
     };
     let options = api::ApiOptions {

@@ -386,16 +386,29 @@ async fn a_terminal_runs_commands_resizes_and_carries_10_mib_in_bounded_memory()
             .unwrap_or("")
             .contains("closed by admin")
     );
-    let log = tokio::task::spawn_blocking(move || {
+    let (log, metrics) = tokio::task::spawn_blocking(move || {
         let mut log = String::new();
         eventually(10, || {
             log = f.audit();
             log.contains("remote.close")
         });
-        log
+        let (_, metrics) = http(
+            f.http,
+            "GET",
+            "/metrics",
+            &[("Authorization", &f.admin)],
+            "",
+        );
+        (log, metrics)
     })
     .await
     .expect("audit");
+    assert!(
+        metrics.contains("telemark_remote_sessions_opened_total 1")
+            && metrics.contains("telemark_remote_sessions_ended_total 1")
+            && metrics.contains("telemark_remote_sessions_open{kind=\"terminal\"} 0"),
+        "{metrics}"
+    );
     assert!(log.contains("remote.open"), "{log}");
     assert!(log.contains("ended after"), "{log}");
 }
@@ -855,6 +868,32 @@ fn a_reverse_ssh_tunnel_reaches_the_device_sshd_through_a_real_bastion() {
             .unwrap_or_default()
             .contains(&id)),
         "the key is gone from the bastion"
+    );
+
+    // Torn down at its TTL, with nobody asking.
+    let (status, session) = f.open(
+        &f.admin,
+        json!({"kind": "reverse_ssh", "port": device_sshd.port, "ttl_secs": 10}),
+    );
+    assert_eq!(status, 201, "{session}");
+    let id = session["id"].as_str().expect("id").to_owned();
+    let session_path = format!("/api/v1/remote-sessions/{id}");
+    let mut bound = None;
+    assert!(eventually(30, || {
+        bound = call(f.http, &f.admin, "GET", &session_path, &Value::Null).1["bound_port"].as_u64();
+        bound.is_some()
+    }));
+    let bound = bound.expect("port") as u16;
+    assert!(
+        eventually(20, || {
+            call(f.http, &f.admin, "GET", &session_path, &Value::Null).0 == 404
+                && std::net::TcpStream::connect(("127.0.0.1", bound)).is_err()
+        }),
+        "the tunnel ends at its TTL"
+    );
+    assert!(
+        f.audit().contains("maximum of 10 s"),
+        "the log says why it ended"
     );
 }
 

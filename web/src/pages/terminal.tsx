@@ -15,7 +15,15 @@ const ACK = 2;
 const RESIZE = 5;
 const END = 6;
 
-type RemoteSession = { id: string; stream: string; window: number; state: string };
+type RemoteSession = {
+  id: string;
+  stream: string;
+  window: number;
+  state: string;
+  execution_id: number;
+  bound_port: number | null;
+  bastion: string | null;
+};
 
 function frame(kind: number, channel: number, value: bigint, body?: Uint8Array): ArrayBuffer {
   const buffer = new ArrayBuffer(HEADER + (body?.length ?? 0));
@@ -182,11 +190,86 @@ export function RemoteTerminal({ device }: { device: Device }) {
         </span>
       </div>
       <div ref={host} class="terminal" data-testid="terminal" />
+      <ReverseTunnel device={device} />
       <p class="muted">
         Other services of the device (its sshd, its web UI) are reached with{" "}
         <code>telemark tunnel {device.mac} --remote-port 22 --local-port 2222</code> and an API token; the device
         allows only the ports its <code>[remote] allowed_ports</code> lists. Sessions end after 15 minutes idle.
       </p>
+    </section>
+  );
+}
+
+// A reverse SSH tunnel: the device runs `ssh -N -R` to the platform's
+// bastion with a key made for this session; the page shows how to jump in.
+function ReverseTunnel({ device }: { device: Device }) {
+  const [session, setSession] = useState<RemoteSession | null>(null);
+  const [note, setNote] = useState("");
+  const [busy, setBusy] = useState(false);
+
+  useEffect(() => {
+    if (!session || session.bound_port) return;
+    // Poll until the device reports the port, or the session is gone.
+    const timer = setInterval(async () => {
+      try {
+        const s = await api<RemoteSession>(`/remote-sessions/${session.id}`);
+        if (s.bound_port) setSession(s);
+      } catch (e) {
+        clearInterval(timer);
+        const execution = await api<{ error: string | null; state: string }>(
+          `/executions/${session.execution_id}`,
+        ).catch(() => null);
+        setNote(execution?.error ?? "The tunnel ended.");
+        setSession(null);
+      }
+    }, 1000);
+    return () => clearInterval(timer);
+  }, [session?.id, session?.bound_port]);
+
+  async function open() {
+    setBusy(true);
+    setNote("");
+    try {
+      setSession(await api<RemoteSession>(`/devices/${device.id}/sessions`, { method: "POST", body: { kind: "reverse_ssh" } }));
+    } catch (e) {
+      setNote(e instanceof ApiError ? e.message : String(e));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  async function close() {
+    if (!session) return;
+    await api(`/remote-sessions/${session.id}`, { method: "DELETE" }).catch(() => {});
+    setSession(null);
+    setNote("Tunnel closed.");
+  }
+
+  const [user, hostPort] = (session?.bastion ?? "").split("@");
+  return (
+    <section class="reverse-tunnel" data-testid="reverse-tunnel">
+      <h3>Reverse SSH tunnel</h3>
+      {!session && (
+        <button type="button" onClick={open} disabled={busy}>
+          Open a reverse SSH tunnel
+        </button>
+      )}
+      {session && !session.bound_port && <p class="muted">Waiting for the device to reach the bastion…</p>}
+      {session?.bound_port && (
+        <>
+          <p>
+            The device's sshd is on the bastion's port <strong>{session.bound_port}</strong> (loopback only) until
+            the tunnel is closed or expires. From your machine:
+          </p>
+          <pre>
+            ssh -J {user}@{hostPort} -p {session.bound_port} root@127.0.0.1
+          </pre>
+          <button type="button" onClick={close}>
+            Close tunnel
+          </button>
+        </>
+      )}
+      {note && <p class="muted">{note}</p>}
     </section>
   );
 }

@@ -81,6 +81,7 @@ pub(super) async fn open_session(
                 rows: body.rows,
                 port: body.port,
                 window: body.window,
+                ttl_secs: body.ttl_secs,
             },
         )
         .await?;
