@@ -149,3 +149,17 @@ impl Provisioning {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example shipped for packagers is a file the agent takes.
+    #[test]
+    fn the_packaged_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/agent.toml.example");
+        let p = Provisioning::load(&path).expect("the example loads");
+        assert_eq!(p.remote.allowed_ports, vec![22, 80]);
+        assert!(p.remote.terminal);
+    }
+}
