@@ -120,6 +120,54 @@ def read_all(port):
     return took
 
 
+def echo_server(port):
+    """Echoes every byte back (the device's side of a request/response)."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen()
+
+    def echo(conn):
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+    def serve():
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=echo, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def echo_round_trips(port, count):
+    """One byte there and back, `count` times, in milliseconds."""
+    samples = []
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(count):
+            start = time.perf_counter()
+            s.sendall(b"x")
+            s.recv(1)
+            samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def parallel_reads(port, connections):
+    """`connections` readers of 64 MiB each at once; seconds for all."""
+    start = time.perf_counter()
+    threads = [threading.Thread(target=read_all, args=(port,)) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
 def sshd(work):
     os.makedirs("/run/sshd", exist_ok=True)
     for name in ("host", "user"):
@@ -210,8 +258,9 @@ def main():
     args = ap.parse_args()
     binary = os.path.abspath(args.binary)
     work = tempfile.mkdtemp(prefix="telemark-remote-bench-")
-    source_port = free_port()
+    source_port, echo_port = free_port(), free_port()
     source_server(source_port)
+    echo_server(echo_port)
 
     platform = Platform(binary, prefix="telemark-remote-bench-")
     fleet = platform.register_fleet(1, "02:77:00")
@@ -221,7 +270,7 @@ def main():
     with open(config, "w") as f:
         f.write(f'broker = "mqtt://127.0.0.1:{platform.mqtt}"\ndevice_id = "{device_id}"\nmodel = "{model}"\n'
                 f'secret = "{secret}"\nbuffer_dir = "{work}/buffer"\n'
-                f'[remote]\nterminal_command = ["/bin/sh"]\nallowed_ports = [{source_port}]\n')
+                f'[remote]\nterminal_command = ["/bin/sh"]\nallowed_ports = [{source_port}, {echo_port}]\n')
     agent = subprocess.Popen([binary, "agent", "--config", config], env=platform.env, stderr=subprocess.DEVNULL)
     for _ in range(200):
         if platform.call("GET", f"/devices/{device}")["online"]:
@@ -248,12 +297,23 @@ def main():
         before = {p: rss_kib(p) for p in peak.pids}
         peak.start()
         through = read_all(local)
+        through4 = parallel_reads(local, 4)
         peak.stop = True
         tunnel.terminate()
-        ssh_local = free_port()
-        forward = subprocess.Popen(ssh + ["-N", "-L", f"{ssh_local}:127.0.0.1:{source_port}", "root@127.0.0.1"])
+        echo_local = free_port()
+        echo_tunnel = subprocess.Popen([binary, "tunnel", device_id, "--remote-port", str(echo_port),
+                                        "--local-port", str(echo_local), "--url", platform.base],
+                                       env=dict(platform.env, TELEMARK_TOKEN=token), stdout=subprocess.PIPE, text=True)
+        assert "Forwarding" in echo_tunnel.stdout.readline()
+        tunnel_rtt = percentiles(echo_round_trips(echo_local, args.keys))
+        echo_tunnel.terminate()
+        ssh_local, ssh_echo = free_port(), free_port()
+        forward = subprocess.Popen(ssh + ["-N", "-L", f"{ssh_local}:127.0.0.1:{source_port}",
+                                          "-L", f"{ssh_echo}:127.0.0.1:{echo_port}", "root@127.0.0.1"])
         wait_port(ssh_local, 10)
         via_ssh = read_all(ssh_local)
+        via_ssh4 = parallel_reads(ssh_local, 4)
+        ssh_rtt = percentiles(echo_round_trips(ssh_echo, args.keys))
         forward.terminate()
         mib = SIZE / (1 << 20)
         print(f"\n64 MiB read through a port forward")
@@ -261,6 +321,13 @@ def main():
         print(f"  ssh -L               {via_ssh:7.2f} s  {mib / via_ssh:8.1f} MiB/s")
         print(f"  telemark tunnel      {through:7.2f} s  {mib / through:8.1f} MiB/s"
               f"  ({through / via_ssh:.2f}x the time of ssh -L)")
+        print(f"  4 connections at once, 4 x 64 MiB")
+        print(f"    ssh -L             {via_ssh4:7.2f} s  {4 * mib / via_ssh4:8.1f} MiB/s")
+        print(f"    telemark tunnel    {through4:7.2f} s  {4 * mib / through4:8.1f} MiB/s")
+        print(f"\none byte echoed through a port forward, ms ({args.keys} round trips)")
+        print(f"  {'':16} {'p50':>8} {'p99':>8} {'p99.9':>8} {'max':>8}")
+        for name, p in (("telemark tunnel", tunnel_rtt), ("ssh -L", ssh_rtt)):
+            print(f"  {name:16} " + " ".join(f"{p[k]:8.2f}" for k in ("p50", "p99", "p99.9", "max")))
         names = {platform.process.pid: "serve", agent.pid: "agent", tunnel.pid: "telemark tunnel"}
         for pid, name in names.items():
             print(f"  peak RSS {name:16} {before[pid] / 1024:6.1f} → {peak.peak[pid] / 1024:6.1f} MiB")
