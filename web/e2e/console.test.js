@@ -322,16 +322,19 @@ test("run a diagnostic on a device and read its result table, then a bulk job", 
 
 test("open the terminal of a router running the real agent, type echo hi and read hi", async () => {
   // A router with the real agent (the simulator has no shell).
-  await http("POST", "/devices/import?source=agent.csv", {
-    body: "name,serial,mac,model,organisation\nagent-001,AG0001,00:1b:11:cc:00:01,311-a1,Harbour Logistics\n",
+  const imported = await http("POST", "/devices/import?source=agent.csv", {
+    body: "name,serial,mac,model,organisation\nagent-001,AG0001,00:1b:11:dd:00:01,311-a1,Harbour Logistics\n",
     contentType: "text/csv",
   });
-  const device = (await http("GET", "/devices?limit=1&search=agent-001")).devices[0];
+  assert.equal(imported.rows_accepted, 1, JSON.stringify(imported));
+  const found = await http("GET", "/devices?limit=1&search=agent-001");
+  const device = found.devices[0];
+  assert.ok(device, JSON.stringify(found));
   const credentials = await http("POST", `/devices/${device.id}/credentials`);
   const config = path.join(dir, "agent.toml");
   writeFileSync(
     config,
-    `broker = "mqtt://127.0.0.1:${mqttPort}"\ndevice_id = "00-1b-11-cc-00-01"\nmodel = "311-a1"\n` +
+    `broker = "mqtt://127.0.0.1:${mqttPort}"\ndevice_id = "00-1b-11-dd-00-01"\nmodel = "311-a1"\n` +
       `secret = "${credentials.password}"\nbuffer_dir = "${path.join(dir, "agent-buffer")}"\n` +
       `[remote]\nterminal_command = ["/bin/sh"]\n`,
   );
