@@ -637,4 +637,33 @@ mod tests {
         });
         assert!(s.check().is_err(), "a host that is an option");
     }
+
+    proptest::proptest! {
+        /// Whatever a device or a client sends, decoding answers without
+        /// panicking, and what it accepts encodes back to the same bytes.
+        #[test]
+        fn any_bytes_decode_without_panic(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            if let Ok(frame) = Frame::decode(&raw) {
+                proptest::prop_assert_eq!(frame.encode(), raw);
+            }
+        }
+
+        /// A receiver that acknowledges as it consumes never overruns a
+        /// sender that keeps to its room, whatever the chunk sizes.
+        #[test]
+        fn windows_agree_for_any_chunking(window in 4096u32..65536, chunks in proptest::collection::vec(1usize..20_000, 1..50)) {
+            let (mut send, mut receive) = (SendWindow::new(window), ReceiveWindow::new(window));
+            for chunk in chunks {
+                let n = chunk.min(send.room());
+                if n == 0 {
+                    proptest::prop_assert!(false, "a stalled window");
+                }
+                let at = send.sent(n);
+                proptest::prop_assert!(receive.data(at, n).is_ok());
+                if let Some(ack) = receive.consumed(n) {
+                    proptest::prop_assert!(send.ack(ack).is_ok());
+                }
+            }
+        }
+    }
 }
