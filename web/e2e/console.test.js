@@ -349,6 +349,8 @@ test("open the terminal of a router running the real agent, type echo hi and rea
       await page.click("role=tab[name='Terminal']");
       await page.click("text=Open terminal");
       await page.waitForSelector("[data-testid=terminal-state]:has-text('Connected')", { timeout: 20_000 });
+      // Who is on the device shows beside the terminal.
+      await page.waitForSelector("[data-testid=open-sessions] td:text-is('admin')");
       await page.click("[data-testid=terminal]");
       await page.keyboard.type("echo hi-$((40+2))");
       await page.keyboard.press("Enter");

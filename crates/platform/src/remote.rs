@@ -325,6 +325,13 @@ impl RemoteSessions {
             )));
         }
         let device = self.store.device(&opener.scope, device_id).await?;
+        if !device.online {
+            // A session is for now: it is not queued for the device's return.
+            return Err(RemoteError::Conflict(format!(
+                "{} is offline; a remote session needs the device connected",
+                device.name
+            )));
+        }
         let model = self
             .store
             .device_models()

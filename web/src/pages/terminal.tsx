@@ -7,6 +7,8 @@ import { Terminal } from "@xterm/xterm";
 import { FitAddon } from "@xterm/addon-fit";
 import "@xterm/xterm/css/xterm.css";
 import { api, ApiError, type Device } from "../api";
+import { formatAgo, formatNumber, Table, useInterval, useLoad } from "../components/ui";
+import { isOperator, session as login } from "../session";
 
 const HEADER = 13;
 const MAX_DATA = 16 * 1024;
@@ -17,6 +19,12 @@ const END = 6;
 
 type RemoteSession = {
   id: string;
+  kind: string;
+  opened_by: string;
+  started_at: number;
+  bytes_to_device: number;
+  bytes_from_device: number;
+  port: number | null;
   stream: string;
   window: number;
   state: string;
@@ -191,6 +199,7 @@ export function RemoteTerminal({ device }: { device: Device }) {
       </div>
       <div ref={host} class="terminal" data-testid="terminal" />
       <ReverseTunnel device={device} />
+      <OpenSessions device={device} changed={state} />
       <p class="muted">
         Other services of the device (its sshd, its web UI) are reached with{" "}
         <code>telemark tunnel {device.mac} --remote-port 22 --local-port 2222</code> and an API token; the device
@@ -270,6 +279,48 @@ function ReverseTunnel({ device }: { device: Device }) {
         </>
       )}
       {note && <p class="muted">{note}</p>}
+    </section>
+  );
+}
+
+// Who is on this device now: every open session, closable by its opener
+// and by the operator's admins.
+function OpenSessions({ device, changed }: { device: Device; changed: string }) {
+  // Read again whenever this page's own terminal opens or ends.
+  const sessions = useLoad(
+    (signal) => api<RemoteSession[]>(`/devices/${device.id}/sessions`, { signal }),
+    [device.id, changed],
+  );
+  useInterval(sessions.reload, 5000);
+  const list = sessions.data ?? [];
+  if (list.length === 0) return null;
+  const me = login.value?.username;
+  return (
+    <section data-testid="open-sessions">
+      <h3>Open sessions</h3>
+      <Table
+        rows={list}
+        rowKey={(s) => s.id}
+        columns={[
+          { title: "Kind", cell: (s) => (s.kind === "tunnel" ? `tunnel to port ${s.port}` : s.kind.replace("_", " ")) },
+          { title: "Opened by", cell: (s) => s.opened_by },
+          { title: "Since", cell: (s) => formatAgo(s.started_at) },
+          { title: "State", cell: (s) => s.state },
+          { title: "Bytes to / from device", cell: (s) => `${formatNumber(s.bytes_to_device)} / ${formatNumber(s.bytes_from_device)}` },
+          {
+            title: "",
+            cell: (s) =>
+              (s.opened_by === me || isOperator.value) && (
+                <button
+                  type="button"
+                  onClick={() => api(`/remote-sessions/${s.id}`, { method: "DELETE" }).finally(sessions.reload)}
+                >
+                  End
+                </button>
+              ),
+          },
+        ]}
+      />
     </section>
   );
 }
