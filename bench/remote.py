@@ -14,6 +14,7 @@ OpenSSH (Debian's sshd and ssh) as the peer:
 Needs `pip install websockets` (installed here if missing) and openssh-server.
 """
 import argparse
+import getpass
 import json
 import os
 import socket
@@ -229,7 +230,7 @@ def keystrokes_over(ws, keys):
 
 
 def ssh_keystrokes(ssh, keys):
-    proc = subprocess.Popen(ssh + ["-tt", "root@127.0.0.1", "/bin/sh"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen(ssh + ["-tt", f"{getpass.getuser()}@127.0.0.1", "/bin/sh"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, bufsize=0)
     fd = proc.stdout.fileno()
     time.sleep(1.0)
@@ -309,7 +310,7 @@ def main():
         echo_tunnel.terminate()
         ssh_local, ssh_echo = free_port(), free_port()
         forward = subprocess.Popen(ssh + ["-N", "-L", f"{ssh_local}:127.0.0.1:{source_port}",
-                                          "-L", f"{ssh_echo}:127.0.0.1:{echo_port}", "root@127.0.0.1"])
+                                          "-L", f"{ssh_echo}:127.0.0.1:{echo_port}", f"{getpass.getuser()}@127.0.0.1"])
         wait_port(ssh_local, 10)
         via_ssh = read_all(ssh_local)
         via_ssh4 = parallel_reads(ssh_local, 4)

@@ -601,6 +601,12 @@ fn online(http_port: u16, bearer: &str, device: i64) -> bool {
         == json!(true)
 }
 
+/// The user running the tests: the one a test sshd lets in.
+fn me() -> String {
+    let out = Command::new("id").arg("-un").output().expect("id");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// An OpenSSH server on 127.0.0.1 that takes `authorized_keys` logins as
 /// the user running the tests.
 struct Sshd {
@@ -676,7 +682,9 @@ fn ssh(dir: &Path, key: &Path, port: u16, host_key_pub: &Path, command: &str) ->
         .arg(format!("UserKnownHostsFile={}", known.display()))
         .arg("-i")
         .arg(key)
-        .args(["-p", &port.to_string(), "root@127.0.0.1", command])
+        .args(["-p", &port.to_string()])
+        .arg(format!("{}@127.0.0.1", me()))
+        .arg(command)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -783,8 +791,9 @@ fn a_reverse_ssh_tunnel_reaches_the_device_sshd_through_a_real_bastion() {
     std::fs::write(&bastion_keys, "").expect("keys");
     let bastion = sshd(work.path(), "bastion", &bastion_keys);
     let config = format!(
-        "[remote.bastion]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"root\"\nhost_key_file = \"{}\"\nauthorized_keys = \"{}\"\n",
+        "[remote.bastion]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\nhost_key_file = \"{}\"\nauthorized_keys = \"{}\"\n",
         bastion.port,
+        me(),
         bastion.host_key_pub.display(),
         bastion_keys.display()
     );
