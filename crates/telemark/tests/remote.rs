@@ -559,19 +559,8 @@ async fn sessions_refuse_strangers_and_end_when_a_side_breaks_the_rules_or_vanis
     );
 
     // The device vanishing ends its session.
-    drop(agent);
-    agent = tokio::task::spawn_blocking({
-        let config = f.agent_config.clone();
-        let (http, admin, device) = (f.http, f.admin.clone(), f.device);
-        move || {
-            let agent = start_agent(&config);
-            assert!(eventually(20, || online(http, &admin, device)));
-            agent
-        }
-    })
-    .await
-    .expect("agent");
-    let (_, session) = f.open(&f.admin, json!({"kind": "terminal"}));
+    let (status, session) = f.open(&f.admin, json!({"kind": "terminal"}));
+    assert_eq!(status, 201, "{session}");
     let mut term = TerminalClient::attach(f.http, &f.admin, &session)
         .await
         .expect("attach");
