@@ -70,6 +70,18 @@ export function RemoteTerminal({ device }: { device: Device }) {
     const term = new Terminal({ cursorBlink: true, convertEol: false, fontSize: 13, scrollback: 5000 });
     const fit = new FitAddon();
     term.loadAddon(fit);
+    // Copy as desktop terminals do: Ctrl+C copies when text is selected
+    // (and interrupts otherwise), Ctrl+Shift+C always copies; pasting
+    // (Ctrl+V, the context menu) reaches the device as typed input.
+    term.attachCustomKeyEventHandler((e) => {
+      const copy = e.type === "keydown" && e.ctrlKey && e.key.toLowerCase() === "c" && (e.shiftKey || term.hasSelection());
+      if (copy && term.hasSelection()) {
+        void navigator.clipboard?.writeText(term.getSelection());
+        term.clearSelection();
+        return false;
+      }
+      return !copy;
+    });
     term.open(host.current);
     fit.fit();
     setState("opening");
