@@ -180,13 +180,8 @@ struct Live {
     client: mpsc::UnboundedSender<ClientMessage>,
     /// Held until the client attaches.
     client_queue: Option<mpsc::UnboundedReceiver<ClientMessage>>,
-    /// The open channels, each direction's window as the relay sees it.
-    channels: HashMap<u32, RelayChannel>,
-    /// Channels closed lately: a frame still on its way for one is let
-    /// through (the far end drops it), not taken for a breach.
-    closed: std::collections::VecDeque<u32>,
-    bytes_down: u64,
-    bytes_up: u64,
+    /// The channels as the relay sees them.
+    relay: Relay,
     bound_port: Option<u16>,
     /// Reverse SSH: the key the request carries, kept here rather than in
     /// the task's stored parameters.
@@ -213,8 +208,8 @@ impl Live {
             port: self.port,
             bound_port: self.bound_port,
             bastion: self.bastion.clone(),
-            bytes_to_device: self.bytes_up,
-            bytes_from_device: self.bytes_down,
+            bytes_to_device: self.relay.bytes_up,
+            bytes_from_device: self.relay.bytes_down,
         }
     }
 }
@@ -441,11 +436,6 @@ impl RemoteSessions {
                 )));
             }
         }
-        // A terminal's one channel is there from the start.
-        let mut channels = HashMap::new();
-        if request.kind == SessionKind::Terminal {
-            channels.insert(0, RelayChannel::new(window));
-        }
         let live = Live {
             id: id.clone(),
             device_id,
@@ -466,10 +456,7 @@ impl RemoteSessions {
             attached: false,
             client,
             client_queue: Some(client_queue),
-            channels,
-            closed: std::collections::VecDeque::new(),
-            bytes_down: 0,
-            bytes_up: 0,
+            relay: Relay::new(request.kind, port, window),
             bound_port: None,
             private_key,
             authorized_line: authorized_line.clone(),
@@ -630,7 +617,12 @@ impl RemoteSessions {
                 return Err("the session has ended".into());
             };
             l.last_activity = Instant::now();
-            frame.and_then(|f| client_frame(l, &f).map(|()| (f, l.input_topic.clone())))
+            frame.and_then(|f| {
+                let open = l.phase == Phase::Open;
+                l.relay
+                    .client_frame(&f, open)
+                    .map(|()| (f, l.input_topic.clone()))
+            })
         };
         match checked {
             Ok((Frame::End { reason }, _)) => {
@@ -678,7 +670,7 @@ impl RemoteSessions {
                             "session": l.info(),
                         })));
                     }
-                    match frame.and_then(|f| device_frame(l, &f).map(|()| f)) {
+                    match frame.and_then(|f| l.relay.device_frame(&f).map(|()| f)) {
                         Ok(Frame::End { reason }) => Ok(Some(reason)),
                         Ok(_) => {
                             let _ = l.client.send(ClientMessage::Frame(payload.clone()));
@@ -803,7 +795,7 @@ impl RemoteSessions {
                 before_value: Some(format!("{} session {}", l.kind.as_str(), l.id)),
                 after_value: Some(format!(
                     "ended after {seconds} s ({} bytes to the device, {} from it): {}",
-                    l.bytes_up, l.bytes_down, reason
+                    l.relay.bytes_up, l.relay.bytes_down, reason
                 )),
                 address: None,
             };
@@ -944,101 +936,142 @@ enum Side {
     Device,
 }
 
-/// Checks a data, ack or close frame from `side` against the channel's
-/// windows and state.
-fn channel_frame(l: &mut Live, side: Side, f: &Frame) -> Result<(), String> {
-    let (channel, closing) = match f {
-        Frame::Data { channel, .. } | Frame::Ack { channel, .. } => (*channel, None),
-        Frame::Close { channel, reason } => (*channel, Some(reason.is_empty())),
-        _ => return Ok(()),
-    };
-    let Some(c) = l.channels.get_mut(&channel) else {
-        if l.closed.contains(&channel) || !matches!(f, Frame::Data { .. }) {
-            return Ok(());
+/// What the relay knows of one session's channels, checked frame by frame
+/// as they pass (plain data: no socket, no broker).
+struct Relay {
+    kind: SessionKind,
+    port: Option<u16>,
+    window: u32,
+    channels: HashMap<u32, RelayChannel>,
+    /// Channels closed lately: a frame still on its way for one is let
+    /// through (the far end drops it), not taken for a breach.
+    closed: std::collections::VecDeque<u32>,
+    bytes_up: u64,
+    bytes_down: u64,
+}
+
+impl Relay {
+    fn new(kind: SessionKind, port: Option<u16>, window: u32) -> Self {
+        let mut channels = HashMap::new();
+        // A terminal's one channel is there from the start.
+        if kind == SessionKind::Terminal {
+            channels.insert(0, RelayChannel::new(window));
         }
-        return Err(format!("data on channel {channel}, which is not open"));
-    };
-    let (sending, acking, done) = match side {
-        Side::Client => (&mut c.up, &mut c.down, &mut c.client_done),
-        Side::Device => (&mut c.down, &mut c.up, &mut c.device_done),
-    };
-    match f {
-        Frame::Data { offset, bytes, .. } => {
-            if *done {
-                return Err(format!("data on channel {channel} after its end"));
-            }
-            sending
-                .data(*offset, bytes.len())
-                .map_err(|e| e.to_string())?;
-            match side {
-                Side::Client => l.bytes_up += bytes.len() as u64,
-                Side::Device => l.bytes_down += bytes.len() as u64,
-            }
+        Relay {
+            kind,
+            port,
+            window,
+            channels,
+            closed: std::collections::VecDeque::new(),
+            bytes_up: 0,
+            bytes_down: 0,
         }
-        Frame::Ack { consumed, .. } => acking.acknowledged(*consumed).map_err(|e| e.to_string())?,
-        _ => {
-            *done = true;
-            // A reason aborts both directions; otherwise the channel goes
-            // once both sides have finished.
-            if closing == Some(false) || (c.client_done && c.device_done) {
-                l.channels.remove(&channel);
-                if l.closed.len() >= CLOSED_KEPT {
-                    l.closed.pop_front();
+    }
+
+    /// A client's frame, against what the session allows and its windows.
+    /// Until the device has opened its end, only acknowledgements and an
+    /// end pass.
+    fn client_frame(&mut self, f: &Frame, open: bool) -> Result<(), String> {
+        if !open && !matches!(f, Frame::End { .. } | Frame::Ack { .. }) {
+            return Err("the session is not open yet".into());
+        }
+        match f {
+            Frame::Data { .. } | Frame::Ack { .. } | Frame::Close { .. } => {
+                self.channel_frame(Side::Client, f)?;
+            }
+            Frame::Open { channel, port } => {
+                if self.kind != SessionKind::Tunnel {
+                    return Err("only a tunnel opens channels".into());
                 }
-                l.closed.push_back(channel);
+                if Some(*port) != self.port {
+                    return Err(format!(
+                        "this session reaches port {} only",
+                        self.port.unwrap_or(0)
+                    ));
+                }
+                if *channel == 0
+                    || self.channels.contains_key(channel)
+                    || self.closed.contains(channel)
+                {
+                    return Err(format!("channel {channel} cannot be opened"));
+                }
+                if self.channels.len() >= session::MAX_CHANNELS as usize {
+                    return Err(format!(
+                        "at most {} connections per session",
+                        session::MAX_CHANNELS
+                    ));
+                }
+                self.channels
+                    .insert(*channel, RelayChannel::new(self.window));
             }
+            Frame::Resize { .. } if self.kind == SessionKind::Terminal => {}
+            Frame::Resize { .. } => return Err("only a terminal resizes".into()),
+            Frame::End { .. } => {}
         }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Checks a client's frame against what the session allows and its windows.
-fn client_frame(l: &mut Live, f: &Frame) -> Result<(), String> {
-    if l.phase == Phase::Opening && !matches!(f, Frame::End { .. } | Frame::Ack { .. }) {
-        return Err("the session is not open yet".into());
-    }
-    match f {
-        Frame::Data { .. } | Frame::Ack { .. } | Frame::Close { .. } => {
-            channel_frame(l, Side::Client, f)?;
+    /// A device's frame.
+    fn device_frame(&mut self, f: &Frame) -> Result<(), String> {
+        match f {
+            Frame::Data { .. } | Frame::Ack { .. } | Frame::Close { .. } => {
+                self.channel_frame(Side::Device, f)
+            }
+            Frame::End { .. } => Ok(()),
+            Frame::Open { .. } | Frame::Resize { .. } => {
+                Err("a device neither opens channels nor resizes".into())
+            }
         }
-        Frame::Open { channel, port } => {
-            if l.kind != SessionKind::Tunnel {
-                return Err("only a tunnel opens channels".into());
-            }
-            if Some(*port) != l.port {
-                return Err(format!(
-                    "this session reaches port {} only",
-                    l.port.unwrap_or(0)
-                ));
-            }
-            if *channel == 0 || l.channels.contains_key(channel) || l.closed.contains(channel) {
-                return Err(format!("channel {channel} cannot be opened"));
-            }
-            if l.channels.len() >= session::MAX_CHANNELS as usize {
-                return Err(format!(
-                    "at most {} connections per session",
-                    session::MAX_CHANNELS
-                ));
-            }
-            l.channels.insert(*channel, RelayChannel::new(l.window));
-        }
-        Frame::Resize { .. } if l.kind == SessionKind::Terminal => {}
-        Frame::Resize { .. } => return Err("only a terminal resizes".into()),
-        Frame::End { .. } => {}
     }
-    Ok(())
-}
 
-/// Checks a device's frame.
-fn device_frame(l: &mut Live, f: &Frame) -> Result<(), String> {
-    match f {
-        Frame::Data { .. } | Frame::Ack { .. } | Frame::Close { .. } => {
-            channel_frame(l, Side::Device, f)
+    /// A data, ack or close frame from `side`, against the channel's
+    /// windows and state.
+    fn channel_frame(&mut self, side: Side, f: &Frame) -> Result<(), String> {
+        let (channel, closing) = match f {
+            Frame::Data { channel, .. } | Frame::Ack { channel, .. } => (*channel, None),
+            Frame::Close { channel, reason } => (*channel, Some(reason.is_empty())),
+            _ => return Ok(()),
+        };
+        let Some(c) = self.channels.get_mut(&channel) else {
+            if self.closed.contains(&channel) || !matches!(f, Frame::Data { .. }) {
+                return Ok(());
+            }
+            return Err(format!("data on channel {channel}, which is not open"));
+        };
+        let (sending, acking, done) = match side {
+            Side::Client => (&mut c.up, &mut c.down, &mut c.client_done),
+            Side::Device => (&mut c.down, &mut c.up, &mut c.device_done),
+        };
+        match f {
+            Frame::Data { offset, bytes, .. } => {
+                if *done {
+                    return Err(format!("data on channel {channel} after its end"));
+                }
+                sending
+                    .data(*offset, bytes.len())
+                    .map_err(|e| e.to_string())?;
+                match side {
+                    Side::Client => self.bytes_up += bytes.len() as u64,
+                    Side::Device => self.bytes_down += bytes.len() as u64,
+                }
+            }
+            Frame::Ack { consumed, .. } => {
+                acking.acknowledged(*consumed).map_err(|e| e.to_string())?
+            }
+            _ => {
+                *done = true;
+                // A reason aborts both directions; otherwise the channel
+                // goes once both sides have finished.
+                if closing == Some(false) || (c.client_done && c.device_done) {
+                    self.channels.remove(&channel);
+                    if self.closed.len() >= CLOSED_KEPT {
+                        self.closed.pop_front();
+                    }
+                    self.closed.push_back(channel);
+                }
+            }
         }
-        Frame::End { .. } => Ok(()),
-        Frame::Open { .. } | Frame::Resize { .. } => {
-            Err("a device neither opens channels nor resizes".into())
-        }
+        Ok(())
     }
 }
 
@@ -1137,6 +1170,167 @@ fn edit_authorized_keys(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn data(channel: u32, offset: u64, n: usize) -> Frame {
+        Frame::Data {
+            channel,
+            offset,
+            bytes: vec![b'x'; n],
+        }
+    }
+
+    fn close(channel: u32, reason: &str) -> Frame {
+        Frame::Close {
+            channel,
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn a_half_closed_channel_still_carries_the_other_direction() {
+        let mut relay = Relay::new(SessionKind::Tunnel, Some(22), 1024);
+        relay
+            .client_frame(
+                &Frame::Open {
+                    channel: 1,
+                    port: 22,
+                },
+                true,
+            )
+            .expect("open");
+        // The client is done sending; the device's banner still passes.
+        relay.client_frame(&close(1, ""), true).expect("fin");
+        relay
+            .device_frame(&data(1, 0, 20))
+            .expect("the other direction");
+        assert!(
+            relay.client_frame(&data(1, 0, 1), true).is_err(),
+            "data after the client's end"
+        );
+        relay.device_frame(&close(1, "")).expect("fin");
+        // Gone once both are done; a late frame for it is not a breach.
+        assert!(relay.channels.is_empty());
+        relay
+            .device_frame(&data(1, 20, 5))
+            .expect("late data of a closed channel passes");
+        assert!(
+            relay
+                .client_frame(
+                    &Frame::Open {
+                        channel: 1,
+                        port: 22
+                    },
+                    true
+                )
+                .is_err(),
+            "a closed channel id is not reused"
+        );
+    }
+
+    #[test]
+    fn the_relay_holds_each_side_to_the_window() {
+        let mut relay = Relay::new(SessionKind::Terminal, None, 1024);
+        relay.device_frame(&data(0, 0, 1024)).expect("one window");
+        assert!(
+            relay.device_frame(&data(0, 1024, 1)).is_err(),
+            "past the window"
+        );
+        let mut relay = Relay::new(SessionKind::Terminal, None, 1024);
+        relay.device_frame(&data(0, 0, 1024)).expect("one window");
+        relay
+            .client_frame(
+                &Frame::Ack {
+                    channel: 0,
+                    consumed: 1024,
+                },
+                true,
+            )
+            .expect("the client drew it");
+        relay
+            .device_frame(&data(0, 1024, 1024))
+            .expect("a second window after the credit");
+        assert!(relay.device_frame(&data(0, 4096, 1)).is_err(), "a gap");
+        assert_eq!(relay.bytes_down, 2048);
+    }
+
+    #[test]
+    fn the_relay_refuses_what_the_session_does_not_allow() {
+        let mut terminal = Relay::new(SessionKind::Terminal, None, 1024);
+        assert!(
+            terminal.client_frame(&data(0, 0, 1), false).is_err(),
+            "before the device opened"
+        );
+        assert!(
+            terminal
+                .client_frame(
+                    &Frame::Ack {
+                        channel: 0,
+                        consumed: 0
+                    },
+                    false
+                )
+                .is_ok()
+        );
+        assert!(
+            terminal
+                .client_frame(
+                    &Frame::Open {
+                        channel: 1,
+                        port: 22
+                    },
+                    true
+                )
+                .is_err()
+        );
+        assert!(
+            terminal
+                .device_frame(&Frame::Resize { cols: 80, rows: 24 })
+                .is_err()
+        );
+        assert!(
+            terminal.client_frame(&data(7, 0, 1), true).is_err(),
+            "an unopened channel"
+        );
+        let mut tunnel = Relay::new(SessionKind::Tunnel, Some(22), 1024);
+        assert!(
+            tunnel
+                .client_frame(
+                    &Frame::Open {
+                        channel: 1,
+                        port: 23
+                    },
+                    true
+                )
+                .is_err()
+        );
+        assert!(
+            tunnel
+                .client_frame(&Frame::Resize { cols: 80, rows: 24 }, true)
+                .is_err()
+        );
+        for channel in 1..=session::MAX_CHANNELS {
+            tunnel
+                .client_frame(&Frame::Open { channel, port: 22 }, true)
+                .expect("within the limit");
+        }
+        assert!(
+            tunnel
+                .client_frame(
+                    &Frame::Open {
+                        channel: 99,
+                        port: 22
+                    },
+                    true
+                )
+                .is_err(),
+            "past the channel limit"
+        );
+        // An abort ends both directions at once.
+        tunnel
+            .device_frame(&close(3, "connection refused"))
+            .expect("abort");
+        assert!(!tunnel.channels.contains_key(&3));
+    }
 
     #[test]
     fn expiry_times_are_utc_civil_dates() {
