@@ -83,13 +83,24 @@ def wait_port(port, secs=10):
     raise SystemExit(f"nothing listens on {port}")
 
 
-def source_server(port):
-    """Sends 64 MiB to each connection, then closes it."""
-    chunk = os.urandom(1 << 20)
+def serve_each(port, handle):
+    """Listens on 127.0.0.1:`port`; each connection to `handle` in a thread."""
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", port))
     srv.listen()
+
+    def accept():
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+
+
+def source_server(port):
+    """Sends 64 MiB to each connection, then closes it."""
+    chunk = os.urandom(1 << 20)
 
     def send(conn):
         with conn:
@@ -99,12 +110,7 @@ def source_server(port):
             except OSError:
                 pass  # the reader went away (a port probe)
 
-    def serve():
-        while True:
-            conn, _ = srv.accept()
-            threading.Thread(target=send, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
+    serve_each(port, send)
 
 
 def read_all(port):
@@ -123,10 +129,6 @@ def read_all(port):
 
 def echo_server(port):
     """Echoes every byte back (the device's side of a request/response)."""
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", port))
-    srv.listen()
 
     def echo(conn):
         with conn:
@@ -137,12 +139,7 @@ def echo_server(port):
             except OSError:
                 pass
 
-    def serve():
-        while True:
-            conn, _ = srv.accept()
-            threading.Thread(target=echo, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
+    serve_each(port, echo)
 
 
 def echo_round_trips(port, count):

@@ -248,6 +248,13 @@ impl TerminalClient {
         true
     }
 
+    /// Reads until the session ends; true when its reason mentions `why`.
+    async fn ended_because(&mut self, secs: u64, why: &str) -> bool {
+        self.until(secs, |t| t.saw("ended").is_some()).await;
+        self.saw("ended")
+            .is_some_and(|e| e["reason"].as_str().unwrap_or("").contains(why))
+    }
+
     fn saw(&self, event: &str) -> Option<&Value> {
         self.events.iter().find(|e| e["event"] == event)
     }
@@ -379,12 +386,10 @@ async fn a_terminal_runs_commands_resizes_and_carries_10_mib_in_bounded_memory()
         &Value::Null,
     );
     assert_eq!(status, 204);
-    assert!(term.until(10, |t| t.saw("ended").is_some()).await);
     assert!(
-        term.saw("ended").expect("ended")["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("closed by admin")
+        term.ended_because(10, "closed by admin").await,
+        "{:?}",
+        term.events
     );
     let (log, metrics) = tokio::task::spawn_blocking(move || {
         let mut log = String::new();
@@ -473,11 +478,10 @@ async fn sessions_refuse_strangers_and_end_when_a_side_breaks_the_rules_or_vanis
     let mut refused = TerminalClient::attach(f.http, &f.admin, &tunnel)
         .await
         .expect("attach");
-    assert!(refused.until(20, |t| t.saw("ended").is_some()).await);
     assert!(
-        refused.saw("ended").expect("ended")["reason"]
-            .to_string()
-            .contains("not on this device's allowlist"),
+        refused
+            .ended_because(20, "not on this device's allowlist")
+            .await,
         "{:?}",
         refused.events
     );
@@ -549,11 +553,8 @@ async fn sessions_refuse_strangers_and_end_when_a_side_breaks_the_rules_or_vanis
         bytes: b"x".to_vec(),
     })
     .await;
-    assert!(term.until(10, |t| t.saw("ended").is_some()).await);
     assert!(
-        term.saw("ended").expect("ended")["reason"]
-            .to_string()
-            .contains("broke the session protocol"),
+        term.ended_because(10, "broke the session protocol").await,
         "{:?}",
         term.events
     );
@@ -568,11 +569,8 @@ async fn sessions_refuse_strangers_and_end_when_a_side_breaks_the_rules_or_vanis
     if let Some(child) = agent.0.as_mut() {
         let _ = child.kill();
     }
-    assert!(term.until(20, |t| t.saw("ended").is_some()).await);
     assert!(
-        term.saw("ended").expect("ended")["reason"]
-            .to_string()
-            .contains("disconnected"),
+        term.ended_because(20, "disconnected").await,
         "{:?}",
         term.events
     );
