@@ -141,6 +141,17 @@ impl Fleet {
         )
     }
 
+    /// `GET` or `DELETE /api/v1/remote-sessions/{id}` as `bearer`.
+    fn remote_session(&self, bearer: &str, method: &str, id: &str) -> (u16, Value) {
+        call(
+            self.http,
+            bearer,
+            method,
+            &format!("/api/v1/remote-sessions/{id}"),
+            &Value::Null,
+        )
+    }
+
     fn audit(&self) -> String {
         call(
             self.http,
@@ -378,13 +389,7 @@ async fn a_terminal_runs_commands_resizes_and_carries_10_mib_in_bounded_memory()
 
     // Closed by the user: the client hears why, the log keeps who and how long.
     let id = session["id"].as_str().expect("id");
-    let (status, _) = call(
-        f.http,
-        &f.admin,
-        "DELETE",
-        &format!("/api/v1/remote-sessions/{id}"),
-        &Value::Null,
-    );
+    let (status, _) = f.remote_session(&f.admin, "DELETE", id);
     assert_eq!(status, 204);
     assert!(
         term.ended_because(10, "closed by admin").await,
@@ -492,13 +497,7 @@ async fn sessions_refuse_strangers_and_end_when_a_side_breaks_the_rules_or_vanis
     let stolen = TerminalClient::attach(f.http, &stranger, &session).await;
     assert!(stolen.is_err(), "a stranger attached");
     let id = session["id"].as_str().expect("id").to_owned();
-    let (status, _) = call(
-        f.http,
-        &stranger,
-        "DELETE",
-        &format!("/api/v1/remote-sessions/{id}"),
-        &Value::Null,
-    );
+    let (status, _) = f.remote_session(&stranger, "DELETE", &id);
     assert_eq!(status, 404);
     let mut term = TerminalClient::attach(f.http, &f.admin, &session)
         .await
@@ -810,13 +809,7 @@ fn a_reverse_ssh_tunnel_reaches_the_device_sshd_through_a_real_bastion() {
     let mut bound = None;
     assert!(
         eventually(30, || {
-            let (_, s) = call(
-                f.http,
-                &f.admin,
-                "GET",
-                &format!("/api/v1/remote-sessions/{id}"),
-                &Value::Null,
-            );
+            let (_, s) = f.remote_session(&f.admin, "GET", &id);
             bound = s["bound_port"].as_u64();
             bound.is_some()
         }),
@@ -846,13 +839,7 @@ fn a_reverse_ssh_tunnel_reaches_the_device_sshd_through_a_real_bastion() {
     );
 
     // Torn down on request: the port closes, the key leaves the bastion.
-    let (status, _) = call(
-        f.http,
-        &f.admin,
-        "DELETE",
-        &format!("/api/v1/remote-sessions/{id}"),
-        &Value::Null,
-    );
+    let (status, _) = f.remote_session(&f.admin, "DELETE", &id);
     assert_eq!(status, 204);
     assert!(
         eventually(15, || std::net::TcpStream::connect(("127.0.0.1", bound))
@@ -873,16 +860,15 @@ fn a_reverse_ssh_tunnel_reaches_the_device_sshd_through_a_real_bastion() {
     );
     assert_eq!(status, 201, "{session}");
     let id = session["id"].as_str().expect("id").to_owned();
-    let session_path = format!("/api/v1/remote-sessions/{id}");
     let mut bound = None;
     assert!(eventually(30, || {
-        bound = call(f.http, &f.admin, "GET", &session_path, &Value::Null).1["bound_port"].as_u64();
+        bound = f.remote_session(&f.admin, "GET", &id).1["bound_port"].as_u64();
         bound.is_some()
     }));
     let bound = bound.expect("port") as u16;
     assert!(
         eventually(20, || {
-            call(f.http, &f.admin, "GET", &session_path, &Value::Null).0 == 404
+            f.remote_session(&f.admin, "GET", &id).0 == 404
                 && std::net::TcpStream::connect(("127.0.0.1", bound)).is_err()
         }),
         "the tunnel ends at its TTL"
