@@ -11,6 +11,7 @@ pub mod provisioning;
 pub mod remote;
 pub mod session;
 pub mod sim;
+mod sim_firmware;
 mod sim_shell;
 mod sim_tasks;
 pub mod tasks;

@@ -44,6 +44,15 @@ pub struct SimulatedDevice {
     /// when the signal fades.
     cell_id: u64,
     band: &'static str,
+    /// A firmware update (or rollback) waiting for the reboot to finish.
+    pub(crate) pending_update: Option<crate::sim_firmware::PendingUpdate>,
+    /// The version before the last update, for a rollback.
+    pub(crate) previous_firmware: Option<String>,
+}
+
+struct TaskAnswerOut {
+    execution: i64,
+    payload: Vec<u8>,
 }
 
 /// Cells of the simulated operator, one of which serves each device.
@@ -79,6 +88,8 @@ impl SimulatedDevice {
             boot_id: new_boot_id(),
             cell_id: CELLS[rng.random_range(0..CELLS.len())],
             band: "B3",
+            pending_update: None,
+            previous_firmware: None,
         }
     }
 
@@ -87,6 +98,24 @@ impl SimulatedDevice {
             v: VERSION,
             ts,
             version: self.firmware.clone(),
+        })
+    }
+
+    pub fn firmware_version(&self) -> &str {
+        &self.firmware
+    }
+
+    /// Back from the reboot of an update: the answer it owes, on the
+    /// version it now runs.
+    fn finish_update(&mut self) -> Option<TaskAnswerOut> {
+        let pending = self.pending_update.take()?;
+        let (answer, version) = crate::sim_firmware::after_reboot(&pending, &self.boot_id);
+        if version != self.firmware {
+            self.previous_firmware = Some(std::mem::replace(&mut self.firmware, version));
+        }
+        Some(TaskAnswerOut {
+            execution: pending.request.id,
+            payload: answer.to_json(),
         })
     }
 
@@ -270,6 +299,9 @@ pub struct SimOptions {
     /// The platform's license key (base64): license tokens are verified
     /// with it as the agent does; without it they are refused.
     pub license_public_key: Option<String>,
+    /// The chance that a firmware update fails somewhere (install, first
+    /// boot); firmware images are checked against `license_public_key`.
+    pub fota_failure: f64,
 }
 
 /// What the fleet did, counted.
@@ -512,6 +544,7 @@ async fn run_device(
             device.model,
             device.device_id
         );
+        let update_answer = state.finish_update();
         conn.publish(
             topic(Topic::Status),
             true,
@@ -519,6 +552,17 @@ async fn run_device(
         );
         conn.publish(topic(Topic::Firmware), true, state.firmware(now).to_json());
         counters.messages.fetch_add(2, Ordering::Relaxed);
+        if let Some(answer) = update_answer {
+            conn.publish(
+                device_protocol::task::result_topic(
+                    &device.model,
+                    &device.device_id,
+                    answer.execution,
+                ),
+                false,
+                answer.payload,
+            );
+        }
         let mut tick = tokio::time::interval(options.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_write = tokio::time::Instant::now();

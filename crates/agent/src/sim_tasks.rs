@@ -114,6 +114,83 @@ impl SimAnswers {
                 self.session_frames(&s.session, frames, device);
                 return;
             }
+            Ok(TaskParams::FirmwareUpdate(update)) if request.deadline > now_millis() => {
+                let steps = crate::sim_firmware::update(
+                    &request,
+                    &update,
+                    state.firmware_version(),
+                    options.license_public_key.as_deref(),
+                    options.fota_failure,
+                )
+                .await;
+                let mut at = Instant::now();
+                for (delay, answer) in steps.progress {
+                    at += delay;
+                    self.waiting.push_back((
+                        at,
+                        Due::Answer {
+                            topic: status_topic.clone(),
+                            payload: answer.to_json(),
+                        },
+                    ));
+                }
+                match steps.outcome {
+                    Ok(pending) => {
+                        state.pending_update = Some(pending);
+                        self.waiting
+                            .push_back((at + Duration::from_millis(200), Due::Reboot));
+                    }
+                    Err(answer) => self.waiting.push_back((
+                        at + Duration::from_millis(100),
+                        Due::Answer {
+                            topic: result_topic,
+                            payload: answer.to_json(),
+                        },
+                    )),
+                }
+                return;
+            }
+            Ok(TaskParams::FirmwareRollback {}) if request.deadline > now_millis() => {
+                match state.previous_firmware.clone() {
+                    Some(previous) => {
+                        state.pending_update = Some(crate::sim_firmware::PendingUpdate {
+                            request: request.clone(),
+                            version: previous,
+                            previous: state.firmware_version().to_owned(),
+                            fails_first_boot: false,
+                            rollback: true,
+                        });
+                        let answer = crate::sim_firmware::stage_answer(
+                            &request,
+                            device_protocol::firmware::Stage::Rebooting,
+                            None,
+                        );
+                        self.waiting.push_back((
+                            now,
+                            Due::Answer {
+                                topic: status_topic,
+                                payload: answer.to_json(),
+                            },
+                        ));
+                        self.waiting
+                            .push_back((now + Duration::from_millis(500), Due::Reboot));
+                    }
+                    None => self.waiting.push_back((
+                        now,
+                        Due::Answer {
+                            topic: result_topic,
+                            payload: finish(
+                                &request,
+                                AnswerState::Rejected,
+                                None,
+                                Some("no previous image to return to".into()),
+                            )
+                            .to_json(),
+                        },
+                    )),
+                }
+                return;
+            }
             Ok(TaskParams::BlackBox(task::BlackBox {
                 upload_url: Some(url),
             })) if request.deadline > now_millis() => (
@@ -256,6 +333,16 @@ fn simulate(
                 AnswerState::Rejected,
                 None,
                 Some("a simulated device has no ports to forward; connect a real agent".into()),
+            ),
+        ),
+        // Past their deadline (the ones in time were taken above).
+        TaskParams::FirmwareUpdate(_) | TaskParams::FirmwareRollback {} => (
+            quick,
+            finish(
+                request,
+                AnswerState::Rejected,
+                None,
+                Some("the deadline passed before the task arrived".into()),
             ),
         ),
         TaskParams::Reboot {} => {

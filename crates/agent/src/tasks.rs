@@ -137,6 +137,13 @@ pub async fn run(request: &TaskRequest, p: &crate::Provisioning) -> Outcome {
             None => rejected(request, "black_box: the request carries no upload_url"),
         },
         TaskParams::Shell(s) => shell(request, &s.command, budget, settings).await,
+        // The download, A/B install and first-boot confirmation of a real
+        // device are the next step of issue 17; until then the agent says
+        // so rather than pretending (the simulator runs the whole flow).
+        TaskParams::FirmwareUpdate(_) | TaskParams::FirmwareRollback {} => rejected(
+            request,
+            "this agent version does not install firmware images yet",
+        ),
         // Opened by the session's registry, which owns what it starts.
         TaskParams::RemoteSession(_) => rejected(request, "remote sessions are opened elsewhere"),
     };

@@ -1209,3 +1209,348 @@ impl From<platform::remote::SessionInfo> for RemoteSessionDto {
         }
     }
 }
+
+/// What an image upload says about it; the body is the image itself.
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareUploadQuery {
+    /// Semantic version, e.g. `2.1.0`.
+    pub version: String,
+    /// Comma-separated ids of the device models it is for.
+    pub model_ids: String,
+    /// Devices below this version are not offered the image.
+    pub min_version: Option<String>,
+    pub notes: Option<String>,
+    /// Defaults to `firmware-{version}.bin`.
+    pub file_name: Option<String>,
+    /// A vendor's detached signature (base64url ed25519 over the image's
+    /// SHA-256, see `telemark firmware sign`); without one the platform
+    /// signs the image.
+    pub signature: Option<String>,
+    /// The owning organisation (inside the caller's); the caller's own by default.
+    pub organisation_id: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareListQuery {
+    /// Only images for this model.
+    pub model_id: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FirmwareImageDto {
+    pub id: i64,
+    pub organisation_id: i64,
+    pub version: String,
+    pub min_version: Option<String>,
+    pub notes: String,
+    pub file_name: String,
+    pub size: i64,
+    pub sha256: String,
+    pub sha1: String,
+    pub md5: String,
+    /// base64url ed25519 over the SHA-256 (with the image context).
+    pub signature: String,
+    /// The public key that made the signature (base64url).
+    pub signed_by: String,
+    pub model_ids: Vec<i64>,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+impl From<store::FirmwareImage> for FirmwareImageDto {
+    fn from(i: store::FirmwareImage) -> Self {
+        FirmwareImageDto {
+            id: i.id,
+            organisation_id: i.organisation_id,
+            version: i.version,
+            min_version: i.min_version,
+            notes: i.notes,
+            file_name: i.file_name,
+            size: i.size,
+            sha256: i.sha256,
+            sha1: i.sha1,
+            md5: i.md5,
+            signature: i.signature,
+            signed_by: i.signed_by,
+            model_ids: i.model_ids,
+            created_by: i.created_by,
+            created_at: i.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignFilterDto {
+    pub organisation_id: Option<i64>,
+    pub label: Option<String>,
+    /// Only devices that report exactly this version now.
+    pub current_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WaveDto {
+    /// Cumulative share of the targeted devices (1, 10, 50, 100).
+    pub percent: Option<f64>,
+    /// Or these devices.
+    pub device_ids: Option<Vec<i64>>,
+    /// Succeeded over reached devices needed before the next wave (0.95).
+    pub success_ratio: Option<f64>,
+    /// Waited after the wave settled (600 s).
+    pub soak_secs: Option<i64>,
+}
+
+/// A campaign as asked for; everything but `name` and `image_id` has a default.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCampaignDto {
+    pub name: String,
+    pub image_id: i64,
+    /// Needed when the image is for several models.
+    pub model_id: Option<i64>,
+    #[serde(default)]
+    pub filter: CampaignFilterDto,
+    /// Default 1 %, 10 %, 50 %, 100 %.
+    pub waves: Option<Vec<WaveDto>>,
+    /// Failed over finished devices above this stops the campaign (0.1)…
+    pub failure_threshold: Option<f64>,
+    /// …once this many finished (10).
+    pub min_finished: Option<i64>,
+    /// `pause` (default) or `abort`.
+    pub on_threshold: Option<String>,
+    /// How long a device on the new version is watched (600 s).
+    pub health_secs: Option<i64>,
+    /// Roll an unhealthy device back (true).
+    pub rollback_unhealthy: Option<bool>,
+    /// Maintenance window, `HH:MM` local time, both or neither.
+    pub window_start: Option<String>,
+    pub window_end: Option<String>,
+    /// IANA time zone of the window (UTC).
+    pub time_zone: Option<String>,
+    /// Per attempt, from delivery to the final answer (3600 s).
+    pub device_timeout_secs: Option<i64>,
+    /// How long a wave waits for an offline device (7 days).
+    pub device_wait_secs: Option<i64>,
+    /// Download limit per device in bytes/s; 0 for none.
+    pub max_bytes_per_sec: Option<i64>,
+}
+
+impl From<NewCampaignDto> for platform::campaigns::CampaignRequest {
+    fn from(c: NewCampaignDto) -> Self {
+        platform::campaigns::CampaignRequest {
+            name: c.name,
+            image_id: c.image_id,
+            model_id: c.model_id,
+            filter: platform::campaigns::CampaignFilter {
+                organisation_id: c.filter.organisation_id,
+                label: c.filter.label,
+                current_version: c.filter.current_version,
+            },
+            waves: c.waves.map(|waves| {
+                waves
+                    .into_iter()
+                    .map(|w| platform::campaigns::WaveRequest {
+                        percent: w.percent,
+                        device_ids: w.device_ids,
+                        success_ratio: w.success_ratio,
+                        soak_secs: w.soak_secs,
+                    })
+                    .collect()
+            }),
+            failure_threshold: c.failure_threshold,
+            min_finished: c.min_finished,
+            on_threshold: c.on_threshold,
+            health_secs: c.health_secs,
+            rollback_unhealthy: c.rollback_unhealthy,
+            window_start: c.window_start,
+            window_end: c.window_end,
+            time_zone: c.time_zone,
+            device_timeout_secs: c.device_timeout_secs,
+            device_wait_secs: c.device_wait_secs,
+            max_bytes_per_sec: c.max_bytes_per_sec,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PreviewDeviceDto {
+    pub id: i64,
+    pub name: String,
+    pub firmware_version: Option<String>,
+    /// 0-based wave.
+    pub wave: usize,
+}
+
+/// What a campaign would target.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignPreviewDto {
+    pub targeted: usize,
+    pub wave_sizes: Vec<usize>,
+    pub already_on_version: usize,
+    pub below_min_version: usize,
+    pub in_other_campaign: usize,
+    pub sample: Vec<PreviewDeviceDto>,
+}
+
+impl From<platform::campaigns::CampaignPreview> for CampaignPreviewDto {
+    fn from(p: platform::campaigns::CampaignPreview) -> Self {
+        CampaignPreviewDto {
+            targeted: p.targeted,
+            wave_sizes: p.wave_sizes,
+            already_on_version: p.already_on_version,
+            below_min_version: p.below_min_version,
+            in_other_campaign: p.in_other_campaign,
+            sample: p
+                .sample
+                .into_iter()
+                .map(|d| PreviewDeviceDto {
+                    id: d.id,
+                    name: d.name,
+                    firmware_version: d.firmware_version,
+                    wave: d.wave,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignWaveDto {
+    /// 0-based.
+    pub number: i64,
+    pub size: i64,
+    pub success_ratio: f64,
+    pub soak_secs: i64,
+    /// `waiting`, `running`, `soaking` or `done`.
+    pub state: String,
+    pub started_at: Option<i64>,
+    pub settled_at: Option<i64>,
+    pub done_at: Option<i64>,
+    /// Devices per state: pending, active, watching, rolling_back,
+    /// succeeded, failed, rolled_back, skipped.
+    #[schema(value_type = Object)]
+    pub counts: std::collections::BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignDto {
+    pub id: i64,
+    pub organisation_id: i64,
+    pub name: String,
+    pub image_id: i64,
+    pub version: String,
+    pub model_id: i64,
+    #[schema(value_type = Object)]
+    pub filter: serde_json::Value,
+    /// `running`, `paused`, `aborted` or `finished`.
+    pub state: String,
+    /// Why it paused or aborted (the rule and its figures, or the user).
+    pub state_reason: Option<String>,
+    pub current_wave: i64,
+    pub failure_threshold: f64,
+    pub min_finished: i64,
+    pub on_threshold: String,
+    pub health_secs: i64,
+    pub rollback_unhealthy: bool,
+    pub window_start: Option<String>,
+    pub window_end: Option<String>,
+    pub time_zone: String,
+    pub device_timeout_secs: i64,
+    pub device_wait_secs: i64,
+    pub max_bytes_per_sec: i64,
+    pub created_by: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// When nothing of it was in flight any more.
+    pub finished_at: Option<i64>,
+    /// Devices per state over all waves.
+    #[schema(value_type = Object)]
+    pub counts: std::collections::BTreeMap<String, i64>,
+    pub waves: Vec<CampaignWaveDto>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignDeviceDto {
+    pub device_id: i64,
+    pub device_name: String,
+    pub device_mac: String,
+    pub wave: i64,
+    /// pending, notified, downloading, downloaded, verifying, installing,
+    /// rebooting, confirming, health_check, rolling_back, succeeded,
+    /// failed, rolled_back or skipped.
+    pub stage: String,
+    /// The download's percent while downloading.
+    pub progress: Option<i64>,
+    pub from_version: Option<String>,
+    pub reason: Option<String>,
+    pub execution_id: Option<i64>,
+    pub updated_at: i64,
+}
+
+impl From<store::CampaignDevice> for CampaignDeviceDto {
+    fn from(d: store::CampaignDevice) -> Self {
+        let stage = platform::campaigns::device_stage(&d);
+        CampaignDeviceDto {
+            device_id: d.device_id,
+            device_name: d.device_name,
+            device_mac: d.device_mac,
+            wave: d.wave,
+            progress: (d.state == "active")
+                .then_some(d.execution_progress)
+                .flatten(),
+            stage,
+            from_version: d.from_version,
+            reason: d.reason.or(match d.state.as_str() {
+                "active" => d.execution_message,
+                _ => None,
+            }),
+            execution_id: d.execution_id,
+            updated_at: d.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignDeviceQuery {
+    pub wave: Option<i64>,
+    /// pending, active, watching, rolling_back, succeeded, failed, rolled_back, skipped.
+    pub state: Option<String>,
+    /// The last device id of the previous page.
+    pub after: Option<i64>,
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FirmwareHistoryDto {
+    pub campaign_id: i64,
+    pub campaign_name: String,
+    pub image_id: i64,
+    pub version: String,
+    pub from_version: Option<String>,
+    pub state: String,
+    pub reason: Option<String>,
+    pub updated_at: i64,
+}
+
+impl From<store::FirmwareHistoryEntry> for FirmwareHistoryDto {
+    fn from(h: store::FirmwareHistoryEntry) -> Self {
+        FirmwareHistoryDto {
+            campaign_id: h.campaign_id,
+            campaign_name: h.campaign_name,
+            image_id: h.image_id,
+            version: h.version,
+            from_version: h.from_version,
+            state: h.state,
+            reason: h.reason,
+            updated_at: h.updated_at,
+        }
+    }
+}

@@ -269,3 +269,22 @@ impl From<platform::remote::RemoteError> for ApiError {
         }
     }
 }
+
+impl From<platform::firmware::FirmwareError> for ApiError {
+    fn from(e: platform::firmware::FirmwareError) -> Self {
+        use platform::firmware::FirmwareError as F;
+        match e {
+            F::Field {
+                field: "state",
+                message,
+            } => ApiError::Conflict(message),
+            F::Field { field, message } => ApiError::field(field, message),
+            F::TooLarge(limit) => {
+                ApiError::TooLarge(format!("an image is at most {limit} bytes here"))
+            }
+            F::Interrupted(m) => ApiError::bad_request(format!("the upload broke off: {m}")),
+            F::Io(m) => ApiError::Internal(m),
+            F::Store(s) => s.into(),
+        }
+    }
+}

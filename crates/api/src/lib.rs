@@ -39,6 +39,8 @@ pub struct ApiOptions {
     pub data_dir: Option<std::path::PathBuf>,
     /// Remote tasks: woken when a job is created, its events for live pages.
     pub tasks: Option<Arc<platform::tasks::TaskService>>,
+    /// The firmware repository: image files, download tokens, limits.
+    pub firmware: Option<platform::firmware::FirmwareRepository>,
     /// Remote access: terminals, tunnels, reverse SSH.
     pub remote: Option<Arc<platform::remote::RemoteSessions>>,
     /// The password-login throttle, shared with the embedded broker so a

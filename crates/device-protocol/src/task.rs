@@ -291,6 +291,14 @@ pub enum TaskParams {
     /// ([`crate::session`]); made by the platform's remote-access service
     /// only, never by a job.
     RemoteSession(crate::session::RemoteSession),
+    /// Download an image (resumable), check its SHA-256 and signature,
+    /// install it through the device's hook, reboot and confirm the new
+    /// version, or roll back to the previous one when the first boot fails
+    /// its check. Made by a campaign ([`crate::firmware`]), never by a job.
+    FirmwareUpdate(crate::firmware::FirmwareUpdate),
+    /// Return to the image installed before the last update (a campaign's
+    /// health gate found the new one unhealthy).
+    FirmwareRollback {},
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -365,7 +373,7 @@ fn default_hops() -> u32 {
 
 impl TaskParams {
     /// Every type name, in the order the console offers them.
-    pub const TYPES: [&'static str; 12] = [
+    pub const TYPES: [&'static str; 14] = [
         "reboot",
         "ping",
         "traceroute",
@@ -378,6 +386,8 @@ impl TaskParams {
         "black_box",
         "shell",
         "remote_session",
+        "firmware_update",
+        "firmware_rollback",
     ];
 
     /// The type and parameters of a request, checked against the limits.
@@ -411,6 +421,8 @@ impl TaskParams {
             TaskParams::BlackBox(_) => "black_box",
             TaskParams::Shell(_) => "shell",
             TaskParams::RemoteSession(_) => "remote_session",
+            TaskParams::FirmwareUpdate(_) => "firmware_update",
+            TaskParams::FirmwareRollback {} => "firmware_rollback",
         }
     }
 
@@ -476,6 +488,7 @@ impl TaskParams {
                 return Err(format!("command must be 1 to {MAX_COMMAND} bytes"));
             }
             TaskParams::RemoteSession(s) => s.check()?,
+            TaskParams::FirmwareUpdate(f) => f.check()?,
             TaskParams::BlackBox(b) if b.upload_url.as_ref().is_some_and(|u| u.len() > 2048) => {
                 return Err("upload_url longer than 2048 bytes".into());
             }

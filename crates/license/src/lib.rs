@@ -4,6 +4,9 @@
 //! links no server code.
 //!
 //! A token is `base64url(claims JSON) "." base64url(signature over the first part)`.
+//! The same key signs firmware images ([`image`]).
+
+pub mod image;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -6,8 +6,10 @@
 
 pub mod accounts;
 pub mod alarms;
+pub mod campaigns;
 pub mod device_access;
 pub mod device_certificates;
+pub mod firmware;
 pub mod identifiers;
 pub mod import;
 pub mod licensing;

@@ -45,6 +45,13 @@ pub fn new_key() -> String {
         .join("-")
 }
 
+/// The platform's ed25519 key: it signs license tokens and firmware images.
+pub(crate) async fn platform_signing_key(
+    store: &Store,
+) -> Result<license::SigningKey, LicenseOpError> {
+    signing_key(store).await
+}
+
 async fn signing_key(store: &Store) -> Result<license::SigningKey, LicenseOpError> {
     let hex = store
         .platform_secret(SIGNING_KEY, crate::accounts::new_token)

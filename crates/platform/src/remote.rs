@@ -471,14 +471,19 @@ impl RemoteSessions {
             if let Some(line) = &authorized_line {
                 self.bastion_keys(Some(line), None).await?;
             }
-            let job = crate::tasks::create_session_job(
+            let job = crate::tasks::create_platform_job(
                 &self.store,
                 &opener.scope,
-                &opener.username,
-                device_id,
-                &params,
-                OPEN_TIMEOUT_SECS,
-                OPEN_EXPIRY_SECS,
+                crate::tasks::PlatformJob {
+                    description: format!("{} session", params.kind.as_str()),
+                    params: device_protocol::task::TaskParams::RemoteSession(params.clone()),
+                    device_ids: vec![device_id],
+                    timeout_secs: OPEN_TIMEOUT_SECS,
+                    expires_in_secs: OPEN_EXPIRY_SECS,
+                    // An offline device fails fast; the user opens again.
+                    max_retries: 0,
+                    actor: &opener.username,
+                },
             )
             .await?;
             Ok::<_, RemoteError>(job)

@@ -112,11 +112,20 @@ pub async fn create_job(
 ) -> Result<TaskJob, TaskError> {
     let params =
         TaskParams::from_parts(&request.kind, &request.params).map_err(|m| field("params", m))?;
-    if let TaskParams::RemoteSession(_) = &params {
-        return Err(field(
-            "type",
-            "remote sessions are opened with POST /api/v1/devices/{id}/sessions",
-        ));
+    match &params {
+        TaskParams::RemoteSession(_) => {
+            return Err(field(
+                "type",
+                "remote sessions are opened with POST /api/v1/devices/{id}/sessions",
+            ));
+        }
+        TaskParams::FirmwareUpdate(_) | TaskParams::FirmwareRollback {} => {
+            return Err(field(
+                "type",
+                "firmware is installed by campaigns: POST /api/v1/campaigns",
+            ));
+        }
+        _ => {}
     }
     if let TaskParams::BlackBox(b) = &params
         && b.upload_url.is_some()
@@ -256,36 +265,42 @@ pub async fn create_job(
     Ok(job)
 }
 
-/// The job of one remote session's opening: one device, a short expiry
-/// (an offline device fails fast), no retries. The system log entry is the
-/// remote-access service's.
-pub(crate) async fn create_session_job(
+/// A job the platform makes itself (a remote session's opening, a
+/// campaign wave): the type is not one a user may ask for, and the system
+/// log entry is the maker's.
+pub(crate) struct PlatformJob<'a> {
+    pub params: TaskParams,
+    pub description: String,
+    pub device_ids: Vec<i64>,
+    pub timeout_secs: i64,
+    /// How long an offline device's execution waits to be delivered.
+    pub expires_in_secs: i64,
+    pub max_retries: i64,
+    pub actor: &'a str,
+}
+
+pub(crate) async fn create_platform_job(
     store: &Store,
     scope: &Scope,
-    actor: &str,
-    device_id: i64,
-    session: &device_protocol::session::RemoteSession,
-    timeout_secs: i64,
-    expires_in_secs: i64,
+    job: PlatformJob<'_>,
 ) -> Result<TaskJob, TaskError> {
-    let params = TaskParams::RemoteSession(session.clone());
     Ok(store
         .create_task_job(
             scope,
             &NewTaskJob {
                 organisation_id: scope.organisation_id,
-                kind: params.kind().to_owned(),
-                parameters: params.params().to_string(),
-                description: format!("{} session", session.kind.as_str()),
-                created_by: actor.to_owned(),
-                timeout_secs,
-                expires_at: store::now_millis() + expires_in_secs * 1000,
-                max_retries: 0,
+                kind: job.params.kind().to_owned(),
+                parameters: job.params.params().to_string(),
+                description: job.description,
+                created_by: job.actor.to_owned(),
+                timeout_secs: job.timeout_secs,
+                expires_at: store::now_millis() + job.expires_in_secs * 1000,
+                max_retries: job.max_retries,
                 retry_backoff_secs: 30,
                 rollout_per_minute: None,
                 abort_failure_ratio: None,
                 abort_min_finished: None,
-                device_ids: vec![device_id],
+                device_ids: job.device_ids,
             },
         )
         .await?)
@@ -297,6 +312,19 @@ async fn select_devices(
     scope: &Scope,
     filter: &DeviceFilter,
 ) -> Result<Vec<i64>, TaskError> {
+    Ok(matching_devices(store, scope, filter)
+        .await?
+        .iter()
+        .map(|d| d.id)
+        .collect())
+}
+
+/// Every device in `scope` matching `filter`, at most [`MAX_JOB_DEVICES`].
+pub(crate) async fn matching_devices(
+    store: &Store,
+    scope: &Scope,
+    filter: &DeviceFilter,
+) -> Result<Vec<store::Device>, TaskError> {
     let mut ids = Vec::new();
     let mut query = DeviceQuery {
         model_id: filter.model_id,
@@ -309,7 +337,7 @@ async fn select_devices(
     };
     loop {
         let page = store.devices(scope, &query).await?;
-        ids.extend(page.devices.iter().map(|d| d.id));
+        ids.extend(page.devices);
         if ids.len() > MAX_JOB_DEVICES {
             return Err(field(
                 "filter",
@@ -433,7 +461,7 @@ pub async fn retry_execution(
 }
 
 /// Closes each job among `jobs` whose executions are all final.
-async fn close_if_done(store: &Store, jobs: &[i64]) -> Result<Vec<i64>, StoreError> {
+pub(crate) async fn close_if_done(store: &Store, jobs: &[i64]) -> Result<Vec<i64>, StoreError> {
     let counts = store.execution_counts(jobs).await?;
     let mut closed = Vec::new();
     for job in jobs {
@@ -569,6 +597,8 @@ pub struct TaskService {
     wake: tokio::sync::Notify,
     /// Remote access, which opens sessions as tasks and learns their outcome.
     remote: std::sync::OnceLock<std::sync::Weak<crate::remote::RemoteSessions>>,
+    /// Signs the download URL a firmware update carries.
+    firmware: std::sync::OnceLock<crate::firmware::DownloadTokens>,
     pub counters: TaskCounters,
 }
 
@@ -595,8 +625,15 @@ impl TaskService {
             events: broadcast::channel(4096).0,
             wake: tokio::sync::Notify::new(),
             remote: std::sync::OnceLock::new(),
+            firmware: std::sync::OnceLock::new(),
             counters: TaskCounters::default(),
         })
+    }
+
+    /// Firmware downloads: each `firmware_update` request gets a URL of its
+    /// own under `upload_base`, valid until the execution's deadline.
+    pub fn set_firmware_tokens(&self, tokens: crate::firmware::DownloadTokens) {
+        let _ = self.firmware.set(tokens);
     }
 
     pub(crate) fn set_remote(&self, remote: std::sync::Weak<crate::remote::RemoteSessions>) {
@@ -692,6 +729,13 @@ impl TaskService {
                     && let Some(base) = &self.upload_base
                 {
                     params["upload_url"] = self.bundle_slot(base, execution).await?.into();
+                }
+                if execution.kind == "firmware_update"
+                    && let (Some(base), Some(tokens)) = (&self.upload_base, self.firmware.get())
+                {
+                    let image = params["image"].as_i64().unwrap_or_default();
+                    let token = tokens.issue(image, execution.device_id, execution.deadline);
+                    params["url"] = format!("{base}/api/v1/firmware-downloads/{token}").into();
                 }
                 if execution.kind == "remote_session" {
                     let session = params["session"].as_str().unwrap_or_default().to_owned();

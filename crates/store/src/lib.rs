@@ -11,6 +11,7 @@ mod bundles;
 mod config;
 mod credentials;
 mod devices;
+mod firmware;
 mod imports;
 mod licenses;
 mod organisations;
@@ -45,6 +46,11 @@ pub use credentials::{DeviceLogin, PresenceChange};
 pub use devices::{
     Device, DeviceCursor, DeviceModel, DevicePage, DeviceQuery, DeviceSort, NewDevice,
     NewDeviceModel,
+};
+pub use firmware::{
+    CAMPAIGN_FINAL_STATES, CAMPAIGN_OPEN_STATES, CampaignDevice, CampaignDeviceChange,
+    CampaignWave, FirmwareCampaign, FirmwareHistoryEntry, FirmwareImage, NewCampaign,
+    NewFirmwareImage, NewWave, WatchedDevice,
 };
 pub use imports::{ImportBatch, ImportKind, ImportQuery, ImportRecord, Rejection};
 pub use licenses::{LicenseKey, LicenseQuery, ServiceModel};

@@ -207,7 +207,7 @@ fn in_list(first: usize, count: usize) -> String {
 impl Store {
     /// Rows of `sql` (its `IN (…)` list given the placeholders) for every id,
     /// in chunks under either database's bind limit.
-    async fn rows_for_ids<T>(
+    pub(crate) async fn rows_for_ids<T>(
         &self,
         ids: &[i64],
         sql: impl Fn(&str) -> String,

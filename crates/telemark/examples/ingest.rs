@@ -111,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
             firmware: "1.0.0".into(),
             reboot_time: Duration::from_secs(3),
             license_public_key: None,
+            fota_failure: 0.0,
         },
         counters.clone(),
         fleet_stopped,

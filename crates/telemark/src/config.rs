@@ -18,7 +18,27 @@ pub struct Config {
     pub telemetry: Telemetry,
     pub webhooks: Webhooks,
     pub remote: Remote,
+    pub firmware: Firmware,
     pub broker: broker::Settings,
+}
+
+/// The firmware repository: how large an image may be and which vendor
+/// keys a detached signature may come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Firmware {
+    pub max_image_mb: u64,
+    /// base64url ed25519 public keys; the platform's own key is always trusted.
+    pub trusted_keys: Vec<String>,
+}
+
+impl Default for Firmware {
+    fn default() -> Self {
+        Firmware {
+            max_image_mb: platform::firmware::DEFAULT_MAX_IMAGE_BYTES >> 20,
+            trusted_keys: Vec::new(),
+        }
+    }
 }
 
 /// Remote access: who may open terminals and tunnels, for how long, and
@@ -262,6 +282,10 @@ total = 256                                   # sessions on this instance at onc
 # user = "telemark"
 # host_key_file = "/etc/ssh/ssh_host_ed25519_key.pub"
 # authorized_keys = "/home/telemark/.ssh/authorized_keys"   # kept by Telemark
+
+[firmware]
+max_image_mb = 2048                           # the largest image an upload may bring
+trusted_keys = []                             # vendor ed25519 keys (base64url) whose detached signatures are accepted
 
 [broker]
 max_connections = 200000

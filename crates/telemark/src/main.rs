@@ -115,9 +115,13 @@ struct SimArgs {
     #[arg(long, default_value_t = 3000)]
     reboot_ms: u64,
     /// The platform's license key (base64, `GET /api/v1/license/public-key`):
-    /// simulated devices verify license tokens with it.
+    /// simulated devices verify license tokens and firmware images with it.
     #[arg(long)]
     license_public_key: Option<String>,
+    /// Chance that a firmware update fails (at install, or at the first
+    /// boot, which rolls back).
+    #[arg(long, default_value_t = 0.0)]
+    fota_failure: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -479,6 +483,7 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
             firmware: "1.0.0".into(),
             reboot_time: std::time::Duration::from_millis(args.reboot_ms),
             license_public_key: args.license_public_key,
+            fota_failure: args.fota_failure,
         },
         counters.clone(),
         stopped,

@@ -146,6 +146,31 @@ pub(crate) async fn run_platform(
         ),
     );
     ingest.set_tasks(tasks.clone());
+    let firmware = {
+        platform::firmware::check_vendor_keys(&config.firmware.trusted_keys)
+            .map_err(|e| anyhow::anyhow!("[firmware] trusted_keys {e}"))?;
+        let files = platform::firmware::ImageFiles::in_data_dir(&args.data);
+        let orphans = files.remove_orphans(&store).await?;
+        if orphans > 0 {
+            tracing::info!(
+                removed = orphans,
+                "firmware files no image names (interrupted uploads)"
+            );
+        }
+        let tokens = platform::firmware::DownloadTokens::load(&store).await?;
+        tasks.set_firmware_tokens(tokens.clone());
+        platform::firmware::FirmwareRepository {
+            files,
+            tokens,
+            max_image_bytes: config.firmware.max_image_mb << 20,
+            vendor_keys: config.firmware.trusted_keys.clone(),
+        }
+    };
+    {
+        let engine = platform::campaigns::CampaignEngine::new(store.clone(), tasks.clone());
+        let stop = stop_rx.clone();
+        supervisor.spawn("campaigns", move || engine.clone().run(stop.clone()));
+    }
     let remote = platform::remote::RemoteSessions::new(
         store.clone(),
         Arc::new(ingest_feed::BrokerTaskTransport(running.broker.clone())),
@@ -223,6 +248,7 @@ pub(crate) async fn run_platform(
         alarms: Some(alarms.clone()),
         tasks: Some(tasks.clone()),
         remote: Some(remote.clone()),
+        firmware: Some(firmware),
         data_dir: Some(args.data.clone()),
         logins,
         webhooks,
@@ -258,6 +284,8 @@ pub(crate) async fn run_platform(
                     firmware: "2.1.4".into(),
                     reboot_time: std::time::Duration::from_secs(8),
                     license_public_key: platform::licensing::public_key(&store).await.ok(),
+                    // A few devices fail their update, so a campaign has something to show.
+                    fota_failure: 0.03,
                 },
                 std::sync::Arc::default(),
                 fleet_stopped,

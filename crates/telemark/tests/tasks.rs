@@ -10,77 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 
-struct Api {
-    port: u16,
-    bearer: String,
-}
-
-impl Api {
-    fn login(port: u16, user: &str, password: &str) -> Api {
-        Api {
-            port,
-            bearer: api_login(port, user, password),
-        }
-    }
-
-    fn call(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
-        let text = if body.is_null() {
-            String::new()
-        } else {
-            body.to_string()
-        };
-        let (status, answer) = http(
-            self.port,
-            method,
-            path,
-            &[
-                ("Authorization", self.bearer.as_str()),
-                ("Content-Type", "application/json"),
-            ],
-            &text,
-        );
-        (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
-    }
-
-    fn get(&self, path: &str) -> Value {
-        let (status, body) = self.call("GET", path, &Value::Null);
-        assert_eq!(status, 200, "GET {path}: {body}");
-        body
-    }
-
-    /// Runs a task on one device; returns the execution.
-    fn task(&self, device: i64, task: Value) -> Value {
-        let (status, body) = self.call("POST", &format!("/api/v1/devices/{device}/tasks"), &task);
-        assert_eq!(status, 201, "{task}: {body}");
-        body
-    }
-
-    /// Waits for an execution to reach a final state.
-    fn final_execution(&self, id: i64, secs: u64) -> Value {
-        let mut last = Value::Null;
-        let done = eventually(secs, || {
-            last = self.get(&format!("/api/v1/executions/{id}"));
-            !["queued", "sent", "in_progress"].contains(&last["state"].as_str().unwrap_or(""))
-        });
-        assert!(done, "execution {id} still open: {last}");
-        last
-    }
-}
-
-fn id(v: &Value) -> i64 {
-    v["id"].as_i64().unwrap_or_else(|| panic!("no id in {v}"))
-}
-
-fn secret_for(api: &Api, device: i64) -> String {
-    let (status, body) = api.call(
-        "POST",
-        &format!("/api/v1/devices/{device}/credentials"),
-        &Value::Null,
-    );
-    assert_eq!(status, 201, "{body}");
-    body["password"].as_str().expect("password").to_owned()
-}
-
 fn write_agent_config(
     dir: &Path,
     mqtt_port: u16,
@@ -121,10 +50,6 @@ fn write_agent_config(
     )
     .expect("provisioning");
     path
-}
-
-fn online(api: &Api, device: i64) -> bool {
-    api.get(&format!("/api/v1/devices/{device}"))["online"] == json!(true)
 }
 
 #[test]
@@ -628,38 +553,6 @@ fn offline_delivery_deadlines_retries_and_answers_never_sent() {
     );
 }
 
-fn fleet_file(api: &Api, dir: &Path, count: usize, prefix: u8) -> (std::path::PathBuf, Vec<i64>) {
-    let mut fleet = String::from("device_id,model,secret\n");
-    let mut ids = Vec::new();
-    for n in 0..count {
-        let mac = format!("00:11:22:{prefix:02x}:00:{n:02x}");
-        let id = register_device(api.port, &api.bearer, &format!("F{prefix}-{n}"), &mac);
-        fleet.push_str(&format!(
-            "{},311-a1,{}\n",
-            mac.replace(':', "-"),
-            secret_for(api, id)
-        ));
-        ids.push(id);
-    }
-    let path = dir.join(format!("fleet-{prefix}.csv"));
-    std::fs::write(&path, fleet).expect("fleet");
-    (path, ids)
-}
-
-fn start_sim(fleet: &Path, mqtt_port: u16) -> KilledOnDrop {
-    KilledOnDrop(Some(
-        telemark()
-            .args(["sim", "--fleet", fleet.to_str().expect("path")])
-            .args(["--broker", &format!("mqtt://127.0.0.1:{mqtt_port}")])
-            .args(["--interval", "5", "--reboot-ms", "800"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sim starts"),
-    ))
-}
-
 fn wait_job(api: &Api, job: i64, secs: u64) -> Value {
     let mut last = Value::Null;
     let finished = eventually(secs, || {
@@ -677,7 +570,7 @@ fn bulk_jobs_on_the_simulated_fleet_finish_and_stop_by_the_abort_rule() {
     let _platform = start_platform(&dir.path().join("data"), http_port, mqtt_port);
     let api = Api::login(http_port, "admin", "first-admin-secret");
     let (fleet, ids) = fleet_file(&api, dir.path(), 20, 0x88);
-    let _sim = start_sim(&fleet, mqtt_port);
+    let _sim = start_sim(&fleet, mqtt_port, &[]);
     assert!(
         eventually(30, || ids.iter().all(|d| online(&api, *d))),
         "the fleet connects"
@@ -780,8 +673,8 @@ fn two_instances_on_one_postgres_send_each_execution_once() {
     let api = Api::login(http1, "admin", "first-admin-secret");
     let (fleet1, ids1) = fleet_file(&api, dir.path(), 10, 0x91);
     let (fleet2, ids2) = fleet_file(&api, dir.path(), 10, 0x92);
-    let _sim1 = start_sim(&fleet1, mqtt1);
-    let _sim2 = start_sim(&fleet2, mqtt2);
+    let _sim1 = start_sim(&fleet1, mqtt1, &[]);
+    let _sim2 = start_sim(&fleet2, mqtt2, &[]);
     let all: Vec<i64> = ids1.iter().chain(&ids2).copied().collect();
     assert!(
         eventually(30, || all.iter().all(|d| online(&api, *d))),

@@ -5,6 +5,7 @@ mod alarms;
 mod audit;
 mod bundles;
 mod devices;
+mod firmware;
 mod licenses;
 mod remote;
 mod tasks;
@@ -99,6 +100,18 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(remote::list_sessions, remote::open_session))
         .routes(routes!(remote::get_session, remote::close_session))
         .routes(routes!(remote::session_stream))
+        .routes(routes!(firmware::list_images))
+        .routes(routes!(firmware::get_image, firmware::delete_image))
+        .routes(routes!(firmware::download_image))
+        .routes(routes!(firmware::device_download))
+        .routes(routes!(firmware::preview_campaign))
+        .routes(routes!(firmware::list_campaigns, firmware::create_campaign))
+        .routes(routes!(firmware::get_campaign))
+        .routes(routes!(firmware::campaign_devices))
+        .routes(routes!(firmware::pause_campaign))
+        .routes(routes!(firmware::resume_campaign))
+        .routes(routes!(firmware::abort_campaign))
+        .routes(routes!(firmware::device_firmware))
         .routes(routes!(bundles::list_bundles))
         .routes(routes!(bundles::download_bundle))
         .routes(routes!(audit::audit_log))
@@ -117,6 +130,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             // A black-box bundle streams to a file, bounded by the handler.
             OpenApiRouter::new()
                 .routes(routes!(bundles::upload_bundle))
+                .routes(routes!(firmware::upload_image))
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .split_for_parts();

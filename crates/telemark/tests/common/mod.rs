@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::{Value, json};
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -306,5 +308,119 @@ pub fn start_agent(config: &Path) -> KilledOnDrop {
             .stderr(Stdio::null())
             .spawn()
             .expect("agent starts"),
+    ))
+}
+
+/// The API as one logged-in user calls it.
+pub struct Api {
+    pub port: u16,
+    pub bearer: String,
+}
+
+impl Api {
+    pub fn login(port: u16, user: &str, password: &str) -> Api {
+        Api {
+            port,
+            bearer: api_login(port, user, password),
+        }
+    }
+
+    pub fn call(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let text = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let (status, answer) = http(
+            self.port,
+            method,
+            path,
+            &[
+                ("Authorization", self.bearer.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            &text,
+        );
+        (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call("GET", path, &Value::Null);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// Runs a task on one device; returns the execution.
+    pub fn task(&self, device: i64, task: Value) -> Value {
+        let (status, body) = self.call("POST", &format!("/api/v1/devices/{device}/tasks"), &task);
+        assert_eq!(status, 201, "{task}: {body}");
+        body
+    }
+
+    /// Waits for an execution to reach a final state.
+    pub fn final_execution(&self, id: i64, secs: u64) -> Value {
+        let mut last = Value::Null;
+        let done = eventually(secs, || {
+            last = self.get(&format!("/api/v1/executions/{id}"));
+            !["queued", "sent", "in_progress"].contains(&last["state"].as_str().unwrap_or(""))
+        });
+        assert!(done, "execution {id} still open: {last}");
+        last
+    }
+}
+
+pub fn id(v: &Value) -> i64 {
+    v["id"].as_i64().unwrap_or_else(|| panic!("no id in {v}"))
+}
+
+pub fn secret_for(api: &Api, device: i64) -> String {
+    let (status, body) = api.call(
+        "POST",
+        &format!("/api/v1/devices/{device}/credentials"),
+        &Value::Null,
+    );
+    assert_eq!(status, 201, "{body}");
+    body["password"].as_str().expect("password").to_owned()
+}
+
+pub fn online(api: &Api, device: i64) -> bool {
+    api.get(&format!("/api/v1/devices/{device}"))["online"] == json!(true)
+}
+
+pub fn fleet_file(
+    api: &Api,
+    dir: &Path,
+    count: usize,
+    prefix: u8,
+) -> (std::path::PathBuf, Vec<i64>) {
+    let mut fleet = String::from("device_id,model,secret\n");
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let mac = format!("00:11:22:{prefix:02x}:00:{n:02x}");
+        let id = register_device(api.port, &api.bearer, &format!("F{prefix}-{n}"), &mac);
+        fleet.push_str(&format!(
+            "{},311-a1,{}\n",
+            mac.replace(':', "-"),
+            secret_for(api, id)
+        ));
+        ids.push(id);
+    }
+    let path = dir.join(format!("fleet-{prefix}.csv"));
+    std::fs::write(&path, fleet).expect("fleet");
+    (path, ids)
+}
+
+pub fn start_sim(fleet: &Path, mqtt_port: u16, extra: &[&str]) -> KilledOnDrop {
+    KilledOnDrop(Some(
+        telemark()
+            .args(["sim", "--fleet", fleet.to_str().expect("path")])
+            .args(["--broker", &format!("mqtt://127.0.0.1:{mqtt_port}")])
+            .args(["--interval", "5", "--reboot-ms", "800"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sim starts"),
     ))
 }

@@ -1,0 +1,427 @@
+//! Firmware over the air end to end: `telemark serve`'s repository
+//! (streaming upload, signing, Range downloads) and campaigns over
+//! `telemark sim` devices that really download the image, driven through
+//! the API as a user would, and attacked as a device owner or a stranger
+//! would.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// A raw HTTP exchange that keeps the response's headers.
+fn exchange(port: u16, request: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    stream.write_all(request).expect("request");
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_lowercase(), raw[split + 4..].to_vec())
+}
+
+fn get_with(port: u16, path: &str, bearer: &str, extra: &str) -> (u16, String, Vec<u8>) {
+    exchange(
+        port,
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: {bearer}\r\n{extra}\r\n"
+        )
+        .as_bytes(),
+    )
+}
+
+fn upload(port: u16, bearer: &str, query: &str, image: &[u8]) -> (u16, Value) {
+    let mut request = format!(
+        "POST /api/v1/firmware?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: {bearer}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        image.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(image);
+    let (status, _, body) = exchange(port, &request);
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn image_bytes(seed: &str, size: usize) -> Vec<u8> {
+    seed.bytes().cycle().take(size).collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn model_id(api: &Api) -> i64 {
+    api.get("/api/v1/device-models")
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["topic_segment"] == "311-a1"))
+        .and_then(|m| m["id"].as_i64())
+        .expect("the 311-a1 model")
+}
+
+#[test]
+fn the_repository_keeps_signs_and_serves_images_and_refuses_bad_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let _platform = start_platform(&data, http_port, mqtt_port);
+    let api = Api::login(http_port, "admin", "first-admin-secret");
+    register_device(http_port, &api.bearer, "FW-REPO-1", "00:11:22:44:01:01");
+    let model = model_id(&api);
+    let image = image_bytes("telemark router image 2.2.0\n", 300_000);
+
+    let (status, kept) = upload(
+        http_port,
+        &api.bearer,
+        &format!(
+            "version=2.2.0&model_ids={model}&min_version=1.0.0&notes=LTE%20fixes&file_name=router-2.2.0.swu"
+        ),
+        &image,
+    );
+    assert_eq!(status, 201, "{kept}");
+    assert_eq!(kept["sha256"], sha256_hex(&image));
+    assert_eq!(kept["size"], image.len());
+    assert_eq!(kept["md5"].as_str().map(str::len), Some(32));
+    assert_eq!(kept["sha1"].as_str().map(str::len), Some(40));
+    // Signed by the platform's key, the one devices trust.
+    let public_key = api.get("/api/v1/license/public-key")["public_key"].clone();
+    assert_eq!(kept["signed_by"], public_key);
+    let image_id = kept["id"].as_i64().expect("id");
+    let firmware_dir = data.join("firmware");
+    assert_eq!(
+        files_in(&firmware_dir),
+        vec![format!("{}.bin", sha256_hex(&image))]
+    );
+
+    // The same version for the same model again: refused, nothing new kept.
+    let (status, body) = upload(
+        http_port,
+        &api.bearer,
+        &format!("version=2.2.0&model_ids={model}"),
+        &image_bytes("another build\n", 1000),
+    );
+    assert_eq!(status, 409, "{body}");
+    // A detached signature that does not hold: refused, nothing kept.
+    let forged = "A".repeat(86);
+    let (status, body) = upload(
+        http_port,
+        &api.bearer,
+        &format!("version=2.3.0&model_ids={model}&signature={forged}"),
+        &image_bytes("tampered\n", 5000),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap_or("").contains("signature"),
+        "{body}"
+    );
+    // Not a version, no model, an unknown model: refused before a byte is read.
+    for query in [
+        format!("version=two&model_ids={model}"),
+        "version=2.3.0&model_ids=".to_owned(),
+        "version=2.3.0&model_ids=999".to_owned(),
+        format!("version=2.3.0&model_ids={model}&file_name=../../etc/passwd"),
+    ] {
+        let (status, body) = upload(http_port, &api.bearer, &query, b"x");
+        assert_eq!(status, 400, "{query}: {body}");
+    }
+    // An upload cut off halfway leaves nothing behind.
+    let mut stream = TcpStream::connect(("127.0.0.1", http_port)).expect("connect");
+    stream
+        .write_all(
+            format!(
+                "POST /api/v1/firmware?version=2.4.0&model_ids={model} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\nContent-Length: 100000\r\n\r\n",
+                api.bearer
+            )
+            .as_bytes(),
+        )
+        .expect("head");
+    stream.write_all(&[b'x'; 40_000]).expect("half");
+    drop(stream);
+    assert!(
+        eventually(10, || files_in(&firmware_dir).len() == 1),
+        "{:?}",
+        files_in(&firmware_dir)
+    );
+    assert_eq!(
+        api.get("/api/v1/firmware").as_array().map(Vec::len),
+        Some(1)
+    );
+
+    // Downloads answer Range requests (resume) and If-Range.
+    let path = format!("/api/v1/firmware/{image_id}/file");
+    let (status, head, body) = get_with(http_port, &path, &api.bearer, "");
+    assert_eq!(status, 200);
+    assert_eq!(body, image);
+    assert!(head.contains("accept-ranges: bytes"), "{head}");
+    let etag = format!("\"{}\"", sha256_hex(&image));
+    let (status, head, body) = get_with(http_port, &path, &api.bearer, "Range: bytes=100000-\r\n");
+    assert_eq!(status, 206, "{head}");
+    assert_eq!(body, &image[100_000..]);
+    assert!(
+        head.contains(&format!(
+            "content-range: bytes 100000-299999/{}",
+            image.len()
+        )),
+        "{head}"
+    );
+    let (status, _, body) = get_with(
+        http_port,
+        &path,
+        &api.bearer,
+        &format!("Range: bytes=10-19\r\nIf-Range: {etag}\r\n"),
+    );
+    assert_eq!((status, body.as_slice()), (206, &image[10..20]));
+    // A client holding another build's bytes gets the whole new image.
+    let (status, _, body) = get_with(
+        http_port,
+        &path,
+        &api.bearer,
+        "Range: bytes=10-19\r\nIf-Range: \"0000\"\r\n",
+    );
+    assert_eq!((status, body.len()), (200, image.len()));
+    let (status, head, _) = get_with(http_port, &path, &api.bearer, "Range: bytes=400000-\r\n");
+    assert_eq!(status, 416);
+    assert!(
+        head.contains(&format!("content-range: bytes */{}", image.len())),
+        "{head}"
+    );
+
+    // A stranger without a session, and made-up or edited device tokens,
+    // get nothing.
+    let (status, _, _) = get_with(http_port, &path, "Bearer nope", "");
+    assert_eq!(status, 401);
+    for token in [
+        "1.1.9999999999999.AAAA".to_owned(),
+        format!("{image_id}.1.9999999999999.{}", "A".repeat(43)),
+        "../../firmware".to_owned(),
+    ] {
+        let (status, _, body) = get_with(
+            http_port,
+            &format!("/api/v1/firmware-downloads/{token}"),
+            "",
+            "",
+        );
+        assert_eq!(status, 404, "{token}: {}", String::from_utf8_lossy(&body));
+    }
+}
+
+fn wait_campaign(api: &Api, id: i64, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let reached = eventually(secs, || {
+        last = api.get(&format!("/api/v1/campaigns/{id}"));
+        done(&last)
+    });
+    assert!(
+        reached,
+        "campaign {id}: {last}\n{}",
+        api.get(&format!("/api/v1/campaigns/{id}/devices"))
+    );
+    last
+}
+
+#[test]
+fn campaigns_roll_out_in_waves_and_stop_themselves_when_devices_fail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let _platform = start_platform(&dir.path().join("data"), http_port, mqtt_port);
+    let api = Api::login(http_port, "admin", "first-admin-secret");
+    let public_key = api.get("/api/v1/license/public-key")["public_key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let (healthy_fleet, healthy) = fleet_file(&api, dir.path(), 20, 0x91);
+    let (failing_fleet, failing) = fleet_file(&api, dir.path(), 10, 0x92);
+    let _healthy = start_sim(
+        &healthy_fleet,
+        mqtt_port,
+        &["--license-public-key", &public_key],
+    );
+    let _failing = start_sim(
+        &failing_fleet,
+        mqtt_port,
+        &["--license-public-key", &public_key, "--fota-failure", "1"],
+    );
+    assert!(
+        eventually(60, || healthy
+            .iter()
+            .chain(&failing)
+            .all(|d| online(&api, *d))),
+        "the fleets connect"
+    );
+    let model = model_id(&api);
+    let image = image_bytes("telemark router image 2.2.0\n", 200_000);
+    let (status, kept) = upload(
+        http_port,
+        &api.bearer,
+        &format!("version=2.2.0&model_ids={model}"),
+        &image,
+    );
+    assert_eq!(status, 201, "{kept}");
+    let image_id = kept["id"].as_i64().expect("id");
+
+    // The preview says what a campaign would touch before anything runs.
+    let mut request = json!({
+        "name": "spring rollout",
+        "image_id": image_id,
+        "filter": {"label": null},
+        "waves": [
+            {"device_ids": healthy[..2], "soak_secs": 0},
+            {"percent": 50, "soak_secs": 1},
+            {"percent": 100, "soak_secs": 0}
+        ],
+        "health_secs": 6,
+        "failure_threshold": 0.3,
+        "min_finished": 4,
+    });
+    let (status, preview) = api.call("POST", "/api/v1/campaigns/preview", &request);
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["targeted"], 30, "{preview}");
+    assert_eq!(preview["wave_sizes"], json!([2, 14, 14]), "{preview}");
+    // The healthy fleet alone: label them first.
+    let (status, body) = api.call(
+        "POST",
+        "/api/v1/devices/labels",
+        &json!({"device_ids": healthy, "add": ["pilot"]}),
+    );
+    assert!(status == 200 || status == 204, "{body}");
+    request["filter"] = json!({"label": "pilot"});
+    request["waves"][1]["percent"] = json!(50);
+    let (status, campaign) = api.call("POST", "/api/v1/campaigns", &request);
+    assert_eq!(status, 201, "{campaign}");
+    let id = campaign["id"].as_i64().expect("id");
+    assert_eq!(
+        campaign["waves"]
+            .as_array()
+            .map(|w| w.iter().map(|w| w["size"].clone()).collect::<Vec<_>>()),
+        Some(vec![json!(2), json!(9), json!(9)]),
+        "{campaign}"
+    );
+    // A device of a running campaign is in no second one.
+    let (status, body) = api.call("POST", "/api/v1/campaigns", &request);
+    assert_eq!(status, 400, "{body}");
+    let done = wait_campaign(&api, id, 120, |c| c["state"] == "finished");
+    assert_eq!(done["counts"], json!({"succeeded": 20}), "{done}");
+    assert!(
+        done["waves"]
+            .as_array()
+            .expect("waves")
+            .iter()
+            .all(|w| w["state"] == "done"),
+        "{done}"
+    );
+    for device in &healthy {
+        let d = api.get(&format!("/api/v1/devices/{device}"));
+        assert_eq!(d["firmware_version"], "2.2.0", "{d}");
+    }
+    let history = api.get(&format!("/api/v1/devices/{}/firmware", healthy[0]));
+    assert_eq!(history[0]["state"], "succeeded", "{history}");
+    assert_eq!(history[0]["from_version"], "1.0.0", "{history}");
+    // The image is in use: it stays.
+    let (status, body) = api.call(
+        "DELETE",
+        &format!("/api/v1/firmware/{image_id}"),
+        &Value::Null,
+    );
+    assert_eq!(status, 409, "{body}");
+
+    // The failing fleet: every first boot fails or the install does; the
+    // campaign pauses itself once four devices finished, then an abort
+    // skips the rest.
+    let mut request = json!({
+        "name": "risky build",
+        "image_id": image_id,
+        "waves": [{"percent": 100}],
+        "health_secs": 0,
+        "failure_threshold": 0.3,
+        "min_finished": 4,
+    });
+    request["filter"] = json!({"current_version": "1.0.0"});
+    let (status, risky) = api.call("POST", "/api/v1/campaigns", &request);
+    assert_eq!(status, 201, "{risky}");
+    let risky_id = risky["id"].as_i64().expect("id");
+    let paused = wait_campaign(&api, risky_id, 90, |c| c["state"] == "paused");
+    assert!(
+        paused["state_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("above the threshold"),
+        "{paused}"
+    );
+    let devices = api.get(&format!("/api/v1/campaigns/{risky_id}/devices?limit=100"));
+    let devices = devices.as_array().expect("devices");
+    assert_eq!(devices.len(), 10);
+    let failed: Vec<&Value> = devices
+        .iter()
+        .filter(|d| d["stage"] == "failed" || d["stage"] == "rolled_back")
+        .collect();
+    assert!(failed.len() >= 4, "{devices:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|d| d["reason"].as_str().is_some_and(|r| !r.is_empty())),
+        "{devices:?}"
+    );
+    let (status, aborted) = api.call(
+        "POST",
+        &format!("/api/v1/campaigns/{risky_id}/abort"),
+        &Value::Null,
+    );
+    assert_eq!(status, 200, "{aborted}");
+    let (status, body) = api.call(
+        "POST",
+        &format!("/api/v1/campaigns/{risky_id}/resume"),
+        &Value::Null,
+    );
+    assert_eq!(status, 409, "{body}");
+    let closed = wait_campaign(&api, risky_id, 60, |c| c["finished_at"].is_i64());
+    assert_eq!(closed["state"], "aborted");
+    let counts = closed["counts"].as_object().expect("counts");
+    assert_eq!(
+        counts.values().filter_map(Value::as_i64).sum::<i64>(),
+        10,
+        "{closed}"
+    );
+    assert!(
+        counts
+            .keys()
+            .all(|k| ["failed", "rolled_back", "skipped"].contains(&k.as_str())),
+        "{closed}"
+    );
+    for device in &failing {
+        let d = api.get(&format!("/api/v1/devices/{device}"));
+        assert_eq!(
+            d["firmware_version"], "1.0.0",
+            "a failed update leaves the old version: {d}"
+        );
+    }
+}
