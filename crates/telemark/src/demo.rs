@@ -243,6 +243,81 @@ pub async fn start_jobs(store: Store, tasks: std::sync::Arc<platform::tasks::Tas
     }
 }
 
+/// On the first start of a demo: a signed image for the DWM-311-A1 and a
+/// campaign rolling it out over the simulated fleet in waves. A few
+/// simulated devices fail (an install error, a first boot that rolls back),
+/// so the campaign shows its per-state counts, rollbacks and, when
+/// failures pass its threshold, the pause it puts itself in.
+pub async fn start_campaign(store: Store, files: platform::firmware::ImageFiles) {
+    let result: anyhow::Result<()> = async {
+        let admin = store
+            .user_by_username("admin")
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no admin user"))?;
+        let root = store.scope_of(admin.organisation_id).await?;
+        if !store.campaigns(&root).await?.is_empty() {
+            return Ok(());
+        }
+        let Some(model) = store
+            .device_models()
+            .await?
+            .into_iter()
+            .find(|m| m.topic_segment == "311-a1")
+        else {
+            return Ok(());
+        };
+        // Wait for the fleet to report its version: targeting reads it.
+        tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+        let mut writer = files.writer(1 << 20).await?;
+        let block: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 31 % 251) as u8).collect();
+        for _ in 0..8 {
+            writer.write(&block).await?;
+        }
+        let meta = platform::firmware::ImageMeta {
+            version: "2.2.0".into(),
+            min_version: Some("2.0.0".into()),
+            notes: "LTE modem firmware 1.4; faster band reselection; NTP fixes.".into(),
+            file_name: "dwm-311-2.2.0.swu".into(),
+            model_ids: vec![model.id],
+            ..Default::default()
+        };
+        let image = platform::firmware::register_image(
+            &store,
+            &root,
+            "admin",
+            &meta,
+            writer.finish().await?,
+            &[],
+        )
+        .await?;
+        let wave = |percent: f64| platform::campaigns::WaveRequest {
+            percent: Some(percent),
+            soak_secs: Some(30),
+            ..Default::default()
+        };
+        platform::campaigns::create(
+            &store,
+            &root,
+            "admin",
+            &platform::campaigns::CampaignRequest {
+                name: "DWM-311 2.2.0 rollout".into(),
+                image_id: image.id,
+                waves: Some(vec![wave(5.0), wave(25.0), wave(100.0)]),
+                failure_threshold: Some(0.05),
+                min_finished: Some(20),
+                health_secs: Some(30),
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "demo campaign not started");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -291,6 +291,10 @@ pub(crate) async fn run_platform(
                 fleet_stopped,
             )));
             tokio::spawn(demo::start_jobs(store.clone(), tasks.clone()));
+            tokio::spawn(demo::start_campaign(
+                store.clone(),
+                platform::firmware::ImageFiles::in_data_dir(&args.data),
+            ));
             fleet
         }
         _ => None,
