@@ -292,6 +292,7 @@ pub(super) async fn delete_image(
     responses(
         (status = 200, description = "the image", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 206, description = "the range asked for", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, response = crate::error::BadRequest),
         (status = 401, response = crate::error::Unauthenticated),
         (status = 404, response = crate::error::NotInScope),
         (status = 416, description = "a range past the end", body = crate::error::Problem, content_type = "application/problem+json")
@@ -576,6 +577,7 @@ async fn control(
     params(("id" = i64, Path, description = "the object's id")),
     responses(
         (status = 200, description = "paused: nothing more is sent; devices already updating finish", body = CampaignDto),
+        (status = 400, response = crate::error::BadRequest),
         (status = 401, response = crate::error::Unauthenticated),
         (status = 403, response = crate::error::NotAllowed),
         (status = 404, response = crate::error::NotInScope),
@@ -597,6 +599,7 @@ pub(super) async fn pause_campaign(
     params(("id" = i64, Path, description = "the object's id")),
     responses(
         (status = 200, description = "running again", body = CampaignDto),
+        (status = 400, response = crate::error::BadRequest),
         (status = 401, response = crate::error::Unauthenticated),
         (status = 403, response = crate::error::NotAllowed),
         (status = 404, response = crate::error::NotInScope),
@@ -618,6 +621,7 @@ pub(super) async fn resume_campaign(
     params(("id" = i64, Path, description = "the object's id")),
     responses(
         (status = 200, description = "aborted: devices not yet notified are skipped", body = CampaignDto),
+        (status = 400, response = crate::error::BadRequest),
         (status = 401, response = crate::error::Unauthenticated),
         (status = 403, response = crate::error::NotAllowed),
         (status = 404, response = crate::error::NotInScope),
