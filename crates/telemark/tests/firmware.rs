@@ -177,6 +177,82 @@ fn the_repository_keeps_signs_and_serves_images_and_refuses_bad_ones() {
         Some(1)
     );
 
+    // Images are shared downwards only: an integrator sees the operator's
+    // image and its own, never a sibling integrator's; an engineer uploads
+    // nothing.
+    let operator = own_organisation(http_port, &api.bearer);
+    let mut logins: Vec<(Api, i64)> = Vec::new();
+    for (name, role) in [
+        ("north", "integrator-admin"),
+        ("south", "integrator-admin"),
+        ("tech", "engineer"),
+    ] {
+        let org = if name == "tech" {
+            logins[0].1
+        } else {
+            let (status, org) = api.call(
+                "POST",
+                "/api/v1/organisations",
+                &json!({"parent_id": operator, "name": format!("{name} integrator")}),
+            );
+            assert_eq!(status, 201, "{org}");
+            org["id"].as_i64().expect("id")
+        };
+        let (status, user) = api.call(
+            "POST",
+            "/api/v1/users",
+            &json!({"organisation_id": org, "username": name, "password": "a long enough secret", "role": role}),
+        );
+        assert_eq!(status, 201, "{user}");
+        logins.push((Api::login(http_port, name, "a long enough secret"), org));
+    }
+    let (north, south, tech) = (&logins[0].0, &logins[1].0, &logins[2].0);
+    let (status, own) = upload(
+        http_port,
+        &north.bearer,
+        &format!("version=3.0.0-north.1&model_ids={model}"),
+        &image_bytes("north build\n", 2000),
+    );
+    assert_eq!(status, 201, "{own}");
+    let visible = |who: &Api| -> Vec<i64> {
+        who.get("/api/v1/firmware")
+            .as_array()
+            .expect("images")
+            .iter()
+            .filter_map(|i| i["id"].as_i64())
+            .collect()
+    };
+    let north_image = own["id"].as_i64().expect("id");
+    assert_eq!(visible(north), vec![north_image, image_id]);
+    assert_eq!(visible(south), vec![image_id]);
+    let (status, _) = south.call(
+        "GET",
+        &format!("/api/v1/firmware/{north_image}"),
+        &Value::Null,
+    );
+    assert_eq!(status, 404);
+    let (status, _, _) = get_with(
+        http_port,
+        &format!("/api/v1/firmware/{north_image}/file"),
+        &south.bearer,
+        "",
+    );
+    assert_eq!(status, 404);
+    // The operator's image is used below, never deleted from below.
+    let (status, body) = north.call(
+        "DELETE",
+        &format!("/api/v1/firmware/{image_id}"),
+        &Value::Null,
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = upload(
+        http_port,
+        &tech.bearer,
+        &format!("version=3.0.1&model_ids={model}"),
+        b"engineer build",
+    );
+    assert_eq!(status, 403, "{body}");
+
     // Downloads answer Range requests (resume) and If-Range.
     let path = format!("/api/v1/firmware/{image_id}/file");
     let (status, head, body) = get_with(http_port, &path, &api.bearer, "");
@@ -277,6 +353,13 @@ fn campaigns_roll_out_in_waves_and_stop_themselves_when_devices_fail() {
             .chain(&failing)
             .all(|d| online(&api, *d))),
         "the fleets connect"
+    );
+    // Targeting reads the version each device reported.
+    assert!(
+        eventually(30, || healthy.iter().chain(&failing).all(|d| {
+            api.get(&format!("/api/v1/devices/{d}"))["firmware_version"] == "1.0.0"
+        })),
+        "the fleets report their firmware"
     );
     let model = model_id(&api);
     let image = image_bytes("telemark router image 2.2.0\n", 200_000);
