@@ -342,21 +342,25 @@ impl SystemCollector {
 /// The firmware version: `VERSION_ID` (or `PRETTY_NAME`) of an os-release
 /// file, or the first line of any other file.
 pub fn firmware(path: &Path) -> Option<Reading> {
+    Some(Reading::Firmware(Firmware {
+        v: VERSION,
+        ts: now_millis(),
+        version: firmware_version(path)?,
+    }))
+}
+
+/// The version itself, as [`firmware`] reports it.
+pub fn firmware_version(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
             .map(|v| v.trim().trim_matches('"').to_owned())
     };
-    let version = field("VERSION_ID=")
+    field("VERSION_ID=")
         .or_else(|| field("PRETTY_NAME="))
         .or_else(|| text.lines().next().map(|l| l.trim().to_owned()))
-        .filter(|v| !v.is_empty())?;
-    Some(Reading::Firmware(Firmware {
-        v: VERSION,
-        ts: now_millis(),
-        version,
-    }))
+        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 pub mod buffer;
 pub mod channel;
 pub mod collect;
+pub mod firmware;
 pub mod provisioning;
 pub mod remote;
 pub mod session;

@@ -56,6 +56,10 @@ pub struct Provisioning {
     /// reach, reverse SSH.
     #[serde(default)]
     pub remote: crate::remote::RemoteSettings,
+    /// Firmware updates here: install, first-boot check, confirm and
+    /// rollback hooks, keys, download limit.
+    #[serde(default)]
+    pub firmware: crate::firmware::FirmwareSettings,
 }
 
 /// Seconds between readings of each group.

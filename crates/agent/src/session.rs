@@ -217,6 +217,7 @@ pub async fn run(
     let mut report = AgentReport::default();
     let mut acks = Acknowledgements::default();
     let mut seen_tasks = SeenTasks::default();
+    let mut firmware_resumed = false;
     let boot_id = p.tasks.boot_id();
     let sessions = crate::remote::Sessions::new(client.clone(), &p);
     let device_prefix = format!("{}/{}/{}/", device_protocol::PREFIX, p.model, p.device_id);
@@ -242,6 +243,10 @@ pub async fn run(
                         }
                         if !buffer.is_empty() {
                             tracing::info!(count = buffer.len(), dropped = buffer.dropped(), "sending buffered readings");
+                        }
+                        if !firmware_resumed {
+                            firmware_resumed = true;
+                            resume_firmware(&client, &p, &mut seen_tasks);
                         }
                         [firmware(&p.firmware_file), collector.ipv4()].into_iter().flatten().collect()
                     }
@@ -378,7 +383,7 @@ fn start_task(
     payload: &[u8],
     seen: &mut SeenTasks,
 ) {
-    use device_protocol::task::{self, TaskRequest};
+    use device_protocol::task::TaskRequest;
     let request: TaskRequest = match serde_json::from_slice(payload) {
         Ok(r) => r,
         Err(e) => {
@@ -392,42 +397,95 @@ fn start_task(
     tracing::info!(id = request.id, attempt = request.attempt, kind = %request.kind, "task");
     let (client, p, sessions) = (client.clone(), p.clone(), sessions.clone());
     tokio::spawn(async move {
-        let answer_to = |final_: bool| {
-            if final_ {
-                task::result_topic(&p.model, &p.device_id, request.id)
-            } else {
-                task::status_topic(&p.model, &p.device_id, request.id)
+        let outcome = match request.kind.as_str() {
+            "remote_session" => crate::tasks::Outcome::Final(sessions.open(&request).await),
+            "firmware_update" | "firmware_rollback" => {
+                let progress = progress_to(&client, &p, &request);
+                crate::firmware::run(&request, &p, &progress).await
+            }
+            _ => crate::tasks::run(&request, &p).await,
+        };
+        deliver(&client, &p, &request, outcome).await;
+    });
+}
+
+/// Sends in-progress answers of a request as they come.
+fn progress_to(
+    client: &AsyncClient,
+    p: &Provisioning,
+    request: &device_protocol::task::TaskRequest,
+) -> impl Fn(device_protocol::task::TaskAnswer) + use<> {
+    let topic = device_protocol::task::status_topic(&p.model, &p.device_id, request.id);
+    let client = client.clone();
+    move |answer: device_protocol::task::TaskAnswer| {
+        // Progress may be dropped when the queue is full; the final answer is not.
+        let _ = client.try_publish(topic.clone(), QoS::AtLeastOnce, false, answer.to_json());
+    }
+}
+
+/// An update the agent was in when it or the device stopped: the answer
+/// after the reboot, another reboot for a rollback, or the rest of the
+/// download.
+fn resume_firmware(client: &AsyncClient, p: &Provisioning, seen: &mut SeenTasks) {
+    if let Some(request) = crate::firmware::unfinished(p) {
+        // Its redelivered request is the same work, not a second one.
+        seen.first(request.id, request.attempt);
+    } else {
+        return;
+    }
+    let (client, p) = (client.clone(), p.clone());
+    tokio::spawn(async move {
+        let Some((request, resumed)) = crate::firmware::after_start(&p).await else {
+            return;
+        };
+        let outcome = match resumed {
+            crate::firmware::Resumed::Done(outcome) => outcome,
+            crate::firmware::Resumed::Download => {
+                tracing::info!(id = request.id, "carrying on with a firmware download");
+                let progress = progress_to(&client, &p, &request);
+                crate::firmware::run(&request, &p, &progress).await
             }
         };
-        let outcome = if request.kind == "remote_session" {
-            crate::tasks::Outcome::Final(sessions.open(&request).await)
+        deliver(&client, &p, &request, outcome).await;
+    });
+}
+
+/// Publishes a task's outcome; a reboot is acknowledged first and its
+/// command run after.
+async fn deliver(
+    client: &AsyncClient,
+    p: &Provisioning,
+    request: &device_protocol::task::TaskRequest,
+    outcome: crate::tasks::Outcome,
+) {
+    use device_protocol::task;
+    let answer_to = |final_: bool| {
+        if final_ {
+            task::result_topic(&p.model, &p.device_id, request.id)
         } else {
-            crate::tasks::run(&request, &p).await
-        };
-        match outcome {
-            crate::tasks::Outcome::Final(answer) => {
+            task::status_topic(&p.model, &p.device_id, request.id)
+        }
+    };
+    match outcome {
+        crate::tasks::Outcome::Final(answer) => {
+            let _ = client
+                .publish(answer_to(true), QoS::AtLeastOnce, false, answer.to_json())
+                .await;
+        }
+        crate::tasks::Outcome::Reboot(ack) => {
+            let _ = client
+                .publish(answer_to(false), QoS::AtLeastOnce, false, ack.to_json())
+                .await;
+            // Let the acknowledgement leave before the system goes down.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Err(e) = crate::tasks::reboot(&p.tasks).await {
+                let mut failed = task::TaskAnswer::new(request, task::AnswerState::Failed);
+                failed.ts = now_millis();
+                failed.error = Some(e);
                 let _ = client
-                    .publish(answer_to(true), QoS::AtLeastOnce, false, answer.to_json())
+                    .publish(answer_to(true), QoS::AtLeastOnce, false, failed.to_json())
                     .await;
-            }
-            crate::tasks::Outcome::Reboot(ack) => {
-                let _ = client
-                    .publish(answer_to(false), QoS::AtLeastOnce, false, ack.to_json())
-                    .await;
-                // Let the acknowledgement leave before the system goes down.
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if let Err(e) = crate::tasks::reboot(&p.tasks).await {
-                    let mut failed = device_protocol::task::TaskAnswer::new(
-                        &request,
-                        device_protocol::task::AnswerState::Failed,
-                    );
-                    failed.ts = now_millis();
-                    failed.error = Some(e);
-                    let _ = client
-                        .publish(answer_to(true), QoS::AtLeastOnce, false, failed.to_json())
-                        .await;
-                }
             }
         }
-    });
+    }
 }

@@ -34,38 +34,7 @@ pub(crate) struct UpdateSteps {
     pub outcome: Result<PendingUpdate, TaskAnswer>,
 }
 
-pub(crate) fn stage_answer(
-    request: &TaskRequest,
-    stage: Stage,
-    progress: Option<u8>,
-) -> TaskAnswer {
-    let mut a = TaskAnswer::new(request, AnswerState::InProgress);
-    a.ts = now_millis();
-    a.progress = progress;
-    a.result = Some(serde_json::json!({ "stage": stage.as_str() }));
-    a
-}
-
-pub(crate) fn failed_at(
-    request: &TaskRequest,
-    stage: Stage,
-    why: String,
-    rolled_back: bool,
-    version: &str,
-) -> TaskAnswer {
-    let mut a = TaskAnswer::new(request, AnswerState::Failed);
-    a.ts = now_millis();
-    a.error = Some(why);
-    a.result = serde_json::to_value(UpdateResult {
-        version: Some(version.to_owned()),
-        previous_version: None,
-        stage: Some(stage.as_str().to_owned()),
-        rolled_back,
-        boot_id: None,
-    })
-    .ok();
-    a
-}
+pub(crate) use crate::firmware::{failed_at, stage_answer};
 
 /// Downloads and checks the image, then decides the simulated steps.
 /// `failure`: the chance that any one update fails somewhere.
@@ -80,7 +49,7 @@ pub(crate) async fn update(
         Duration::ZERO,
         stage_answer(request, Stage::Downloading, Some(0)),
     )];
-    let fail = |stage, why: String| failed_at(request, stage, why, false, current);
+    let fail = |stage, why: String| failed_at(request, stage, why, false, Some(current));
     let Some(url) = &update.url else {
         return UpdateSteps {
             progress,
@@ -205,7 +174,7 @@ pub(crate) fn after_reboot(pending: &PendingUpdate, boot_id: &str) -> (TaskAnswe
                 pending.version, pending.previous
             ),
             true,
-            &pending.previous,
+            Some(&pending.previous),
         );
         return (a, pending.previous.clone());
     }

@@ -137,13 +137,10 @@ pub async fn run(request: &TaskRequest, p: &crate::Provisioning) -> Outcome {
             None => rejected(request, "black_box: the request carries no upload_url"),
         },
         TaskParams::Shell(s) => shell(request, &s.command, budget, settings).await,
-        // The download, A/B install and first-boot confirmation of a real
-        // device are the next step of issue 17; until then the agent says
-        // so rather than pretending (the simulator runs the whole flow).
-        TaskParams::FirmwareUpdate(_) | TaskParams::FirmwareRollback {} => rejected(
-            request,
-            "this agent version does not install firmware images yet",
-        ),
+        // Run by the installer, which reports its stages as it goes.
+        TaskParams::FirmwareUpdate(_) | TaskParams::FirmwareRollback {} => {
+            rejected(request, "firmware tasks are run by the installer")
+        }
         // Opened by the session's registry, which owns what it starts.
         TaskParams::RemoteSession(_) => rejected(request, "remote sessions are opened elsewhere"),
     };
@@ -167,15 +164,15 @@ pub async fn reboot(settings: &TaskSettings) -> Result<(), String> {
     }
 }
 
-struct Captured {
-    code: Option<i32>,
-    output: String,
-    truncated: bool,
+pub(crate) struct Captured {
+    pub(crate) code: Option<i32>,
+    pub(crate) output: String,
+    pub(crate) truncated: bool,
 }
 
 /// Runs a program with a time limit, stdout and stderr captured and cut at
 /// `max` bytes.
-async fn capture(
+pub(crate) async fn capture(
     program: &str,
     args: &[&str],
     limit: Duration,

@@ -529,10 +529,19 @@ pub async fn control(
         ));
     }
     let reason = format!("{action} by {actor}");
-    if !store
-        .set_campaign_state(id, &campaign.state, to, Some(&reason))
-        .await?
-    {
+    let changed = if action == "resume" {
+        // Resuming accepts the failures that stopped it: only devices that
+        // finish from now on count towards the threshold again.
+        let counts = Counts(store.campaign_counts(id).await?);
+        let failed = counts.of(None, &FAILED_STATES);
+        let finished = failed + counts.of(None, &["succeeded"]);
+        store.resume_campaign(id, &reason, failed, finished).await?
+    } else {
+        store
+            .set_campaign_state(id, &campaign.state, to, Some(&reason))
+            .await?
+    };
+    if !changed {
         return Err(field("state", "the campaign changed meanwhile; try again"));
     }
     store
@@ -625,16 +634,18 @@ impl CampaignEngine {
         let counts = Counts(self.store.campaign_counts(c.id).await?);
         let count = |wave: Option<i64>, states: &[&str]| counts.of(wave, states);
         let mut state = c.state.clone();
+        // Counted from the last resume: what a user accepted stays accepted.
+        let failed_total = count(None, &FAILED_STATES);
+        let failed = failed_total - c.accepted_failed;
+        let finished = failed_total + count(None, &["succeeded"]) - c.accepted_finished;
         if state == "running"
             && threshold_breached(
-                count(None, &["succeeded"]),
-                count(None, &["failed", "rolled_back"]),
+                finished - failed,
+                failed,
                 c.failure_threshold,
                 c.min_finished,
             )
         {
-            let failed = count(None, &["failed", "rolled_back"]);
-            let finished = failed + count(None, &["succeeded"]);
             let to = if c.on_threshold == "abort" {
                 "aborted"
             } else {
@@ -986,7 +997,8 @@ impl CampaignEngine {
                     } else {
                         1.0
                     };
-                    if ratio + 1e-9 >= wave.success_ratio {
+                    // A user who resumed after this wave fell short let it pass.
+                    if ratio + 1e-9 >= wave.success_ratio || c.accepted_wave == wave.number {
                         self.store
                             .set_wave_state(c.id, wave.number, "running", "soaking")
                             .await?;
@@ -1095,6 +1107,9 @@ impl CampaignEngine {
 }
 
 /// A campaign's devices per wave and state.
+/// Device states that count as failures against the threshold.
+const FAILED_STATES: [&str; 2] = ["failed", "rolled_back"];
+
 struct Counts(Vec<(i64, String, i64)>);
 
 impl Counts {

@@ -81,12 +81,19 @@ pub struct FirmwareCampaign {
     pub updated_at: i64,
     /// When nothing of it was in flight any more.
     pub finished_at: Option<i64>,
+    /// Failed and finished devices when a user last resumed it: the
+    /// threshold counts those after.
+    pub accepted_failed: i64,
+    pub accepted_finished: i64,
+    /// The wave a resume let past its success ratio; -1 for none.
+    pub accepted_wave: i64,
 }
 
 const CAMPAIGN_COLUMNS: &str = "c.id, c.organisation_id, c.name, c.image_id, c.model_id, c.filter, c.state, \
      c.state_reason, c.current_wave, c.failure_threshold, c.min_finished, c.on_threshold, c.health_secs, \
      c.rollback_unhealthy, c.window_start, c.window_end, c.time_zone, c.device_timeout_secs, \
-     c.device_wait_secs, c.max_bytes_per_sec, c.created_by, c.created_at, c.updated_at, c.finished_at";
+     c.device_wait_secs, c.max_bytes_per_sec, c.created_by, c.created_at, c.updated_at, c.finished_at, \
+     c.accepted_failed, c.accepted_finished, c.accepted_wave";
 
 /// A campaign as it is made; `waves` hold its devices.
 #[derive(Debug, Clone, PartialEq)]
@@ -740,6 +747,33 @@ impl Store {
             .bind(now_millis())
             .bind(id)
             .bind(from)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    /// Resumes a paused campaign with what the user accepted: the failures
+    /// so far and the current wave's success ratio.
+    pub async fn resume_campaign(
+        &self,
+        id: i64,
+        reason: &str,
+        accepted_failed: i64,
+        accepted_finished: i64,
+    ) -> Result<bool, StoreError> {
+        let done = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE firmware_campaigns SET state = 'running', state_reason = $1, updated_at = $2, \
+                 accepted_failed = $3, accepted_finished = $4, accepted_wave = current_wave \
+                 WHERE id = $5 AND state = 'paused'",
+            )
+            .bind(reason)
+            .bind(now_millis())
+            .bind(accepted_failed)
+            .bind(accepted_finished)
+            .bind(id)
             .execute(pool)
             .await?
             .rows_affected()

@@ -317,11 +317,16 @@ fn wait_campaign(api: &Api, id: i64, secs: u64, done: impl Fn(&Value) -> bool) -
         last = api.get(&format!("/api/v1/campaigns/{id}"));
         done(&last)
     });
-    assert!(
-        reached,
-        "campaign {id}: {last}\n{}",
-        api.get(&format!("/api/v1/campaigns/{id}/devices"))
-    );
+    if !reached {
+        let devices = api.get(&format!("/api/v1/campaigns/{id}/devices?limit=100"));
+        let unusual: Vec<&Value> = devices
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|d| d["stage"] != "succeeded" && d["stage"] != "pending")
+            .collect();
+        panic!("campaign {id}: {last}\ndevices neither pending nor succeeded: {unusual:?}");
+    }
     last
 }
 
@@ -507,4 +512,339 @@ fn campaigns_roll_out_in_waves_and_stop_themselves_when_devices_fail() {
             "a failed update leaves the old version: {d}"
         );
     }
+}
+
+/// `telemark agent` under a test-made "supervisor": started again when its
+/// reboot hook killed it, as systemd would after the device came back.
+struct SupervisedAgent {
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl SupervisedAgent {
+    fn start(config: &Path, log: &Path) -> SupervisedAgent {
+        let child = Self::spawn(config, log);
+        SupervisedAgent {
+            config: config.to_owned(),
+            log: log.to_owned(),
+            child,
+        }
+    }
+
+    fn spawn(config: &Path, log: &Path) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log");
+        telemark()
+            .args(["agent", "--config", config.to_str().expect("path")])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("agent starts")
+    }
+
+    /// Starts the agent again if it is gone; true while it runs.
+    fn keep_up(&mut self) -> bool {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            self.child = Self::spawn(&self.config, &self.log);
+            return false;
+        }
+        true
+    }
+
+    fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The agent's log without its colours.
+    fn log(&self) -> String {
+        let raw = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut plain = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                chars.by_ref().find(|c| c.is_ascii_alphabetic());
+            } else {
+                plain.push(c);
+            }
+        }
+        plain
+    }
+}
+
+impl Drop for SupervisedAgent {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+/// A device with two slots, as files: the install hook writes slot b and
+/// asks for it on the next boot, the reboot hook "boots" the slot asked
+/// for (its first line becomes os-release) with a new boot id, the check
+/// fails while `unhealthy` exists, the rollback asks for slot a again.
+fn ab_device(dir: &Path, mqtt_port: u16, mac: &str, secret: &str, key: &str) -> std::path::PathBuf {
+    let d = dir.display();
+    std::fs::write(dir.join("os-release"), "VERSION_ID=1.0.0\n").expect("os-release");
+    std::fs::write(dir.join("slot_a.release"), "VERSION_ID=1.0.0\n").expect("slot a");
+    std::fs::write(dir.join("next"), "a\n").expect("next");
+    std::fs::write(
+        dir.join("boot_id"),
+        "11111111-0000-0000-0000-000000000001\n",
+    )
+    .expect("boot");
+    let script = |name: &str, body: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\nset -e\n{body}")).expect("script");
+        path.display().to_string()
+    };
+    let install = script(
+        "install.sh",
+        format!(
+            "cp \"$1\" {d}/slot_b.img\nhead -n 1 \"$1\" > {d}/slot_b.release\n\
+             cp {d}/os-release {d}/slot_a.release\necho b > {d}/next\necho install >> {d}/hooks\n"
+        ),
+    );
+    let reboot = script(
+        "reboot.sh",
+        format!(
+            "cat /proc/sys/kernel/random/uuid > {d}/boot_id\n\
+             cp {d}/slot_$(cat {d}/next).release {d}/os-release\necho reboot >> {d}/hooks\nkill -9 $PPID\n"
+        ),
+    );
+    let check = script("check.sh", format!("test ! -f {d}/unhealthy\n"));
+    let confirm = script("confirm.sh", format!("echo confirm >> {d}/hooks\n"));
+    let rollback = script(
+        "rollback.sh",
+        format!("echo a > {d}/next\necho rollback >> {d}/hooks\n"),
+    );
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "broker = \"mqtt://127.0.0.1:{mqtt_port}\"\ndevice_id = \"{mac}\"\nmodel = \"311-a1\"\n\
+             secret = \"{secret}\"\nbuffer_dir = \"{d}/buffer\"\nfirmware_file = \"{d}/os-release\"\n\
+             [intervals]\nhardware = 1\n\
+             [tasks]\nreboot_command = [\"sh\", \"{reboot}\"]\nlicense_public_key = \"{key}\"\n\
+             boot_id_file = \"{d}/boot_id\"\n\
+             [firmware]\nstate_dir = \"{d}/fw\"\ninstall_command = [\"sh\", \"{install}\"]\n\
+             check_command = [\"sh\", \"{check}\"]\nconfirm_command = [\"sh\", \"{confirm}\"]\n\
+             rollback_command = [\"sh\", \"{rollback}\"]\n"
+        ),
+    )
+    .expect("provisioning");
+    path
+}
+
+/// An image whose first line is the os-release it boots into.
+fn bootable_image(version: &str, size: usize) -> Vec<u8> {
+    let mut image = format!("VERSION_ID={version}\n").into_bytes();
+    let mut x = 0x2545_f491_u32;
+    while image.len() < size {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        image.push((x >> 24) as u8);
+    }
+    image
+}
+
+#[test]
+fn the_agent_resumes_verifies_installs_confirms_and_rolls_back_an_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let _platform = start_platform(&dir.path().join("data"), http_port, mqtt_port);
+    let api = Api::login(http_port, "admin", "first-admin-secret");
+    let key = api.get("/api/v1/license/public-key")["public_key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let device = register_device(http_port, &api.bearer, "AB1", "00:11:22:33:ab:01");
+    let secret = secret_for(&api, device);
+    let home = dir.path().join("device");
+    std::fs::create_dir_all(&home).expect("device dir");
+    let config = ab_device(&home, mqtt_port, "00-11-22-33-ab-01", &secret, &key);
+    let mut agent = SupervisedAgent::start(&config, &dir.path().join("agent.log"));
+    assert!(
+        eventually(30, || agent.keep_up()
+            && api.get(&format!("/api/v1/devices/{device}"))["firmware_version"]
+                == "1.0.0"),
+        "the agent reports 1.0.0"
+    );
+    let model = model_id(&api);
+    let image = bootable_image("2.0.0", 1_200_000);
+    let (status, kept) = upload(
+        http_port,
+        &api.bearer,
+        &format!("version=2.0.0&model_ids={model}"),
+        &image,
+    );
+    assert_eq!(status, 201, "{kept}");
+    let campaign = |name: &str, image: &Value| {
+        let (status, c) = api.call(
+            "POST",
+            "/api/v1/campaigns",
+            &json!({
+                "name": name,
+                "image_id": image["id"],
+                "waves": [{"device_ids": [device], "soak_secs": 0}],
+                "health_secs": 4,
+                "min_finished": 1,
+                "failure_threshold": 1.0,
+                // About four seconds for the image: time to cut it off.
+                "max_bytes_per_sec": 300_000,
+            }),
+        );
+        assert_eq!(status, 201, "{c}");
+        c["id"].as_i64().expect("id")
+    };
+    let first = campaign("agent rollout", &kept);
+
+    // The agent dies mid-download; started again it asks for the rest only.
+    let part = home.join("fw/image.part");
+    assert!(
+        eventually(30, || std::fs::metadata(&part)
+            .is_ok_and(|m| m.len() > 200_000)),
+        "the download starts: {}",
+        agent.log()
+    );
+    agent.crash();
+    let cut = std::fs::metadata(&part).expect("part").len();
+    assert!(cut < image.len() as u64, "cut off at {cut}");
+    agent.keep_up();
+    let done = {
+        let mut last = Value::Null;
+        let finished = eventually(90, || {
+            agent.keep_up();
+            last = api.get(&format!("/api/v1/campaigns/{first}"));
+            last["state"] == "finished"
+        });
+        assert!(finished, "{last}\n{}", agent.log());
+        last
+    };
+    assert_eq!(done["counts"], json!({"succeeded": 1}), "{done}");
+    let log = agent.log();
+    assert!(
+        log.contains(&format!("resuming the firmware download from={cut}")),
+        "the second run resumed at byte {cut}: {log}"
+    );
+    assert_eq!(
+        std::fs::read(home.join("slot_b.img")).expect("slot b"),
+        image,
+        "the slot holds the image, byte for byte"
+    );
+    assert_eq!(
+        std::fs::read_to_string(home.join("hooks")).expect("hooks"),
+        "install\nreboot\nconfirm\n"
+    );
+    assert!(!part.exists(), "no copy is left in the state directory");
+    let history = api.get(&format!("/api/v1/devices/{device}/firmware"));
+    assert_eq!(history[0]["state"], "succeeded", "{history}");
+    assert_eq!(history[0]["from_version"], "1.0.0", "{history}");
+    assert!(eventually(10, || {
+        api.get(&format!("/api/v1/devices/{device}"))["firmware_version"] == "2.0.0"
+    }));
+
+    // A new image that fails its first-boot check: the agent switches back
+    // and reboots again; the campaign counts the device rolled back.
+    std::fs::write(home.join("unhealthy"), "").expect("unhealthy");
+    std::fs::write(home.join("hooks"), "").expect("hooks");
+    let bad = bootable_image("2.1.0", 300_000);
+    let (status, bad_image) = upload(
+        http_port,
+        &api.bearer,
+        &format!("version=2.1.0&model_ids={model}"),
+        &bad,
+    );
+    assert_eq!(status, 201, "{bad_image}");
+    let second = campaign("bad build", &bad_image);
+    // Its one wave fell short of its success ratio: the campaign waits for
+    // a user, who resumes it, accepting the failure; it finishes.
+    let mut last = Value::Null;
+    assert!(
+        eventually(90, || {
+            agent.keep_up();
+            last = api.get(&format!("/api/v1/campaigns/{second}"));
+            last["state"] == "paused"
+        }),
+        "{last}\n{}",
+        agent.log()
+    );
+    assert_eq!(last["counts"], json!({"rolled_back": 1}), "{last}");
+    let (status, body) = api.call(
+        "POST",
+        &format!("/api/v1/campaigns/{second}/resume"),
+        &Value::Null,
+    );
+    assert_eq!(status, 200, "{body}");
+    let closed = wait_campaign(&api, second, 30, |c| c["finished_at"].is_i64());
+    assert_eq!(closed["state"], "finished", "{closed}");
+    let devices = api.get(&format!("/api/v1/campaigns/{second}/devices"));
+    assert_eq!(devices[0]["stage"], "rolled_back", "{devices}");
+    assert!(
+        devices[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("first-boot check")),
+        "{devices}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(home.join("hooks")).expect("hooks"),
+        "install\nreboot\nrollback\nreboot\n",
+        "no confirm of the bad image"
+    );
+    assert_eq!(
+        std::fs::read_to_string(home.join("os-release")).expect("os-release"),
+        "VERSION_ID=2.0.0\n"
+    );
+    assert!(eventually(10, || {
+        agent.keep_up();
+        api.get(&format!("/api/v1/devices/{device}"))["firmware_version"] == "2.0.0"
+    }));
+
+    // An image signed by a key the device does not trust is never
+    // installed: the device is provisioned with another platform's key.
+    std::fs::remove_file(home.join("unhealthy")).expect("healthy again");
+    std::fs::write(home.join("hooks"), "").expect("hooks");
+    let stranger_key =
+        license::public_key_to_base64(&license::signing_key(&[7u8; 32]).verifying_key());
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace(&key, &stranger_key)).expect("config");
+    agent.crash();
+    agent.keep_up();
+    let third = bootable_image("2.2.0", 100_000);
+    let (status, third_image) = upload(
+        http_port,
+        &api.bearer,
+        &format!("version=2.2.0&model_ids={model}"),
+        &third,
+    );
+    assert_eq!(status, 201, "{third_image}");
+    let refused = campaign("wrong key", &third_image);
+    assert!(
+        eventually(60, || {
+            agent.keep_up();
+            last = api.get(&format!("/api/v1/campaigns/{refused}"));
+            last["state"] == "paused"
+        }),
+        "{last}"
+    );
+    let devices = api.get(&format!("/api/v1/campaigns/{refused}/devices"));
+    assert_eq!(devices[0]["stage"], "failed", "{devices}");
+    assert!(
+        devices[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("signature refused")),
+        "{devices}"
+    );
+    assert!(
+        !home.join("hooks").exists()
+            || std::fs::read_to_string(home.join("hooks"))
+                .expect("hooks")
+                .is_empty(),
+        "nothing was installed"
+    );
 }
