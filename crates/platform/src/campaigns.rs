@@ -719,6 +719,7 @@ impl CampaignEngine {
             .campaign_devices_in(c.id, &["active", "rolling_back"])
             .await?;
         let mut changes = Vec::new();
+        let mut versions = Vec::new();
         for d in &open {
             let Some(execution_state) = d.execution_state.as_deref() else {
                 continue;
@@ -731,6 +732,11 @@ impl CampaignEngine {
                 .as_deref()
                 .and_then(|r| serde_json::from_str(r).ok())
                 .unwrap_or_default();
+            // The device's own word on what it runs now, ahead of its
+            // firmware reading, which may still be on its way.
+            if let Some(v) = result.version.as_deref().filter(|v| !v.trim().is_empty()) {
+                versions.push((d.device_id, v.trim().to_owned()));
+            }
             let error = d
                 .execution_error
                 .clone()
@@ -803,6 +809,7 @@ impl CampaignEngine {
             changes.push(change);
         }
         self.store.apply_campaign_changes(c.id, &changes).await?;
+        self.store.set_devices_firmware(&versions).await?;
         Ok(())
     }
 
@@ -828,13 +835,16 @@ impl CampaignEngine {
             if w.alarms > 0 {
                 why.push(format!("{} alarm(s) raised", w.alarms));
             }
-            if let Some(v) = &w.firmware_version
+            let ended = now >= w.watch_until;
+            // Judged at the end: a reading sent before the reboot may be
+            // stored after the answer from the new boot.
+            if ended
+                && let Some(v) = &w.firmware_version
                 && parse_version(v) != parse_version(&image.version)
                 && v.trim() != image.version
             {
                 why.push(format!("reports version {v}"));
             }
-            let ended = now >= w.watch_until;
             if ended && w.readings_since == 0 {
                 why.push("sent no telemetry".to_owned());
             }
