@@ -1554,3 +1554,15 @@ impl From<store::FirmwareHistoryEntry> for FirmwareHistoryDto {
         }
     }
 }
+
+/// A token for the hawkBit DDI API, shown once; only its SHA-256 is kept.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DdiTokenDto {
+    /// Sent as `Authorization: TargetToken …` (or `GatewayToken …`).
+    pub token: String,
+    /// The `{tenant}` of the DDI paths: the organisation's id.
+    pub tenant: String,
+    /// The `{controllerId}`: the device's MAC (target tokens only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller_id: Option<String>,
+}

@@ -288,3 +288,15 @@ impl From<platform::firmware::FirmwareError> for ApiError {
         }
     }
 }
+
+impl From<platform::ddi::DdiError> for ApiError {
+    fn from(e: platform::ddi::DdiError) -> Self {
+        use platform::ddi::DdiError as D;
+        match e {
+            D::Unauthorized(_) => ApiError::Unauthorized,
+            D::NotFound(what) => ApiError::NotFound(what),
+            D::Invalid(detail) => ApiError::bad_request(detail),
+            D::Store(s) => s.into(),
+        }
+    }
+}

@@ -41,6 +41,8 @@ pub struct ApiOptions {
     pub tasks: Option<Arc<platform::tasks::TaskService>>,
     /// The firmware repository: image files, download tokens, limits.
     pub firmware: Option<platform::firmware::FirmwareRepository>,
+    /// Seconds a hawkBit DDI client is told to sleep between polls (0: 300).
+    pub ddi_poll_secs: u64,
     /// Remote access: terminals, tunnels, reverse SSH.
     pub remote: Option<Arc<platform::remote::RemoteSessions>>,
     /// The password-login throttle, shared with the embedded broker so a

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod alarms;
 pub mod campaigns;
+pub mod ddi;
 pub mod device_access;
 pub mod device_certificates;
 pub mod firmware;

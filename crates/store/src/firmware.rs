@@ -628,7 +628,9 @@ impl Store {
         })
     }
 
-    /// Watched devices with what the health gate needs.
+    /// Watched devices with what the health gate needs. A device that
+    /// takes part over the DDI API shows life by polling: a poll since the
+    /// watch began counts as online and as telemetry.
     pub async fn watched_devices(
         &self,
         campaign_id: i64,
@@ -636,8 +638,10 @@ impl Store {
         with_pool!(self, pool => {
             Ok(sqlx::query_as(
                 "SELECT cd.device_id, cd.watch_from, cd.watch_until, cd.boot_id, d.boot_id AS current_boot_id, \
-                 d.online, d.firmware_version, \
-                 (SELECT COUNT(*) FROM (SELECT 1 FROM readings r WHERE r.device_id = cd.device_id AND r.ts >= cd.watch_from LIMIT 1) x) AS readings_since, \
+                 (d.online OR EXISTS (SELECT 1 FROM ddi_targets t WHERE t.device_id = cd.device_id AND t.last_poll_at >= cd.watch_from)) AS online, \
+                 d.firmware_version, \
+                 (SELECT COUNT(*) FROM (SELECT 1 FROM readings r WHERE r.device_id = cd.device_id AND r.ts >= cd.watch_from LIMIT 1) x) \
+                 + (SELECT COUNT(*) FROM ddi_targets t WHERE t.device_id = cd.device_id AND t.last_poll_at >= cd.watch_from) AS readings_since, \
                  (SELECT COUNT(*) FROM device_presence p WHERE p.device_id = cd.device_id AND p.online = FALSE AND p.at >= cd.watch_from) AS disconnects, \
                  (SELECT COUNT(*) FROM alarms a WHERE a.device_id = cd.device_id AND a.raised_at >= cd.watch_from) AS alarms \
                  FROM campaign_devices cd JOIN devices d ON d.id = cd.device_id \

@@ -10,6 +10,7 @@ mod audit;
 mod bundles;
 mod config;
 mod credentials;
+mod ddi;
 mod devices;
 mod firmware;
 mod imports;
@@ -43,6 +44,7 @@ pub use audit::{AuditEntry, AuditQuery, NewAuditEntry};
 pub use bundles::Bundle;
 pub use config::DeviceConfig;
 pub use credentials::{DeviceLogin, PresenceChange};
+pub use ddi::{DdiAction, DdiDevice};
 pub use devices::{
     Device, DeviceCursor, DeviceModel, DevicePage, DeviceQuery, DeviceSort, NewDevice,
     NewDeviceModel,

@@ -30,6 +30,8 @@ pub struct Firmware {
     pub max_image_mb: u64,
     /// base64url ed25519 public keys; the platform's own key is always trusted.
     pub trusted_keys: Vec<String>,
+    /// Seconds a hawkBit DDI client sleeps between polls (`config.polling.sleep`).
+    pub ddi_poll_secs: u64,
 }
 
 impl Default for Firmware {
@@ -37,6 +39,7 @@ impl Default for Firmware {
         Firmware {
             max_image_mb: platform::firmware::DEFAULT_MAX_IMAGE_BYTES >> 20,
             trusted_keys: Vec::new(),
+            ddi_poll_secs: 300,
         }
     }
 }
@@ -286,6 +289,7 @@ total = 256                                   # sessions on this instance at onc
 [firmware]
 max_image_mb = 2048                           # the largest image an upload may bring
 trusted_keys = []                             # vendor ed25519 keys (base64url) whose detached signatures are accepted
+ddi_poll_secs = 300                           # how long hawkBit DDI clients (SWUpdate, rauc-hawkbit) sleep between polls
 
 [broker]
 max_connections = 200000

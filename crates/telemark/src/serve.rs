@@ -249,6 +249,7 @@ pub(crate) async fn run_platform(
         tasks: Some(tasks.clone()),
         remote: Some(remote.clone()),
         firmware: Some(firmware),
+        ddi_poll_secs: config.firmware.ddi_poll_secs,
         data_dir: Some(args.data.clone()),
         logins,
         webhooks,

@@ -6,35 +6,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-
-/// A raw HTTP exchange that keeps the response's headers.
-fn exchange(port: u16, request: &[u8]) -> (u16, String, Vec<u8>) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    stream.write_all(request).expect("request");
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_lowercase(), raw[split + 4..].to_vec())
-}
 
 fn get_with(port: u16, path: &str, bearer: &str, extra: &str) -> (u16, String, Vec<u8>) {
     exchange(
@@ -44,17 +21,6 @@ fn get_with(port: u16, path: &str, bearer: &str, extra: &str) -> (u16, String, V
         )
         .as_bytes(),
     )
-}
-
-fn upload(port: u16, bearer: &str, query: &str, image: &[u8]) -> (u16, Value) {
-    let mut request = format!(
-        "POST /api/v1/firmware?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: {bearer}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-        image.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(image);
-    let (status, _, body) = exchange(port, &request);
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 fn image_bytes(seed: &str, size: usize) -> Vec<u8> {
@@ -79,14 +45,6 @@ fn files_in(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
-}
-
-fn model_id(api: &Api) -> i64 {
-    api.get("/api/v1/device-models")
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["topic_segment"] == "311-a1"))
-        .and_then(|m| m["id"].as_i64())
-        .expect("the 311-a1 model")
 }
 
 #[test]

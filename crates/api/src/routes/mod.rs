@@ -4,6 +4,7 @@
 mod alarms;
 mod audit;
 mod bundles;
+mod ddi;
 mod devices;
 mod firmware;
 mod licenses;
@@ -112,6 +113,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(firmware::resume_campaign))
         .routes(routes!(firmware::abort_campaign))
         .routes(routes!(firmware::device_firmware))
+        .routes(routes!(ddi::issue_target_token, ddi::revoke_target_token))
+        .routes(routes!(ddi::issue_gateway_token, ddi::revoke_gateway_token))
         .routes(routes!(bundles::list_bundles))
         .routes(routes!(bundles::download_bundle))
         .routes(routes!(audit::audit_log))
@@ -137,6 +140,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     document.info.version = env!("CARGO_PKG_VERSION").to_owned();
     let document = Arc::new(document);
     router
+        .merge(ddi::router())
         .route("/metrics", get(metrics))
         .route(
             "/api/openapi.json",

@@ -254,7 +254,18 @@ impl Drop for Platform {
 }
 
 pub fn start_platform(data: &Path, http_port: u16, mqtt_port: u16) -> Platform {
+    start_platform_with(data, http_port, mqtt_port, &[])
+}
+
+/// `start_platform` with settings in the environment (`TELEMARK__…`).
+pub fn start_platform_with(
+    data: &Path,
+    http_port: u16,
+    mqtt_port: u16,
+    env: &[(&str, &str)],
+) -> Platform {
     let child = telemark()
+        .envs(env.iter().copied())
         .args(["serve", "--data", data.to_str().expect("path")])
         .args(["--http", &format!("127.0.0.1:{http_port}")])
         .args(["--mqtt", &format!("127.0.0.1:{mqtt_port}")])
@@ -423,4 +434,47 @@ pub fn start_sim(fleet: &Path, mqtt_port: u16, extra: &[&str]) -> KilledOnDrop {
             .spawn()
             .expect("sim starts"),
     ))
+}
+
+/// A raw HTTP exchange that keeps the response's headers.
+pub fn exchange(port: u16, request: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    stream.write_all(request).expect("request");
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_lowercase(), raw[split + 4..].to_vec())
+}
+
+/// Uploads a firmware image as a streaming API client does.
+pub fn upload(port: u16, bearer: &str, query: &str, image: &[u8]) -> (u16, Value) {
+    let mut request = format!(
+        "POST /api/v1/firmware?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: {bearer}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        image.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(image);
+    let (status, _, body) = exchange(port, &request);
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// The id of the 311-a1 model `register_device` made.
+pub fn model_id(api: &Api) -> i64 {
+    api.get("/api/v1/device-models")
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["topic_segment"] == "311-a1"))
+        .and_then(|m| m["id"].as_i64())
+        .expect("the 311-a1 model")
 }
