@@ -482,6 +482,100 @@ fn swupdate_takes_part_in_a_campaign_over_the_ddi_api() {
     let (status, _) = ddi(http_port, "GET", &other_base, &gateway_auth, "");
     assert_eq!(status, 401);
 
+    // A cancelled action: the client is told with cancelAction (the stop
+    // id is the action), acknowledges it, and is not told again.
+    let (status, second) = api.call(
+        "POST",
+        "/api/v1/campaigns",
+        &json!({
+            "name": "second device",
+            "image_id": kept["id"],
+            "waves": [{"device_ids": [other], "soak_secs": 0}],
+            "min_finished": 1,
+        }),
+    );
+    assert_eq!(status, 201, "{second}");
+    let second = second["id"].as_i64().expect("id");
+    let mut deployment = String::new();
+    assert!(
+        eventually(20, || {
+            let (_, poll) = ddi(http_port, "GET", &other_base, &stranger_auth, "");
+            deployment = poll["_links"]["deploymentBase"]["href"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            !deployment.is_empty()
+        }),
+        "the second device is offered its deployment"
+    );
+    let action: i64 = deployment
+        .rsplit('/')
+        .next()
+        .and_then(|tail| tail.split('?').next())
+        .and_then(|id| id.parse().ok())
+        .expect("a numeric action id");
+    let (status, body) = ddi(
+        http_port,
+        "GET",
+        &format!("{other_base}/deploymentBase/{action}"),
+        &stranger_auth,
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], action.to_string());
+    assert_eq!(
+        api.get(&format!("/api/v1/executions/{action}"))["state"],
+        "sent",
+        "fetching the deployment delivers it"
+    );
+    let (status, body) = api.call(
+        "POST",
+        &format!("/api/v1/executions/{action}/cancel"),
+        &Value::Null,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, poll) = ddi(http_port, "GET", &other_base, &stranger_auth, "");
+    let cancel = poll["_links"]["cancelAction"]["href"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        cancel.ends_with(&format!("/cancelAction/{action}")),
+        "{poll}"
+    );
+    let (status, body) = ddi(
+        http_port,
+        "GET",
+        &format!("{other_base}/cancelAction/{action}"),
+        &stranger_auth,
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["cancelAction"]["stopId"], action.to_string());
+    let (status, body) = ddi(
+        http_port,
+        "POST",
+        &format!("{other_base}/cancelAction/{action}/feedback"),
+        &stranger_auth,
+        r#"{"id": 2, "time": "20261204T120000", "status": {"result": {"finished": "success"}, "execution": "closed", "details": ["cancellation acknowledged."]}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, poll) = ddi(http_port, "GET", &other_base, &stranger_auth, "");
+    assert!(poll["_links"]["cancelAction"].is_null(), "{poll}");
+    assert!(poll["_links"]["deploymentBase"].is_null(), "{poll}");
+    let ended = {
+        let mut last = Value::Null;
+        assert!(
+            eventually(20, || {
+                last = api.get(&format!("/api/v1/campaigns/{second}"));
+                last["finished_at"].is_i64()
+            }),
+            "{last}"
+        );
+        last
+    };
+    assert_eq!(ended["counts"], json!({"skipped": 1}), "{ended}");
+
     // configData keeps bounded attributes.
     let renewed_auth = format!("TargetToken {}", renewed.token);
     let (status, body) = ddi(
