@@ -762,3 +762,249 @@ async fn hourly_roll_up_serves_long_ranges_on_every_backend() {
         assert_eq!(store.prune_hourly(base + hour).await.expect("prune"), 1);
     }
 }
+
+#[tokio::test]
+async fn campaigns_and_ddi_targets_on_every_backend() {
+    let (stores, _dir) = stores().await;
+    for store in stores {
+        let (root, device) = one_device(&store).await;
+        let org = root.organisation_id;
+        let d = store.device(&root, device).await.expect("device");
+        let image = store
+            .create_firmware_image(
+                &root,
+                &store::NewFirmwareImage {
+                    organisation_id: org,
+                    version: "2.0.0".into(),
+                    min_version: None,
+                    notes: String::new(),
+                    file_name: "router-2.0.0.swu".into(),
+                    size: 10,
+                    sha256: "a".repeat(64),
+                    sha1: "b".repeat(40),
+                    md5: "c".repeat(32),
+                    signature: "sig".into(),
+                    signed_by: "platform".into(),
+                    created_by: "admin".into(),
+                    model_ids: vec![d.model_id],
+                },
+            )
+            .await
+            .expect("image");
+        let campaign = store
+            .create_campaign(
+                &root,
+                &store::NewCampaign {
+                    organisation_id: org,
+                    name: "c".into(),
+                    image_id: image.id,
+                    model_id: d.model_id,
+                    filter: "{}".into(),
+                    failure_threshold: 0.1,
+                    min_finished: 1,
+                    on_threshold: "pause".into(),
+                    health_secs: 60,
+                    rollback_unhealthy: true,
+                    window_start: None,
+                    window_end: None,
+                    time_zone: "UTC".into(),
+                    device_timeout_secs: 600,
+                    device_wait_secs: 3600,
+                    max_bytes_per_sec: 0,
+                    created_by: "admin".into(),
+                    waves: vec![store::NewWave {
+                        success_ratio: 0.95,
+                        soak_secs: 0,
+                        devices: vec![(device, Some("1.0.0".into()))],
+                    }],
+                },
+            )
+            .await
+            .expect("campaign");
+        let job = store
+            .create_task_job(
+                &root,
+                &store::NewTaskJob {
+                    organisation_id: org,
+                    kind: "firmware_update".into(),
+                    parameters: format!(
+                        r#"{{"image":{},"version":"2.0.0","size":10,"sha256":"{}","signature":"sig"}}"#,
+                        image.id,
+                        "a".repeat(64)
+                    ),
+                    description: "campaign".into(),
+                    created_by: "campaign".into(),
+                    timeout_secs: 600,
+                    expires_at: store::now_millis() + 3_600_000,
+                    max_retries: 0,
+                    retry_backoff_secs: 60,
+                    rollout_per_minute: None,
+                    abort_failure_ratio: None,
+                    abort_min_finished: None,
+                    device_ids: vec![device],
+                },
+            )
+            .await
+            .expect("job");
+        store
+            .activate_campaign_devices(campaign.id, job.id, &["pending"], "active")
+            .await
+            .expect("activated");
+
+        // A target token opens its device; the device sees its action,
+        // takes delivery once.
+        store
+            .set_ddi_target_token(device, Some("hash-1"))
+            .await
+            .expect("token");
+        let found = store
+            .ddi_device_by_token("hash-1")
+            .await
+            .expect("lookup")
+            .expect("the device");
+        assert_eq!((found.id, found.mac.as_str()), (device, d.mac.as_str()));
+        assert!(
+            store
+                .ddi_device_by_token("hash-2")
+                .await
+                .expect("lookup")
+                .is_none()
+        );
+        store.ddi_polled(device).await.expect("poll");
+        let action = store
+            .ddi_open_action(device, store::now_millis())
+            .await
+            .expect("action")
+            .expect("an open action");
+        assert_eq!(action.state, "queued");
+        assert_eq!(
+            store
+                .ddi_deliver(action.id, store::now_millis())
+                .await
+                .expect("deliver"),
+            Some(1)
+        );
+        assert_eq!(
+            store
+                .ddi_deliver(action.id, store::now_millis())
+                .await
+                .expect("deliver"),
+            None,
+            "delivered once"
+        );
+        let action = store
+            .ddi_action(device, action.id)
+            .await
+            .expect("action")
+            .expect("it");
+        assert_eq!((action.state.as_str(), action.attempt), ("sent", 1));
+        assert!(
+            store
+                .ddi_installed_action(device)
+                .await
+                .expect("installed")
+                .is_none()
+        );
+        assert!(
+            store
+                .ddi_cancelled_action(device)
+                .await
+                .expect("cancelled")
+                .is_none()
+        );
+        assert!(
+            store
+                .ddi_attributes(device)
+                .await
+                .expect("attributes")
+                .is_none()
+        );
+        store
+            .set_ddi_attributes(device, r#"{"hw":"a1"}"#)
+            .await
+            .expect("attributes");
+        assert_eq!(
+            store
+                .ddi_attributes(device)
+                .await
+                .expect("attributes")
+                .as_deref(),
+            Some(r#"{"hw":"a1"}"#)
+        );
+        store
+            .set_ddi_gateway_token(org, Some("gateway-hash"))
+            .await
+            .expect("gateway");
+        assert_eq!(
+            store
+                .ddi_gateway("gateway-hash")
+                .await
+                .expect("gateway")
+                .map(|g| g.0),
+            Some(org)
+        );
+        store
+            .set_ddi_gateway_token(org, None)
+            .await
+            .expect("revoked");
+        assert!(
+            store
+                .ddi_gateway("gateway-hash")
+                .await
+                .expect("gateway")
+                .is_none()
+        );
+
+        // Watched after reporting the new version: its polls are its signs
+        // of life.
+        let now = store::now_millis();
+        store
+            .apply_campaign_changes(
+                campaign.id,
+                &[store::CampaignDeviceChange {
+                    device_id: device,
+                    from_state: "active".into(),
+                    state: "watching".into(),
+                    watch_from: Some(now - 60_000),
+                    watch_until: Some(now + 60_000),
+                    ..Default::default()
+                }],
+            )
+            .await
+            .expect("watching");
+        let watched = store.watched_devices(campaign.id).await.expect("watched");
+        assert_eq!(watched.len(), 1);
+        assert!(watched[0].online, "{watched:?}");
+        assert!(watched[0].readings_since >= 1, "{watched:?}");
+
+        // A resume records what the user accepted.
+        assert!(
+            store
+                .set_campaign_state(campaign.id, "running", "paused", Some("threshold"))
+                .await
+                .expect("paused")
+        );
+        assert!(
+            store
+                .resume_campaign(campaign.id, "resume by admin", 3, 5)
+                .await
+                .expect("resumed")
+        );
+        assert!(
+            !store
+                .resume_campaign(campaign.id, "again", 0, 0)
+                .await
+                .expect("not paused")
+        );
+        let resumed = store.campaign(&root, campaign.id).await.expect("campaign");
+        assert_eq!(resumed.state, "running");
+        assert_eq!(
+            (
+                resumed.accepted_failed,
+                resumed.accepted_finished,
+                resumed.accepted_wave
+            ),
+            (3, 5, 0)
+        );
+    }
+}
