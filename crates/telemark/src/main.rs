@@ -2,6 +2,7 @@
 
 mod config;
 mod demo;
+mod firmware_upload;
 mod ingest_feed;
 mod listeners;
 mod registry;
@@ -66,11 +67,23 @@ enum Command {
     Sim(Box<SimArgs>),
     /// Forward a local port to a port on a device, through the platform.
     Tunnel(Box<tunnel::TunnelArgs>),
+    /// The firmware repository of a running platform.
+    Firmware {
+        #[command(subcommand)]
+        what: FirmwareCommand,
+    },
     /// The key platform secrets are sealed with.
     Secrets {
         #[command(subcommand)]
         what: SecretsCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum FirmwareCommand {
+    /// Upload an image (streamed, with a progress bar); the platform hashes
+    /// and signs it.
+    Upload(Box<firmware_upload::UploadArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -433,6 +446,12 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(tunnel::run(*args)),
+        Command::Firmware {
+            what: FirmwareCommand::Upload(args),
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(firmware_upload::upload(*args)),
         Command::Sim(args) => {
             raise_file_limit();
             tokio::runtime::Builder::new_multi_thread()

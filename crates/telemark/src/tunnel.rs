@@ -26,19 +26,35 @@ pub(crate) struct TunnelArgs {
     /// The address to listen on here.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
+    #[command(flatten)]
+    pub access: PlatformAccess,
+}
+
+/// Where the platform is and who calls it, for the commands that use its API.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PlatformAccess {
     /// The platform's URL.
     #[arg(long, env = "TELEMARK_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// An API token (`tmk_…`) of a user who may open remote sessions.
+    /// An API token (`tmk_…`) of a user allowed to do this.
     #[arg(long, env = "TELEMARK_TOKEN", hide_env_values = true)]
     pub token: String,
 }
 
+impl PlatformAccess {
+    /// A client, the base URL and the Authorization header.
+    pub(crate) fn client(&self) -> (reqwest::Client, String, String) {
+        (
+            reqwest::Client::new(),
+            self.url.trim_end_matches('/').to_owned(),
+            format!("Bearer {}", self.token),
+        )
+    }
+}
+
 pub(crate) async fn run(args: TunnelArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let base = args.url.trim_end_matches('/').to_owned();
-    let http = reqwest::Client::new();
-    let auth = format!("Bearer {}", args.token);
+    let (http, base, auth) = args.access.client();
     let device_id = find_device(&http, &base, &auth, &args.device).await?;
     let listener = tokio::net::TcpListener::bind((args.bind, args.local_port))
         .await
@@ -177,7 +193,7 @@ pub(crate) async fn run(args: TunnelArgs) -> anyhow::Result<()> {
 }
 
 /// The JSON of a 2xx answer, or the problem's detail as the error.
-async fn answer(response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
+pub(crate) async fn answer(response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     if status.is_success() {

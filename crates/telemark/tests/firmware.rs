@@ -9,6 +9,7 @@ mod common;
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -804,5 +805,85 @@ fn the_agent_resumes_verifies_installs_confirms_and_rolls_back_an_image() {
                 .expect("hooks")
                 .is_empty(),
         "nothing was installed"
+    );
+}
+
+#[test]
+fn the_command_line_uploads_an_image_from_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let _platform = start_platform(&dir.path().join("data"), http_port, mqtt_port);
+    let api = Api::login(http_port, "admin", "first-admin-secret");
+    register_device(http_port, &api.bearer, "CLI1", "00:11:22:33:c1:01");
+    let image = image_bytes(
+        "telemark router image 3.0.0 from the build machine\n",
+        3_000_000,
+    );
+    let file = dir.path().join("router-3.0.0.img");
+    std::fs::write(&file, &image).expect("image");
+    let token = api.bearer.trim_start_matches("Bearer ").to_owned();
+    let url = format!("http://127.0.0.1:{http_port}");
+    let out = run(
+        telemark()
+            .args(["firmware", "upload"])
+            .arg(&file)
+            .args([
+                "--version",
+                "3.0.0",
+                "--model",
+                "311-a1",
+                "--notes",
+                "spring build",
+            ])
+            .args(["--url", &url])
+            .env("TELEMARK_TOKEN", &token),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&sha256_hex(&image)), "{said}");
+    let listed = api.get("/api/v1/firmware");
+    let kept = &listed[0];
+    assert_eq!(kept["version"], "3.0.0", "{listed}");
+    assert_eq!(kept["file_name"], "router-3.0.0.img");
+    assert_eq!(kept["notes"], "spring build");
+    assert_eq!(kept["size"], image.len());
+
+    // A model that does not exist is refused before a byte is sent.
+    let out = run(
+        telemark()
+            .args(["firmware", "upload"])
+            .arg(&file)
+            .args(["--version", "3.0.1", "--model", "no-such-model"])
+            .args(["--url", &url])
+            .env("TELEMARK_TOKEN", &token),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no device model \"no-such-model\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the platform's own refusal (a version already there) reaches
+    // the user with its reason.
+    let out = run(
+        telemark()
+            .args(["firmware", "upload"])
+            .arg(&file)
+            .args(["--version", "3.0.0", "--model", "311-a1"])
+            .args(["--url", &url])
+            .env("TELEMARK_TOKEN", &token),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("409"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
