@@ -137,9 +137,23 @@ before(async () => {
     simFleet += `${credentials.username},311-a1,${credentials.password}\n`;
   }
   writeFileSync(path.join(dir, "fleet.csv"), simFleet);
+  // The simulated routers check firmware signatures with the platform's key.
+  const { public_key: licenseKey } = await http("GET", "/license/public-key");
   sim = spawn(
     binary,
-    ["sim", "--fleet", path.join(dir, "fleet.csv"), "--broker", `mqtt://127.0.0.1:${mqttPort}`, "--interval", "1"],
+    [
+      "sim",
+      "--fleet",
+      path.join(dir, "fleet.csv"),
+      "--broker",
+      `mqtt://127.0.0.1:${mqttPort}`,
+      "--interval",
+      "1",
+      "--reboot-ms",
+      "800",
+      "--license-public-key",
+      licenseKey,
+    ],
     { stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, RUST_LOG: "warn" } },
   );
 
@@ -320,6 +334,53 @@ test("run a diagnostic on a device and read its result table, then a bulk job", 
   assert.equal(await page.locator("[data-testid=executions] tbody tr").count(), 2);
   }));
 
+test("upload an image, preview and start a campaign, follow it to the end, read a device's firmware history", () =>
+  inBrowser("firmware", async (page) => {
+    await page.goto(`${base}/firmware`);
+    await page.click("role=button[name='Upload image']");
+    const image = Buffer.alloc(300_000, "telemark router image 2.3.0\n");
+    await page.setInputFiles("[data-testid=upload-firmware] input[type=file]", {
+      name: "router-2.3.0.img",
+      mimeType: "application/octet-stream",
+      buffer: image,
+    });
+    // The form checks before sending.
+    await page.fill("[data-testid=upload-firmware] input[name=version]", "2.3");
+    await page.click("[data-testid=upload-firmware] button[type=submit]");
+    await page.waitForSelector("[data-testid=upload-firmware] .field-error:text('a semantic version, e.g. 2.1.0')");
+    await page.fill("[data-testid=upload-firmware] input[name=version]", "2.3.0");
+    await page.fill("[data-testid=upload-firmware] textarea[name=notes]", "modem firmware fix");
+    await page.click("[data-testid=upload-firmware] button[type=submit]");
+    await page.waitForSelector("[data-testid=firmware-images] tr:has-text('router-2.3.0.img') >> text=platform");
+    // The simulated routers all report 1.0.0; the bulk registry reports nothing.
+    await eventually("the fleet reports its firmware", async () => {
+      const devices = await Promise.all(Object.values(fleet).map((id) => http("GET", `/devices/${id}`)));
+      return devices.every((d) => d.firmware_version === "1.0.0");
+    });
+    await page.goto(`${base}/campaigns`);
+    await page.click("text=New campaign");
+    await page.fill("[data-testid=campaign-form] input[name=name]", "modem fix rollout");
+    await page.selectOption("[data-testid=campaign-form] select[name=image_id]", { label: "2.3.0 (router-2.3.0.img)" });
+    await page.fill("[data-testid=campaign-form] input[name=current_version]", "1.0.0");
+    await page.fill("[data-testid=campaign-form] input[name=waves]", "50, 100");
+    await page.fill("[data-testid=campaign-form] input[name=soak]", "1");
+    await page.fill("[data-testid=campaign-form] input[name=health]", "3");
+    await page.click("[data-testid=campaign-form] button[type=submit]");
+    const preview = await page.waitForSelector("[data-testid=campaign-preview]");
+    assert.match(await preview.textContent(), /4 device\(s\) in waves of 2 → 2/);
+    await page.click("role=button[name='Start on 4 device(s)']");
+    await page.waitForURL(/\/campaigns\/\d+$/);
+    await page.waitForSelector(".page-head .actions .badge:text-is('finished')", { timeout: 90_000 });
+    assert.equal(await page.locator("[data-testid=campaign-waves] tbody tr").count(), 2);
+    await page.waitForSelector("[data-testid=campaign-counts] >> text=succeeded");
+    assert.equal(await page.locator("[data-testid=campaign-devices] tbody tr:has-text('succeeded')").count(), 4);
+    await page.waitForSelector("[data-testid=campaign-progress] canvas");
+    await page.screenshot({ path: path.join(shots, "campaign.png"), fullPage: true });
+    await page.goto(`${base}/devices/${fleet["harbour-001"]}`);
+    await page.click("role=tab[name='Firmware']");
+    await page.waitForSelector("[data-testid=firmware-history] tr:has-text('1.0.0 → 2.3.0') >> text=succeeded");
+  }));
+
 test("open the terminal of a router running the real agent, type echo hi and read hi", async () => {
   // A router with the real agent (the simulator has no shell).
   const imported = await http("POST", "/devices/import?source=agent.csv", {
@@ -436,6 +497,9 @@ test("every screen of the operator opens without errors", () =>
       ["/account", "Account: admin"],
       ["/jobs", "Jobs"],
       ["/diagnostics", "Diagnostics"],
+      ["/firmware", "Firmware"],
+      ["/campaigns", "Campaigns"],
+      ["/campaigns/new", "New campaign"],
     ];
     for (const [url, title] of screens) {
       await page.goto(`${base}${url}`);

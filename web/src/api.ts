@@ -105,6 +105,31 @@ export async function api<T>(path: string, options: RequestOptions = {}): Promis
   return (await response.json()) as T;
 }
 
+/** Posts a file with upload progress (fetch has none), answering like `api`. */
+export function uploadWithProgress<T>(
+  path: string,
+  file: Blob,
+  contentType: string,
+  onProgress: (fraction: number) => void,
+): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", `/api/v1${path}`);
+    for (const [k, v] of Object.entries(headersFor("POST", contentType))) xhr.setRequestHeader(k, v);
+    xhr.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded / e.total);
+    xhr.onerror = () => reject(new Error("The upload failed: the server cannot be reached."));
+    xhr.onload = async () => {
+      const response = new Response(xhr.responseText, {
+        status: xhr.status,
+        headers: { "content-type": xhr.getResponseHeader("content-type") ?? "" },
+      });
+      if (xhr.status >= 200 && xhr.status < 300) resolve((await response.json()) as T);
+      else reject(await problemOf(response));
+    };
+    xhr.send(file);
+  });
+}
+
 // ---- the API's types (see /api/openapi.json) ----
 
 export type Role = "operator-admin" | "integrator-admin" | "customer-admin" | "engineer" | "viewer";
@@ -404,4 +429,109 @@ export interface RadioChange {
 export interface Radio {
   state: RadioState | null;
   changes: RadioChange[];
+}
+
+// ---- firmware over the air ----
+
+export interface FirmwareImage {
+  id: number;
+  organisation_id: number;
+  version: string;
+  min_version: string | null;
+  notes: string;
+  file_name: string;
+  size: number;
+  sha256: string;
+  sha1: string;
+  md5: string;
+  signature: string;
+  signed_by: string;
+  model_ids: number[];
+  created_by: string;
+  created_at: number;
+}
+
+export type CampaignState = "running" | "paused" | "aborted" | "finished";
+
+export interface CampaignWave {
+  number: number;
+  size: number;
+  success_ratio: number;
+  soak_secs: number;
+  state: "waiting" | "running" | "soaking" | "done";
+  started_at: number | null;
+  settled_at: number | null;
+  done_at: number | null;
+  counts: Record<string, number>;
+}
+
+export interface Campaign {
+  id: number;
+  organisation_id: number;
+  name: string;
+  image_id: number;
+  version: string;
+  model_id: number;
+  filter: { organisation_id?: number | null; label?: string | null; current_version?: string | null };
+  state: CampaignState;
+  state_reason: string | null;
+  current_wave: number;
+  failure_threshold: number;
+  min_finished: number;
+  on_threshold: "pause" | "abort";
+  health_secs: number;
+  rollback_unhealthy: boolean;
+  window_start: string | null;
+  window_end: string | null;
+  time_zone: string;
+  device_timeout_secs: number;
+  device_wait_secs: number;
+  max_bytes_per_sec: number;
+  created_by: string;
+  created_at: number;
+  updated_at: number;
+  finished_at: number | null;
+  counts: Record<string, number>;
+  waves: CampaignWave[];
+}
+
+export interface CampaignDevice {
+  device_id: number;
+  device_name: string;
+  device_mac: string;
+  wave: number;
+  stage: string;
+  progress: number | null;
+  from_version: string | null;
+  reason: string | null;
+  execution_id: number | null;
+  updated_at: number;
+}
+
+export interface CampaignPreview {
+  targeted: number;
+  wave_sizes: number[];
+  already_on_version: number;
+  below_min_version: number;
+  in_other_campaign: number;
+  sample: { id: number; name: string; firmware_version: string | null; wave: number }[];
+}
+
+export interface CampaignProgress {
+  at: number;
+  succeeded: number;
+  failed: number;
+  rolled_back: number;
+  skipped: number;
+}
+
+export interface FirmwareHistory {
+  campaign_id: number;
+  campaign_name: string;
+  image_id: number;
+  version: string;
+  from_version: string | null;
+  state: string;
+  reason: string | null;
+  updated_at: number;
 }

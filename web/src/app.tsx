@@ -18,6 +18,7 @@ import { Alarms, AlarmRules } from "./pages/alarms";
 import { Account } from "./pages/account";
 import { Statistics } from "./pages/statistics";
 import { Diagnostics, JobDetail, Jobs } from "./pages/tasks";
+import { CampaignDetail, Campaigns, Firmware, NewCampaign } from "./pages/firmware";
 import { Page } from "./components/ui";
 
 interface NavItem {
@@ -47,6 +48,8 @@ const NAV: { section: string; items: NavItem[] }[] = [
     items: [
       { href: "/diagnostics", label: "Diagnostics", show: always },
       { href: "/jobs", label: "Jobs", show: always },
+      { href: "/firmware", label: "Firmware", show: always },
+      { href: "/campaigns", label: "Campaigns", show: always },
     ],
   },
   {
@@ -165,6 +168,10 @@ function Shell() {
             <Route path="/diagnostics" component={Diagnostics} />
             <Route path="/jobs" component={Jobs} />
             <Route path="/jobs/:id" component={JobDetail} />
+            <Route path="/firmware" component={Firmware} />
+            <Route path="/campaigns" component={Campaigns} />
+            <Route path="/campaigns/new" component={NewCampaign} />
+            <Route path="/campaigns/:id" component={CampaignDetail} />
             <Route default component={NotFound} />
           </Router>
         </main>

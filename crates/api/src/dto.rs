@@ -1566,3 +1566,14 @@ pub struct DdiTokenDto {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub controller_id: Option<String>,
 }
+
+/// How many of a campaign's devices had reached each final state by `at`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignProgressDto {
+    /// Unix milliseconds: the end of a time step.
+    pub at: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub rolled_back: i64,
+    pub skipped: i64,
+}

@@ -582,6 +582,27 @@ impl Store {
         })
     }
 
+    /// Devices that reached a final state, per time bucket of `bucket_ms`
+    /// and state: (bucket start, state, count), in time order.
+    pub async fn campaign_progress(
+        &self,
+        campaign_id: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        let bucket_ms = bucket_ms.max(1);
+        with_pool!(self, pool => {
+            Ok(sqlx::query_as(
+                "SELECT (updated_at / $2) * $2 AS bucket, state, COUNT(*) FROM campaign_devices \
+                 WHERE campaign_id = $1 AND state IN ('succeeded', 'failed', 'rolled_back', 'skipped') \
+                 GROUP BY bucket, state ORDER BY bucket, state",
+            )
+            .bind(campaign_id)
+            .bind(bucket_ms)
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
     /// A page of a campaign's devices, in device id order after `after`.
     pub async fn campaign_devices(
         &self,

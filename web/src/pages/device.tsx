@@ -35,6 +35,7 @@ import {
 } from "../components/ui";
 import { licenseTone } from "./devices";
 import { AlarmTable } from "./alarms";
+import { DeviceFirmware } from "./firmware";
 import { RemoteTerminal } from "./terminal";
 import { DeviceTasks, RadioPanel } from "./tasks";
 
@@ -98,7 +99,7 @@ export function DeviceDetail() {
   const { params } = useRoute();
   const id = Number(params.id);
   const device = useLoad((signal) => api<Device>(`/devices/${id}`, { signal }), [id]);
-  const [tab, setTab] = useState<"overview" | "tasks" | "terminal" | "logs" | "presence" | "alarms">(
+  const [tab, setTab] = useState<"overview" | "tasks" | "terminal" | "firmware" | "logs" | "presence" | "alarms">(
     "overview",
   );
   if (!Number.isInteger(id) || id <= 0) return <Page title="Device">{<ErrorBox error="No such device." />}</Page>;
@@ -121,6 +122,7 @@ export function DeviceDetail() {
                 ["overview", "Live charts"],
                 ["tasks", "Tasks"],
                 ["terminal", "Terminal"],
+                ["firmware", "Firmware"],
                 ["logs", "Black box logs"],
                 ["presence", "Presence"],
                 ["alarms", "Alarms"],
@@ -145,6 +147,7 @@ export function DeviceDetail() {
           )}
           {tab === "tasks" && <DeviceTasks device={d} />}
           {tab === "terminal" && <RemoteTerminal device={d} />}
+          {tab === "firmware" && <DeviceFirmware deviceId={id} />}
           {tab === "logs" && <Logs deviceId={id} />}
           {tab === "presence" && <Presence deviceId={id} />}
           {tab === "alarms" && <DeviceAlarms deviceId={id} />}

@@ -1,5 +1,5 @@
 import { useState } from "preact/hooks";
-import { headersFor, problemOf, withQuery, api, type ImportRecord } from "../api";
+import { uploadWithProgress, withQuery, api, type ImportRecord } from "../api";
 import {
   ErrorBox,
   LoadState,
@@ -14,25 +14,10 @@ import {
 } from "../components/ui";
 import { organisationName } from "../session";
 
-/** Posts a file with upload progress (fetch has none), answering like `api`. */
+/** Posts a file with upload progress, CSV or ERP JSON by its name. */
 function upload<T>(path: string, file: File, onProgress: (fraction: number) => void): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const xhr = new XMLHttpRequest();
-    xhr.open("POST", `/api/v1${path}`);
-    const contentType = file.name.toLowerCase().endsWith(".json") ? "application/json" : "text/csv";
-    for (const [k, v] of Object.entries(headersFor("POST", contentType))) xhr.setRequestHeader(k, v);
-    xhr.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded / e.total);
-    xhr.onerror = () => reject(new Error("The upload failed: the server cannot be reached."));
-    xhr.onload = async () => {
-      const response = new Response(xhr.responseText, {
-        status: xhr.status,
-        headers: { "content-type": xhr.getResponseHeader("content-type") ?? "" },
-      });
-      if (xhr.status >= 200 && xhr.status < 300) resolve((await response.json()) as T);
-      else reject(await problemOf(response));
-    };
-    xhr.send(file);
-  });
+  const contentType = file.name.toLowerCase().endsWith(".json") ? "application/json" : "text/csv";
+  return uploadWithProgress<T>(path, file, contentType, onProgress);
 }
 
 export function ImportReport({ record }: { record: ImportRecord }) {

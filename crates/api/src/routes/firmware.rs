@@ -515,6 +515,53 @@ pub(super) async fn get_campaign(
 
 #[utoipa::path(
     get,
+    path = "/api/v1/campaigns/{id}/progress",
+    tag = "firmware",
+    params(("id" = i64, Path, description = "the object's id")),
+    responses(
+        (status = 200, description = "devices in each final state over time, cumulative, in at most about 200 steps from the campaign's start", body = Vec<CampaignProgressDto>),
+        (status = 400, response = crate::error::BadRequest),
+        (status = 401, response = crate::error::Unauthenticated),
+        (status = 404, response = crate::error::NotInScope)
+    )
+)]
+pub(super) async fn campaign_progress(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Id(id): Id,
+) -> Result<Json<Vec<CampaignProgressDto>>, ApiError> {
+    let c = state.store.campaign(&caller.session.scope, id).await?;
+    let end = c.finished_at.unwrap_or_else(store::now_millis);
+    // Steps of at least ten seconds, at most about 200 of them.
+    let step = ((end - c.created_at) / 200).max(10_000);
+    let mut out: Vec<CampaignProgressDto> = Vec::new();
+    let mut total = CampaignProgressDto {
+        at: c.created_at,
+        succeeded: 0,
+        failed: 0,
+        rolled_back: 0,
+        skipped: 0,
+    };
+    for (bucket, device_state, n) in state.store.campaign_progress(id, step).await? {
+        let at = (bucket + step).min(end.max(bucket));
+        if out.last().is_some_and(|p| p.at != at) || out.is_empty() {
+            out.push(CampaignProgressDto { at, ..total });
+        }
+        match device_state.as_str() {
+            "succeeded" => total.succeeded += n,
+            "failed" => total.failed += n,
+            "rolled_back" => total.rolled_back += n,
+            _ => total.skipped += n,
+        }
+        if let Some(last) = out.last_mut() {
+            *last = CampaignProgressDto { at, ..total };
+        }
+    }
+    Ok(Json(out))
+}
+
+#[utoipa::path(
+    get,
     path = "/api/v1/campaigns/{id}/devices",
     tag = "firmware",
     params(("id" = i64, Path, description = "the object's id"), CampaignDeviceQuery),

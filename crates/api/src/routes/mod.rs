@@ -109,6 +109,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .routes(routes!(firmware::list_campaigns, firmware::create_campaign))
         .routes(routes!(firmware::get_campaign))
         .routes(routes!(firmware::campaign_devices))
+        .routes(routes!(firmware::campaign_progress))
         .routes(routes!(firmware::pause_campaign))
         .routes(routes!(firmware::resume_campaign))
         .routes(routes!(firmware::abort_campaign))
