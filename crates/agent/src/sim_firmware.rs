@@ -105,12 +105,38 @@ pub(crate) async fn update(
     }
     let mut rng = rand::rng();
     let failing = rng.random_bool(failure.clamp(0.0, 1.0));
-    let step = rng.random_range(0..3);
+    // Where a failing update fails, as real ones do: the download never
+    // completes, the written image does not read back, the install hook
+    // fails, or the first boot does.
+    let step = rng.random_range(0..4);
+    if failing && step == 0 {
+        let cut = rng.random_range(1..update.size.max(2));
+        return UpdateSteps {
+            progress,
+            outcome: Err(fail(
+                Stage::Downloading,
+                format!(
+                    "download broke off after {cut} of {} bytes and did not resume before the deadline",
+                    update.size
+                ),
+            )),
+        };
+    }
+    if failing && step == 1 {
+        return UpdateSteps {
+            progress,
+            outcome: Err(fail(
+                Stage::Verifying,
+                "the image read back from the inactive slot has another SHA-256 (flash write error)"
+                    .into(),
+            )),
+        };
+    }
     progress.push((
         Duration::from_millis(rng.random_range(300..1500)),
         stage_answer(request, Stage::Installing, Some(100)),
     ));
-    if failing && step == 0 {
+    if failing && step == 2 {
         return UpdateSteps {
             progress,
             outcome: Err(fail(
@@ -129,7 +155,7 @@ pub(crate) async fn update(
             request: request.clone(),
             version: update.version.clone(),
             previous: current.to_owned(),
-            fails_first_boot: failing && step != 0,
+            fails_first_boot: failing && step == 3,
             rollback: false,
         }),
     }

@@ -285,8 +285,9 @@ pub(crate) async fn run_platform(
                     firmware: "2.1.4".into(),
                     reboot_time: std::time::Duration::from_secs(8),
                     license_public_key: platform::licensing::public_key(&store).await.ok(),
-                    // A few devices fail their update, so a campaign has something to show.
-                    fota_failure: 0.03,
+                    // Enough devices fail their update that the demo campaign rolls
+                    // some back and pauses itself at its 5 % threshold.
+                    fota_failure: 0.08,
                 },
                 std::sync::Arc::default(),
                 fleet_stopped,
