@@ -5,7 +5,8 @@
 //! health gate), failed, rolled back, or skipped (never reached before the
 //! wave stopped waiting for it). A wave below its success ratio pauses the
 //! campaign; so does a failure ratio above the threshold once enough
-//! devices finished (or it aborts, if the campaign says so). Waves start
+//! devices finished — failed over every device the update reached, see
+//! [`threshold_breached`] — (or it aborts, if the campaign says so). Waves start
 //! and devices are notified only inside the maintenance window.
 //!
 //! [`CampaignEngine`] makes these decisions once a second on one instance
@@ -164,10 +165,23 @@ pub fn wave_sizes(n: usize, percents: &[f64]) -> Vec<usize> {
         .collect()
 }
 
-/// Whether a campaign's failures have passed its threshold.
-pub fn threshold_breached(succeeded: i64, failed: i64, threshold: f64, min_finished: i64) -> bool {
+/// Whether a campaign's failures have passed its threshold: failed over
+/// every device the update reached (finished, or still updating), once
+/// `min_finished` are final. Failures come in sooner than successes (a
+/// broken download ends in seconds, a good install waits for its reboot
+/// and health watch): over finished devices alone, a wave that has just
+/// started would look far worse than it is and stop a healthy campaign.
+/// Once a wave settles, both ratios are the same.
+pub fn threshold_breached(
+    succeeded: i64,
+    failed: i64,
+    updating: i64,
+    threshold: f64,
+    min_finished: i64,
+) -> bool {
     let finished = succeeded + failed;
-    finished > 0 && finished >= min_finished && (failed as f64) / (finished as f64) > threshold
+    let reached = finished + updating.max(0);
+    finished > 0 && finished >= min_finished && (failed as f64) / (reached as f64) > threshold
 }
 
 async fn plan(
@@ -642,6 +656,7 @@ impl CampaignEngine {
             && threshold_breached(
                 finished - failed,
                 failed,
+                count(None, &["active", "watching", "rolling_back"]),
                 c.failure_threshold,
                 c.min_finished,
             )
@@ -651,9 +666,10 @@ impl CampaignEngine {
             } else {
                 "paused"
             };
+            let reached = finished + count(None, &["active", "watching", "rolling_back"]);
             let reason = format!(
-                "{failed} of {finished} finished devices failed ({:.1} %), above the threshold of {:.1} %",
-                100.0 * failed as f64 / finished as f64,
+                "{failed} of {reached} devices reached failed ({:.1} %; {finished} finished), above the threshold of {:.1} %",
+                100.0 * failed as f64 / reached.max(1) as f64,
                 100.0 * c.failure_threshold
             );
             if self
@@ -1165,11 +1181,16 @@ mod tests {
 
     #[test]
     fn the_threshold_waits_for_enough_finished_devices() {
-        assert!(!threshold_breached(0, 3, 0.1, 10));
-        assert!(threshold_breached(7, 3, 0.1, 10));
-        assert!(!threshold_breached(90, 10, 0.1, 10));
-        assert!(threshold_breached(89, 11, 0.1, 10));
-        assert!(!threshold_breached(0, 0, 0.0, 0));
+        assert!(!threshold_breached(0, 3, 0, 0.1, 10));
+        assert!(threshold_breached(7, 3, 0, 0.1, 10));
+        assert!(!threshold_breached(90, 10, 0, 0.1, 10));
+        assert!(threshold_breached(89, 11, 0, 0.1, 10));
+        assert!(!threshold_breached(0, 0, 0, 0.0, 0));
+        // Early in a wave the quick failures are in, the successes not yet:
+        // 9 of 107 finished failed, but 893 more are still updating.
+        assert!(!threshold_breached(98, 9, 893, 0.05, 50));
+        // A bad build: failures outrun the threshold over everything reached.
+        assert!(threshold_breached(40, 60, 900, 0.05, 50));
     }
 
     #[test]

@@ -120,9 +120,11 @@ pub(crate) async fn serve_file(
     file.seek(SeekFrom::Start(start))
         .await
         .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
+    // 32 KiB reads: a thousand devices downloading at once hold a chunk
+    // each in flight, so the chunk size is what a fleet costs in memory.
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
         file.take(length),
-        64 * 1024,
+        32 * 1024,
     ));
     let mut response = (status, common, body).into_response();
     let headers = response.headers_mut();
