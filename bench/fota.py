@@ -84,7 +84,7 @@ def all_devices(platform, campaign):
 
 
 def start_sim(platform, fleet, key, failure):
-    sim = platform.sim(fleet, "--interval", "30", "--reboot-ms", "1000", "--license-public-key", key,
+    sim = platform.sim(fleet, "--interval", "30", "--reboot-ms", "1000", f"--license-public-key={key}",
                        "--fota-failure", str(failure))
     # Its report lines must not fill the pipe and stall it.
     threading.Thread(target=lambda: [None for _ in sim.stdout], daemon=True).start()

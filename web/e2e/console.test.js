@@ -151,8 +151,8 @@ before(async () => {
       "1",
       "--reboot-ms",
       "800",
-      "--license-public-key",
-      licenseKey,
+      // `=`: a base64url key may begin with "-", which would read as a flag.
+      `--license-public-key=${licenseKey}`,
     ],
     { stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, RUST_LOG: "warn" } },
   );

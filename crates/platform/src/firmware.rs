@@ -142,13 +142,62 @@ impl ImageMeta {
 #[derive(Debug, Clone)]
 pub struct ImageFiles {
     dir: PathBuf,
+    hot: std::sync::Arc<tokio::sync::Mutex<HotImages>>,
 }
+
+/// Images a fleet is downloading, whole in memory: a thousand devices
+/// fetching one image at once then cost one copy of it (each response a
+/// view of the same bytes), not a buffer and a file read per connection
+/// and chunk.
+#[derive(Debug, Default)]
+struct HotImages {
+    entries: Vec<(String, bytes::Bytes, std::time::Instant)>,
+}
+
+/// Larger images are streamed from their file.
+pub const HOT_IMAGE_MAX_BYTES: u64 = 64 << 20;
+/// How many images are kept (the least recently served goes first).
+const HOT_IMAGES: usize = 4;
 
 impl ImageFiles {
     pub fn in_data_dir(data: &Path) -> Self {
         ImageFiles {
             dir: data.join("firmware"),
+            hot: Default::default(),
         }
+    }
+
+    /// The image's bytes whole, if it is at most [`HOT_IMAGE_MAX_BYTES`]:
+    /// read once, then shared by every download of it. None: stream it.
+    pub async fn hot(&self, sha256: &str, size: u64) -> Option<bytes::Bytes> {
+        if size > HOT_IMAGE_MAX_BYTES {
+            return None;
+        }
+        // Held while a missing image is read, so a fleet asking at once
+        // reads it once.
+        let mut hot = self.hot.lock().await;
+        if let Some(entry) = hot.entries.iter_mut().find(|e| e.0 == sha256) {
+            entry.2 = std::time::Instant::now();
+            return Some(entry.1.clone());
+        }
+        let bytes = tokio::fs::read(self.path(sha256)).await.ok()?;
+        if bytes.len() as u64 != size {
+            return None;
+        }
+        if hot.entries.len() >= HOT_IMAGES
+            && let Some(oldest) = hot
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.2)
+                .map(|(i, _)| i)
+        {
+            hot.entries.swap_remove(oldest);
+        }
+        let bytes = bytes::Bytes::from(bytes);
+        hot.entries
+            .push((sha256.to_owned(), bytes.clone(), std::time::Instant::now()));
+        Some(bytes)
     }
 
     pub fn path(&self, sha256: &str) -> PathBuf {

@@ -301,15 +301,13 @@ fn campaigns_roll_out_in_waves_and_stop_themselves_when_devices_fail() {
         .to_owned();
     let (healthy_fleet, healthy) = fleet_file(&api, dir.path(), 20, 0x91);
     let (failing_fleet, failing) = fleet_file(&api, dir.path(), 10, 0x92);
-    let _healthy = start_sim(
-        &healthy_fleet,
-        mqtt_port,
-        &["--license-public-key", &public_key],
-    );
+    // `=`: a base64url key may begin with "-", which would read as a flag.
+    let key_arg = format!("--license-public-key={public_key}");
+    let _healthy = start_sim(&healthy_fleet, mqtt_port, &[&key_arg]);
     let _failing = start_sim(
         &failing_fleet,
         mqtt_port,
-        &["--license-public-key", &public_key, "--fota-failure", "1"],
+        &[&key_arg, "--fota-failure", "1"],
     );
     assert!(
         eventually(60, || healthy

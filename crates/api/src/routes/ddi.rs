@@ -162,6 +162,27 @@ async fn base_poll(
     })))
 }
 
+/// An image as a hawkBit artifact: hashes for every client, and both link
+/// names (clients built for HTTPS look for `download`, others for
+/// `download-http`).
+fn artifact(t: &Target, image: &store::FirmwareImage) -> Value {
+    let file = format!(
+        "{}/softwaremodules/{}/artifacts/{}",
+        t.base, image.id, image.file_name
+    );
+    json!({
+        "filename": image.file_name,
+        "hashes": {"sha1": image.sha1, "md5": image.md5, "sha256": image.sha256},
+        "size": image.size,
+        "_links": {
+            "download": {"href": file},
+            "download-http": {"href": file},
+            "md5sum": {"href": format!("{file}.MD5SUM")},
+            "md5sum-http": {"href": format!("{file}.MD5SUM")},
+        }
+    })
+}
+
 /// The action as hawkBit describes a deployment: one chunk, one artifact.
 async fn deployment_document(
     state: &AppState,
@@ -170,10 +191,6 @@ async fn deployment_document(
 ) -> Result<Value, ApiError> {
     let update = ddi::action_update(action)?;
     let image = state.store.firmware_image_by_id(update.image).await?;
-    let file = format!(
-        "{}/softwaremodules/{}/artifacts/{}",
-        t.base, image.id, image.file_name
-    );
     let name = image
         .file_name
         .rsplit_once('.')
@@ -194,17 +211,7 @@ async fn deployment_document(
                 "part": "os",
                 "version": image.version,
                 "name": name,
-                "artifacts": [{
-                    "filename": image.file_name,
-                    "hashes": {"sha1": image.sha1, "md5": image.md5, "sha256": image.sha256},
-                    "size": image.size,
-                    "_links": {
-                        "download": {"href": file},
-                        "download-http": {"href": file},
-                        "md5sum": {"href": format!("{file}.MD5SUM")},
-                        "md5sum-http": {"href": format!("{file}.MD5SUM")},
-                    }
-                }]
+                "artifacts": [artifact(t, &image)]
             }]
         },
         "actionHistory": {"status": history, "messages": []},
@@ -430,21 +437,7 @@ async fn artifacts(
 ) -> Result<Json<Value>, ApiError> {
     let t = target(&state, &headers, &tenant, &controller).await?;
     let image = target_image(&state, &t, &module).await?;
-    let file = format!(
-        "{}/softwaremodules/{}/artifacts/{}",
-        t.base, image.id, image.file_name
-    );
-    Ok(Json(json!([{
-        "filename": image.file_name,
-        "hashes": {"sha1": image.sha1, "md5": image.md5, "sha256": image.sha256},
-        "size": image.size,
-        "_links": {
-            "download": {"href": file},
-            "download-http": {"href": file},
-            "md5sum": {"href": format!("{file}.MD5SUM")},
-            "md5sum-http": {"href": format!("{file}.MD5SUM")},
-        }
-    }])))
+    Ok(Json(json!([artifact(&t, &image)])))
 }
 
 async fn artifact_file(
@@ -467,19 +460,7 @@ async fn artifact_file(
             image.id
         )));
     }
-    let repository = state
-        .options
-        .firmware
-        .as_ref()
-        .ok_or_else(|| ApiError::NotFound("this server keeps no firmware".into()))?;
-    super::firmware::serve_file(
-        &headers,
-        &repository.files.path(&image.sha256),
-        &image.sha256,
-        image.created_at,
-        &image.file_name,
-    )
-    .await
+    super::firmware::serve_image(&state, &headers, &image).await
 }
 
 use crate::dto::DdiTokenDto;

@@ -60,13 +60,14 @@ pub(crate) fn range_answer(
 
 /// Streams a file (or the range asked for) with the validators a resuming
 /// client needs.
-pub(crate) async fn serve_file(
+pub(crate) async fn serve_image(
+    state: &AppState,
     headers: &HeaderMap,
-    path: &std::path::Path,
-    sha256: &str,
-    modified_ms: i64,
-    file_name: &str,
+    image: &store::FirmwareImage,
 ) -> Result<Response, ApiError> {
+    let path = repository(state)?.files.path(&image.sha256);
+    let (path, sha256, modified_ms, file_name) =
+        (&path, &image.sha256, image.created_at, &image.file_name);
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(|_| ApiError::NotFound("the image's file is gone from this server".into()))?;
@@ -117,15 +118,28 @@ pub(crate) async fn serve_file(
                 return Ok(response);
             }
         };
-    file.seek(SeekFrom::Start(start))
-        .await
-        .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
-    // 32 KiB reads: a thousand devices downloading at once hold a chunk
-    // each in flight, so the chunk size is what a fleet costs in memory.
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-        file.take(length),
-        32 * 1024,
-    ));
+    let body = match repository(state)?.files.hot(sha256, size).await {
+        // Views of the one copy in memory: no read, no buffer per download.
+        Some(whole) => {
+            let end = start + length;
+            let chunks = (start..end).step_by(256 * 1024).map(move |from| {
+                let to = (from + 256 * 1024).min(end);
+                Ok::<_, std::convert::Infallible>(whole.slice(from as usize..to as usize))
+            });
+            axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+        }
+        None => {
+            file.seek(SeekFrom::Start(start))
+                .await
+                .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
+            // 32 KiB reads: every download of a large image holds a chunk
+            // in flight, so the chunk size is what a fleet costs in memory.
+            axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                file.take(length),
+                32 * 1024,
+            ))
+        }
+    };
     let mut response = (status, common, body).into_response();
     let headers = response.headers_mut();
     if let Ok(v) = header::HeaderValue::from_str(&length.to_string()) {
@@ -306,19 +320,11 @@ pub(super) async fn download_image(
     Id(id): Id,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let repository = repository(&state)?;
     let image = state
         .store
         .firmware_image(&caller.session.scope, id)
         .await?;
-    serve_file(
-        &headers,
-        &repository.files.path(&image.sha256),
-        &image.sha256,
-        image.created_at,
-        &image.file_name,
-    )
-    .await
+    serve_image(&state, &headers, &image).await
 }
 
 #[utoipa::path(
@@ -347,14 +353,7 @@ pub(super) async fn device_download(
         .check(&token, store::now_millis())
         .map_err(|e| ApiError::NotFound(format!("no such download: {e}")))?;
     let image = state.store.firmware_image_by_id(image).await?;
-    serve_file(
-        &headers,
-        &repository.files.path(&image.sha256),
-        &image.sha256,
-        image.created_at,
-        &image.file_name,
-    )
-    .await
+    serve_image(&state, &headers, &image).await
 }
 
 #[utoipa::path(
