@@ -576,6 +576,39 @@ fn swupdate_takes_part_in_a_campaign_over_the_ddi_api() {
     };
     assert_eq!(ended["counts"], json!({"skipped": 1}), "{ended}");
 
+    // An admin of another tenant cannot issue or revoke these devices'
+    // tokens, its organisation's gateway token, or read the campaigns.
+    let (status, tenant) = api.call(
+        "POST",
+        "/api/v1/organisations",
+        &json!({"parent_id": organisation, "name": "Other Customer"}),
+    );
+    assert_eq!(status, 201, "{tenant}");
+    let (status, body) = api.call(
+        "POST",
+        "/api/v1/users",
+        &json!({"organisation_id": tenant["id"], "username": "other-admin",
+                "password": "other-admin-password", "role": "integrator-admin"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let outsider = Api::login(http_port, "other-admin", "other-admin-password");
+    for (method, path) in [
+        ("POST", format!("/api/v1/devices/{device}/ddi-token")),
+        ("DELETE", format!("/api/v1/devices/{device}/ddi-token")),
+        (
+            "POST",
+            format!("/api/v1/organisations/{organisation}/ddi-gateway-token"),
+        ),
+        (
+            "DELETE",
+            format!("/api/v1/organisations/{organisation}/ddi-gateway-token"),
+        ),
+        ("GET", format!("/api/v1/campaigns/{campaign}/progress")),
+    ] {
+        let (status, body) = outsider.call(method, &path, &Value::Null);
+        assert_eq!(status, 404, "{method} {path}: {body}");
+    }
+
     // configData keeps bounded attributes.
     let renewed_auth = format!("TargetToken {}", renewed.token);
     let (status, body) = ddi(
