@@ -370,7 +370,7 @@ impl Connection {
     /// The end of a connection refused at CONNECT: the CONNACK, then close.
     async fn refused(&mut self) {
         let _ = self.flush().await;
-        self.transport.close_and_drain().await;
+        self.transport.close_and_drain(self.drain_idle()).await;
     }
 
     /// The end of a connection that got as far as CONNACK; boxed, so its
@@ -401,9 +401,17 @@ impl Connection {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.flush()).await;
         leave(&self.shared, &active, ending.publish_will);
         if ending.reason.is_some() {
-            self.transport.close_and_drain().await;
+            self.transport.close_and_drain(self.drain_idle()).await;
         } else {
             self.transport.close().await;
+        }
+    }
+
+    fn drain_idle(&self) -> Duration {
+        if self.shared.is_shutting_down() {
+            crate::transport::DRAIN_IDLE_AT_SHUTDOWN
+        } else {
+            crate::transport::DRAIN_IDLE
         }
     }
 
@@ -822,6 +830,10 @@ impl Connection {
             self.resend_inflight(active);
         }
         let mut woken = false;
+        // Deliveries in the last write, and a counter for the occasional
+        // yield after a single one (see below).
+        let mut batched = 0u32;
+        let mut probe = 0u8;
         // One registration with the session's wake-up for as long as it does
         // not fire, instead of a new one at every turn of the loop.
         let session = active.session.clone();
@@ -829,7 +841,7 @@ impl Connection {
         loop {
             if self.shared.is_shutting_down() {
                 // Shutdown wakes every session; what is queued goes out first.
-                self.fill(active);
+                self.fill(active, &mut 0);
                 return Served::Ended(Ending {
                     reason: Some(ReasonCode::ServerShuttingDown),
                     publish_will: true,
@@ -852,16 +864,24 @@ impl Connection {
                 }
             }
             if std::mem::take(&mut woken) && last_write.elapsed() < BUSY_WRITER {
-                // Woken for a delivery soon after the last write: a busy
-                // subscriber (fan-in). Let the tasks already ready run
-                // first; what they route here goes out in this write instead
-                // of a write each (fan-in wrote 0.74 times per message). A
-                // quiet subscriber writes at once.
-                tokio::task::yield_now().await;
+                // Woken for a delivery soon after a write that carried
+                // several: a subscriber fed by many (fan-in). Let the tasks
+                // already ready run first; what they route here goes out in
+                // this write instead of a write each (fan-in wrote 0.74
+                // times per message). One fed by one publisher at a time (a
+                // terminal, a request and its answer) writes at once: the
+                // yield only delayed it (pairs at one message in flight: p99
+                // 0.6-0.9 ms with it, 0.3 ms without). Now and then a single
+                // write yields too, to notice a subscriber that became busy.
+                probe = probe.wrapping_add(1);
+                if batched > 1 || probe == 0 {
+                    tokio::task::yield_now().await;
+                }
             }
             // One wake-up may stand for many queued messages: when the write
             // buffer filled up before the queue emptied, go round again.
-            let Some(more) = self.fill(active) else {
+            let mut written = 0;
+            let Some(more) = self.fill(active, &mut written) else {
                 // Taken over: the session has a newer connection. Pass on a
                 // wake-up this connection may have taken from it.
                 active.session.wake.notify_one();
@@ -873,6 +893,7 @@ impl Connection {
             };
             if !self.wbuf.is_empty() {
                 last_write = Instant::now();
+                batched = written;
             }
             if let Err(e) = self.flush().await {
                 return Served::Ended(Ending::closed(e.to_string()));
@@ -1396,7 +1417,8 @@ impl Connection {
     /// Receive Maximum allows [MQTT-3.3.4-7], in order [MQTT-4.6.0-6].
     /// Some(true) when it stopped only because the buffer is full; None when
     /// the session has been taken over (its queue is the new connection's).
-    fn fill(&mut self, active: &mut Active) -> Option<bool> {
+    /// Adds the deliveries it wrote to `written`.
+    fn fill(&mut self, active: &mut Active, written: &mut u32) -> Option<bool> {
         let session = active.session.clone();
         let mut state = session.lock();
         if state.generation != active.generation {
@@ -1441,6 +1463,7 @@ impl Connection {
                 }
             };
             if self.write_publish(active, &delivery, id, false) {
+                *written += 1;
                 if id != 0 {
                     traffic.push_inflight(id, Inflight::Publish(delivery));
                 }

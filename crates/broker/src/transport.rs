@@ -120,17 +120,22 @@ impl Transport {
 
     /// Closes after the broker ended the connection with a reason (a
     /// DISCONNECT or a refusing CONNACK): half-closes, then reads and
-    /// discards what the client still sends, briefly. Closing with unread
-    /// data would make the kernel answer with a reset, and the client
-    /// could lose the reason still in its receive buffer.
-    pub(crate) async fn close_and_drain(&mut self) {
+    /// discards what the client still sends until it closes too. Closing
+    /// with unread data, or data still on its way, makes the kernel answer
+    /// with a reset: the client's next write fails and it may never read
+    /// the reason waiting in its receive buffer. A client still answering
+    /// (PUBREL for each PUBREC, say) is read for as long as it keeps
+    /// sending, within bounds: `idle` without a byte, `DRAIN_FOR` in all,
+    /// `DRAIN_AT_MOST` bytes.
+    pub(crate) async fn close_and_drain(&mut self, idle: std::time::Duration) {
         self.close().await;
         let mut sink = BytesMut::new();
         let deadline = tokio::time::Instant::now() + DRAIN_FOR;
         let mut drained = 0;
         while drained < DRAIN_AT_MOST {
             sink.clear();
-            match tokio::time::timeout_at(deadline, self.read(&mut sink)).await {
+            let until = deadline.min(tokio::time::Instant::now() + idle);
+            match tokio::time::timeout_at(until, self.read(&mut sink)).await {
                 Ok(Ok(n)) if n > 0 => drained += n,
                 _ => break,
             }
@@ -153,7 +158,12 @@ impl Transport {
 }
 
 /// How long, and how much, a closing connection reads and discards.
-const DRAIN_FOR: std::time::Duration = std::time::Duration::from_millis(500);
+/// Without a byte for `DRAIN_IDLE` (shorter while the broker shuts down,
+/// which waits for every connection), a client is taken to be done.
+pub(crate) const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const DRAIN_IDLE_AT_SHUTDOWN: std::time::Duration =
+    std::time::Duration::from_millis(300);
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 const DRAIN_AT_MOST: usize = 1 << 20;
 
 async fn read_websocket(

@@ -10,6 +10,7 @@ use broker::{AllowAll, Message, Settings};
 use bytes::Bytes;
 use common::*;
 use mqtt::*;
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn every_version_connects_on_one_port() {
@@ -748,6 +749,52 @@ async fn a_client_that_keeps_sending_past_receive_maximum_still_reads_0x93() {
     let reason = loop {
         match p.recv().await {
             Some(Packet::PubRec(_)) => {}
+            Some(Packet::Disconnect(d)) => break Some(d.reason),
+            None => break None,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(reason, Some(ReasonCode::ReceiveMaximumExceeded));
+}
+
+#[tokio::test]
+async fn a_client_that_answers_its_pubrecs_after_exceeding_receive_maximum_reads_0x93() {
+    // A client that goes on with its QoS 2 flow (PUBREL for each PUBREC)
+    // while the broker is closing must get no write error before it has
+    // read the reason: the broker half-closes and reads what still comes.
+    let settings = Settings {
+        receive_maximum: 2,
+        ..quick_settings()
+    };
+    let b = start_with(settings, Arc::new(AllowAll)).await;
+    let (mut p, _) = Client::connect(b.tcp, &Conn::v5("answers-pubrecs")).await;
+    let mut three = bytes::BytesMut::new();
+    for _ in 0..3 {
+        let packet = p.publish_packet("flood/t", b"x", QoS::ExactlyOnce, false);
+        encode(&Packet::Publish(packet), ProtocolVersion::V5, &mut three).expect("encode");
+    }
+    p.stream
+        .write_all(&three)
+        .await
+        .expect("write the publishes");
+    let reason = loop {
+        match p.recv().await {
+            Some(Packet::PubRec(rec)) => {
+                let mut rel = bytes::BytesMut::new();
+                encode(
+                    &Packet::PubRel(PubResponse::new(rec.packet_id)),
+                    ProtocolVersion::V5,
+                    &mut rel,
+                )
+                .expect("encode");
+                // Slow, as a client doing other work may be: 1.4 s in all,
+                // well past the moment the broker closed its side.
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                p.stream
+                    .write_all(&rel)
+                    .await
+                    .expect("PUBREL written before the DISCONNECT is read");
+            }
             Some(Packet::Disconnect(d)) => break Some(d.reason),
             None => break None,
             other => panic!("{other:?}"),
