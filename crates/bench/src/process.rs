@@ -39,12 +39,17 @@ impl ProcessSample {
         })
     }
 
+    /// CPU time used between two samples, seconds.
+    pub fn cpu_seconds(before: &Self, after: &Self) -> f64 {
+        after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / TICKS_PER_SECOND
+    }
+
     /// CPU use between two samples, in percent of one core.
     pub fn cpu_percent(before: &Self, after: &Self, seconds: f64) -> f64 {
         if seconds <= 0.0 {
             return 0.0;
         }
-        after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / TICKS_PER_SECOND / seconds * 100.0
+        Self::cpu_seconds(before, after) / seconds * 100.0
     }
 }
 

@@ -61,7 +61,16 @@ pub struct Report {
     pub connects_per_sec: f64,
     /// Connections held (`idle`).
     pub held: usize,
+    /// At the maximum rate: messages each publisher may have on their way
+    /// (per subscriber it fans out to); None at a fixed rate.
+    pub window: Option<usize>,
     pub broker_cpu_percent: Option<f64>,
+    /// The broker's CPU time per delivered message, microseconds (the same
+    /// figure as CPU-seconds per million messages).
+    pub broker_cpu_us_per_message: Option<f64>,
+    /// This generator's own CPU use over the run, percent of one core: near
+    /// the machine's free cores, the generator was the limit.
+    pub generator_cpu_percent: Option<f64>,
     pub broker_peak_rss_kib: Option<u64>,
     /// Broker memory added per held connection (`idle`), bytes.
     pub broker_bytes_per_connection: Option<f64>,
@@ -97,6 +106,12 @@ impl Report {
         }
         if let Some(cpu) = self.broker_cpu_percent {
             s.push_str(&format!(" | broker cpu {cpu:.0}%"));
+        }
+        if let Some(us) = self.broker_cpu_us_per_message {
+            s.push_str(&format!(" ({us:.1} us/message)"));
+        }
+        if let Some(cpu) = self.generator_cpu_percent {
+            s.push_str(&format!(" | generator cpu {cpu:.0}%"));
         }
         if let Some(rss) = self.broker_peak_rss_kib {
             s.push_str(&format!(" peak rss {} MiB", rss / 1024));

@@ -290,6 +290,7 @@ async fn run_flow(options: &Options) -> Result<Report, BenchError> {
         sub_tasks.spawn(subscribe_loop(conn, start, counters));
     }
     let before = options.broker_pid.and_then(ProcessSample::read);
+    let generator_before = ProcessSample::read(std::process::id());
     let t0 = Instant::now();
     let deadline = t0 + options.duration;
     let mut pub_tasks = JoinSet::new();
@@ -368,6 +369,7 @@ async fn run_flow(options: &Options) -> Result<Report, BenchError> {
     let elapsed = t0.elapsed().as_secs_f64();
     counters.stop_subscribers.store(true, Ordering::Relaxed);
     let after = options.broker_pid.and_then(ProcessSample::read);
+    let generator_after = ProcessSample::read(std::process::id());
     let mut merged = histogram();
     let (mut duplicates, mut out_of_order) = (0, 0);
     while let Some(joined) = sub_tasks.join_next().await {
@@ -404,7 +406,18 @@ async fn run_flow(options: &Options) -> Result<Report, BenchError> {
         received_per_sec: received as f64
             / receive_secs.min(publish_secs + options.drain.as_secs_f64()),
         latency: Latency::from_histogram(&merged),
+        window: options.rate.is_none().then_some(window),
         broker_cpu_percent: match (&before, &after) {
+            (Some(b), Some(a)) => Some(ProcessSample::cpu_percent(b, a, elapsed)),
+            _ => None,
+        },
+        broker_cpu_us_per_message: match (&before, &after) {
+            (Some(b), Some(a)) if received > 0 => {
+                Some(ProcessSample::cpu_seconds(b, a) * 1e6 / received as f64)
+            }
+            _ => None,
+        },
+        generator_cpu_percent: match (&generator_before, &generator_after) {
             (Some(b), Some(a)) => Some(ProcessSample::cpu_percent(b, a, elapsed)),
             _ => None,
         },

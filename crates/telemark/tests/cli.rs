@@ -941,3 +941,28 @@ fn sim_drives_devices_from_a_fleet_file() {
         "{printed}"
     );
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_broker_sizes_its_descriptor_table_before_its_threads_start() {
+    // Grown later, with threads running, each doubling waits for an RCU
+    // grace period: a connect stalled 11-22 ms at the 256th, 512th, …
+    let broker = start(&[]);
+    let proc_file = |name: &str| {
+        std::fs::read_to_string(format!("/proc/{}/{name}", broker.child.id())).expect("/proc")
+    };
+    let fd_size: u64 = proc_file("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("FDSize in /proc/PID/status");
+    let open_files: u64 = proc_file("limits")
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("Max open files in /proc/PID/limits");
+    assert!(
+        fd_size >= open_files.min(131_072),
+        "descriptor table of {fd_size} slots, open file limit {open_files}"
+    );
+}
