@@ -3,7 +3,7 @@
 # and Mosquitto (and rumqttd when RUMQTTD=1 and it builds), one broker at a
 # time on 127.0.0.1, same flags, one run. Writes docs/benchmarks.md.
 #
-#   bench/compare.sh                 full run (about 15 minutes)
+#   bench/compare.sh                 full run (about 20 minutes)
 #   QUICK=1 bench/compare.sh         short runs, smaller counts (a smoke test)
 #
 # Persistence is off for every broker; each runs with its documented defaults
@@ -93,7 +93,11 @@ stop_broker() {
 }
 
 # name | telemark bench arguments
-SCENARIOS=(
+# Each throughput scenario runs twice: with one message in flight per
+# publisher (window 1: light load, nothing queued to batch, what a
+# keystroke or a request and its answer see) and with its deep window (as
+# many as Mosquitto delivers with its defaults; see docs/benchmarks.md).
+FLOWS=(
   "fan-in q0 64B|fan-in -n $FANIN --qos 0 --payload 64"
   "fan-in q1 64B|fan-in -n $FANIN --qos 1 --payload 64"
   "fan-in q0 1KiB|fan-in -n $FANIN --qos 0 --payload 1024"
@@ -106,7 +110,14 @@ SCENARIOS=(
   "pairs q1 64B|pairs -n $PAIRS --qos 1 --payload 64"
   "pairs q0 1KiB|pairs -n $PAIRS --qos 0 --payload 1024"
   "pairs q1 1KiB|pairs -n $PAIRS --qos 1 --payload 1024"
+)
+SCENARIOS=()
+for flow in "${FLOWS[@]}"; do
+  SCENARIOS+=("${flow%%|*} window 1|${flow#*|} --window 1" "${flow%%|*} deep window|${flow#*|}")
+done
+SCENARIOS+=(
   "connect|connect -n 50"
+  "connect one by one|connect -n 1"
   "fleet q1|fleet -n $FLEET --qos 1 --fleet-interval 5"
   "idle|idle -n $IDLE --sources $(( (IDLE + 19999) / 20000 ))"
 )
@@ -131,7 +142,7 @@ done
 
 # Latency at a fixed rate: half of Mosquitto's maximum in pairs q1 64B.
 mosq_rate=$(python3 -c "import json,sys; print(int(json.load(open(sys.argv[1])).get('received_per_sec',0)/2))" \
-  "$work/mosquitto.pairs_q1_64B.json" 2>/dev/null || echo 10000)
+  "$work/mosquitto.pairs_q1_64B_deep_window.json" 2>/dev/null || echo 10000)
 [ "$mosq_rate" -gt 0 ] || mosq_rate=10000
 for broker in "${BROKERS[@]}"; do
   start_broker "$broker"

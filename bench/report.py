@@ -88,27 +88,82 @@ print("- Every broker with persistence off; Telemark with its defaults.\n")
 print("Ratios are Telemark / peer for rates and peer / Telemark for latency and memory,")
 print("so above 1× means Telemark is ahead.\n")
 
-throughput = [s for s in results if not s.startswith(("latency", "idle", "connect", "generator"))]
+def scenario_name(key):
+    return key.replace("_", " ")
+
+
+def flows(suffix):
+    return [s for s in results if s.endswith(suffix)]
+
+
+def us_per_message(r):
+    return None if "error" in r else r.get("broker_cpu_us_per_message")
+
+
+def pct(v):
+    return "—" if v is None else f"{v:.0f}%"
+
+
+def percentiles(r):
+    lat = r.get("latency", {}) if "error" not in r else {}
+    return " / ".join(fmt(lat.get(k)) for k in ("p50_us", "p99_us", "p999_us"))
+
+
+windows = [("window_1", "one message in flight per publisher"), ("deep_window", "the deep window")]
 print("## Throughput (messages delivered per second)\n")
-head = "| scenario | " + " | ".join(f"{b} recv/s" for b in present) + " | loss (T/M) | Telemark/Mosquitto | broker CPU (T/M) |"
+print("Each scenario at two loads: **window 1**, one message in flight per publisher")
+print("(light load: nothing is queued, so nothing can be batched; what a keystroke or a")
+print("request and its answer see), and its **deep window** (below). Broker CPU is")
+print("CPU-seconds per million delivered messages (µs per message); the generator's CPU is")
+print("that of `telemark bench` itself, out of the 200 % these 2 cores offer: where")
+print("broker and generator together use them all, the machine, not the broker, was the limit.\n")
+head = ("| scenario | window | " + " | ".join(f"{b} recv/s" for b in present)
+        + " | Telemark/Mosquitto | loss (T/M) | broker CPU s per M msgs (T/M) | CPU Mosquitto/Telemark | generator CPU (T/M) |")
 print(head)
 print("|" + "---|" * (head.count("|") - 1))
-for s in throughput:
-    row = results[s]
-    t, m = row.get("telemark", {}), row.get("mosquitto", {})
-    cells = [fmt(figure(row.get(b, {"error": 1}), "received_per_sec")) for b in present]
-    loss = f"{fmt(figure(t, 'lost'))} / {fmt(figure(m, 'lost'))}"
-    cpu_ = f"{fmt(figure(t, 'broker_cpu_percent'), '%')} / {fmt(figure(m, 'broker_cpu_percent'), '%')}"
-    print(f"| {s.replace('_', ' ')} | " + " | ".join(cells) + f" | {loss} | {ratio(figure(t, 'received_per_sec'), figure(m, 'received_per_sec'))} | {cpu_} |")
+base = sorted({s.rsplit("_window", 1)[0].rsplit("_deep", 1)[0] for s in flows("window_1") + flows("deep_window")})
+for flow in base:
+    for suffix, _ in windows:
+        key = f"{flow}_{suffix}"
+        if key not in results:
+            continue
+        row = results[key]
+        t, m = row.get("telemark", {"error": 1}), row.get("mosquitto", {"error": 1})
+        cells = [fmt(figure(row.get(b, {"error": 1}), "received_per_sec")) for b in present]
+        window = "1" if suffix == "window_1" else fmt(t.get("window") or m.get("window"))
+        loss = f"{fmt(figure(t, 'lost'))} / {fmt(figure(m, 'lost'))}"
+        tu, mu = us_per_message(t), us_per_message(m)
+        cpu_ = f"{'—' if tu is None else f'{tu:.1f}'} / {'—' if mu is None else f'{mu:.1f}'}"
+        gen = f"{pct(None if 'error' in t else t.get('generator_cpu_percent'))} / {pct(None if 'error' in m else m.get('generator_cpu_percent'))}"
+        print(f"| {scenario_name(flow)} | {window} | " + " | ".join(cells)
+              + f" | {ratio(figure(t, 'received_per_sec'), figure(m, 'received_per_sec'))} | {loss} | {cpu_} | {ratio(tu, mu, False)} | {gen} |")
 
-print("\nLoss counts QoS 1 messages the broker acknowledged and never delivered. At the maximum rate")
-print("each publisher may have a window of messages on their way, as many as Mosquitto delivers")
+print("\nLoss counts QoS 1 messages the broker acknowledged and never delivered. At the deep")
+print("window each publisher may have as many messages on their way as Mosquitto delivers")
 print("with its defaults: for fan-in 1,000 in all at QoS 1 (its default queue) and 4 per publisher")
 print("at QoS 0 (checked with its `$SYS` counters: every message delivered at 4 and at 16 each, 1 KiB")
 print("messages dropped at 64), 64 per subscriber otherwise. A window moves with the highest sequence")
 print("its subscribers have seen, so a QoS 0 message a broker drops (as MQTT allows) does not hold")
 print("its publisher back; a publisher whose window stops moving for 2 s stops, so a broker that loses")
 print("QoS 1 messages also shows a lower rate.")
+
+print("\n## Latency at the maximum rate (end to end, µs)\n")
+print("The same runs: time from a publisher's write to its subscriber's read. In a closed loop")
+print("latency is the window over the rate (Little's law) plus how evenly the broker serves its")
+print("clients; p99 and p99.9 show the second.\n")
+print("| scenario | window | " + " | ".join(f"{b} p50 / p99 / p99.9" for b in present) + " | p99 Mosquitto/Telemark |")
+print("|---|---|" + "---|" * len(present) + "---|")
+for flow in base:
+    for suffix, _ in windows:
+        key = f"{flow}_{suffix}"
+        if key not in results:
+            continue
+        row = results[key]
+        t = row.get("telemark", {"error": 1})
+        window = "1" if suffix == "window_1" else fmt(t.get("window"))
+        cells = [percentiles(row.get(b, {"error": 1})) for b in present]
+        print(f"| {scenario_name(flow)} | {window} | " + " | ".join(cells)
+              + f" | {ratio(figure(t, 'latency_p99'), figure(row.get('mosquitto', {'error': 1}), 'latency_p99'), False)} |")
 
 print("\n## Latency at a fixed rate (half of Mosquitto's maximum)\n")
 print("| scenario | " + " | ".join(f"{b} p50 / p99 / p99.9 / max (µs)" for b in present) + " | p99 Mosquitto/Telemark |")
@@ -125,10 +180,15 @@ for s in [s for s in results if s.startswith("latency")]:
 print("\n## Connections\n")
 print("| scenario | " + " | ".join(present) + " | Telemark vs Mosquitto |")
 print("|---|" + "---|" * len(present) + "---|")
+labels = {"connect": "connect rate, 50 at a time (each closed)", "connect_one_by_one": "connect rate, one after another (each closed)"}
 for s in [s for s in results if s.startswith("connect")]:
     row = results[s]
     cells = [fmt(figure(row.get(b, {"error": 1}), "connects_per_sec"), " /s") for b in present]
-    print(f"| connect rate | " + " | ".join(cells) + f" | {ratio(figure(row.get('telemark', {}), 'connects_per_sec'), figure(row.get('mosquitto', {}), 'connects_per_sec'))} |")
+    print(f"| {labels.get(s, scenario_name(s))} | " + " | ".join(cells) + f" | {ratio(figure(row.get('telemark', {}), 'connects_per_sec'), figure(row.get('mosquitto', {}), 'connects_per_sec'))} |")
+for s in [s for s in results if s.startswith("idle")]:
+    row = results[s]
+    cells = [fmt(figure(row.get(b, {"error": 1}), "connects_per_sec"), " /s") for b in present]
+    print(f"| idle: connections opened and held, 512 at a time | " + " | ".join(cells) + f" | {ratio(figure(row.get('telemark', {}), 'connects_per_sec'), figure(row.get('mosquitto', {}), 'connects_per_sec'))} |")
 for s in [s for s in results if s.startswith("idle")]:
     row = results[s]
     cells = [f"{fmt(figure(row.get(b, {'error': 1}), 'broker_bytes_per_connection'), ' B')} ({fmt(figure(row.get(b, {'error': 1}), 'held'))} held)" for b in present]

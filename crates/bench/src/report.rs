@@ -57,7 +57,7 @@ pub struct Report {
     pub sent_per_sec: f64,
     pub received_per_sec: f64,
     pub latency: Latency,
-    /// Connections per second (`connect`).
+    /// Connections per second (`connect`; `idle`: while opening them).
     pub connects_per_sec: f64,
     /// Connections held (`idle`).
     pub held: usize,

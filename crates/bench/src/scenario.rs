@@ -666,6 +666,7 @@ async fn run_idle(options: &Options) -> Result<Report, BenchError> {
             eprintln!("[idle] {:>7} connections open", held.len());
         }
     }
+    let opening = t0.elapsed().as_secs_f64();
     // Let the broker settle, then hold for the duration.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let during = options.broker_pid.and_then(ProcessSample::read);
@@ -677,6 +678,9 @@ async fn run_idle(options: &Options) -> Result<Report, BenchError> {
         scenario: "idle".into(),
         connections: options.connections,
         held: count,
+        // Opened 512 at a time, each held: the table of every open
+        // connection grows as they arrive.
+        connects_per_sec: count as f64 / opening.max(0.001),
         duration_secs: t0.elapsed().as_secs_f64(),
         broker_peak_rss_kib: after.map(|a| a.peak_rss_kib),
         broker_cpu_percent: match (&during, &after) {
