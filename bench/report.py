@@ -122,21 +122,28 @@ head = ("| scenario | window | " + " | ".join(f"{b} recv/s" for b in present)
 print(head)
 print("|" + "---|" * (head.count("|") - 1))
 base = sorted({s.rsplit("_window", 1)[0].rsplit("_deep", 1)[0] for s in flows("window_1") + flows("deep_window")})
-for flow in base:
-    for suffix, _ in windows:
-        key = f"{flow}_{suffix}"
-        if key not in results:
-            continue
-        row = results[key]
-        t, m = row.get("telemark", {"error": 1}), row.get("mosquitto", {"error": 1})
-        cells = [fmt(figure(row.get(b, {"error": 1}), "received_per_sec")) for b in present]
-        window = "1" if suffix == "window_1" else fmt(t.get("window") or m.get("window"))
-        loss = f"{fmt(figure(t, 'lost'))} / {fmt(figure(m, 'lost'))}"
-        tu, mu = us_per_message(t), us_per_message(m)
-        cpu_ = f"{'—' if tu is None else f'{tu:.1f}'} / {'—' if mu is None else f'{mu:.1f}'}"
-        gen = f"{pct(None if 'error' in t else t.get('generator_cpu_percent'))} / {pct(None if 'error' in m else m.get('generator_cpu_percent'))}"
-        print(f"| {scenario_name(flow)} | {window} | " + " | ".join(cells)
-              + f" | {ratio(figure(t, 'received_per_sec'), figure(m, 'received_per_sec'))} | {loss} | {cpu_} | {ratio(tu, mu, False)} | {gen} |")
+
+
+def flow_rows():
+    """Each flow at window 1, then at its deep window: (flow, window, row, telemark, mosquitto)."""
+    for flow in base:
+        for suffix, _ in windows:
+            row = results.get(f"{flow}_{suffix}")
+            if row is None:
+                continue
+            t, m = row.get("telemark", {"error": 1}), row.get("mosquitto", {"error": 1})
+            window = "1" if suffix == "window_1" else fmt(t.get("window") or m.get("window"))
+            yield flow, window, row, t, m
+
+
+for flow, window, row, t, m in flow_rows():
+    cells = [fmt(figure(row.get(b, {"error": 1}), "received_per_sec")) for b in present]
+    loss = f"{fmt(figure(t, 'lost'))} / {fmt(figure(m, 'lost'))}"
+    tu, mu = us_per_message(t), us_per_message(m)
+    cpu_ = f"{'—' if tu is None else f'{tu:.1f}'} / {'—' if mu is None else f'{mu:.1f}'}"
+    gen = f"{pct(None if 'error' in t else t.get('generator_cpu_percent'))} / {pct(None if 'error' in m else m.get('generator_cpu_percent'))}"
+    print(f"| {scenario_name(flow)} | {window} | " + " | ".join(cells)
+          + f" | {ratio(figure(t, 'received_per_sec'), figure(m, 'received_per_sec'))} | {loss} | {cpu_} | {ratio(tu, mu, False)} | {gen} |")
 
 print("\nLoss counts QoS 1 messages the broker acknowledged and never delivered. At the deep")
 print("window each publisher may have as many messages on their way as Mosquitto delivers")
@@ -153,17 +160,10 @@ print("latency is the window over the rate (Little's law) plus how evenly the br
 print("clients; p99 and p99.9 show the second.\n")
 print("| scenario | window | " + " | ".join(f"{b} p50 / p99 / p99.9" for b in present) + " | p99 Mosquitto/Telemark |")
 print("|---|---|" + "---|" * len(present) + "---|")
-for flow in base:
-    for suffix, _ in windows:
-        key = f"{flow}_{suffix}"
-        if key not in results:
-            continue
-        row = results[key]
-        t = row.get("telemark", {"error": 1})
-        window = "1" if suffix == "window_1" else fmt(t.get("window"))
-        cells = [percentiles(row.get(b, {"error": 1})) for b in present]
-        print(f"| {scenario_name(flow)} | {window} | " + " | ".join(cells)
-              + f" | {ratio(figure(t, 'latency_p99'), figure(row.get('mosquitto', {'error': 1}), 'latency_p99'), False)} |")
+for flow, window, row, t, m in flow_rows():
+    cells = [percentiles(row.get(b, {"error": 1})) for b in present]
+    print(f"| {scenario_name(flow)} | {window} | " + " | ".join(cells)
+          + f" | {ratio(figure(t, 'latency_p99'), figure(m, 'latency_p99'), False)} |")
 
 print("""
 Fan-in at QoS 1 has a deep window of 1 per publisher as well (1,000 in flight in all,
