@@ -804,6 +804,45 @@ async fn a_client_that_answers_its_pubrecs_after_exceeding_receive_maximum_reads
 }
 
 #[tokio::test]
+async fn a_client_silent_after_its_disconnect_does_not_keep_the_brokers_socket() {
+    // The drain that lets a client read its reason is no way to hold a
+    // socket open: 2 s without a byte and the broker closes for good, so a
+    // later write is answered with a reset.
+    let settings = Settings {
+        receive_maximum: 1,
+        ..quick_settings()
+    };
+    let b = start_with(settings, Arc::new(AllowAll)).await;
+    let (mut p, _) = Client::connect(b.tcp, &Conn::v5("silent-after")).await;
+    for _ in 0..2 {
+        let packet = p.publish_packet("flood/t", b"x", QoS::ExactlyOnce, false);
+        p.send(&Packet::Publish(packet)).await;
+    }
+    let reason = loop {
+        match p.recv().await {
+            Some(Packet::PubRec(_)) => {}
+            Some(Packet::Disconnect(d)) => break d.reason,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(reason, ReasonCode::ReceiveMaximumExceeded);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // The first write after a full close draws the reset; the next fails.
+    let mut refused = false;
+    for _ in 0..10 {
+        if p.stream.write_all(b"\xc0\x00").await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        refused,
+        "the broker still reads a client silent for 2.5 s after its DISCONNECT"
+    );
+}
+
+#[tokio::test]
 async fn a_3_1_1_client_is_not_held_to_a_receive_maximum_it_was_never_told() {
     let settings = Settings {
         receive_maximum: 2,

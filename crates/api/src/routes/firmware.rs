@@ -65,7 +65,8 @@ pub(crate) async fn serve_image(
     headers: &HeaderMap,
     image: &store::FirmwareImage,
 ) -> Result<Response, ApiError> {
-    let path = repository(state)?.files.path(&image.sha256);
+    let repository = repository(state)?;
+    let path = repository.files.path(&image.sha256);
     let (path, sha256, modified_ms, file_name) =
         (&path, &image.sha256, image.created_at, &image.file_name);
     let mut file = tokio::fs::File::open(path)
@@ -118,7 +119,7 @@ pub(crate) async fn serve_image(
                 return Ok(response);
             }
         };
-    let body = match repository(state)?.files.hot(sha256, size).await {
+    let body = match repository.files.hot(sha256, size).await {
         // Views of the one copy in memory: no read, no buffer per download.
         Some(whole) => {
             let end = start + length;
