@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::auth::{Action, Authenticator, ClientIdentity};
 use crate::hibernation::Hibernation;
 use crate::message::Message;
+use crate::receipt::Holding;
 use crate::retained::{RetainedLimits, RetainedMessages};
 use crate::session::{Delivery, MemorySessionStore, Session, SessionStore, StoredWill};
 use crate::settings::Settings;
@@ -213,6 +214,17 @@ impl BrokerShared {
     /// Sends `message` to every matching subscription; returns how many
     /// sessions it went to.
     pub(crate) fn route(&self, message: &Arc<Message>) -> usize {
+        self.route_holding(message, None)
+    }
+
+    /// [`Self::route`] for a client's message whose acknowledgement waits
+    /// for the subscribers that keep messages: each one reached gets a
+    /// receipt from `holding`.
+    pub(crate) fn route_holding(
+        &self,
+        message: &Arc<Message>,
+        mut holding: Option<&mut Holding<'_>>,
+    ) -> usize {
         // Per subscriber: the highest QoS of its matching subscriptions
         // [MQTT-3.3.4-2] with all their identifiers [MQTT-3.3.4-3].
         // Inline for the few subscribers most messages have: no allocation
@@ -262,7 +274,7 @@ impl BrokerShared {
             // [MQTT-3.3.1-12] [MQTT-3.3.1-13] retain flag as published only
             // when the subscription asks for it.
             let retain = retain_as_published && message.retain;
-            if self.deliver(&session, message, qos, retain, ids) {
+            if self.deliver_holding(&session, message, qos, retain, ids, holding.as_deref_mut()) {
                 delivered += 1;
             }
         }
@@ -278,17 +290,45 @@ impl BrokerShared {
         retain: bool,
         subscription_ids: Vec<u32>,
     ) -> bool {
+        self.deliver_holding(
+            session,
+            message,
+            subscription_qos,
+            retain,
+            subscription_ids,
+            None,
+        )
+    }
+
+    fn deliver_holding(
+        &self,
+        session: &Session,
+        message: &Arc<Message>,
+        subscription_qos: QoS,
+        retain: bool,
+        subscription_ids: Vec<u32>,
+        holding: Option<&mut Holding<'_>>,
+    ) -> bool {
         // [MQTT-3.8.4-8] the lower of published and granted QoS.
         let qos = message.qos.min(subscription_qos);
         let mut state = session.lock();
         if !state.connected && qos == QoS::AtMostOnce && !self.settings.queue_qos0_offline {
             return false;
         }
+        // Only what the publisher is to acknowledge is held: the message's
+        // own QoS, whatever the subscription made of it.
+        let receipt = match holding {
+            Some(holding) if state.keeps_messages && message.qos != QoS::AtMostOnce => {
+                Some(holding.receipt())
+            }
+            _ => None,
+        };
         let delivery = Delivery {
             message: message.clone(),
             qos,
             retain,
             subscription_ids,
+            receipt,
         };
         // A session with a queue of its own (the embedder's services) is
         // bounded by its count; every other by count and bytes.

@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 use crate::auth::{Action, AuthConversation, AuthStep, ClientIdentity, ConnectRequest};
 use crate::broker::{BrokerShared, read, write};
 use crate::message::Message;
+use crate::receipt::{AckHold, Holding, Settled};
 use crate::session::{Delivery, Inflight, Session, StoredWill};
 use crate::stats::add;
 use crate::transport::Transport;
@@ -165,6 +166,20 @@ struct Connection {
     wbuf: BytesMut,
     version: ProtocolVersion,
     open: OpenGuard,
+    /// Acknowledgements not yet sent, oldest first: waiting for a keeping
+    /// subscriber's receipt, or behind one that is, since PUBACKs and
+    /// PUBRECs go in the order their PUBLISHes came [MQTT-4.6.0-2]
+    /// [MQTT-4.6.0-3].
+    held: std::collections::VecDeque<HeldAck>,
+}
+
+/// One acknowledgement a [`Connection`] holds back.
+struct HeldAck {
+    packet_id: u16,
+    /// PUBREC (QoS 2) rather than PUBACK.
+    exactly_once: bool,
+    reason: ReasonCode,
+    hold: Option<Arc<AckHold>>,
 }
 
 /// A connection while it hibernates (see `hibernation`): what it needs to
@@ -294,6 +309,7 @@ impl Connection {
             wbuf: BytesMut::new(),
             version: version.unwrap_or(ProtocolVersion::V3_1_1),
             open,
+            held: std::collections::VecDeque::new(),
         }
     }
 
@@ -878,6 +894,11 @@ impl Connection {
                     tokio::task::yield_now().await;
                 }
             }
+            if !self.held.is_empty()
+                && let Err(ending) = self.release_held(active)
+            {
+                return Served::Ended(ending);
+            }
             // One wake-up may stand for many queued messages: when the write
             // buffer filled up before the queue emptied, go round again.
             let mut written = 0;
@@ -903,9 +924,13 @@ impl Connection {
                 // transport allocates one when data is there).
                 self.rbuf = BytesMut::new();
             }
+            // A client whose acknowledgements wait is read no further than
+            // the Receive Maximum it was given: the held queue stays bounded
+            // for 3.1.1 clients too, who were never told one.
+            let may_read = self.held.len() < usize::from(self.shared.settings.receive_maximum);
             tokio::select! {
                 biased;
-                read = self.transport.read(&mut self.rbuf) => match read {
+                read = self.transport.read(&mut self.rbuf), if may_read => match read {
                     Ok(0) => return Served::Ended(Ending::closed("connection closed by client")),
                     Ok(n) => {
                         add(&self.shared.stats.bytes_received, n as u64);
@@ -927,6 +952,7 @@ impl Connection {
                     if can_hibernate
                         && last_read.max(last_write) + active.idle_limit() <= now
                         && self.rbuf.is_empty()
+                        && self.held.is_empty()
                         && active.enhanced_auth.as_ref().is_none_or(|a| a.conversation.is_none())
                         && active.session.lock().settle_idle(active.generation)
                     {
@@ -1178,6 +1204,32 @@ impl Connection {
             None => std::mem::take(&mut publish.topic).into(),
         };
         let id = publish.packet_id;
+        if publish.qos == QoS::ExactlyOnce
+            && self
+                .held
+                .iter()
+                .any(|h| h.exactly_once && h.packet_id == id)
+        {
+            // Resent while its PUBREC waits for a receipt: that PUBREC
+            // answers both, and the message goes on once [MQTT-4.3.3-10].
+            return Ok(());
+        }
+        if v5 && publish.qos != QoS::AtMostOnce {
+            // [MQTT-3.3.4-7] no more unacknowledged QoS 1 and 2 PUBLISHes
+            // than our Receive Maximum: DISCONNECT 0x93 (3.2.2.3.3).
+            let unanswered = self.held.len()
+                + active
+                    .session
+                    .lock()
+                    .traffic()
+                    .map_or(0, |t| t.incoming_qos2.len());
+            if unanswered >= usize::from(settings.receive_maximum) {
+                return Err(Ending::protocol(
+                    ReasonCode::ReceiveMaximumExceeded,
+                    "receive maximum exceeded",
+                ));
+            }
+        }
         if publish.qos == QoS::ExactlyOnce {
             let state = active.session.lock();
             let received = state.traffic().map_or(0, |t| t.incoming_qos2.len());
@@ -1225,6 +1277,9 @@ impl Connection {
             None
         };
 
+        // A subscriber that keeps messages holds the acknowledgement.
+        let session = active.session.clone();
+        let mut holding = (publish.qos != QoS::AtMostOnce).then(|| Holding::new(&session));
         let reason = match refusal {
             Some(reason) => {
                 debug!(client_id = %active.session.client_id, topic = %topic, %reason, "PUBLISH refused");
@@ -1252,16 +1307,26 @@ impl Connection {
                     add(&shared.stats.retained_refused, 1);
                     debug!(client_id = %active.session.client_id, topic = %message.topic, %refusal, "retained PUBLISH refused");
                     ReasonCode::QuotaExceeded
-                } else if shared.route(&message) == 0 && v5 {
+                } else if shared.route_holding(&message, holding.as_mut()) == 0 && v5 {
                     ReasonCode::NoMatchingSubscribers
                 } else {
                     ReasonCode::Success
                 }
             }
         };
+        let hold = holding.and_then(Holding::into_hold);
         // 3.1.1 has no negative acknowledgement: the message is acknowledged
         // and not delivered [MQTT-3.3.5-2].
         let reason = if v5 { reason } else { ReasonCode::Success };
+        if publish.qos != QoS::AtMostOnce && (hold.is_some() || !self.held.is_empty()) {
+            self.held.push_back(HeldAck {
+                packet_id: id,
+                exactly_once: publish.qos == QoS::ExactlyOnce,
+                reason,
+                hold,
+            });
+            return Ok(());
+        }
         match publish.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
@@ -1273,6 +1338,45 @@ impl Connection {
                     active.session.lock().traffic_mut().incoming_qos2.insert(id);
                 }
                 self.send(active, Packet::PubRec(PubResponse::with_reason(id, reason)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the held acknowledgements that may go now, oldest first. A
+    /// message a keeping subscriber lost ends the connection without its
+    /// acknowledgement (nor any after it), so the client sends them again.
+    fn release_held(&mut self, active: &Active) -> Result<(), Ending> {
+        while let Some(front) = self.held.front() {
+            match front.hold.as_ref().map_or(Settled::Kept, |h| h.settled()) {
+                Settled::Waiting => break,
+                Settled::Lost => {
+                    return Err(Ending::protocol(
+                        ReasonCode::ServerBusy,
+                        "a message could not be kept; send it again",
+                    ));
+                }
+                Settled::Kept => {
+                    let Some(held) = self.held.pop_front() else {
+                        break;
+                    };
+                    let answer = PubResponse::with_reason(held.packet_id, held.reason);
+                    if held.exactly_once {
+                        // Known as received only now: a PUBLISH resent after
+                        // a lost one must be taken again, not just answered.
+                        if !held.reason.is_error() {
+                            active
+                                .session
+                                .lock()
+                                .traffic_mut()
+                                .incoming_qos2
+                                .insert(held.packet_id);
+                        }
+                        self.send(active, Packet::PubRec(answer));
+                    } else {
+                        self.send(active, Packet::PubAck(answer));
+                    }
+                }
             }
         }
         Ok(())

@@ -53,6 +53,31 @@ impl Broker {
         filters: &[(&str, QoS)],
         queue_limit: usize,
     ) -> Result<LocalSubscriber, LocalSubscribeError> {
+        self.subscribe_local_with(client_id, filters, queue_limit, false)
+    }
+
+    /// [`Self::subscribe_local`] for a subscriber that keeps what it is
+    /// given: a client's QoS 1 or 2 message routed to it is acknowledged to
+    /// its publisher only once the [`Receipt`](crate::Receipt) that comes
+    /// with its delivery is kept; a receipt dropped unkept (a full queue
+    /// drops the delivery with it) ends the publisher's connection without
+    /// the acknowledgement, so the client sends it again.
+    pub fn subscribe_local_keeping(
+        &self,
+        client_id: &str,
+        filters: &[(&str, QoS)],
+        queue_limit: usize,
+    ) -> Result<LocalSubscriber, LocalSubscribeError> {
+        self.subscribe_local_with(client_id, filters, queue_limit, true)
+    }
+
+    fn subscribe_local_with(
+        &self,
+        client_id: &str,
+        filters: &[(&str, QoS)],
+        queue_limit: usize,
+        keeps_messages: bool,
+    ) -> Result<LocalSubscriber, LocalSubscribeError> {
         let shared = &self.shared;
         if shared.is_shutting_down() {
             return Err(LocalSubscribeError::ShuttingDown);
@@ -86,6 +111,7 @@ impl Broker {
             {
                 let mut state = session.lock();
                 state.set_queue_limit(Some(queue_limit));
+                state.keeps_messages = keeps_messages;
                 state
                     .subscriptions
                     .insert((*filter).to_owned(), subscription);

@@ -58,13 +58,16 @@ impl Subscriptions {
 }
 
 /// A message on its way to one subscriber, with what its subscription decided.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Delivery {
     pub message: Arc<Message>,
     /// The lower of the published QoS and the subscription's [MQTT-3.8.4-8].
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
+    /// For a subscriber that keeps messages: the publisher's acknowledgement
+    /// waits on it (see `receipt`).
+    pub receipt: Option<crate::receipt::Receipt>,
 }
 
 /// Messages waiting to be sent, oldest first, with the bytes they hold
@@ -142,7 +145,7 @@ impl DeliveryQueue {
 }
 
 /// A QoS 1 or 2 delivery the client has not finished acknowledging.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Inflight {
     /// PUBLISH sent; waiting for PUBACK or PUBREC.
     Publish(Delivery),
@@ -254,6 +257,9 @@ pub struct SessionState {
     pub expiry_interval: u32,
     /// This session's queue bound, when its client was given its own.
     queue_limit: Option<u32>,
+    /// An in-process subscriber that keeps what it is given: publishers'
+    /// acknowledgements wait for its receipts.
+    pub keeps_messages: bool,
     /// Incremented at each connection, so timers of an old one know they are stale.
     pub generation: u64,
     /// Boxed: most sessions have none, and a will is large.
@@ -271,6 +277,7 @@ impl SessionState {
             traffic: None,
             expiry_interval: 0,
             queue_limit: None,
+            keeps_messages: false,
             generation: 0,
             will: None,
             dropped: 0,
@@ -517,6 +524,7 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: vec![],
+            receipt: None,
         }
     }
 

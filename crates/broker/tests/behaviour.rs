@@ -1206,6 +1206,151 @@ async fn a_local_subscriber_gets_what_network_clients_publish() {
     assert_eq!(b.broker.stats().subscriptions, 0);
 }
 
+/// Waits for the keeping subscriber's next deliveries.
+async fn kept_deliveries(
+    local: &mut broker::LocalSubscriber,
+) -> std::collections::VecDeque<broker::session::Delivery> {
+    let mut got = std::collections::VecDeque::new();
+    tokio::time::timeout(Duration::from_secs(5), local.recv(&mut got))
+        .await
+        .expect("delivered in time")
+        .expect("the broker runs");
+    got
+}
+
+#[tokio::test]
+async fn a_publishers_acknowledgements_wait_until_a_keeping_subscriber_has_kept_the_message() {
+    let b = start().await;
+    let mut local = b
+        .broker
+        .subscribe_local_keeping("platform", &[("dev/#", QoS::AtLeastOnce)], 100)
+        .expect("subscribe");
+    let (mut device, _) = Client::connect(b.tcp, &Conn::v5("device")).await;
+    let kept = device.publish_packet("dev/a/cpu", b"1", QoS::AtLeastOnce, false);
+    // Not for the keeping subscriber, but after the held one: its PUBACK
+    // waits too, since PUBACKs go in order [MQTT-4.6.0-2].
+    let other = device.publish_packet("other/x", b"2", QoS::AtLeastOnce, false);
+    let exactly = device.publish_packet("dev/a/mem", b"3", QoS::ExactlyOnce, false);
+    for p in [&kept, &other, &exactly] {
+        device.send(&Packet::Publish(p.clone())).await;
+    }
+    let mut got = kept_deliveries(&mut local).await;
+    while got.len() < 2 {
+        got.extend(kept_deliveries(&mut local).await);
+    }
+    device.expect_silence(Duration::from_millis(300)).await;
+    // Resent while its PUBREC waits: answered once, delivered once
+    // [MQTT-4.3.3-10].
+    let mut again = exactly.clone();
+    again.dup = true;
+    device.send(&Packet::Publish(again)).await;
+    device.expect_silence(Duration::from_millis(200)).await;
+
+    let mut receipts: Vec<_> = got.iter_mut().map(|d| d.receipt.take()).collect();
+    receipts[0].take().expect("a receipt for QoS 1").kept();
+    for expected in [kept.packet_id, other.packet_id] {
+        match device.recv().await {
+            Some(Packet::PubAck(ack)) => assert_eq!(ack.packet_id, expected),
+            other => panic!("expected PUBACK {expected}, got {other:?}"),
+        }
+    }
+    device.expect_silence(Duration::from_millis(200)).await;
+    receipts[1].take().expect("a receipt for QoS 2").kept();
+    match device.recv().await {
+        Some(Packet::PubRec(rec)) => assert_eq!(rec.packet_id, exactly.packet_id),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    device
+        .send(&Packet::PubRel(PubResponse::new(exactly.packet_id)))
+        .await;
+    assert!(matches!(device.recv().await, Some(Packet::PubComp(_))));
+    let mut more = std::collections::VecDeque::new();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), local.recv(&mut more))
+            .await
+            .is_err(),
+        "the resent QoS 2 message went on once: {more:?}"
+    );
+    // With nothing held, acknowledgements of other topics go at once.
+    assert_eq!(
+        device
+            .publish("other/y", b"4", QoS::AtLeastOnce, false)
+            .await,
+        ReasonCode::NoMatchingSubscribers
+    );
+}
+
+#[tokio::test]
+async fn a_message_its_keeping_subscriber_loses_is_not_acknowledged_and_comes_again() {
+    let b = start().await;
+    // Room for one: a second message pushes the first out of the queue.
+    let mut local = b
+        .broker
+        .subscribe_local_keeping("platform", &[("dev/#", QoS::AtLeastOnce)], 1)
+        .expect("subscribe");
+    let conn = Conn::v5("device").persistent(600);
+    let (mut device, _) = Client::connect(b.tcp, &conn).await;
+    let first = device.publish_packet("dev/a/cpu", b"1", QoS::AtLeastOnce, false);
+    let second = device.publish_packet("dev/a/cpu", b"2", QoS::AtLeastOnce, false);
+    device.send(&Packet::Publish(first.clone())).await;
+    device.send(&Packet::Publish(second.clone())).await;
+    // The first was dropped unkept: no PUBACK for it nor for what came after
+    // it; the connection ends with 0x89 so the client sends them again.
+    assert_eq!(device.expect_closed().await, Some(ReasonCode::ServerBusy));
+    let got = kept_deliveries(&mut local).await;
+    assert_eq!(&got[0].message.payload[..], b"2");
+    drop(got);
+
+    // [MQTT-4.4.0-1] the client resends its unacknowledged PUBLISHes on the
+    // resumed session; kept this time, they are acknowledged.
+    let (mut device, ack) = Client::connect(b.tcp, &conn.clone().resume()).await;
+    assert!(ack.session_present);
+    for p in [&first, &second] {
+        let mut again = p.clone();
+        again.dup = true;
+        device.send(&Packet::Publish(again)).await;
+        let mut got = kept_deliveries(&mut local).await;
+        got[0].receipt.take().expect("receipt").kept();
+        match device.recv().await {
+            Some(Packet::PubAck(ack)) => assert_eq!(ack.packet_id, p.packet_id),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_cannot_grow_held_acknowledgements_past_the_receive_maximum() {
+    let settings = Settings {
+        receive_maximum: 4,
+        ..quick_settings()
+    };
+    let b = start_with(settings, Arc::new(AllowAll)).await;
+    let _local = b
+        .broker
+        .subscribe_local_keeping("platform", &[("dev/#", QoS::AtLeastOnce)], 100)
+        .expect("subscribe");
+    // [MQTT-3.3.4-7] a fifth unacknowledged QoS 1 PUBLISH: 0x93.
+    let (mut device, _) = Client::connect(b.tcp, &Conn::v5("device")).await;
+    for n in 0..5u8 {
+        let p = device.publish_packet("dev/a/cpu", &[n], QoS::AtLeastOnce, false);
+        device.send(&Packet::Publish(p)).await;
+    }
+    assert_eq!(
+        device.expect_closed().await,
+        Some(ReasonCode::ReceiveMaximumExceeded)
+    );
+    // A 3.1.1 client was told no maximum: it is read no further than it
+    // while its acknowledgements wait, and stays connected.
+    let (mut old, _) = Client::connect(b.tcp, &Conn::v311("old")).await;
+    for n in 0..50u8 {
+        let p = old.publish_packet("dev/b/cpu", &[n], QoS::AtLeastOnce, false);
+        old.send(&Packet::Publish(p)).await;
+    }
+    old.expect_silence(Duration::from_millis(300)).await;
+    old.send(&Packet::PingReq).await;
+    old.expect_silence(Duration::from_millis(300)).await;
+}
+
 #[tokio::test]
 async fn a_local_subscriber_ends_when_the_broker_shuts_down() {
     let b = start().await;
