@@ -69,12 +69,36 @@ pub struct IngestCounters {
     pub log_lines_dropped: AtomicU64,
 }
 
+/// The broker's acknowledgement of messages the ingest was handed, held
+/// until what they carried is written (DESIGN.md: acknowledged means
+/// durable). Dropped unwritten — its readings were given up past the
+/// backlog bound, or the process stops first — it tells the broker they were
+/// not kept, and the device sends them again.
+pub trait Acknowledgement: Send + 'static {
+    /// Everything handed in before it is in the database.
+    fn written(self: Box<Self>);
+}
+
+/// An acknowledgement waiting for the readings handed in before it:
+/// positions `from..to` of the ingest's count of readings queued.
+struct WaitingAck {
+    from: u64,
+    to: u64,
+    ack: Box<dyn Acknowledgement>,
+}
+
 #[derive(Default)]
 struct Pending {
     /// Oldest first; a deque so a flush takes its batch off the front
     /// without moving a backlog of millions, and a failed batch goes back
     /// in front.
     readings: std::collections::VecDeque<NewReading>,
+    /// Readings ever taken off the front of `readings` (written or given
+    /// up): the position of its first.
+    taken: u64,
+    /// Acknowledgements in the order they were handed in, each waiting for
+    /// its readings and for the flush after it.
+    acks: std::collections::VecDeque<WaitingAck>,
     lines: std::collections::VecDeque<NewLogLine>,
     faults: HashMap<i64, (u64, String)>,
     firmware: HashMap<i64, String>,
@@ -189,6 +213,27 @@ impl Ingest {
     }
 
     /// Drops the oldest waiting log lines past [`MAX_BACKLOG_LINES`], counted.
+    /// Holds `ack` until everything handed to [`Self::handle`] before it is
+    /// written, and asks the writer for a transaction now (group commit:
+    /// what arrives while one is written goes into the next).
+    pub fn acknowledge_when_written(&self, ack: Box<dyn Acknowledgement>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let to = pending.taken + pending.readings.len() as u64;
+        let from = pending.acks.back().map_or(to, |last| last.to.min(to));
+        pending.acks.push_back(WaitingAck { from, to, ack });
+        drop(pending);
+        self.batch_full.notify_one();
+    }
+
+    /// Gives up the oldest `count` waiting readings: the acknowledgements
+    /// of the messages they came in go unwritten.
+    fn drop_oldest(pending: &mut Pending, count: usize) {
+        pending.readings.drain(..count);
+        pending.taken += count as u64;
+        let taken = pending.taken;
+        pending.acks.retain(|a| a.from == a.to || a.from >= taken);
+    }
+
     fn bound_log_lines(&self, pending: &mut Pending) {
         if pending.lines.len() > MAX_BACKLOG_LINES {
             let excess = pending.lines.len() - MAX_BACKLOG_LINES;
@@ -466,7 +511,7 @@ impl Ingest {
         let max_backlog = self.max_backlog();
         if pending.readings.len() > max_backlog {
             let excess = pending.readings.len() - max_backlog;
-            pending.readings.drain(..excess);
+            Self::drop_oldest(&mut pending, excess);
             drop(pending);
             self.counters
                 .readings_dropped
@@ -506,15 +551,26 @@ impl Ingest {
     /// kept for the next flush (up to the backlog bound),
     /// so a short database outage loses nothing.
     pub async fn flush(&self) -> Result<usize, store::StoreError> {
-        let (mut readings, lines, faults, firmware, radio) = {
+        let (mut readings, lines, faults, firmware, radio, acks, from) = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             let take = pending.readings.len().min(MAX_TRANSACTION_ROWS);
+            let from = pending.taken;
+            pending.taken += take as u64;
+            // Released by this transaction: those whose readings are all in
+            // it or written before (everything else a message carries goes
+            // whole into each transaction).
+            let mut acks = Vec::new();
+            while pending.acks.front().is_some_and(|a| a.to <= pending.taken) {
+                acks.extend(pending.acks.pop_front());
+            }
             (
                 pending.readings.drain(..take).collect::<Vec<_>>(),
                 Vec::from(std::mem::take(&mut pending.lines)),
                 std::mem::take(&mut pending.faults),
                 std::mem::take(&mut pending.firmware),
                 std::mem::take(&mut pending.radio),
+                acks,
+                from,
             )
         };
         // In key order, the insert walks each device's end of the table once.
@@ -545,9 +601,19 @@ impl Ingest {
                     .readings_dropped
                     .fetch_add(lost as u64, Ordering::Relaxed);
             }
-            // Back in front of what came meanwhile; the oldest go if too many.
+            // Back in front of what came meanwhile; the oldest go if too many,
+            // and with them the acknowledgements of this batch.
             for reading in readings.into_iter().rev().take(room) {
                 pending.readings.push_front(reading);
+            }
+            pending.taken = from + lost as u64;
+            if lost == 0 {
+                for ack in acks.into_iter().rev() {
+                    pending.acks.push_front(ack);
+                }
+            } else {
+                let taken = pending.taken;
+                pending.acks.retain(|a| a.from == a.to || a.from >= taken);
             }
             let newer_lines = std::mem::replace(&mut pending.lines, lines.into());
             pending.lines.extend(newer_lines);
@@ -563,6 +629,9 @@ impl Ingest {
                 pending.radio.entry(device_id).or_insert(state);
             }
             return Err(e);
+        }
+        for waiting in acks {
+            waiting.ack.written();
         }
         self.counters
             .readings_stored
@@ -643,13 +712,18 @@ impl BatchWriter {
     }
 }
 
+/// Messages handed over together, with the acknowledgement the broker
+/// holds for them (none when nothing in it waits for one).
+pub struct FeedBatch {
+    pub messages: Vec<(Arc<str>, bytes::Bytes)>,
+    pub ack: Option<Box<dyn Acknowledgement>>,
+}
+
 /// One subscription stream in, as the embedded broker hands it over
 /// in-process: messages a batch at a time, oldest first.
 pub trait MessageFeed: Send {
-    /// The next messages as (topic, payload); `None` once the feed has ended.
-    fn next_batch(
-        &mut self,
-    ) -> impl std::future::Future<Output = Option<Vec<(Arc<str>, bytes::Bytes)>>> + Send;
+    /// The next messages; `None` once the feed has ended.
+    fn next_batch(&mut self) -> impl std::future::Future<Output = Option<FeedBatch>> + Send;
 }
 
 /// Reads `feed` until it ends or `stop` fires, while a [`BatchWriter`]
@@ -666,16 +740,51 @@ pub async fn run_feed(
             _ = stop.changed() => break,
         };
         let Some(batch) = batch else { break };
-        for (topic, payload) in batch {
+        for (topic, payload) in batch.messages {
             ingest.handle(&topic, &payload).await;
+        }
+        if let Some(ack) = batch.ack {
+            ingest.acknowledge_when_written(ack);
         }
     }
     writer.finish().await;
 }
 
+/// The acknowledgement of one message the ingest read as an MQTT client:
+/// sent (manual acknowledgement) once the message is written. Dropped
+/// unwritten, it asks for a new connection, on which the broker sends the
+/// unacknowledged message again [MQTT-4.4.0-1].
+struct ClientAck {
+    client: rumqttc::AsyncClient,
+    publish: rumqttc::Publish,
+    lost: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Acknowledgement for ClientAck {
+    fn written(mut self: Box<Self>) {
+        self.lost = None;
+        if self.client.try_ack(&self.publish).is_err() {
+            // The request channel is full: wait for room off this path.
+            let (client, publish) = (self.client.clone(), self.publish.clone());
+            tokio::spawn(async move {
+                let _ = client.ack(&publish).await;
+            });
+        }
+    }
+}
+
+impl Drop for ClientAck {
+    fn drop(&mut self) {
+        if let Some(lost) = &self.lost {
+            lost.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// Reads the broker as an MQTT client until `stop` fires, reconnecting
-/// after failures, while a [`BatchWriter`] writes. Writes what waits before
-/// it returns.
+/// after failures, while a [`BatchWriter`] writes. A QoS 1 message is
+/// acknowledged to the broker only once it is written, so one acknowledged
+/// is never lost with this process. Writes what waits before it returns.
 pub async fn run(
     ingest: Arc<Ingest>,
     connection: BrokerConnection,
@@ -687,33 +796,53 @@ pub async fn run(
         .set_credentials(&connection.username, &connection.password)
         .set_keep_alive(Duration::from_secs(30))
         .set_clean_session(false)
+        .set_manual_acks(true)
         .set_max_packet_size(1 << 20, 1 << 20)
         .set_inflight(1000);
-    let (client, mut events) = AsyncClient::new(options, 1024);
     let writer = BatchWriter::start(ingest.clone());
-    loop {
-        let event = tokio::select! {
-            event = events.poll() => event,
-            _ = stop.changed() => break,
-        };
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                if let Err(e) = client.subscribe(&connection.filter, QoS::AtLeastOnce).await {
-                    tracing::warn!(error = %e, "ingest cannot subscribe");
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    'connection: loop {
+        let (client, mut events) = AsyncClient::new(options.clone(), 1024);
+        loop {
+            let event = tokio::select! {
+                event = events.poll() => event,
+                _ = stop.changed() => {
+                    let _ = client.disconnect().await;
+                    break 'connection;
                 }
-                tracing::info!(filter = %connection.filter, "ingest subscribed");
+            };
+            if lost.swap(false, Ordering::AcqRel) {
+                tracing::warn!(
+                    "a message was not written; reconnecting so the broker sends it again"
+                );
+                let _ = client.disconnect().await;
+                continue 'connection;
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                ingest.handle(&p.topic, &p.payload).await;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "ingest lost the broker; reconnecting");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Err(e) = client.subscribe(&connection.filter, QoS::AtLeastOnce).await {
+                        tracing::warn!(error = %e, "ingest cannot subscribe");
+                    }
+                    tracing::info!(filter = %connection.filter, "ingest subscribed");
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    ingest.handle(&p.topic, &p.payload).await;
+                    if p.qos != QoS::AtMostOnce {
+                        ingest.acknowledge_when_written(Box::new(ClientAck {
+                            client: client.clone(),
+                            publish: p,
+                            lost: Some(lost.clone()),
+                        }));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "ingest lost the broker; reconnecting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
     }
-    let _ = client.disconnect().await;
     writer.finish().await;
 }
 

@@ -200,10 +200,18 @@ impl Store {
                 .connect_with(options.clone().pragma("cache_size", "-8192"))
                 .await?;
             // 64 MiB for the telemetry writer: a flush touches the last page
-            // of each device's readings, 40 MB for 10,000 devices.
+            // of each device's readings, 40 MB for 10,000 devices. Its
+            // commits are synced to disk (FULL): devices are told their
+            // readings arrived once the commit returns, so they must survive
+            // a power cut, not only the process (NORMAL syncs only at
+            // checkpoints). One sync per group commit, not per reading.
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
-                .connect_with(options.pragma("cache_size", "-65536"))
+                .connect_with(
+                    options
+                        .pragma("cache_size", "-65536")
+                        .synchronous(SqliteSynchronous::Full),
+                )
                 .await?;
             Store {
                 pool: Pool::Sqlite(pool),

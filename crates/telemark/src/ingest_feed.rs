@@ -3,7 +3,6 @@
 //! the way task requests go out to devices.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use broker::session::Delivery;
 use broker::{Broker, LocalSubscribeError, LocalSubscriber};
@@ -23,7 +22,7 @@ impl EmbeddedFeed {
     /// while nobody reads.
     pub fn subscribe(broker: &Broker) -> Result<Self, LocalSubscribeError> {
         let filter = format!("{}/#", device_protocol::PREFIX);
-        let subscriber = broker.subscribe_local(
+        let subscriber = broker.subscribe_local_keeping(
             "telemark-platform-ingest",
             &[(&filter, QoS::AtLeastOnce)],
             QUEUE_LIMIT,
@@ -35,15 +34,35 @@ impl EmbeddedFeed {
     }
 }
 
+/// The broker's receipts for one batch: the devices' PUBACKs go once the
+/// batch is written; dropped unwritten, their connections end unacknowledged
+/// and they send again.
+struct BatchReceipts(Vec<broker::Receipt>);
+
+impl platform::telemetry::Acknowledgement for BatchReceipts {
+    fn written(self: Box<Self>) {
+        for receipt in self.0 {
+            receipt.kept();
+        }
+    }
+}
+
 impl platform::telemetry::MessageFeed for EmbeddedFeed {
-    async fn next_batch(&mut self) -> Option<Vec<(Arc<str>, bytes::Bytes)>> {
+    async fn next_batch(&mut self) -> Option<platform::telemetry::FeedBatch> {
         self.subscriber.recv(&mut self.batch).await?;
-        Some(
-            self.batch
-                .drain(..)
-                .map(|d| (d.message.topic.clone(), d.message.payload.clone()))
-                .collect(),
-        )
+        let mut receipts = Vec::new();
+        let messages = self
+            .batch
+            .drain(..)
+            .map(|mut d| {
+                receipts.extend(d.receipt.take());
+                (d.message.topic.clone(), d.message.payload.clone())
+            })
+            .collect();
+        let ack = (!receipts.is_empty()).then(|| {
+            Box::new(BatchReceipts(receipts)) as Box<dyn platform::telemetry::Acknowledgement>
+        });
+        Some(platform::telemetry::FeedBatch { messages, ack })
     }
 }
 
