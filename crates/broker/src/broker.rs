@@ -16,7 +16,9 @@ use crate::hibernation::Hibernation;
 use crate::message::Message;
 use crate::receipt::Holding;
 use crate::retained::{RetainedLimits, RetainedMessages};
-use crate::session::{Delivery, MemorySessionStore, Session, SessionStore, StoredWill};
+use crate::session::{
+    Delivery, MemorySessionStore, QueueBudget, Session, SessionStore, StoredWill,
+};
 use crate::settings::Settings;
 use crate::stats::{BrokerStats, StatsSnapshot, add};
 use crate::tree::{Match, SubscriptionTree};
@@ -48,6 +50,8 @@ pub(crate) struct BrokerShared {
     pub hibernation: Hibernation,
     /// Client identifiers of in-process sessions: no listener may use them.
     pub reserved_client_ids: Mutex<HashSet<Arc<str>>>,
+    /// Bytes queued for all sessions together, against `max_queued_bytes_total`.
+    pub queue_budget: Arc<QueueBudget>,
 }
 
 /// The broker. Cheap to clone; every clone is the same broker.
@@ -78,6 +82,7 @@ impl Broker {
             max_bytes: settings.max_retained_bytes,
             max_per_client: settings.max_retained_per_client,
         };
+        let queue_budget = Arc::new(QueueBudget::new(settings.max_queued_bytes_total));
         let broker = Broker {
             shared: Arc::new(BrokerShared {
                 settings,
@@ -93,6 +98,7 @@ impl Broker {
                 next_client_number: AtomicU64::new(1),
                 hibernation: Hibernation::default(),
                 reserved_client_ids: Mutex::default(),
+                queue_budget,
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -113,6 +119,7 @@ impl Broker {
             s.sessions.len() as u64,
             read(&s.retained).len() as u64,
             read(&s.tree).len() as u64,
+            s.queue_budget.charged() as u64,
         )
     }
 
@@ -339,7 +346,14 @@ impl BrokerShared {
                 Some(self.settings.max_queued_bytes),
             ),
         };
-        let dropped = state.enqueue(delivery, limit, byte_limit, self.settings.queue_policy);
+        let budget = byte_limit.is_some().then_some(&self.queue_budget);
+        let dropped = state.enqueue_within(
+            delivery,
+            limit,
+            byte_limit,
+            self.settings.queue_policy,
+            budget,
+        );
         if dropped > 0 {
             add(&self.stats.messages_dropped, dropped);
         }

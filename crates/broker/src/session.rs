@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, DefaultHasher};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -70,12 +70,54 @@ pub struct Delivery {
     pub receipt: Option<crate::receipt::Receipt>,
 }
 
+/// Bytes queued for all sessions together, against the broker's total
+/// bound (`max_queued_bytes_total`). A queue charges it in steps of
+/// [`QUEUE_CHARGE_STEP`] only once it holds that much, so the queues that
+/// are drained as they fill (nearly all) never touch the shared counter;
+/// what it misses is under one step per session.
+#[derive(Debug)]
+pub struct QueueBudget {
+    charged: AtomicUsize,
+    limit: usize,
+}
+
+pub const QUEUE_CHARGE_STEP: usize = 64 * 1024;
+
+impl QueueBudget {
+    pub fn new(limit: usize) -> Self {
+        QueueBudget {
+            charged: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Bytes charged by the queues that hold a step or more.
+    pub fn charged(&self) -> usize {
+        self.charged.load(Ordering::Relaxed)
+    }
+
+    fn exceeded(&self) -> bool {
+        self.charged() >= self.limit
+    }
+}
+
 /// Messages waiting to be sent, oldest first, with the bytes they hold
 /// (topic and payload) so a queue is bounded in memory as well as count.
 #[derive(Debug, Default)]
 pub struct DeliveryQueue {
     items: VecDeque<Delivery>,
     bytes: usize,
+    /// What this queue has charged to its budget, a multiple of the step.
+    charged: usize,
+    budget: Option<Arc<QueueBudget>>,
+}
+
+impl Drop for DeliveryQueue {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.charged.fetch_sub(self.charged, Ordering::Relaxed);
+        }
+    }
 }
 
 fn delivery_size(delivery: &Delivery) -> usize {
@@ -104,19 +146,39 @@ impl DeliveryQueue {
         self.items.iter()
     }
 
+    /// Brings the budget's charge in line with the bytes held, in whole steps.
+    fn settle(&mut self) {
+        if let Some(budget) = &self.budget {
+            let due = self.bytes / QUEUE_CHARGE_STEP * QUEUE_CHARGE_STEP;
+            if due > self.charged {
+                budget
+                    .charged
+                    .fetch_add(due - self.charged, Ordering::Relaxed);
+            } else if due < self.charged {
+                budget
+                    .charged
+                    .fetch_sub(self.charged - due, Ordering::Relaxed);
+            }
+            self.charged = due;
+        }
+    }
+
     pub fn push_back(&mut self, delivery: Delivery) {
         self.bytes += delivery_size(&delivery);
         self.items.push_back(delivery);
+        self.settle();
     }
 
     pub fn push_front(&mut self, delivery: Delivery) {
         self.bytes += delivery_size(&delivery);
         self.items.push_front(delivery);
+        self.settle();
     }
 
     pub fn pop_front(&mut self) -> Option<Delivery> {
         let delivery = self.items.pop_front()?;
         self.bytes -= delivery_size(&delivery);
+        self.settle();
         Some(delivery)
     }
 
@@ -130,6 +192,7 @@ impl DeliveryQueue {
             kept
         });
         self.bytes = bytes;
+        self.settle();
     }
 
     /// Moves every queued delivery to the end of `into`; when `into` is
@@ -141,6 +204,7 @@ impl DeliveryQueue {
             into.extend(self.items.drain(..));
         }
         self.bytes = 0;
+        self.settle();
     }
 }
 
@@ -328,8 +392,32 @@ impl SessionState {
         byte_limit: Option<usize>,
         policy: QueuePolicy,
     ) -> u64 {
+        self.enqueue_within(delivery, limit, byte_limit, policy, None)
+    }
+
+    /// [`Self::enqueue`] under the broker's total bound as well: while all
+    /// queues together hold more than `budget` allows, a queue that holds a
+    /// step of it or more does not grow (the policy applies as if it were
+    /// full at its present size); smaller queues go on.
+    pub fn enqueue_within(
+        &mut self,
+        delivery: Delivery,
+        limit: usize,
+        byte_limit: Option<usize>,
+        policy: QueuePolicy,
+        budget: Option<&Arc<QueueBudget>>,
+    ) -> u64 {
         let size = delivery_size(&delivery);
         let queue = &mut self.traffic_mut().queue;
+        let mut byte_limit = byte_limit;
+        if let Some(budget) = budget {
+            if queue.budget.is_none() {
+                queue.budget = Some(budget.clone());
+            }
+            if queue.charged > 0 && budget.exceeded() {
+                byte_limit = Some(byte_limit.map_or(queue.bytes, |max| max.min(queue.bytes)));
+            }
+        }
         let fits = |q: &DeliveryQueue| {
             q.len() < limit && byte_limit.is_none_or(|max| q.bytes() + size <= max)
         };

@@ -40,6 +40,11 @@ pub struct Settings {
     /// applies. Sessions the embedder gives a queue of their own (the
     /// platform's ingest) are bounded by their message count only.
     pub max_queued_bytes: usize,
+    /// Payload and topic bytes queued for all sessions together. Past it a
+    /// session holding 64 KiB or more stops growing (its policy applies as
+    /// if it were full), so offline and slow sessions cannot take the
+    /// process's memory between them; `telemark_broker_queued_bytes`.
+    pub max_queued_bytes_total: usize,
     /// Retained messages held in all, their topic and payload bytes, and
     /// per publishing client; past a limit a retained PUBLISH is refused
     /// (MQTT 5: 0x97).
@@ -87,6 +92,7 @@ impl Default for Settings {
             max_inflight: 1024,
             max_queued_messages: 10_000,
             max_queued_bytes: 64 * 1024 * 1024,
+            max_queued_bytes_total: 1024 * 1024 * 1024,
             max_retained_messages: 1_000_000,
             max_retained_bytes: 1024 * 1024 * 1024,
             max_retained_per_client: 1_000,
@@ -122,6 +128,9 @@ impl Settings {
         }
         if self.max_queued_messages == 0 {
             problems.push("broker.max_queued_messages must be at least 1".to_owned());
+        }
+        if self.max_queued_bytes_total < crate::session::QUEUE_CHARGE_STEP {
+            problems.push("broker.max_queued_bytes_total must be at least 65536".to_owned());
         }
         if self.max_queued_bytes < self.max_packet_size as usize {
             problems.push(

@@ -111,6 +111,8 @@ pub struct StatsSnapshot {
     pub retained_refused: u64,
     pub retained_messages: u64,
     pub subscriptions: u64,
+    /// Bytes queued by sessions holding 64 KiB or more, against the total bound.
+    pub queued_bytes: u64,
 }
 
 pub(crate) fn add(counter: &Counter, n: u64) {
@@ -124,6 +126,7 @@ impl BrokerStats {
         sessions: u64,
         retained: u64,
         subscriptions: u64,
+        queued_bytes: u64,
     ) -> StatsSnapshot {
         let get = Counter::get;
         StatsSnapshot {
@@ -145,6 +148,7 @@ impl BrokerStats {
             retained_refused: get(&self.retained_refused),
             retained_messages: retained,
             subscriptions,
+            queued_bytes,
         }
     }
 }
@@ -208,6 +212,7 @@ impl StatsSnapshot {
                 "$SYS/broker/subscriptions/count",
                 self.subscriptions.to_string(),
             ),
+            ("$SYS/broker/queued/bytes", self.queued_bytes.to_string()),
         ]
     }
 
@@ -326,6 +331,12 @@ impl StatsSnapshot {
             "gauge",
             "Subscriptions held.",
             self.subscriptions,
+        );
+        metric(
+            "queued_bytes",
+            "gauge",
+            "Topic and payload bytes queued for sessions, counted in 64 KiB steps per session holding at least that much (the figure max_queued_bytes_total bounds).",
+            self.queued_bytes,
         );
         out
     }

@@ -1352,6 +1352,79 @@ async fn a_client_cannot_grow_held_acknowledgements_past_the_receive_maximum() {
 }
 
 #[tokio::test]
+async fn offline_sessions_together_cannot_queue_past_the_total_bound() {
+    const CAP: usize = 256 * 1024;
+    let settings = Settings {
+        max_queued_bytes_total: CAP,
+        max_queued_messages: 100_000,
+        ..quick_settings()
+    };
+    let b = start_with(settings, Arc::new(AllowAll)).await;
+    for name in ["a", "b", "c"] {
+        let (mut c, _) = Client::connect(b.tcp, &Conn::v5(name).persistent(600)).await;
+        c.subscribe("q/#", QoS::AtLeastOnce).await;
+        c.disconnect().await;
+    }
+    let (mut small, _) = Client::connect(b.tcp, &Conn::v5("small").persistent(600)).await;
+    small.subscribe("r/#", QoS::AtLeastOnce).await;
+    small.disconnect().await;
+
+    // 3 × 400 KiB offered to offline sessions, against a bound of 256 KiB.
+    let (mut publisher, _) = Client::connect(b.tcp, &Conn::v5("publisher")).await;
+    let mut payload = vec![0u8; 1024];
+    for n in 0..400u16 {
+        payload[..2].copy_from_slice(&n.to_be_bytes());
+        publisher
+            .publish("q/big", &payload, QoS::AtLeastOnce, false)
+            .await;
+    }
+    let stats = b.broker.stats();
+    assert!(
+        stats.queued_bytes as usize <= CAP + 3 * 64 * 1024,
+        "queued {} bytes",
+        stats.queued_bytes
+    );
+    assert!(stats.messages_dropped > 0);
+    // A session holding less than a step is not held back by the others.
+    for n in 0..10u8 {
+        publisher
+            .publish("r/x", &[n], QoS::AtLeastOnce, false)
+            .await;
+    }
+    let (mut small, _) = Client::connect(b.tcp, &Conn::v5("small").persistent(600).resume()).await;
+    for n in 0..10u8 {
+        assert_eq!(small.recv_publish().await.payload[0], n);
+    }
+    // Drop-oldest: what a held-back session kept is the newest.
+    let (mut a, _) = Client::connect(b.tcp, &Conn::v5("a").persistent(600).resume()).await;
+    let mut last = 0;
+    let mut received = 0;
+    while let Ok(Some(Packet::Publish(p))) = a.recv_within(Duration::from_millis(300)).await {
+        if let Some(id) = (p.qos != QoS::AtMostOnce).then_some(p.packet_id) {
+            a.send(&Packet::PubAck(PubResponse::new(id))).await;
+        }
+        last = u16::from_be_bytes([p.payload[0], p.payload[1]]);
+        received += 1;
+    }
+    assert!((60..400).contains(&received), "a got {received}");
+    assert_eq!(last, 399);
+    // Sessions gone, nothing stays charged.
+    for name in ["b", "c"] {
+        Client::connect(b.tcp, &Conn::v5(name))
+            .await
+            .0
+            .disconnect()
+            .await;
+    }
+    a.disconnect().await;
+    assert!(
+        (b.broker.stats().queued_bytes as usize) < 64 * 1024,
+        "{}",
+        b.broker.stats().queued_bytes
+    );
+}
+
+#[tokio::test]
 async fn a_local_subscriber_ends_when_the_broker_shuts_down() {
     let b = start().await;
     let mut local = b
