@@ -8,11 +8,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+
+use common::{OneDevice, one_device};
 use device_protocol::{Firmware, Lte, Reading, VERSION};
 use platform::alarms::{AlarmEngine, run_webhooks, signature};
 use platform::telemetry::Ingest;
 use platform::webhook_target::WebhookPolicy;
-use store::{NewAlarmRule, NewDevice, NewDeviceModel, Store};
+use store::{NewAlarmRule, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A local webhook receiver: keeps (signature header, body) of each POST.
@@ -103,55 +106,6 @@ async fn eventually(mut check: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
-}
-
-/// An operator with an integrator below it and one DWM-311-A1 device there.
-struct OneDevice {
-    operator: store::Organisation,
-    root: store::Scope,
-    model: store::DeviceModel,
-    device: i64,
-}
-
-async fn one_device(store: &Store) -> OneDevice {
-    let operator = store.create_operator("Ops").await.expect("operator");
-    let root = store.scope_of(operator.id).await.expect("scope");
-    let integrator = store
-        .create_organisation(&root, operator.id, "Integrator")
-        .await
-        .expect("integrator");
-    let model = store
-        .create_device_model(&NewDeviceModel {
-            name: "DWM-311-A1".into(),
-            vendor: "D-Link".into(),
-            hardware_revision: "A1".into(),
-            topic_segment: "311-a1".into(),
-            description: String::new(),
-        })
-        .await
-        .expect("model");
-    let ids = store
-        .insert_devices(
-            &root,
-            &[NewDevice {
-                organisation_id: integrator.id,
-                model_id: model.id,
-                name: "harbour-1".into(),
-                serial: "SN1".into(),
-                mac: "00-11-22-33-44-55".into(),
-                imei: None,
-                iccid: None,
-                labels: vec![],
-            }],
-        )
-        .await
-        .expect("device");
-    OneDevice {
-        operator,
-        root,
-        model,
-        device: ids[0],
-    }
 }
 
 #[tokio::test]

@@ -8,40 +8,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use platform::telemetry::{BrokerConnection, Ingest};
-use store::{NewDevice, NewDeviceModel, Store};
+use store::Store;
+
+mod common;
 
 const MESSAGES: i64 = 4_000;
-
-async fn register_one_device(store: &Store) {
-    let operator = store.create_operator("Ops").await.expect("operator");
-    let root = store.scope_of(operator.id).await.expect("scope");
-    let model = store
-        .create_device_model(&NewDeviceModel {
-            name: "DWM-311-A1".into(),
-            vendor: "D-Link".into(),
-            hardware_revision: "A1".into(),
-            topic_segment: "311-a1".into(),
-            description: String::new(),
-        })
-        .await
-        .expect("model");
-    store
-        .insert_devices(
-            &root,
-            &[NewDevice {
-                organisation_id: operator.id,
-                model_id: model.id,
-                name: "harbour-1".into(),
-                serial: "SN1".into(),
-                mac: "00-11-22-33-44-55".into(),
-                imei: None,
-                iccid: None,
-                labels: vec![],
-            }],
-        )
-        .await
-        .expect("device");
-}
 
 fn payload(ts: i64) -> String {
     format!(r#"{{"v":1,"ts":{ts},"total_kb":1000,"available_kb":250,"used_percent":75.0}}"#)
@@ -59,7 +30,7 @@ fn a_message_the_ingest_took_but_had_not_written_when_it_died_comes_again() {
         let port = listener.local_addr().expect("addr").port();
         broker.serve(listener, broker::ListenerKind::Tcp);
         let store = Store::open_data_dir(dir.path()).await.expect("store");
-        register_one_device(&store).await;
+        common::one_device(&store).await;
         (store, port, broker)
     });
     let connection = BrokerConnection {

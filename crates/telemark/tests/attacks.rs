@@ -11,13 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// A device's MQTT secret, issued through the API.
 fn issue_secret(http_port: u16, bearer: &str, device_id: i64) -> String {
     let (status, body) = http(

@@ -788,13 +788,6 @@ fn the_agent_fills_the_black_box_and_buffers_across_a_platform_restart() {
     drop(platform);
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 #[test]
 fn demo_starts_a_platform_with_a_live_simulated_fleet() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -196,10 +196,3 @@ fn every_reading_acknowledged_before_a_kill_9_is_stored() {
     );
     drop(platform);
 }
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}

@@ -280,6 +280,11 @@ pub fn start_platform_with(
     Platform { child }
 }
 
+/// Milliseconds since the epoch, as the platform stamps its records.
+pub fn now_ms() -> i64 {
+    store::now_millis()
+}
+
 /// Polls `check` every 200 ms for up to `secs` seconds.
 pub fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
