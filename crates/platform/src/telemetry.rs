@@ -67,6 +67,11 @@ pub struct IngestCounters {
     pub readings_dropped: AtomicU64,
     /// Log lines given up the same way, past [`MAX_BACKLOG_LINES`].
     pub log_lines_dropped: AtomicU64,
+    /// Acknowledgements released to the broker once what they stood for
+    /// was written.
+    pub acknowledgements_released: AtomicU64,
+    /// Acknowledgements given up unwritten: their devices send again.
+    pub acknowledgements_lost: AtomicU64,
 }
 
 /// The broker's acknowledgement of messages the ingest was handed, held
@@ -99,6 +104,11 @@ struct Pending {
     /// Acknowledgements in the order they were handed in, each waiting for
     /// its readings and for the flush after it.
     acks: std::collections::VecDeque<WaitingAck>,
+    /// Where the last acknowledgement's readings ended: the next one's
+    /// begin there (or later, see `written_to`).
+    acked_to: u64,
+    /// Readings before this position are written.
+    written_to: u64,
     lines: std::collections::VecDeque<NewLogLine>,
     faults: HashMap<i64, (u64, String)>,
     firmware: HashMap<i64, String>,
@@ -219,7 +229,10 @@ impl Ingest {
     pub fn acknowledge_when_written(&self, ack: Box<dyn Acknowledgement>) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let to = pending.taken + pending.readings.len() as u64;
-        let from = pending.acks.back().map_or(to, |last| last.to.min(to));
+        // Readings handed in without an acknowledgement (QoS 0) since the
+        // last one count as this one's, unless they are written already.
+        let from = pending.acked_to.max(pending.written_to).min(to);
+        pending.acked_to = to;
         pending.acks.push_back(WaitingAck { from, to, ack });
         drop(pending);
         self.batch_full.notify_one();
@@ -227,11 +240,20 @@ impl Ingest {
 
     /// Gives up the oldest `count` waiting readings: the acknowledgements
     /// of the messages they came in go unwritten.
-    fn drop_oldest(pending: &mut Pending, count: usize) {
+    fn drop_oldest(&self, pending: &mut Pending, count: usize) {
         pending.readings.drain(..count);
         pending.taken += count as u64;
+        self.lose_acks_before(pending);
+    }
+
+    /// Drops the acknowledgements some of whose readings were given up.
+    fn lose_acks_before(&self, pending: &mut Pending) {
         let taken = pending.taken;
+        let before = pending.acks.len();
         pending.acks.retain(|a| a.from == a.to || a.from >= taken);
+        self.counters
+            .acknowledgements_lost
+            .fetch_add((before - pending.acks.len()) as u64, Ordering::Relaxed);
     }
 
     fn bound_log_lines(&self, pending: &mut Pending) {
@@ -511,7 +533,7 @@ impl Ingest {
         let max_backlog = self.max_backlog();
         if pending.readings.len() > max_backlog {
             let excess = pending.readings.len() - max_backlog;
-            Self::drop_oldest(&mut pending, excess);
+            self.drop_oldest(&mut pending, excess);
             drop(pending);
             self.counters
                 .readings_dropped
@@ -612,8 +634,11 @@ impl Ingest {
                     pending.acks.push_front(ack);
                 }
             } else {
-                let taken = pending.taken;
-                pending.acks.retain(|a| a.from == a.to || a.from >= taken);
+                self.counters
+                    .acknowledgements_lost
+                    .fetch_add(acks.len() as u64, Ordering::Relaxed);
+                drop(acks);
+                self.lose_acks_before(&mut pending);
             }
             let newer_lines = std::mem::replace(&mut pending.lines, lines.into());
             pending.lines.extend(newer_lines);
@@ -630,6 +655,13 @@ impl Ingest {
             }
             return Err(e);
         }
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.written_to = pending.written_to.max(from + readings.len() as u64);
+        }
+        self.counters
+            .acknowledgements_released
+            .fetch_add(acks.len() as u64, Ordering::Relaxed);
         for waiting in acks {
             waiting.ack.written();
         }

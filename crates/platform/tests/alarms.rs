@@ -493,6 +493,27 @@ async fn readings_wait_out_a_database_that_refuses_writes() {
     assert_eq!(fault.count, 1);
 }
 
+/// An acknowledgement that records whether it was released or given up.
+struct Outcome {
+    message: i64,
+    written: bool,
+    outcomes: Arc<Mutex<Vec<(i64, bool)>>>,
+}
+
+impl platform::telemetry::Acknowledgement for Outcome {
+    fn written(mut self: Box<Self>) {
+        self.written = true;
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if let Ok(mut outcomes) = self.outcomes.lock() {
+            outcomes.push((self.message, self.written));
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_backlog_past_its_bound_drops_the_oldest_and_counts_them() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -501,6 +522,7 @@ async fn a_backlog_past_its_bound_drops_the_oldest_and_counts_them() {
     let ingest = Ingest::new(store.clone());
     ingest.set_max_backlog(4);
     let t0 = store::now_millis();
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
     for n in 0..10i64 {
         ingest
             .handle(
@@ -508,11 +530,26 @@ async fn a_backlog_past_its_bound_drops_the_oldest_and_counts_them() {
                 &cpu_payload(t0 + n, n as f64),
             )
             .await;
+        ingest.acknowledge_when_written(Box::new(Outcome {
+            message: n,
+            written: false,
+            outcomes: outcomes.clone(),
+        }));
     }
     ingest.flush().await.expect("flush");
     let counters = &ingest.counters;
     assert_eq!(counters.readings_dropped.load(Ordering::Relaxed), 6);
     assert_eq!(counters.readings_stored.load(Ordering::Relaxed), 4);
+    // The devices whose readings were given up are not told they arrived.
+    let mut outcomes = outcomes.lock().expect("outcomes").clone();
+    outcomes.sort_unstable();
+    let expected: Vec<(i64, bool)> = (0..10).map(|n| (n, n >= 6)).collect();
+    assert_eq!(outcomes, expected);
+    assert_eq!(counters.acknowledgements_lost.load(Ordering::Relaxed), 6);
+    assert_eq!(
+        counters.acknowledgements_released.load(Ordering::Relaxed),
+        4
+    );
     let series = store
         .series(&d.root, d.device, "cpu.usage_percent", t0, t0 + 10, 1)
         .await

@@ -105,6 +105,16 @@ fn ingest_prometheus(c: &platform::telemetry::IngestCounters) -> String {
             "device log lines dropped, oldest first, past the backlog bound",
             c.log_lines_dropped.load(Relaxed),
         ),
+        (
+            "acknowledgements_released",
+            "acknowledgements sent to devices (through the broker) once their messages were written",
+            c.acknowledgements_released.load(Relaxed),
+        ),
+        (
+            "acknowledgements_lost",
+            "acknowledgements given up unwritten; their devices send the messages again",
+            c.acknowledgements_lost.load(Relaxed),
+        ),
     ] {
         out.push_str(&format!(
             "# HELP telemark_ingest_{name}_total {help}\n# TYPE telemark_ingest_{name}_total counter\ntelemark_ingest_{name}_total {value}\n"

@@ -751,6 +751,17 @@ fn the_agent_fills_the_black_box_and_buffers_across_a_platform_restart() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert!(stored > 0, "{metrics}");
+    // The agent's QoS 1 readings were acknowledged after they were written.
+    let released: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("telemark_ingest_acknowledgements_released_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(released > 0, "{metrics}");
+    assert!(
+        metrics.contains("telemark_ingest_acknowledgements_lost_total 0"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("telemark_ingest_rejected_total 1"),
         "{metrics}"
