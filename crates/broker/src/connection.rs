@@ -1278,8 +1278,7 @@ impl Connection {
         };
 
         // A subscriber that keeps messages holds the acknowledgement.
-        let session = active.session.clone();
-        let mut holding = (publish.qos != QoS::AtMostOnce).then(|| Holding::new(&session));
+        let mut holding = (publish.qos != QoS::AtMostOnce).then(|| Holding::new(&active.session));
         let reason = match refusal {
             Some(reason) => {
                 debug!(client_id = %active.session.client_id, topic = %topic, %reason, "PUBLISH refused");
