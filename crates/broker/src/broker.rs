@@ -14,10 +14,15 @@ use tokio::sync::watch;
 use crate::auth::{Action, Authenticator, ClientIdentity};
 use crate::hibernation::Hibernation;
 use crate::message::Message;
+use crate::persistence::{
+    LoggedDelivery, LoggedState, Persistence, PersistenceError, Record, SessionKey, WriterSettings,
+    unix_ms,
+};
 use crate::receipt::Holding;
 use crate::retained::{RetainedLimits, RetainedMessages};
 use crate::session::{
-    Delivery, MemorySessionStore, QueueBudget, Session, SessionStore, StoredWill,
+    Delivery, Inflight, MemorySessionStore, QueueBudget, Session, SessionState, SessionStore,
+    StoredWill, packet_id_of,
 };
 use crate::settings::Settings;
 use crate::stats::{BrokerStats, StatsSnapshot, add};
@@ -52,6 +57,8 @@ pub(crate) struct BrokerShared {
     pub reserved_client_ids: Mutex<HashSet<Arc<str>>>,
     /// Bytes queued for all sessions together, against `max_queued_bytes_total`.
     pub queue_budget: Arc<QueueBudget>,
+    /// The journal, when `data_dir` is set.
+    pub persistence: Option<Arc<Persistence>>,
 }
 
 /// The broker. Cheap to clone; every clone is the same broker.
@@ -74,9 +81,41 @@ pub(crate) struct Attached {
 }
 
 impl Broker {
-    /// A broker with in-memory sessions. Spawns its `$SYS` publisher when
-    /// called inside a tokio runtime.
+    /// A broker with in-memory sessions, whatever `data_dir` says. Spawns
+    /// its `$SYS` publisher when called inside a tokio runtime.
     pub fn new(settings: Settings, auth: Arc<dyn Authenticator>) -> Self {
+        Self::build(settings, auth, None)
+    }
+
+    /// A broker that keeps its persistent sessions and retained messages in
+    /// the journal under `settings.data_dir` (in memory when unset): what a
+    /// journal there holds is recovered first, a damaged tail reported and
+    /// dropped. Call inside a tokio runtime (session expiry and delayed
+    /// wills of recovered sessions are timers).
+    pub fn open(
+        settings: Settings,
+        auth: Arc<dyn Authenticator>,
+    ) -> Result<Self, PersistenceError> {
+        let Some(dir) = settings.data_dir.clone() else {
+            return Ok(Self::new(settings, auth));
+        };
+        let (persistence, recovered) = Persistence::open(WriterSettings {
+            dir,
+            fsync: settings.fsync,
+            fsync_interval: Duration::from_millis(settings.fsync_interval_ms),
+            compact_bytes: settings.journal_compact_bytes,
+            record_synced_length: settings.journal_record_synced_length,
+        })?;
+        let broker = Self::build(settings, auth, Some(persistence));
+        broker.shared.restore(recovered);
+        Ok(broker)
+    }
+
+    fn build(
+        settings: Settings,
+        auth: Arc<dyn Authenticator>,
+        persistence: Option<Arc<Persistence>>,
+    ) -> Self {
         let retained_limits = RetainedLimits {
             max_messages: settings.max_retained_messages,
             max_bytes: settings.max_retained_bytes,
@@ -99,6 +138,7 @@ impl Broker {
                 hibernation: Hibernation::default(),
                 reserved_client_ids: Mutex::default(),
                 queue_budget,
+                persistence,
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -129,8 +169,12 @@ impl Broker {
         let message = Arc::new(message);
         // The process's own messages have no publisher, so only the
         // broker-wide limits apply; one past them is routed unretained.
-        if message.retain && write(&self.shared.retained).set(message.clone()).is_err() {
-            add(&self.shared.stats.retained_refused, 1);
+        if message.retain {
+            let mut retained = write(&self.shared.retained);
+            match retained.set(message.clone()) {
+                Ok(()) => self.shared.record_retained(&message, None),
+                Err(_) => add(&self.shared.stats.retained_refused, 1),
+            }
         }
         self.shared.route(&message)
     }
@@ -149,7 +193,13 @@ impl Broker {
         {
             let _guard = s.lock_sessions();
             for session in s.sessions.all() {
-                if let Some(w) = session.lock().will.take() {
+                let mut state = session.lock();
+                if let Some(w) = state.will.take() {
+                    if state.epoch != 0 {
+                        s.record(Record::WillGone {
+                            session: key(&session, &state),
+                        });
+                    }
                     wills.push((session.client_id.clone(), w.will));
                 }
             }
@@ -172,6 +222,11 @@ impl Broker {
         let mut open = s.open_connections.subscribe();
         let timeout = Duration::from_secs(s.settings.shutdown_timeout_secs);
         let _ = tokio::time::timeout(timeout, open.wait_for(|n| *n == 0)).await;
+        // What the connections wrote on their way out is in the journal
+        // before shutdown returns.
+        if let Some(persistence) = s.persistence.clone() {
+            let _ = tokio::task::spawn_blocking(move || persistence.stop()).await;
+        }
     }
 
     /// Resolves once shutdown has begun.
@@ -221,16 +276,21 @@ impl BrokerShared {
     /// Sends `message` to every matching subscription; returns how many
     /// sessions it went to.
     pub(crate) fn route(&self, message: &Arc<Message>) -> usize {
-        self.route_holding(message, None)
+        let mut logged = Vec::new();
+        let delivered = self.route_holding(message, None, &mut logged);
+        self.record_route(message, logged, None, None);
+        delivered
     }
 
     /// [`Self::route`] for a client's message whose acknowledgement waits
     /// for the subscribers that keep messages: each one reached gets a
-    /// receipt from `holding`.
+    /// receipt from `holding`. The deliveries to persistent sessions are
+    /// added to `logged`, for [`Self::record_route`].
     pub(crate) fn route_holding(
         &self,
         message: &Arc<Message>,
         mut holding: Option<&mut Holding<'_>>,
+        logged: &mut Vec<LoggedDelivery>,
     ) -> usize {
         // Per subscriber: the highest QoS of its matching subscriptions
         // [MQTT-3.3.4-2] with all their identifiers [MQTT-3.3.4-3].
@@ -281,11 +341,94 @@ impl BrokerShared {
             // [MQTT-3.3.1-12] [MQTT-3.3.1-13] retain flag as published only
             // when the subscription asks for it.
             let retain = retain_as_published && message.retain;
-            if self.deliver_holding(&session, message, qos, retain, ids, holding.as_deref_mut()) {
+            if self.deliver_holding(
+                &session,
+                message,
+                qos,
+                retain,
+                ids,
+                holding.as_deref_mut(),
+                logged,
+            ) {
                 delivered += 1;
             }
         }
         delivered
+    }
+
+    /// Journals the end of a persistent session's delivery (acknowledged,
+    /// dropped); nothing for one the journal does not hold (`seq` 0).
+    pub(crate) fn record_done(&self, session: &Session, state: &SessionState, seq: u64) {
+        if seq != 0 {
+            self.record(Record::Done {
+                session: key(session, state),
+                seq,
+            });
+        }
+    }
+
+    /// Hands a record to the journal, if there is one.
+    pub(crate) fn record(&self, record: Record) {
+        if let Some(persistence) = &self.persistence {
+            persistence.write(record);
+        }
+    }
+
+    /// Journals a routed message with the persistent sessions it was queued
+    /// for and, for a QoS 2 PUBLISH of a persistent session, its packet
+    /// identifier now awaiting PUBREL. With `holding`, the publisher's
+    /// acknowledgement waits until the record is durable.
+    pub(crate) fn record_route(
+        &self,
+        message: &Arc<Message>,
+        logged: Vec<LoggedDelivery>,
+        received: Option<(SessionKey, u16)>,
+        holding: Option<&mut Holding<'_>>,
+    ) {
+        if logged.is_empty() && received.is_none() {
+            return;
+        }
+        let Some(persistence) = &self.persistence else {
+            return;
+        };
+        let record = Record::Route {
+            message: message.clone(),
+            deliveries: logged,
+            received,
+        };
+        match holding {
+            Some(holding) => persistence.write_kept(record, holding.receipt()),
+            None => persistence.write(record),
+        }
+    }
+
+    /// Journals a change of the retained messages; call with the retained
+    /// lock held, so the journal sees changes in the order they were made.
+    /// `$SYS` topics are the broker's own, made again every interval.
+    pub(crate) fn record_retained(
+        &self,
+        message: &Arc<Message>,
+        holding: Option<&mut Holding<'_>>,
+    ) {
+        let Some(persistence) = &self.persistence else {
+            return;
+        };
+        if is_server_topic(&message.topic) {
+            return;
+        }
+        let record = if message.payload.is_empty() {
+            Record::RetainCleared {
+                topic: message.topic.clone(),
+            }
+        } else {
+            Record::Retained {
+                message: message.clone(),
+            }
+        };
+        match holding {
+            Some(holding) => persistence.write_kept(record, holding.receipt()),
+            None => persistence.write(record),
+        }
     }
 
     /// Queues one message for one session and wakes its connection.
@@ -297,16 +440,21 @@ impl BrokerShared {
         retain: bool,
         subscription_ids: Vec<u32>,
     ) -> bool {
-        self.deliver_holding(
+        let mut logged = Vec::new();
+        let delivered = self.deliver_holding(
             session,
             message,
             subscription_qos,
             retain,
             subscription_ids,
             None,
-        )
+            &mut logged,
+        );
+        self.record_route(message, logged, None, None);
+        delivered
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn deliver_holding(
         &self,
         session: &Session,
@@ -315,6 +463,7 @@ impl BrokerShared {
         retain: bool,
         subscription_ids: Vec<u32>,
         holding: Option<&mut Holding<'_>>,
+        logged: &mut Vec<LoggedDelivery>,
     ) -> bool {
         // [MQTT-3.8.4-8] the lower of published and granted QoS.
         let qos = message.qos.min(subscription_qos);
@@ -330,12 +479,28 @@ impl BrokerShared {
             }
             _ => None,
         };
+        // A persistent session's QoS 1 and 2 deliveries are journaled.
+        let seq = if state.epoch != 0 && qos != QoS::AtMostOnce {
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            logged.push(LoggedDelivery {
+                session: key(session, &state),
+                seq,
+                qos,
+                retain,
+                subscription_ids: subscription_ids.clone(),
+            });
+            seq
+        } else {
+            0
+        };
         let delivery = Delivery {
             message: message.clone(),
             qos,
             retain,
             subscription_ids,
             receipt,
+            seq,
         };
         // A session with a queue of its own (the embedder's services) is
         // bounded by its count; every other by count and bytes.
@@ -347,15 +512,20 @@ impl BrokerShared {
             ),
         };
         let budget = byte_limit.is_some().then_some(&self.queue_budget);
+        let mut dropped_seqs = Vec::new();
         let dropped = state.enqueue_within(
             delivery,
             limit,
             byte_limit,
             self.settings.queue_policy,
             budget,
+            &mut dropped_seqs,
         );
         if dropped > 0 {
             add(&self.stats.messages_dropped, dropped);
+            for seq in dropped_seqs {
+                self.record_done(session, &state, seq);
+            }
         }
         let connected = state.connected;
         drop(state);
@@ -395,11 +565,15 @@ impl BrokerShared {
         });
         // A will past the retained limits still goes out, unretained: the
         // subscribers of now hear of the death either way.
-        if message.retain
-            && let Err(refusal) = write(&self.retained).set(message.clone())
-        {
-            add(&self.stats.retained_refused, 1);
-            tracing::debug!(client_id = %client_id, %refusal, "will not retained");
+        if message.retain {
+            let mut retained = write(&self.retained);
+            match retained.set(message.clone()) {
+                Ok(()) => self.record_retained(&message, None),
+                Err(refusal) => {
+                    add(&self.stats.retained_refused, 1);
+                    tracing::debug!(client_id = %client_id, %refusal, "will not retained");
+                }
+            }
         }
         self.route(&message);
     }
@@ -440,6 +614,11 @@ impl BrokerShared {
                 }
                 let present = !clean_start;
                 let old_subs = if clean_start {
+                    if state.epoch != 0 {
+                        self.record(Record::SessionEnded {
+                            session: key(&session, &state),
+                        });
+                    }
                     state.reset(protocol)
                 } else {
                     Default::default()
@@ -467,6 +646,35 @@ impl BrokerShared {
             state.connected = true;
             state.expiry_interval = expiry_interval;
             state.will = will;
+            if let Some(persistence) = &self.persistence
+                && (expiry_interval > 0 || state.epoch != 0)
+            {
+                let fresh = state.epoch == 0;
+                if fresh {
+                    state.epoch = persistence.new_epoch();
+                    state.next_seq = 1;
+                }
+                let session_key = key(&session, &state);
+                persistence.write(Record::Session {
+                    session: session_key.clone(),
+                    fresh,
+                    protocol,
+                    expiry: expiry_interval,
+                    will: state.will.clone(),
+                    last_seq: state.next_seq - 1,
+                });
+                if fresh {
+                    // A session that was not persistent until now keeps
+                    // the subscriptions it has.
+                    for (filter, subscription) in state.subscriptions.iter() {
+                        persistence.write(Record::Subscribed {
+                            session: session_key.clone(),
+                            filter: filter.to_owned(),
+                            subscription: *subscription,
+                        });
+                    }
+                }
+            }
             state.generation
         };
         drop(_guard);
@@ -501,53 +709,80 @@ impl BrokerShared {
         }
         state.connected = false;
         state.release_idle();
-        if !publish_will {
-            state.will = None;
+        if !publish_will && state.will.take().is_some() && state.epoch != 0 {
+            self.record(Record::WillGone {
+                session: key(session, &state),
+            });
         }
         let expiry = state.expiry_interval;
         let will_delay = state.will.as_ref().map(|w| w.delay);
+        if state.epoch != 0 && expiry != 0 {
+            self.record(Record::Detached {
+                session: key(session, &state),
+                at_ms: unix_ms(std::time::SystemTime::now()),
+                expiry,
+            });
+        }
         drop(state);
         drop(guard);
         if expiry == 0 {
             self.end_session(session);
             return true;
         }
+        self.await_return(session, generation, expiry, will_delay, Duration::ZERO);
+        true
+    }
+
+    /// A disconnected session `gone_for` ago: its will goes out after its
+    /// delay [MQTT-3.1.3-9] and the session ends after its expiry
+    /// [MQTT-3.1.2-23], unless a connection resumes it first.
+    fn await_return(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        generation: u64,
+        expiry: u32,
+        will_delay: Option<Duration>,
+        gone_for: Duration,
+    ) {
+        let expiry_total = Duration::from_secs(u64::from(expiry));
         if let Some(delay) = will_delay {
-            let delay = delay.min(Duration::from_secs(u64::from(expiry)));
-            if delay.is_zero() {
-                let will = session.lock().will.take();
+            let delay = delay.min(expiry_total).saturating_sub(gone_for);
+            let shared = Arc::downgrade(self);
+            let session = session.clone();
+            let publish = move |shared: &Arc<BrokerShared>| {
+                let will = {
+                    let mut state = session.lock();
+                    if state.generation != generation || state.connected {
+                        return;
+                    }
+                    let will = state.will.take();
+                    if will.is_some() && state.epoch != 0 {
+                        shared.record(Record::WillGone {
+                            session: key(&session, &state),
+                        });
+                    }
+                    will
+                };
                 if let Some(w) = will {
-                    self.publish_will(&session.client_id, w.will);
+                    shared.publish_will(&session.client_id, w.will);
                 }
+            };
+            if delay.is_zero() {
+                publish(self);
             } else {
-                let shared = Arc::downgrade(self);
-                let session = session.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    let Some(shared) = shared.upgrade() else {
-                        return;
-                    };
-                    let will = {
-                        let mut state = session.lock();
-                        if state.generation != generation || state.connected {
-                            return;
-                        }
-                        state.will.take()
-                    };
-                    if let Some(w) = will {
-                        shared.publish_will(&session.client_id, w.will);
+                    if let Some(shared) = shared.upgrade() {
+                        publish(&shared);
                     }
                 });
             }
         }
         if expiry != u32::MAX {
+            let left = expiry_total.saturating_sub(gone_for);
             let shared = Arc::downgrade(self);
             let session = session.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
+            let end = move |shared: &Arc<BrokerShared>| {
                 let stale = {
                     let state = session.lock();
                     state.generation != generation || state.connected
@@ -555,9 +790,93 @@ impl BrokerShared {
                 if !stale {
                     shared.end_session(&session);
                 }
-            });
+            };
+            if left.is_zero() {
+                end(self);
+            } else {
+                tokio::spawn(async move {
+                    tokio::time::sleep(left).await;
+                    if let Some(shared) = shared.upgrade() {
+                        end(&shared);
+                    }
+                });
+            }
         }
-        true
+    }
+
+    /// Rebuilds the persistent sessions and retained messages the journal
+    /// held, before any listener is served. A session whose connection was
+    /// open at the crash counts as disconnected now: its will waits its
+    /// delay, its expiry starts now.
+    pub(crate) fn restore(self: &Arc<Self>, recovered: LoggedState) {
+        let now_ms = unix_ms(std::time::SystemTime::now());
+        {
+            let mut retained = write(&self.retained);
+            for message in recovered.retained.into_values() {
+                if !message.is_expired() && retained.set(message).is_err() {
+                    add(&self.stats.retained_refused, 1);
+                }
+            }
+        }
+        for (client, logged) in recovered.sessions {
+            let session = Arc::new(Session::new(client, logged.protocol));
+            let (expiry, will_delay, gone_for) = {
+                let mut state = session.lock();
+                state.epoch = logged.epoch;
+                state.next_seq = logged.last_seq + 1;
+                state.expiry_interval = logged.expiry;
+                state.will = logged.will;
+                {
+                    let mut tree = write(&self.tree);
+                    for (filter, subscription) in logged.subscriptions {
+                        tree.subscribe(session.client_id.clone(), &filter, subscription);
+                        state.subscriptions.insert(filter, subscription);
+                    }
+                }
+                let traffic = state.traffic_mut();
+                traffic.incoming_qos2.extend(logged.incoming);
+                for (seq, held) in logged.deliveries {
+                    if held.released {
+                        let id = packet_id_of(seq);
+                        if traffic.claim_packet_id(id) {
+                            traffic.push_inflight(id, Inflight::Released(seq));
+                        }
+                    } else {
+                        traffic.queue.push_back(Delivery {
+                            message: held.message,
+                            qos: held.qos,
+                            retain: held.retain,
+                            subscription_ids: held.subscription_ids,
+                            receipt: None,
+                            seq,
+                        });
+                    }
+                }
+                state.release_idle();
+                let gone_for = match logged.detached_at_ms {
+                    Some(at) => Duration::from_millis(now_ms.saturating_sub(at)),
+                    None => {
+                        self.record(Record::Detached {
+                            session: key(&session, &state),
+                            at_ms: now_ms,
+                            expiry: state.expiry_interval,
+                        });
+                        Duration::ZERO
+                    }
+                };
+                (
+                    state.expiry_interval,
+                    state.will.as_ref().map(|w| w.delay),
+                    gone_for,
+                )
+            };
+            self.sessions.insert(session.clone());
+            if expiry == 0 {
+                self.end_session(&session);
+            } else {
+                self.await_return(&session, 0, expiry, will_delay, gone_for);
+            }
+        }
     }
 
     /// Ends a session: its subscriptions go, a will still pending goes out
@@ -571,6 +890,11 @@ impl BrokerShared {
             }
             if !self.sessions.remove(session) {
                 return;
+            }
+            if state.epoch != 0 {
+                self.record(Record::SessionEnded {
+                    session: key(session, &state),
+                });
             }
             (std::mem::take(&mut state.subscriptions), state.will.take())
         };
@@ -625,6 +949,12 @@ impl BrokerShared {
         let mut state = session.lock();
         for filter in &revoked {
             state.subscriptions.remove(filter);
+            if state.epoch != 0 {
+                self.record(Record::Unsubscribed {
+                    session: key(session, &state),
+                    filter: filter.clone(),
+                });
+            }
         }
         let kept: Vec<String> = state
             .subscriptions
@@ -636,10 +966,19 @@ impl BrokerShared {
             })
             .collect();
         if state.queued() > 0 {
+            let mut dropped = Vec::new();
             state.traffic_mut().queue.retain(|delivery| {
-                kept.iter()
-                    .any(|filter| mqtt::topic::matches(filter, &delivery.message.topic))
+                let keep = kept
+                    .iter()
+                    .any(|filter| mqtt::topic::matches(filter, &delivery.message.topic));
+                if !keep && delivery.seq != 0 {
+                    dropped.push(delivery.seq);
+                }
+                keep
             });
+            for seq in dropped {
+                self.record_done(session, &state, seq);
+            }
         }
         tracing::info!(client_id = %session.client_id, revoked = revoked.len(), "resumed session lost subscriptions its identity may no longer make");
         revoked.len()
@@ -649,6 +988,14 @@ impl BrokerShared {
         let n = self.next_client_number.fetch_add(1, Ordering::Relaxed);
         let random: u32 = rand::random();
         format!("telemark-{n:x}-{random:08x}")
+    }
+}
+
+/// A session's place in the journal (its `epoch` is set).
+pub(crate) fn key(session: &Session, state: &SessionState) -> SessionKey {
+    SessionKey {
+        client: session.client_id.clone(),
+        epoch: state.epoch,
     }
 }
 

@@ -19,10 +19,11 @@ use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 
 use crate::auth::{Action, AuthConversation, AuthStep, ClientIdentity, ConnectRequest};
-use crate::broker::{BrokerShared, read, write};
+use crate::broker::{BrokerShared, key, read, write};
 use crate::message::Message;
+use crate::persistence::Record;
 use crate::receipt::{AckHold, Holding, Settled};
-use crate::session::{Delivery, Inflight, Session, StoredWill};
+use crate::session::{Delivery, Inflight, Session, StoredWill, packet_id_of};
 use crate::stats::add;
 use crate::transport::Transport;
 use crate::tree::Subscription;
@@ -986,21 +987,33 @@ impl Connection {
         match packet {
             Packet::Publish(publish) => self.handle_publish(active, publish),
             Packet::PubAck(ack) => {
-                active
-                    .session
-                    .lock()
-                    .complete(ack.packet_id, false, Some(QoS::AtLeastOnce));
+                let mut state = active.session.lock();
+                if let Some(seq) = state.complete(ack.packet_id, false, Some(QoS::AtLeastOnce)) {
+                    self.shared.record_done(&active.session, &state, seq);
+                }
                 Ok(())
             }
             Packet::PubRec(rec) => {
                 let mut state = active.session.lock();
                 if rec.reason.is_error() {
                     // [MQTT-4.3.3] a PUBREC with an error ends the flow.
-                    state.complete(rec.packet_id, false, Some(QoS::ExactlyOnce));
+                    if let Some(seq) = state.complete(rec.packet_id, false, Some(QoS::ExactlyOnce))
+                    {
+                        self.shared.record_done(&active.session, &state, seq);
+                    }
                     return Ok(());
                 }
-                let known = state.release(rec.packet_id);
+                let released = state.release(rec.packet_id);
+                if let Some(seq) = released
+                    && seq != 0
+                {
+                    self.shared.record(Record::Released {
+                        session: key(&active.session, &state),
+                        seq,
+                    });
+                }
                 drop(state);
+                let known = released.is_some();
                 // [MQTT-4.3.3-4] answer PUBREC with PUBREL.
                 let reason = if known || !v5 {
                     ReasonCode::Success
@@ -1015,7 +1028,15 @@ impl Connection {
             }
             Packet::PubRel(rel) => {
                 // [MQTT-4.3.3-11] PUBREL releases the id; answer PUBCOMP.
-                let known = active.session.lock().release_incoming(rel.packet_id);
+                let mut state = active.session.lock();
+                let known = state.release_incoming(rel.packet_id);
+                if known && state.epoch != 0 {
+                    self.shared.record(Record::ReceiveDone {
+                        session: key(&active.session, &state),
+                        packet_id: rel.packet_id,
+                    });
+                }
+                drop(state);
                 let reason = if known || !v5 {
                     ReasonCode::Success
                 } else {
@@ -1028,7 +1049,10 @@ impl Connection {
                 Ok(())
             }
             Packet::PubComp(comp) => {
-                active.session.lock().complete(comp.packet_id, true, None);
+                let mut state = active.session.lock();
+                if let Some(seq) = state.complete(comp.packet_id, true, None) {
+                    self.shared.record_done(&active.session, &state, seq);
+                }
                 Ok(())
             }
             Packet::Subscribe(subscribe) => {
@@ -1298,7 +1322,12 @@ impl Connection {
                 // cleared. Past the retained limits the PUBLISH is refused
                 // whole with 0x97 Quota exceeded (3.3.4), not routed.
                 let refused = if message.retain {
-                    write(&shared.retained).set(message.clone()).err()
+                    let mut retained = write(&shared.retained);
+                    let refused = retained.set(message.clone()).err();
+                    if refused.is_none() {
+                        shared.record_retained(&message, holding.as_mut());
+                    }
+                    refused
                 } else {
                     None
                 };
@@ -1306,10 +1335,24 @@ impl Connection {
                     add(&shared.stats.retained_refused, 1);
                     debug!(client_id = %active.session.client_id, topic = %message.topic, %refusal, "retained PUBLISH refused");
                     ReasonCode::QuotaExceeded
-                } else if shared.route_holding(&message, holding.as_mut()) == 0 && v5 {
-                    ReasonCode::NoMatchingSubscribers
                 } else {
-                    ReasonCode::Success
+                    let mut logged = Vec::new();
+                    let routed = shared.route_holding(&message, holding.as_mut(), &mut logged);
+                    // A persistent session's QoS 2 identifier awaits PUBREL
+                    // in the journal too, or a resend after a crash would
+                    // be delivered twice [MQTT-4.3.3-9].
+                    let received = if publish.qos == QoS::ExactlyOnce {
+                        let state = active.session.lock();
+                        (state.epoch != 0).then(|| (key(&active.session, &state), id))
+                    } else {
+                        None
+                    };
+                    shared.record_route(&message, logged, received, holding.as_mut());
+                    if routed == 0 && v5 {
+                        ReasonCode::NoMatchingSubscribers
+                    } else {
+                        ReasonCode::Success
+                    }
                 }
             }
         };
@@ -1419,6 +1462,13 @@ impl Connection {
                     continue;
                 }
                 state.subscriptions.insert(filter.clone(), subscription);
+                if state.epoch != 0 {
+                    shared.record(Record::Subscribed {
+                        session: key(&active.session, &state),
+                        filter: filter.clone(),
+                        subscription,
+                    });
+                }
                 existed
             };
             // [MQTT-3.8.4-3] a subscription to the same filter replaces the old.
@@ -1469,7 +1519,17 @@ impl Connection {
         let shared = self.shared.clone();
         let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
         for filter in &unsubscribe.filters {
-            let existed = active.session.lock().subscriptions.remove(filter).is_some();
+            let existed = {
+                let mut state = active.session.lock();
+                let existed = state.subscriptions.remove(filter).is_some();
+                if existed && state.epoch != 0 {
+                    shared.record(Record::Unsubscribed {
+                        session: key(&active.session, &state),
+                        filter: filter.clone(),
+                    });
+                }
+                existed
+            };
             if existed {
                 write(&shared.tree).unsubscribe(&active.session.client_id, filter);
             }
@@ -1506,13 +1566,15 @@ impl Connection {
                         too_large.push(*id);
                     }
                 }
-                Inflight::Released => {
+                Inflight::Released(_) => {
                     self.send(active, Packet::PubRel(PubResponse::new(*id)));
                 }
             }
         }
         for id in too_large {
-            state.complete(id, false, None);
+            if let Some(seq) = state.complete(id, false, None) {
+                self.shared.record_done(&session, &state, seq);
+            }
         }
     }
 
@@ -1535,33 +1597,74 @@ impl Connection {
         if state.queued() == 0 {
             return Some(false);
         }
-        let traffic = state.traffic_mut();
+        let persistent = state.epoch != 0;
+        let mut dropped = Vec::new();
+        let more = self.fill_from(
+            active,
+            state.traffic_mut(),
+            limit,
+            written,
+            persistent.then_some(&mut dropped),
+        );
+        for seq in dropped {
+            self.shared.record_done(&session, &state, seq);
+        }
+        Some(more)
+    }
+
+    /// [`Self::fill`] on the session's traffic, its state locked. The
+    /// journaled deliveries it drops (expired, too large) go to `dropped`.
+    fn fill_from(
+        &mut self,
+        active: &mut Active,
+        traffic: &mut crate::session::Traffic,
+        limit: usize,
+        written: &mut u32,
+        mut dropped: Option<&mut Vec<u64>>,
+    ) -> bool {
+        let mut lose = |delivery: &Delivery| {
+            if let Some(dropped) = dropped.as_deref_mut()
+                && delivery.seq != 0
+            {
+                dropped.push(delivery.seq);
+            }
+        };
         loop {
             let Some(front) = traffic.queue.front() else {
-                return Some(false);
+                return false;
             };
             if front.qos != QoS::AtMostOnce && traffic.inflight.len() >= limit {
-                return Some(false);
+                return false;
             }
             if self.wbuf.len() >= 256 * 1024 {
-                return Some(true);
+                return true;
             }
             let Some(delivery) = traffic.queue.pop_front() else {
-                return Some(false);
+                return false;
             };
             // [MQTT-3.3.2-5] expired messages are not sent.
             if delivery.message.is_expired() {
                 add(&self.shared.stats.messages_dropped, 1);
+                lose(&delivery);
                 continue;
             }
             let id = if delivery.qos == QoS::AtMostOnce {
                 0
+            } else if delivery.seq != 0 {
+                // A journaled delivery's identifier is its number's; it
+                // waits while an older message still holds it.
+                let id = packet_id_of(delivery.seq);
+                if !traffic.claim_packet_id(id) {
+                    traffic.queue.push_front(delivery);
+                    return false;
+                }
+                id
             } else {
                 match traffic.allocate_packet_id() {
                     Some(id) => id,
                     None => {
                         traffic.queue.push_front(delivery);
-                        return Some(false);
+                        return false;
                     }
                 }
             };
@@ -1575,6 +1678,7 @@ impl Connection {
                     traffic.release_packet_id(id);
                 }
                 add(&self.shared.stats.messages_dropped, 1);
+                lose(&delivery);
             }
         }
     }

@@ -52,6 +52,12 @@ impl Subscriptions {
         removed
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Subscription)> {
+        self.0
+            .iter()
+            .flat_map(|map| map.iter().map(|(f, s)| (f.as_str(), s)))
+    }
+
     pub fn filters(&self) -> impl Iterator<Item = &str> {
         self.0.iter().flat_map(|map| map.keys().map(String::as_str))
     }
@@ -68,6 +74,17 @@ pub struct Delivery {
     /// For a subscriber that keeps messages: the publisher's acknowledgement
     /// waits on it (see `receipt`).
     pub receipt: Option<crate::receipt::Receipt>,
+    /// Its number in a persistent session (which gives its packet
+    /// identifier, see [`packet_id_of`]); 0 when the journal does not hold it.
+    pub seq: u64,
+}
+
+/// The packet identifier of a persistent session's delivery number `seq`:
+/// fixed by the number, so a delivery sent before a crash goes again after
+/// it with the identifier the client may already hold [MQTT-4.3.3-9]
+/// without the journal writing each send.
+pub fn packet_id_of(seq: u64) -> u16 {
+    ((seq.saturating_sub(1) % u64::from(u16::MAX)) + 1) as u16
 }
 
 /// Bytes queued for all sessions together, against the broker's total
@@ -213,8 +230,9 @@ impl DeliveryQueue {
 pub enum Inflight {
     /// PUBLISH sent; waiting for PUBACK or PUBREC.
     Publish(Delivery),
-    /// PUBREC received and PUBREL sent; waiting for PUBCOMP.
-    Released,
+    /// PUBREC received and PUBREL sent; waiting for PUBCOMP. Holds the
+    /// delivery's number in a persistent session (0 otherwise).
+    Released(u64),
 }
 
 /// The will of the connection, kept in the session so that a delayed will
@@ -263,6 +281,12 @@ impl Traffic {
         }
     }
 
+    /// Takes `packet_id` for a delivery of a persistent session; false while
+    /// another message in flight holds it.
+    pub fn claim_packet_id(&mut self, packet_id: u16) -> bool {
+        self.inflight_ids.insert(packet_id)
+    }
+
     pub fn push_inflight(&mut self, packet_id: u16, inflight: Inflight) {
         self.inflight_ids.insert(packet_id);
         self.inflight.push_back((packet_id, inflight));
@@ -278,34 +302,30 @@ impl Traffic {
         self.inflight.iter().position(|(id, _)| *id == packet_id)
     }
 
-    /// Ends the flow of `packet_id`, if it is in flight in the expected state.
-    fn complete(&mut self, packet_id: u16, expect_released: bool, qos: Option<QoS>) -> bool {
-        let Some(pos) = self.position(packet_id) else {
-            return false;
+    /// Ends the flow of `packet_id`, if it is in flight in the expected
+    /// state; returns the delivery's number (0 if not persistent).
+    fn complete(&mut self, packet_id: u16, expect_released: bool, qos: Option<QoS>) -> Option<u64> {
+        let pos = self.position(packet_id)?;
+        let seq = match (&self.inflight[pos].1, expect_released) {
+            (Inflight::Released(seq), true) => *seq,
+            (Inflight::Publish(d), false) if qos.is_none_or(|q| d.qos == q) => d.seq,
+            _ => return None,
         };
-        let matches = match (&self.inflight[pos].1, expect_released) {
-            (Inflight::Released, true) => true,
-            (Inflight::Publish(d), false) => qos.is_none_or(|q| d.qos == q),
-            _ => false,
-        };
-        if matches {
-            self.inflight.remove(pos);
-            self.inflight_ids.remove(&packet_id);
-        }
-        matches
+        self.inflight.remove(pos);
+        self.inflight_ids.remove(&packet_id);
+        Some(seq)
     }
 
-    fn release(&mut self, packet_id: u16) -> bool {
-        match self.position(packet_id) {
-            Some(pos) => match &self.inflight[pos].1 {
-                Inflight::Publish(d) if d.qos == QoS::ExactlyOnce => {
-                    self.inflight[pos].1 = Inflight::Released;
-                    true
-                }
-                Inflight::Released => true,
-                Inflight::Publish(_) => false,
-            },
-            None => false,
+    fn release(&mut self, packet_id: u16) -> Option<u64> {
+        let pos = self.position(packet_id)?;
+        match &self.inflight[pos].1 {
+            Inflight::Publish(d) if d.qos == QoS::ExactlyOnce => {
+                let seq = d.seq;
+                self.inflight[pos].1 = Inflight::Released(seq);
+                Some(seq)
+            }
+            Inflight::Released(seq) => Some(*seq),
+            Inflight::Publish(_) => None,
         }
     }
 }
@@ -330,6 +350,11 @@ pub struct SessionState {
     pub will: Option<Box<StoredWill>>,
     /// Messages dropped because the queue was full.
     pub dropped: u64,
+    /// This incarnation's number in the journal; 0 when the session is not
+    /// persistent (or persistence is off).
+    pub epoch: u64,
+    /// The number the next journaled delivery gets.
+    pub next_seq: u64,
 }
 
 impl SessionState {
@@ -345,6 +370,8 @@ impl SessionState {
             generation: 0,
             will: None,
             dropped: 0,
+            epoch: 0,
+            next_seq: 1,
         }
     }
 
@@ -392,13 +419,14 @@ impl SessionState {
         byte_limit: Option<usize>,
         policy: QueuePolicy,
     ) -> u64 {
-        self.enqueue_within(delivery, limit, byte_limit, policy, None)
+        self.enqueue_within(delivery, limit, byte_limit, policy, None, &mut Vec::new())
     }
 
     /// [`Self::enqueue`] under the broker's total bound as well: while all
     /// queues together hold more than `budget` allows, a queue that holds a
     /// step of it or more does not grow (the policy applies as if it were
-    /// full at its present size); smaller queues go on.
+    /// full at its present size); smaller queues go on. The numbers of the
+    /// journaled deliveries dropped are added to `dropped_seqs`.
     pub fn enqueue_within(
         &mut self,
         delivery: Delivery,
@@ -406,6 +434,7 @@ impl SessionState {
         byte_limit: Option<usize>,
         policy: QueuePolicy,
         budget: Option<&Arc<QueueBudget>>,
+        dropped_seqs: &mut Vec<u64>,
     ) -> u64 {
         let size = delivery_size(&delivery);
         let queue = &mut self.traffic_mut().queue;
@@ -426,34 +455,53 @@ impl SessionState {
             return 0;
         }
         let mut dropped = 1;
+        let mut lose = |d: Delivery| {
+            if d.seq != 0 {
+                dropped_seqs.push(d.seq);
+            }
+        };
         if policy == QueuePolicy::DropOldest {
             // Room is made oldest first; a message larger than the whole
             // byte bound is the one dropped.
             dropped = 0;
-            while !fits(queue) && queue.pop_front().is_some() {
+            while !fits(queue) {
+                let Some(oldest) = queue.pop_front() else {
+                    break;
+                };
+                lose(oldest);
                 dropped += 1;
             }
             if fits(queue) {
                 queue.push_back(delivery);
             } else {
+                lose(delivery);
                 dropped += 1;
             }
+        } else {
+            lose(delivery);
         }
         self.dropped += dropped;
         dropped
     }
 
-    /// Ends the flow of `packet_id`, if it is in flight in the expected state.
-    pub fn complete(&mut self, packet_id: u16, expect_released: bool, qos: Option<QoS>) -> bool {
+    /// Ends the flow of `packet_id`, if it is in flight in the expected
+    /// state: the delivery's number in the journal (0 if not journaled).
+    pub fn complete(
+        &mut self,
+        packet_id: u16,
+        expect_released: bool,
+        qos: Option<QoS>,
+    ) -> Option<u64> {
         self.traffic
             .as_mut()
-            .is_some_and(|t| t.complete(packet_id, expect_released, qos))
+            .and_then(|t| t.complete(packet_id, expect_released, qos))
     }
 
     /// PUBREC received: the message is the client's now; remember only the id
-    /// until PUBCOMP [MQTT-4.3.3-5]. Returns false for an unknown id.
-    pub fn release(&mut self, packet_id: u16) -> bool {
-        self.traffic.as_mut().is_some_and(|t| t.release(packet_id))
+    /// until PUBCOMP [MQTT-4.3.3-5]. `None` for an unknown id, else the
+    /// delivery's number in the journal (0 if not journaled).
+    pub fn release(&mut self, packet_id: u16) -> Option<u64> {
+        self.traffic.as_mut().and_then(|t| t.release(packet_id))
     }
 
     /// PUBREL received: the QoS 2 id is free again [MQTT-4.3.3-11]. False
@@ -613,6 +661,7 @@ mod tests {
             retain: false,
             subscription_ids: vec![],
             receipt: None,
+            seq: 0,
         }
     }
 
@@ -697,12 +746,12 @@ mod tests {
         s.traffic_mut()
             .push_inflight(id, Inflight::Publish(delivery(0, QoS::ExactlyOnce)));
         assert!(
-            !s.complete(id, false, Some(QoS::AtLeastOnce)),
+            s.complete(id, false, Some(QoS::AtLeastOnce)).is_none(),
             "PUBACK does not end a QoS 2 flow"
         );
-        assert!(s.release(id));
-        assert!(!s.complete(id, false, None));
-        assert!(s.complete(id, true, None));
+        assert!(s.release(id).is_some());
+        assert!(s.complete(id, false, None).is_none());
+        assert!(s.complete(id, true, None).is_some());
         assert!(s.traffic().is_some_and(|t| t.inflight.is_empty()));
         let next = s.traffic_mut().allocate_packet_id().expect("id");
         assert_ne!(next, 0);
@@ -729,7 +778,7 @@ mod tests {
         s.traffic_mut().push_inflight(id, Inflight::Publish(d));
         assert!(s.settle_idle(0), "in flight is not work for the connection");
         assert!(s.traffic().is_some(), "kept while a message is in flight");
-        assert!(s.complete(id, false, Some(QoS::AtLeastOnce)));
+        assert!(s.complete(id, false, Some(QoS::AtLeastOnce)).is_some());
         s.traffic_mut().incoming_qos2.insert(7);
         s.release_idle();
         assert!(s.traffic().is_some(), "kept while a QoS 2 id awaits PUBREL");
@@ -737,10 +786,10 @@ mod tests {
         s.release_idle();
         assert!(s.traffic().is_none());
         assert!(
-            !s.complete(id, false, None),
+            s.complete(id, false, None).is_none(),
             "no traffic, nothing to complete"
         );
-        assert!(!s.release(id));
+        assert!(s.release(id).is_none());
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! The broker's limits and behaviour, with defaults fit for a 10,000-device fleet.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
+
+pub use crate::persistence::FsyncPolicy;
 
 /// What happens when a session's queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -78,6 +82,23 @@ pub struct Settings {
     /// user name (CONNACK 0x85, 3.1.1: 0x02), so one login cannot take over
     /// or read another's session. The platform's device logins always are.
     pub client_id_must_match_username: bool,
+    /// Directory of the journal that keeps persistent sessions (their
+    /// subscriptions, wills, queued and in-flight QoS 1 and 2 messages) and
+    /// retained messages across restarts and crashes. Unset: all in memory.
+    /// With it, a QoS 1 or 2 message for a persistent session, a retained
+    /// one, or a QoS 2 one from a persistent session is acknowledged only
+    /// once it is in the journal (docs/durability.md).
+    pub data_dir: Option<PathBuf>,
+    /// When the journal is synced to the disk: `always`, `batch`, `never`.
+    pub fsync: FsyncPolicy,
+    /// With `fsync = "batch"`: the longest wait between syncs (ms).
+    pub fsync_interval_ms: u64,
+    /// The journal is compacted (rewritten as the live state) once it is
+    /// past this many bytes and twice its size after the last compaction.
+    pub journal_compact_bytes: u64,
+    /// Writes the journal's synced length to `journal.synced` after every
+    /// sync: for the power-cut test, which cuts the journal there.
+    pub journal_record_synced_length: bool,
 }
 
 impl Default for Settings {
@@ -106,6 +127,11 @@ impl Default for Settings {
             shutdown_timeout_secs: 5,
             hibernate_after_ms: 100,
             client_id_must_match_username: false,
+            data_dir: None,
+            fsync: FsyncPolicy::Always,
+            fsync_interval_ms: 5,
+            journal_compact_bytes: 64 * 1024 * 1024,
+            journal_record_synced_length: false,
         }
     }
 }
@@ -144,6 +170,9 @@ impl Settings {
         }
         if self.max_keep_alive == 0 {
             problems.push("broker.max_keep_alive must be at least 1".to_owned());
+        }
+        if self.fsync == FsyncPolicy::Batch && !(1..=1000).contains(&self.fsync_interval_ms) {
+            problems.push("broker.fsync_interval_ms must be 1 to 1000".to_owned());
         }
         if problems.is_empty() {
             Ok(())

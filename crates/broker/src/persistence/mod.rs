@@ -1,0 +1,375 @@
+//! The broker's durable state: persistent sessions with their
+//! subscriptions, wills and expiry, their queued and in-flight QoS 1 and 2
+//! deliveries (with the QoS 2 state both ways), and retained messages, in a
+//! write-ahead journal (`journal` crate) under `data_dir`.
+//!
+//! Connections hand records to one writer thread; it appends them, syncs by
+//! the fsync policy, and only then keeps the receipts a client's
+//! acknowledgement waits on (`receipt`), so a PUBACK or PUBREC goes out
+//! once the message is in the journal. The writer also applies each record
+//! to its own picture of the state (`model`), which it writes out whole as a
+//! new journal when the old one has grown: compaction needs nothing from
+//! the broker's locks.
+
+mod model;
+mod record;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::receipt::Receipt;
+pub(crate) use model::LoggedState;
+pub(crate) use record::{LoggedDelivery, Now, Record, SessionKey, unix_ms};
+
+/// When the journal is synced to the disk, and so what a power cut can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncPolicy {
+    /// Sync after each write of the records that came in meanwhile (group
+    /// commit); acknowledgements wait for it. A power cut loses nothing
+    /// acknowledged.
+    #[default]
+    Always,
+    /// Sync at most every `fsync_interval_ms`, collecting records in
+    /// between; acknowledgements wait for the sync. A power cut loses
+    /// nothing acknowledged; latency grows by up to the interval, syncs
+    /// (and disk wear) shrink under load.
+    Batch,
+    /// Never sync: acknowledgements wait only for the write to the
+    /// operating system. `kill -9` loses nothing; a power cut loses what
+    /// the kernel had not yet written back (up to ~30 s on Linux defaults).
+    Never,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PersistenceError {
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error("could not start the journal's writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Figures of the journal for `$SYS` and `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct JournalStats {
+    pub bytes: AtomicU64,
+    pub records: AtomicU64,
+    pub syncs: AtomicU64,
+    pub compactions: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+struct Pending {
+    records: Vec<(Record, Option<Receipt>)>,
+    stopping: bool,
+}
+
+/// The handle connections write through. Dropping the last one stops the
+/// writer after it has written what it was given.
+pub(crate) struct Persistence {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    next_epoch: AtomicU64,
+    pub stats: JournalStats,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Persistence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persistence").finish_non_exhaustive()
+    }
+}
+
+/// How the writer runs, from the broker's settings.
+#[derive(Debug, Clone)]
+pub(crate) struct WriterSettings {
+    pub dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval: Duration,
+    /// Compact once the file is past this and twice its last compacted size.
+    pub compact_bytes: u64,
+    /// Write the synced length to `journal.synced` after each sync, for
+    /// the power-cut test to cut the file there.
+    pub record_synced_length: bool,
+}
+
+impl Persistence {
+    /// Opens the journal in `settings.dir`, reads it back (reporting any
+    /// damaged tail, which is dropped), writes the recovered state as a new
+    /// journal and starts the writer. Returns the state to rebuild the
+    /// broker from.
+    pub(crate) fn open(
+        settings: WriterSettings,
+    ) -> Result<(Arc<Persistence>, LoggedState), PersistenceError> {
+        let (mut journal, contents) = journal::Journal::open(&settings.dir)?;
+        let now = Now::get();
+        let mut state = LoggedState::default();
+        let mut scan = journal::scan(&contents);
+        let mut records = 0u64;
+        let mut undecodable = None;
+        loop {
+            let offset = scan.good_len();
+            let Some(payload) = scan.next() else { break };
+            match Record::decode(payload, now) {
+                Ok(record) => {
+                    state.apply(record);
+                    records += 1;
+                }
+                Err(e) => {
+                    undecodable = Some((offset, e));
+                    break;
+                }
+            }
+        }
+        let path = journal.path();
+        if let Some(damage) = scan.damage() {
+            tracing::warn!(journal = %path.display(), offset = damage.offset, dropped_bytes = damage.dropped, reason = damage.reason, records, "journal recovered up to a damaged tail (a crash or power cut during a write); the tail is dropped");
+        }
+        if let Some((offset, error)) = undecodable {
+            tracing::error!(journal = %path.display(), offset, %error, records, "journal record with a good checksum could not be read (written by another version?); recovered up to it, the rest is dropped");
+        }
+        state.forget_early_ends();
+        let queued: usize = state.sessions.values().map(|s| s.deliveries.len()).sum();
+        tracing::info!(journal = %path.display(), records, bytes = contents.len(), sessions = state.sessions.len(), queued, retained = state.retained.len(), "journal recovered");
+        drop(contents);
+        let snapshot = encode_all(&state.snapshot());
+        journal.replace(&snapshot)?;
+        let persistence = Arc::new(Persistence {
+            pending: Mutex::new(Pending {
+                records: Vec::new(),
+                stopping: false,
+            }),
+            wake: Condvar::new(),
+            next_epoch: AtomicU64::new(state.next_epoch.max(1)),
+            stats: JournalStats::default(),
+            writer: Mutex::new(None),
+        });
+        persistence
+            .stats
+            .bytes
+            .store(journal.len(), Ordering::Relaxed);
+        // The broker is rebuilt from a copy; the writer keeps the original
+        // (messages are shared between them, not copied).
+        let mut copy = LoggedState::default();
+        for record in state.snapshot() {
+            copy.apply(record);
+        }
+        let writer = Writer {
+            journal,
+            model: state,
+            settings,
+            last_compacted: snapshot.len() as u64,
+            broken: false,
+            persistence: Arc::downgrade(&persistence),
+        };
+        let handle = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || writer.run())
+            .map_err(PersistenceError::Thread)?;
+        *lock(&persistence.writer) = Some(handle);
+        Ok((persistence, copy))
+    }
+
+    /// A new incarnation number for a persistent session.
+    pub(crate) fn new_epoch(&self) -> u64 {
+        self.next_epoch.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Hands a record to the writer.
+    pub(crate) fn write(&self, record: Record) {
+        self.push(record, None);
+    }
+
+    /// Hands a record to the writer; `receipt` is kept once it is durable,
+    /// or dropped (lost) if it cannot be written.
+    pub(crate) fn write_kept(&self, record: Record, receipt: Receipt) {
+        self.push(record, Some(receipt));
+    }
+
+    fn push(&self, record: Record, receipt: Option<Receipt>) {
+        let mut pending = lock(&self.pending);
+        let was_empty = pending.records.is_empty();
+        pending.records.push((record, receipt));
+        drop(pending);
+        if was_empty {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Writes what it was given and stops the writer; waits for it.
+    pub(crate) fn stop(&self) {
+        lock(&self.pending).stopping = true;
+        self.wake.notify_one();
+        if let Some(handle) = lock(&self.writer).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Persistence {
+    fn drop(&mut self) {
+        lock(&self.pending).stopping = true;
+        self.wake.notify_one();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn encode_all(records: &[Record]) -> Vec<u8> {
+    let mut framed = Vec::new();
+    let mut payload = Vec::new();
+    for record in records {
+        payload.clear();
+        record.encode(&mut payload);
+        journal::frame(&mut framed, &payload);
+    }
+    framed
+}
+
+struct Writer {
+    journal: journal::Journal,
+    model: LoggedState,
+    settings: WriterSettings,
+    last_compacted: u64,
+    /// A write failed: the file's tail may be torn, so the next write
+    /// starts by writing the model out whole.
+    broken: bool,
+    persistence: std::sync::Weak<Persistence>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut framed = Vec::new();
+        let mut payload = Vec::new();
+        let mut last_sync = Instant::now();
+        loop {
+            let Some(persistence) = self.persistence.upgrade() else {
+                return;
+            };
+            let (mut batch, stopping) = {
+                let mut pending = lock(&persistence.pending);
+                while pending.records.is_empty() && !pending.stopping {
+                    // Wakes now and then to notice a dropped broker.
+                    pending = persistence
+                        .wake
+                        .wait_timeout(pending, Duration::from_secs(1))
+                        .map(|(guard, _)| guard)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                    if std::sync::Arc::strong_count(&persistence) == 1 {
+                        pending.stopping = true;
+                    }
+                }
+                (std::mem::take(&mut pending.records), pending.stopping)
+            };
+            if self.settings.fsync == FsyncPolicy::Batch && !stopping {
+                let due = last_sync + self.settings.fsync_interval;
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                    batch.append(&mut lock(&persistence.pending).records);
+                }
+            }
+            if !batch.is_empty() {
+                framed.clear();
+                for (record, _) in &batch {
+                    payload.clear();
+                    record.encode(&mut payload);
+                    journal::frame(&mut framed, &payload);
+                }
+                let written = self.write(&framed);
+                last_sync = Instant::now();
+                let stats = &persistence.stats;
+                if written {
+                    stats
+                        .records
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    if self.settings.fsync != FsyncPolicy::Never {
+                        stats.syncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    for (record, receipt) in batch {
+                        self.model.apply(record);
+                        if let Some(receipt) = receipt {
+                            receipt.kept();
+                        }
+                    }
+                    self.compact_if_due(stats);
+                } else {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    // Receipts dropped unkept: their publishers are told
+                    // to send again. The records are not in the model.
+                    drop(batch);
+                }
+                stats.bytes.store(self.journal.len(), Ordering::Relaxed);
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Appends and syncs by the policy; false if the journal could not be
+    /// written (logged).
+    fn write(&mut self, framed: &[u8]) -> bool {
+        if self.broken {
+            let snapshot = encode_all(&self.model.snapshot());
+            if let Err(e) = self.journal.replace(&snapshot) {
+                tracing::error!(error = %e, "journal still cannot be written; acknowledgements are withheld");
+                return false;
+            }
+            self.last_compacted = snapshot.len() as u64;
+            self.broken = false;
+            tracing::warn!("journal written again after a failure");
+        }
+        let result = self.journal.append(framed).and_then(|()| {
+            if self.settings.fsync == FsyncPolicy::Never {
+                Ok(())
+            } else {
+                self.journal.sync()
+            }
+        });
+        match result {
+            Ok(()) => {
+                if self.settings.record_synced_length {
+                    let marker = self.settings.dir.join("journal.synced");
+                    let _ = std::fs::write(marker, self.journal.len().to_string());
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "journal write failed; the messages it carried are not acknowledged");
+                self.broken = true;
+                false
+            }
+        }
+    }
+
+    fn compact_if_due(&mut self, stats: &JournalStats) {
+        let len = self.journal.len();
+        if len < self.settings.compact_bytes || len < self.last_compacted.saturating_mul(2) {
+            return;
+        }
+        let snapshot = encode_all(&self.model.snapshot());
+        match self.journal.replace(&snapshot) {
+            Ok(()) => {
+                tracing::debug!(from = len, to = snapshot.len(), "journal compacted");
+                self.last_compacted = snapshot.len() as u64;
+                stats.compactions.fetch_add(1, Ordering::Relaxed);
+                if self.settings.record_synced_length {
+                    let marker = self.settings.dir.join("journal.synced");
+                    let _ = std::fs::write(marker, self.journal.len().to_string());
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "journal compaction failed; the journal goes on growing");
+                self.broken = true;
+            }
+        }
+    }
+}

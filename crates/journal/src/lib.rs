@@ -1,0 +1,373 @@
+//! An append-only file of records, each framed with its length and a CRC-32C
+//! so a reader can tell where a crash or a power cut left the file: the
+//! records before the first damaged one are good, the rest is reported and
+//! dropped, never guessed at.
+//!
+//! File: the 8-byte [`MAGIC`], then frames of `length: u32 LE`,
+//! `crc32: u32 LE` (of the payload), `payload`. It knows nothing of what
+//! the payloads mean; the broker's persistence gives them their meaning.
+//!
+//! Compaction writes the live state as a new file beside the old, syncs it
+//! and renames it over the old one ([`Journal::replace`]), so a crash during
+//! compaction leaves one whole file or the other.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The first bytes of a journal file: the format and its version.
+pub const MAGIC: &[u8; 8] = b"TMKJRNL1";
+
+/// The largest payload a frame may carry: an MQTT packet's largest size and
+/// room for what a record says about it. A length beyond it is damage.
+pub const MAX_RECORD: usize = 268_435_460 + 64 * 1024;
+
+const FRAME_HEADER: usize = 8;
+const FILE_NAME: &str = "journal";
+const NEXT_NAME: &str = "journal.next";
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is not a Telemark journal (its first bytes are not {MAGIC:?}); move it away or point data_dir elsewhere"
+    )]
+    NotAJournal { path: PathBuf },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Appends one framed record to `out`.
+pub fn frame(out: &mut Vec<u8>, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Where the good records end and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// Offset in the file of the first byte not read as a good record.
+    pub offset: usize,
+    /// Bytes from there to the end of the file, dropped.
+    pub dropped: usize,
+    pub reason: &'static str,
+}
+
+/// The records of a journal's contents (after the magic), in order, up to
+/// the first that is cut short or fails its checksum.
+#[derive(Debug)]
+pub struct Scan<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    damage: Option<Damage>,
+}
+
+/// Reads `contents` as a whole journal file (magic included). An empty file
+/// or one cut inside its magic holds no records.
+pub fn scan(contents: &[u8]) -> Scan<'_> {
+    let at = if contents.len() >= MAGIC.len() {
+        MAGIC.len()
+    } else {
+        contents.len()
+    };
+    Scan {
+        bytes: contents,
+        at,
+        damage: None,
+    }
+}
+
+impl<'a> Scan<'a> {
+    /// Where reading stopped early, once the iterator has ended.
+    pub fn damage(&self) -> Option<&Damage> {
+        self.damage.as_ref()
+    }
+
+    /// Bytes of the file that hold good records (magic included).
+    pub fn good_len(&self) -> usize {
+        self.at
+    }
+
+    fn stop(&mut self, reason: &'static str) -> Option<&'a [u8]> {
+        self.damage = Some(Damage {
+            offset: self.at,
+            dropped: self.bytes.len() - self.at,
+            reason,
+        });
+        self.at = self.bytes.len();
+        None
+    }
+}
+
+impl<'a> Iterator for Scan<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = &self.bytes[self.at..];
+        if rest.is_empty() {
+            return None;
+        }
+        let Some((header, body)) = rest.split_first_chunk::<FRAME_HEADER>() else {
+            return self.stop("a record header cut short");
+        };
+        let [l0, l1, l2, l3, c0, c1, c2, c3] = *header;
+        let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+        let crc = u32::from_le_bytes([c0, c1, c2, c3]);
+        if len > MAX_RECORD {
+            return self.stop("a record length beyond any record's");
+        }
+        let Some(payload) = body.get(..len) else {
+            return self.stop("a record cut short");
+        };
+        if crc32fast::hash(payload) != crc {
+            return self.stop("a record whose checksum does not match");
+        }
+        self.at += FRAME_HEADER + len;
+        Some(payload)
+    }
+}
+
+/// The journal file of a data directory, open for appending.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir` and returns its contents for
+    /// recovery. A `journal.next` left by a compaction that did not finish
+    /// is removed: the old file is still whole.
+    pub fn open(dir: &Path) -> Result<(Journal, Vec<u8>), JournalError> {
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let next = dir.join(NEXT_NAME);
+        if next.exists() {
+            std::fs::remove_file(&next).map_err(io_error(&next))?;
+        }
+        let path = dir.join(FILE_NAME);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io_error(&path))?;
+        let mut contents = Vec::new();
+        file.read_to_end(&mut contents).map_err(io_error(&path))?;
+        let whole_magic = contents.len() >= MAGIC.len();
+        let magic_so_far = &contents[..contents.len().min(MAGIC.len())];
+        if magic_so_far != &MAGIC[..magic_so_far.len()] {
+            return Err(JournalError::NotAJournal { path });
+        }
+        if !whole_magic {
+            // Created and cut before its magic was whole: nothing in it.
+            file.set_len(0).map_err(io_error(&path))?;
+            file.write_all(MAGIC).map_err(io_error(&path))?;
+            file.sync_all().map_err(io_error(&path))?;
+            contents.clear();
+            contents.extend_from_slice(MAGIC);
+        }
+        let len = contents.len() as u64;
+        Ok((
+            Journal {
+                dir: dir.to_owned(),
+                file,
+                len,
+            },
+            contents,
+        ))
+    }
+
+    /// Bytes in the file.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len <= MAGIC.len() as u64
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    /// Writes framed records at the end (to the operating system, not yet
+    /// to the disk: see [`Journal::sync`]).
+    pub fn append(&mut self, framed: &[u8]) -> Result<(), JournalError> {
+        let path = self.path();
+        self.file.write_all(framed).map_err(io_error(&path))?;
+        self.len += framed.len() as u64;
+        Ok(())
+    }
+
+    /// Makes everything appended so far survive a power cut.
+    pub fn sync(&mut self) -> Result<(), JournalError> {
+        let path = self.path();
+        self.file.sync_data().map_err(io_error(&path))
+    }
+
+    /// Replaces the whole file with `framed` records (the magic is added):
+    /// written beside it, synced, renamed over it, the directory synced.
+    /// Appends go to the new file from then on.
+    pub fn replace(&mut self, framed: &[u8]) -> Result<(), JournalError> {
+        let next = self.dir.join(NEXT_NAME);
+        let path = self.path();
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&next)
+            .map_err(io_error(&next))?;
+        file.write_all(MAGIC).map_err(io_error(&next))?;
+        file.write_all(framed).map_err(io_error(&next))?;
+        file.sync_all().map_err(io_error(&next))?;
+        drop(file);
+        std::fs::rename(&next, &path).map_err(io_error(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(&self.dir))?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_error(&path))?;
+        self.len = (MAGIC.len() + framed.len()) as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn file_of(records: &[&[u8]]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        for r in records {
+            frame(&mut out, r);
+        }
+        out
+    }
+
+    #[test]
+    fn records_read_back_in_order() {
+        let file = file_of(&[b"one", b"", b"three"]);
+        let mut scan = scan(&file);
+        let read: Vec<&[u8]> = scan.by_ref().collect();
+        assert_eq!(read, [&b"one"[..], b"", b"three"]);
+        assert!(scan.damage().is_none());
+        assert_eq!(scan.good_len(), file.len());
+    }
+
+    #[test]
+    fn a_torn_last_record_is_dropped_and_reported() {
+        let file = file_of(&[b"kept", b"torn record"]);
+        let cut = &file[..file.len() - 3];
+        let mut scan = scan(cut);
+        assert_eq!(scan.by_ref().count(), 1);
+        let damage = scan.damage().expect("damage reported");
+        assert_eq!(damage.reason, "a record cut short");
+        assert_eq!(damage.offset, MAGIC.len() + 8 + 4);
+        assert_eq!(damage.dropped, cut.len() - damage.offset);
+    }
+
+    #[test]
+    fn a_flipped_bit_stops_reading_at_that_record() {
+        let mut file = file_of(&[b"first", b"second", b"third"]);
+        let second_payload = MAGIC.len() + 8 + 5 + 8;
+        file[second_payload] ^= 0x01;
+        let mut scan = scan(&file);
+        assert_eq!(scan.by_ref().count(), 1);
+        assert_eq!(
+            scan.damage().map(|d| d.reason),
+            Some("a record whose checksum does not match")
+        );
+    }
+
+    #[test]
+    fn open_append_reopen_and_replace() -> Result<(), JournalError> {
+        let dir = tempfile::tempdir().map_err(io_error(Path::new("tmp")))?;
+        let (mut journal, contents) = Journal::open(dir.path())?;
+        assert_eq!(contents, MAGIC);
+        assert!(journal.is_empty());
+        let mut framed = Vec::new();
+        frame(&mut framed, b"a");
+        frame(&mut framed, b"b");
+        journal.append(&framed)?;
+        journal.sync()?;
+        drop(journal);
+        let (mut journal, contents) = Journal::open(dir.path())?;
+        assert_eq!(scan(&contents).collect::<Vec<_>>(), [&b"a"[..], b"b"]);
+        let mut snapshot = Vec::new();
+        frame(&mut snapshot, b"state");
+        journal.replace(&snapshot)?;
+        let mut more = Vec::new();
+        frame(&mut more, b"after");
+        journal.append(&more)?;
+        drop(journal);
+        let (_, contents) = Journal::open(dir.path())?;
+        assert_eq!(
+            scan(&contents).collect::<Vec<_>>(),
+            [&b"state"[..], b"after"]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_journal_is_refused() -> Result<(), JournalError> {
+        let dir = tempfile::tempdir().map_err(io_error(Path::new("tmp")))?;
+        std::fs::write(dir.path().join(FILE_NAME), b"SQLite format 3\0")
+            .map_err(io_error(dir.path()))?;
+        assert!(matches!(
+            Journal::open(dir.path()),
+            Err(JournalError::NotAJournal { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn a_leftover_compaction_file_is_removed() -> Result<(), JournalError> {
+        let dir = tempfile::tempdir().map_err(io_error(Path::new("tmp")))?;
+        std::fs::write(dir.path().join(NEXT_NAME), b"half a snapshot")
+            .map_err(io_error(dir.path()))?;
+        Journal::open(dir.path())?;
+        assert!(!dir.path().join(NEXT_NAME).exists());
+        Ok(())
+    }
+
+    proptest! {
+        /// Whatever the bytes, scanning ends, never panics, and the good
+        /// records plus the damage account for the whole file.
+        #[test]
+        fn any_bytes_scan_to_a_prefix(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut contents = MAGIC.to_vec();
+            contents.extend_from_slice(&bytes);
+            let mut scan = scan(&contents);
+            let read: usize = scan.by_ref().map(|r| r.len() + 8).sum();
+            let damaged = scan.damage().map_or(0, |d| d.dropped);
+            prop_assert_eq!(MAGIC.len() + read + damaged, contents.len());
+        }
+
+        /// Cutting a file anywhere keeps every record wholly before the cut.
+        #[test]
+        fn a_cut_keeps_every_whole_record(records in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..8), cut in any::<prop::sample::Index>()) {
+            let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+            let file = file_of(&refs);
+            let at = cut.index(file.len() + 1);
+            let read: Vec<&[u8]> = scan(&file[..at]).collect();
+            let mut end = MAGIC.len();
+            let whole = records.iter().take_while(|r| { end += 8 + r.len(); end <= at }).count();
+            prop_assert_eq!(read.len(), whole);
+        }
+    }
+}
