@@ -215,7 +215,9 @@ pub(crate) async fn run_broker(config: Config) -> anyhow::Result<()> {
             }
             Arc::new(AllowAll)
         };
-    let running = start_broker(&config, Broker::new(config.broker.clone(), auth)).await?;
+    let broker =
+        Broker::open(config.broker.clone(), auth).context("opening the broker's journal")?;
+    let running = start_broker(&config, broker).await?;
     serve_metrics(
         &config,
         &running.broker,

@@ -284,6 +284,13 @@ struct BrokerArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Keep persistent sessions and retained messages in a journal in DIR,
+    /// across restarts and crashes ([broker] data_dir).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// When the journal is synced: always, batch or never ([broker] fsync).
+    #[arg(long, value_name = "POLICY", value_parser = ["always", "batch", "never"])]
+    fsync: Option<String>,
 }
 
 impl BrokerArgs {
@@ -316,6 +323,15 @@ impl BrokerArgs {
         if self.metrics.is_some() {
             config.metrics.bind = self.metrics;
         }
+        if self.data.is_some() {
+            config.broker.data_dir = self.data.clone();
+        }
+        config.broker.fsync = match self.fsync.as_deref() {
+            Some("batch") => broker::FsyncPolicy::Batch,
+            Some("never") => broker::FsyncPolicy::Never,
+            Some(_) => broker::FsyncPolicy::Always,
+            None => config.broker.fsync,
+        };
     }
 }
 

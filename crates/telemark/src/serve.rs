@@ -61,7 +61,13 @@ pub(crate) async fn run_platform(
         logins.clone(),
         presence.clone(),
     ));
-    let broker = Broker::new(config.broker.clone(), auth);
+    // Persistent device sessions and retained messages live in the data
+    // directory's journal unless the configuration puts them elsewhere.
+    let mut broker_settings = config.broker.clone();
+    if broker_settings.data_dir.is_none() {
+        broker_settings.data_dir = Some(args.data.join("broker"));
+    }
+    let broker = Broker::open(broker_settings, auth).context("opening the broker's journal")?;
     // The ingest's in-process connection, there before any device is.
     let feed = ingest_feed::EmbeddedFeed::subscribe(&broker)?;
     let running = start_broker(&config, broker).await?;

@@ -5,36 +5,21 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::*;
-use mqtt::{Connect, Decoder, Packet, Properties, ProtocolVersion, Publish, QoS, encode};
+use mqtt::{Connect, Packet, Properties, ProtocolVersion, Publish, QoS};
 
 const MAC: &str = "00-11-22-33-66-01";
 const RUNS: u64 = 20;
 const WINDOW: usize = 32;
 
-/// A device on the project's codec: publishes and counts what the broker
-/// acknowledges, byte for byte what it read.
-struct Device {
-    stream: TcpStream,
-    decoder: Decoder,
-    buf: BytesMut,
-}
-
-impl Device {
-    fn connect(port: u16, secret: &str) -> Device {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        let mut device = Device {
-            stream,
-            decoder: Decoder::with_version(ProtocolVersion::V3_1_1),
-            buf: BytesMut::new(),
-        };
-        device.send(&Packet::Connect(Box::new(Connect {
+/// The device: a persistent 3.1.1 session with its MQTT secret.
+fn device(port: u16, secret: &str) -> RawClient {
+    let (client, ack) = RawClient::connect(
+        port,
+        Connect {
             protocol: ProtocolVersion::V3_1_1,
             clean_start: false,
             keep_alive: 60,
@@ -43,45 +28,11 @@ impl Device {
             will: None,
             username: Some(MAC.into()),
             password: Some(Bytes::copy_from_slice(secret.as_bytes())),
-        })));
-        match device.next(Duration::from_secs(10)) {
-            Some(Packet::ConnAck(ack)) => assert!(!ack.reason.is_error(), "{ack:?}"),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-        device
-    }
-
-    fn send(&mut self, packet: &Packet) {
-        let mut out = BytesMut::new();
-        encode(packet, ProtocolVersion::V3_1_1, &mut out).expect("encode");
-        // A write to a killed broker fails; the next read says so.
-        let _ = self.stream.write_all(&out);
-    }
-
-    /// The next packet within `limit`; None when nothing came or the
-    /// connection is gone.
-    fn next(&mut self, limit: Duration) -> Option<Packet> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(packet) = self.decoder.decode(&mut self.buf).expect("valid packet") {
-                return Some(packet);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.stream.set_read_timeout(Some(left)).expect("timeout");
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return None;
-                }
-                Err(_) => return None,
-            }
-        }
-    }
+        },
+    )
+    .expect("the device connects");
+    assert!(!ack.reason.is_error(), "{ack:?}");
+    client
 }
 
 fn memory(ts: i64) -> String {
@@ -113,7 +64,7 @@ fn every_reading_acknowledged_before_a_kill_9_is_stored() {
     let mut acknowledged = Vec::new();
 
     for run in 0..RUNS {
-        let mut device = Device::connect(mqtt_port, &secret);
+        let mut device = device(mqtt_port, &secret);
         // Killed somewhere between 100 and 400 ms into the stream.
         let kill_at = Duration::from_millis(100 + (run * 97) % 300);
         let started = Instant::now();

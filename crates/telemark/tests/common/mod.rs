@@ -9,7 +9,69 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+use mqtt::{ConnAck, Connect, Decoder, Packet, encode};
 use serde_json::{Value, json};
+
+/// An MQTT client on the project's codec, over a blocking socket: sends
+/// what a test gives it and reads packets as they come, so a test sees
+/// exactly what the broker acknowledged before it died.
+pub struct RawClient {
+    stream: TcpStream,
+    decoder: Decoder,
+    buf: BytesMut,
+    version: mqtt::ProtocolVersion,
+}
+
+impl RawClient {
+    /// Connects and returns the CONNACK; None if nothing listens or no
+    /// CONNACK comes.
+    pub fn connect(port: u16, connect: Connect) -> Option<(RawClient, ConnAck)> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_nodelay(true).ok()?;
+        let version = connect.protocol;
+        let mut client = RawClient {
+            stream,
+            decoder: Decoder::with_version(version),
+            buf: BytesMut::new(),
+            version,
+        };
+        client.send(&Packet::Connect(Box::new(connect)));
+        match client.next(Duration::from_secs(10)) {
+            Some(Packet::ConnAck(ack)) => Some((client, ack)),
+            _ => None,
+        }
+    }
+
+    pub fn send(&mut self, packet: &Packet) {
+        let mut out = BytesMut::new();
+        encode(packet, self.version, &mut out).expect("encode");
+        // A write to a killed broker fails; the next read says so.
+        let _ = self.stream.write_all(&out);
+    }
+
+    /// The next packet within `limit`; None when nothing came or the
+    /// connection is gone.
+    pub fn next(&mut self, limit: Duration) -> Option<Packet> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(packet) = self.decoder.decode(&mut self.buf).expect("valid packet") {
+                return Some(packet);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).expect("timeout");
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return None,
+            }
+        }
+    }
+}
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
