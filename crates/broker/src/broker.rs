@@ -367,6 +367,14 @@ impl BrokerShared {
         }
     }
 
+    /// Hands a record to the journal; the answer `holding` makes waits
+    /// until it is durable.
+    pub(crate) fn record_kept(&self, record: Record, holding: &mut Holding<'_>) {
+        if let Some(persistence) = &self.persistence {
+            persistence.write_kept(record, holding.receipt());
+        }
+    }
+
     /// Hands a record to the journal, if there is one.
     pub(crate) fn record(&self, record: Record) {
         if let Some(persistence) = &self.persistence {

@@ -177,10 +177,26 @@ struct Connection {
 /// One acknowledgement a [`Connection`] holds back.
 struct HeldAck {
     packet_id: u16,
-    /// PUBREC (QoS 2) rather than PUBACK.
-    exactly_once: bool,
+    kind: Answer,
     reason: ReasonCode,
     hold: Option<Arc<AckHold>>,
+}
+
+/// Which packet a held acknowledgement is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// To a client's QoS 1 PUBLISH.
+    PubAck,
+    /// To a client's QoS 2 PUBLISH.
+    PubRec,
+    /// To a client's PUBREC of our QoS 2 PUBLISH: held until the journal has
+    /// the delivery as released, or after a crash the PUBLISH would go
+    /// again with an identifier the client has already let go.
+    PubRel,
+    /// To a client's PUBREL: held until the journal has the identifier
+    /// free, or after a crash a new message under it would be taken for the
+    /// old one.
+    PubComp,
 }
 
 /// A connection while it hibernates (see `hibernation`): what it needs to
@@ -1004,15 +1020,20 @@ impl Connection {
                     return Ok(());
                 }
                 let released = state.release(rec.packet_id);
+                let mut holding = Holding::new(&active.session);
                 if let Some(seq) = released
                     && seq != 0
                 {
-                    self.shared.record(Record::Released {
-                        session: key(&active.session, &state),
-                        seq,
-                    });
+                    self.shared.record_kept(
+                        Record::Released {
+                            session: key(&active.session, &state),
+                            seq,
+                        },
+                        &mut holding,
+                    );
                 }
                 drop(state);
+                let hold = holding.into_hold();
                 let known = released.is_some();
                 // [MQTT-4.3.3-4] answer PUBREC with PUBREL.
                 let reason = if known || !v5 {
@@ -1020,32 +1041,31 @@ impl Connection {
                 } else {
                     ReasonCode::PacketIdentifierNotFound
                 };
-                self.send(
-                    active,
-                    Packet::PubRel(PubResponse::with_reason(rec.packet_id, reason)),
-                );
+                self.answer_or_hold(active, Answer::PubRel, rec.packet_id, reason, hold);
                 Ok(())
             }
             Packet::PubRel(rel) => {
                 // [MQTT-4.3.3-11] PUBREL releases the id; answer PUBCOMP.
                 let mut state = active.session.lock();
                 let known = state.release_incoming(rel.packet_id);
+                let mut holding = Holding::new(&active.session);
                 if known && state.epoch != 0 {
-                    self.shared.record(Record::ReceiveDone {
-                        session: key(&active.session, &state),
-                        packet_id: rel.packet_id,
-                    });
+                    self.shared.record_kept(
+                        Record::ReceiveDone {
+                            session: key(&active.session, &state),
+                            packet_id: rel.packet_id,
+                        },
+                        &mut holding,
+                    );
                 }
                 drop(state);
+                let hold = holding.into_hold();
                 let reason = if known || !v5 {
                     ReasonCode::Success
                 } else {
                     ReasonCode::PacketIdentifierNotFound
                 };
-                self.send(
-                    active,
-                    Packet::PubComp(PubResponse::with_reason(rel.packet_id, reason)),
-                );
+                self.answer_or_hold(active, Answer::PubComp, rel.packet_id, reason, hold);
                 Ok(())
             }
             Packet::PubComp(comp) => {
@@ -1232,7 +1252,7 @@ impl Connection {
             && self
                 .held
                 .iter()
-                .any(|h| h.exactly_once && h.packet_id == id)
+                .any(|h| h.kind == Answer::PubRec && h.packet_id == id)
         {
             // Resent while its PUBREC waits for a receipt: that PUBREC
             // answers both, and the message goes on once [MQTT-4.3.3-10].
@@ -1241,7 +1261,11 @@ impl Connection {
         if v5 && publish.qos != QoS::AtMostOnce {
             // [MQTT-3.3.4-7] no more unacknowledged QoS 1 and 2 PUBLISHes
             // than our Receive Maximum: DISCONNECT 0x93 (3.2.2.3.3).
-            let unanswered = self.held.len()
+            let unanswered = self
+                .held
+                .iter()
+                .filter(|h| h.kind != Answer::PubRel)
+                .count()
                 + active
                     .session
                     .lock()
@@ -1360,29 +1384,59 @@ impl Connection {
         // 3.1.1 has no negative acknowledgement: the message is acknowledged
         // and not delivered [MQTT-3.3.5-2].
         let reason = if v5 { reason } else { ReasonCode::Success };
-        if publish.qos != QoS::AtMostOnce && (hold.is_some() || !self.held.is_empty()) {
+        match publish.qos {
+            QoS::AtMostOnce => {}
+            // [MQTT-4.3.2-4] PUBACK after taking ownership.
+            QoS::AtLeastOnce => self.answer_or_hold(active, Answer::PubAck, id, reason, hold),
+            QoS::ExactlyOnce => self.answer_or_hold(active, Answer::PubRec, id, reason, hold),
+        }
+        Ok(())
+    }
+
+    /// Sends an answer now, or holds it while `hold` waits or an earlier
+    /// answer is held: answers go in the order of what they answer
+    /// [MQTT-4.6.0-2] [MQTT-4.6.0-3] [MQTT-4.6.0-4].
+    fn answer_or_hold(
+        &mut self,
+        active: &Active,
+        kind: Answer,
+        packet_id: u16,
+        reason: ReasonCode,
+        hold: Option<Arc<AckHold>>,
+    ) {
+        if hold.is_some() || !self.held.is_empty() {
             self.held.push_back(HeldAck {
-                packet_id: id,
-                exactly_once: publish.qos == QoS::ExactlyOnce,
+                packet_id,
+                kind,
                 reason,
                 hold,
             });
-            return Ok(());
+        } else {
+            self.answer(active, kind, packet_id, reason);
         }
-        match publish.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => {
-                // [MQTT-4.3.2-4] PUBACK after taking ownership.
-                self.send(active, Packet::PubAck(PubResponse::with_reason(id, reason)));
-            }
-            QoS::ExactlyOnce => {
+    }
+
+    fn answer(&mut self, active: &Active, kind: Answer, packet_id: u16, reason: ReasonCode) {
+        let response = PubResponse::with_reason(packet_id, reason);
+        let packet = match kind {
+            Answer::PubAck => Packet::PubAck(response),
+            Answer::PubRec => {
+                // Known as received only now: a PUBLISH resent after a lost
+                // one must be taken again, not just answered.
                 if !reason.is_error() {
-                    active.session.lock().traffic_mut().incoming_qos2.insert(id);
+                    active
+                        .session
+                        .lock()
+                        .traffic_mut()
+                        .incoming_qos2
+                        .insert(packet_id);
                 }
-                self.send(active, Packet::PubRec(PubResponse::with_reason(id, reason)));
+                Packet::PubRec(response)
             }
-        }
-        Ok(())
+            Answer::PubRel => Packet::PubRel(response),
+            Answer::PubComp => Packet::PubComp(response),
+        };
+        self.send(active, packet);
     }
 
     /// Sends the held acknowledgements that may go now, oldest first. A
@@ -1402,22 +1456,7 @@ impl Connection {
                     let Some(held) = self.held.pop_front() else {
                         break;
                     };
-                    let answer = PubResponse::with_reason(held.packet_id, held.reason);
-                    if held.exactly_once {
-                        // Known as received only now: a PUBLISH resent after
-                        // a lost one must be taken again, not just answered.
-                        if !held.reason.is_error() {
-                            active
-                                .session
-                                .lock()
-                                .traffic_mut()
-                                .incoming_qos2
-                                .insert(held.packet_id);
-                        }
-                        self.send(active, Packet::PubRec(answer));
-                    } else {
-                        self.send(active, Packet::PubAck(answer));
-                    }
+                    self.answer(active, held.kind, held.packet_id, held.reason);
                 }
             }
         }

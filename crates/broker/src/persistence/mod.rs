@@ -139,6 +139,9 @@ impl Persistence {
         drop(contents);
         let snapshot = encode_all(&state.snapshot());
         journal.replace(&snapshot)?;
+        if settings.record_synced_length {
+            mark_synced(&settings.dir, journal.len());
+        }
         let persistence = Arc::new(Persistence {
             pending: Mutex::new(Pending {
                 records: Vec::new(),
@@ -215,6 +218,20 @@ impl Drop for Persistence {
     fn drop(&mut self) {
         lock(&self.pending).stopping = true;
         self.wake.notify_one();
+    }
+}
+
+/// Writes `len` to `journal.synced` in place, fixed width: a kill between
+/// two writes leaves the old figure or the new, never an empty file.
+fn mark_synced(dir: &std::path::Path, len: u64) {
+    use std::os::unix::fs::FileExt;
+    let marker = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join("journal.synced"));
+    if let Ok(marker) = marker {
+        let _ = marker.write_all_at(format!("{len:020}\n").as_bytes(), 0);
     }
 }
 
@@ -336,10 +353,7 @@ impl Writer {
         });
         match result {
             Ok(()) => {
-                if self.settings.record_synced_length {
-                    let marker = self.settings.dir.join("journal.synced");
-                    let _ = std::fs::write(marker, self.journal.len().to_string());
-                }
+                self.mark_synced();
                 true
             }
             Err(e) => {
@@ -347,6 +361,12 @@ impl Writer {
                 self.broken = true;
                 false
             }
+        }
+    }
+
+    fn mark_synced(&self) {
+        if self.settings.record_synced_length {
+            mark_synced(&self.settings.dir, self.journal.len());
         }
     }
 
@@ -361,10 +381,7 @@ impl Writer {
                 tracing::debug!(from = len, to = snapshot.len(), "journal compacted");
                 self.last_compacted = snapshot.len() as u64;
                 stats.compactions.fetch_add(1, Ordering::Relaxed);
-                if self.settings.record_synced_length {
-                    let marker = self.settings.dir.join("journal.synced");
-                    let _ = std::fs::write(marker, self.journal.len().to_string());
-                }
+                self.mark_synced();
             }
             Err(e) => {
                 tracing::error!(error = %e, "journal compaction failed; the journal goes on growing");
