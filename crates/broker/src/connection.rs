@@ -184,6 +184,7 @@ struct HeldAck {
 
 /// Which packet a held acknowledgement is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // named as the packets they are
 enum Answer {
     /// To a client's QoS 1 PUBLISH.
     PubAck,

@@ -76,7 +76,7 @@ fn connect(port: u16, client_id: &str) -> RawClient {
 }
 
 fn qos_of(seq: u64) -> QoS {
-    if seq % 2 == 0 {
+    if seq.is_multiple_of(2) {
         QoS::ExactlyOnce
     } else {
         QoS::AtLeastOnce
