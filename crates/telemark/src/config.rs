@@ -315,6 +315,11 @@ sys_interval_secs = 10
 shutdown_timeout_secs = 5
 hibernate_after_ms = 100                      # an idle TCP connection gives up its task; 0 never
 client_id_must_match_username = false         # a login's client id must be its user name (devices on serve always)
+# data_dir = "/var/lib/telemark/broker"       # journal of persistent sessions and retained messages (serve: DATA/broker)
+fsync = "always"                              # "batch" (sync every fsync_interval_ms) or "never" (kill -9 safe, not power-cut safe)
+fsync_interval_ms = 5
+journal_compact_bytes = 67108864              # rewrite the journal as the live state past this and twice its last size
+journal_record_synced_length = false          # power-cut tests only: write the synced length to journal.synced
 "#;
 
 impl Config {
