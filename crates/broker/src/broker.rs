@@ -154,13 +154,23 @@ impl Broker {
     /// Every figure of `$SYS` and `/metrics`.
     pub fn stats(&self) -> StatsSnapshot {
         let s = &self.shared;
-        s.stats.snapshot(
+        let mut snapshot = s.stats.snapshot(
             s.hibernation.count(),
             s.sessions.len() as u64,
             read(&s.retained).len() as u64,
             read(&s.tree).len() as u64,
             s.queue_budget.charged() as u64,
-        )
+        );
+        if let Some(persistence) = &s.persistence {
+            let j = &persistence.stats;
+            let get = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+            snapshot.journal_bytes = get(&j.bytes);
+            snapshot.journal_records = get(&j.records);
+            snapshot.journal_syncs = get(&j.syncs);
+            snapshot.journal_compactions = get(&j.compactions);
+            snapshot.journal_failures = get(&j.failures);
+        }
+        snapshot
     }
 
     /// Publishes a message from inside the process (the platform, `$SYS`):

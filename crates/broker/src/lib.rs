@@ -33,3 +33,11 @@ pub use persistence::PersistenceError;
 pub use receipt::Receipt;
 pub use settings::{FsyncPolicy, QueuePolicy, Settings};
 pub use stats::StatsSnapshot;
+
+/// Reads `contents` as a journal file the way recovery does (frames,
+/// records, applied in order) and returns how many records were good: for
+/// the fuzzer (`fuzz/fuzz_targets/journal.rs`).
+#[doc(hidden)]
+pub fn replay_journal(contents: &[u8]) -> u64 {
+    persistence::replay(contents).records
+}

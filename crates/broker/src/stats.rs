@@ -113,6 +113,12 @@ pub struct StatsSnapshot {
     pub subscriptions: u64,
     /// Bytes queued by sessions holding 64 KiB or more, against the total bound.
     pub queued_bytes: u64,
+    /// The journal (with `data_dir`): its size, and what its writer did.
+    pub journal_bytes: u64,
+    pub journal_records: u64,
+    pub journal_syncs: u64,
+    pub journal_compactions: u64,
+    pub journal_failures: u64,
 }
 
 pub(crate) fn add(counter: &Counter, n: u64) {
@@ -149,6 +155,11 @@ impl BrokerStats {
             retained_messages: retained,
             subscriptions,
             queued_bytes,
+            journal_bytes: 0,
+            journal_records: 0,
+            journal_syncs: 0,
+            journal_compactions: 0,
+            journal_failures: 0,
         }
     }
 }
@@ -213,6 +224,8 @@ impl StatsSnapshot {
                 self.subscriptions.to_string(),
             ),
             ("$SYS/broker/queued/bytes", self.queued_bytes.to_string()),
+            ("$SYS/broker/journal/bytes", self.journal_bytes.to_string()),
+            ("$SYS/broker/journal/syncs", self.journal_syncs.to_string()),
         ]
     }
 
@@ -337,6 +350,36 @@ impl StatsSnapshot {
             "gauge",
             "Topic and payload bytes queued for sessions, counted in 64 KiB steps per session holding at least that much (the figure max_queued_bytes_total bounds).",
             self.queued_bytes,
+        );
+        metric(
+            "journal_bytes",
+            "gauge",
+            "Size of the journal of persistent sessions and retained messages (0 without data_dir).",
+            self.journal_bytes,
+        );
+        metric(
+            "journal_records_total",
+            "counter",
+            "Records written to the journal.",
+            self.journal_records,
+        );
+        metric(
+            "journal_syncs_total",
+            "counter",
+            "Syncs of the journal to the disk (each releases the acknowledgements waiting on it).",
+            self.journal_syncs,
+        );
+        metric(
+            "journal_compactions_total",
+            "counter",
+            "Times the journal was rewritten as the live state.",
+            self.journal_compactions,
+        );
+        metric(
+            "journal_failures_total",
+            "counter",
+            "Journal writes or syncs that failed; their acknowledgements were withheld.",
+            self.journal_failures,
         );
         out
     }

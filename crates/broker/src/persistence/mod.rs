@@ -107,27 +107,14 @@ impl Persistence {
         settings: WriterSettings,
     ) -> Result<(Arc<Persistence>, LoggedState), PersistenceError> {
         let (mut journal, contents) = journal::Journal::open(&settings.dir)?;
-        let now = Now::get();
-        let mut state = LoggedState::default();
-        let mut scan = journal::scan(&contents);
-        let mut records = 0u64;
-        let mut undecodable = None;
-        loop {
-            let offset = scan.good_len();
-            let Some(payload) = scan.next() else { break };
-            match Record::decode(payload, now) {
-                Ok(record) => {
-                    state.apply(record);
-                    records += 1;
-                }
-                Err(e) => {
-                    undecodable = Some((offset, e));
-                    break;
-                }
-            }
-        }
+        let Replayed {
+            mut state,
+            records,
+            damage,
+            undecodable,
+        } = replay(&contents);
         let path = journal.path();
-        if let Some(damage) = scan.damage() {
+        if let Some(damage) = damage {
             tracing::warn!(journal = %path.display(), offset = damage.offset, dropped_bytes = damage.dropped, reason = damage.reason, records, "journal recovered up to a damaged tail (a crash or power cut during a write); the tail is dropped");
         }
         if let Some((offset, error)) = undecodable {
@@ -232,6 +219,46 @@ fn mark_synced(dir: &std::path::Path, len: u64) {
         .open(dir.join("journal.synced"));
     if let Ok(marker) = marker {
         let _ = marker.write_all_at(format!("{len:020}\n").as_bytes(), 0);
+    }
+}
+
+/// What reading a journal's contents gave.
+pub(crate) struct Replayed {
+    pub state: LoggedState,
+    pub records: u64,
+    pub damage: Option<journal::Damage>,
+    /// A record whose checksum is good but whose contents are not a record
+    /// this version reads: where it starts and why.
+    pub undecodable: Option<(usize, record::RecordError)>,
+}
+
+/// Applies a journal's records in order, up to the first damaged or
+/// unreadable one.
+pub(crate) fn replay(contents: &[u8]) -> Replayed {
+    let now = Now::get();
+    let mut state = LoggedState::default();
+    let mut scan = journal::scan(contents);
+    let mut records = 0u64;
+    let mut undecodable = None;
+    loop {
+        let offset = scan.good_len();
+        let Some(payload) = scan.next() else { break };
+        match Record::decode(payload, now) {
+            Ok(record) => {
+                state.apply(record);
+                records += 1;
+            }
+            Err(e) => {
+                undecodable = Some((offset, e));
+                break;
+            }
+        }
+    }
+    Replayed {
+        state,
+        records,
+        damage: scan.damage().cloned(),
+        undecodable,
     }
 }
 
