@@ -381,7 +381,7 @@ impl BrokerShared {
     /// until it is durable.
     pub(crate) fn record_kept(&self, record: Record, holding: &mut Holding<'_>) {
         if let Some(persistence) = &self.persistence {
-            persistence.write_kept(record, holding.receipt());
+            persistence.write_kept(record, Some(holding.receipt()));
         }
     }
 
@@ -414,10 +414,7 @@ impl BrokerShared {
             deliveries: logged,
             received,
         };
-        match holding {
-            Some(holding) => persistence.write_kept(record, holding.receipt()),
-            None => persistence.write(record),
-        }
+        persistence.write_kept(record, holding.map(Holding::receipt));
     }
 
     /// Journals a change of the retained messages; call with the retained
@@ -443,10 +440,7 @@ impl BrokerShared {
                 message: message.clone(),
             }
         };
-        match holding {
-            Some(holding) => persistence.write_kept(record, holding.receipt()),
-            None => persistence.write(record),
-        }
+        persistence.write_kept(record, holding.map(Holding::receipt));
     }
 
     /// Queues one message for one session and wakes its connection.

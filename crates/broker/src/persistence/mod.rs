@@ -69,8 +69,8 @@ struct Pending {
     stopping: bool,
 }
 
-/// The handle connections write through. Dropping the last one stops the
-/// writer after it has written what it was given.
+/// The handle connections write through. Once the writer holds the last
+/// one (the broker is gone) it writes what it was given and stops.
 pub(crate) struct Persistence {
     pending: Mutex<Pending>,
     wake: Condvar,
@@ -124,7 +124,8 @@ impl Persistence {
         let queued: usize = state.sessions.values().map(|s| s.deliveries.len()).sum();
         tracing::info!(journal = %path.display(), records, bytes = contents.len(), sessions = state.sessions.len(), queued, retained = state.retained.len(), "journal recovered");
         drop(contents);
-        let snapshot = encode_all(&state.snapshot());
+        let live = state.snapshot();
+        let snapshot = encode_all(&live);
         journal.replace(&snapshot)?;
         if settings.record_synced_length {
             mark_synced(&settings.dir, journal.len());
@@ -146,7 +147,7 @@ impl Persistence {
         // The broker is rebuilt from a copy; the writer keeps the original
         // (messages are shared between them, not copied).
         let mut copy = LoggedState::default();
-        for record in state.snapshot() {
+        for record in live {
             copy.apply(record);
         }
         let writer = Writer {
@@ -172,16 +173,12 @@ impl Persistence {
 
     /// Hands a record to the writer.
     pub(crate) fn write(&self, record: Record) {
-        self.push(record, None);
+        self.write_kept(record, None);
     }
 
     /// Hands a record to the writer; `receipt` is kept once it is durable,
     /// or dropped (lost) if it cannot be written.
-    pub(crate) fn write_kept(&self, record: Record, receipt: Receipt) {
-        self.push(record, Some(receipt));
-    }
-
-    fn push(&self, record: Record, receipt: Option<Receipt>) {
+    pub(crate) fn write_kept(&self, record: Record, receipt: Option<Receipt>) {
         let mut pending = lock(&self.pending);
         let was_empty = pending.records.is_empty();
         pending.records.push((record, receipt));
@@ -198,13 +195,6 @@ impl Persistence {
         if let Some(handle) = lock(&self.writer).take() {
             let _ = handle.join();
         }
-    }
-}
-
-impl Drop for Persistence {
-    fn drop(&mut self) {
-        lock(&self.pending).stopping = true;
-        self.wake.notify_one();
     }
 }
 
