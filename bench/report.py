@@ -221,7 +221,7 @@ print("\nEvery row is one `telemark bench` run; the raw JSON reports carry sent,
 print("received, loss, duplicates, order, latency percentiles and the broker's CPU and peak RSS.")
 
 here = os.path.dirname(os.path.abspath(__file__))
-for extra in ("optimisations.md", "platform.md"):
+for extra in ("optimisations.md", "durability.md", "soak.md", "platform.md"):
     path = os.path.join(here, extra)
     if os.path.exists(path):
         print()

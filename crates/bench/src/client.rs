@@ -36,6 +36,7 @@ impl BenchConnection {
         source: Option<IpAddr>,
         client_id: &str,
         version: ProtocolVersion,
+        persistent: bool,
     ) -> Result<Self, BenchError> {
         let connect_err = |source| BenchError::Connect { addr, source };
         let stream = match source {
@@ -60,9 +61,14 @@ impl BenchConnection {
             version,
             send_quota: usize::from(u16::MAX),
         };
+        // A persistent session makes the broker keep what it owes the
+        // client past the connection: with persistence on, in its log.
+        // MQTT 5 starts it fresh with an expiry [MQTT-3.1.2-23]; 3.1.1 can
+        // only ask to keep it (Clean Session 0) [MQTT-3.1.2-4].
         let properties = if version.is_v5() {
             Properties {
                 receive_maximum: Some(u16::MAX),
+                session_expiry_interval: persistent.then_some(3_600),
                 ..Properties::default()
             }
         } else {
@@ -70,7 +76,7 @@ impl BenchConnection {
         };
         conn.push(&Packet::Connect(Box::new(Connect {
             protocol: version,
-            clean_start: true,
+            clean_start: version.is_v5() || !persistent,
             keep_alive: 0,
             properties,
             client_id: client_id.to_owned(),

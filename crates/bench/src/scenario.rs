@@ -94,6 +94,9 @@ pub struct Options {
     pub prefix: String,
     /// How long to wait for deliveries after publishing stops.
     pub drain: Duration,
+    /// Sessions that outlive their connections (MQTT 5 expiry, 3.1.1 Clean
+    /// Session 0), so a broker with persistence on logs what it queues.
+    pub persistent: bool,
 }
 
 impl Default for Options {
@@ -114,6 +117,7 @@ impl Default for Options {
             progress: false,
             prefix: "bench".to_owned(),
             drain: Duration::from_secs(5),
+            persistent: false,
         }
     }
 }
@@ -719,7 +723,11 @@ async fn open_many_from(
             let addr = options.addr;
             let src = source(options, offset + i);
             let version = options.version;
-            set.spawn(async move { (i, BenchConnection::connect(addr, src, &id, version).await) });
+            let persistent = options.persistent;
+            set.spawn(async move {
+                let conn = BenchConnection::connect(addr, src, &id, version, persistent).await;
+                (i, conn)
+            });
         }
         let mut batch = Vec::new();
         while let Some(joined) = set.join_next().await {
@@ -752,6 +760,7 @@ async fn run_connect(options: &Options) -> Result<Report, BenchError> {
                     source(&options, worker),
                     &id,
                     options.version,
+                    options.persistent,
                 )
                 .await?;
                 conn.disconnect().await;

@@ -242,6 +242,10 @@ struct BenchArgs {
     /// Client id and topic prefix, distinct per generator sharing a broker.
     #[arg(long, default_value = "bench")]
     prefix: String,
+    /// Persistent sessions (MQTT 5 session expiry, 3.1.1 Clean Session 0):
+    /// what a broker with persistence on writes to its log.
+    #[arg(long)]
+    persistent: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -586,6 +590,7 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         progress: true,
         prefix: args.prefix,
         drain: std::time::Duration::from_secs(5),
+        persistent: args.persistent,
     };
     let report = bench::run(&options).await?;
     eprintln!("{}", report.summary());

