@@ -853,9 +853,10 @@ impl BrokerShared {
                         if traffic.claim_packet_id(id) {
                             traffic.push_inflight(id, Inflight::Released(seq));
                         }
-                    } else {
+                    } else if let Some(message) = held.message {
+                        // (The picture recovery hands over keeps its messages.)
                         traffic.queue.push_back(Delivery {
-                            message: held.message,
+                            message,
                             qos: held.qos,
                             retain: held.retain,
                             subscription_ids: held.subscription_ids,

@@ -37,6 +37,12 @@ pub enum JournalError {
         "{path} is not a Telemark journal (its first bytes are not {MAGIC:?}); move it away or point data_dir elsewhere"
     )]
     NotAJournal { path: PathBuf },
+    #[error("{path}: the record at offset {offset} cannot be read back ({reason})")]
+    BadRecord {
+        path: PathBuf,
+        offset: u64,
+        reason: &'static str,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
@@ -48,10 +54,16 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
 
 /// Appends one framed record to `out`.
 pub fn frame(out: &mut Vec<u8>, payload: &[u8]) {
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(&frame_header(payload));
     out.extend_from_slice(payload);
+}
+
+fn frame_header(payload: &[u8]) -> [u8; FRAME_HEADER] {
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let mut header = [0u8; FRAME_HEADER];
+    header[..4].copy_from_slice(&len.to_le_bytes());
+    header[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    header
 }
 
 /// Where the good records end and why.
@@ -86,6 +98,20 @@ pub fn scan(contents: &[u8]) -> Scan<'_> {
         at,
         damage: None,
     }
+}
+
+/// The payload of the record framed at `offset` of a whole file's
+/// `contents`; None when no good record starts there.
+pub fn frame_at(contents: &[u8], offset: usize) -> Option<&[u8]> {
+    if offset < MAGIC.len() || offset > contents.len() {
+        return None;
+    }
+    Scan {
+        bytes: contents,
+        at: offset,
+        damage: None,
+    }
+    .next()
 }
 
 impl<'a> Scan<'a> {
@@ -221,28 +247,126 @@ impl Journal {
     /// written beside it, synced, renamed over it, the directory synced.
     /// Appends go to the new file from then on.
     pub fn replace(&mut self, framed: &[u8]) -> Result<(), JournalError> {
-        let next = self.dir.join(NEXT_NAME);
+        let mut replacement = self.start_replacement()?;
+        replacement.append_framed(framed)?;
+        self.finish_replacement(replacement)
+    }
+
+    fn reopen(&mut self) -> Result<(), JournalError> {
         let path = self.path();
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&next)
-            .map_err(io_error(&next))?;
-        file.write_all(MAGIC).map_err(io_error(&next))?;
-        file.write_all(framed).map_err(io_error(&next))?;
-        file.sync_all().map_err(io_error(&next))?;
-        drop(file);
-        std::fs::rename(&next, &path).map_err(io_error(&path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error(&self.dir))?;
         self.file = OpenOptions::new()
+            .read(true)
             .append(true)
             .open(&path)
             .map_err(io_error(&path))?;
-        self.len = (MAGIC.len() + framed.len()) as u64;
         Ok(())
+    }
+
+    /// Reads back the payload of the record framed at `offset` (where the
+    /// frame's header starts), checking its length and checksum.
+    pub fn read_at(&self, offset: u64) -> Result<Vec<u8>, JournalError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.path();
+        let bad = |reason| JournalError::BadRecord {
+            path: path.clone(),
+            offset,
+            reason,
+        };
+        if offset < MAGIC.len() as u64 || offset + FRAME_HEADER as u64 > self.len {
+            return Err(bad("beyond the file"));
+        }
+        let mut header = [0u8; FRAME_HEADER];
+        self.file
+            .read_exact_at(&mut header, offset)
+            .map_err(io_error(&path))?;
+        let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
+        let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+        if len > MAX_RECORD || offset + (FRAME_HEADER + len) as u64 > self.len {
+            return Err(bad("a length beyond the file"));
+        }
+        let mut payload = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut payload, offset + FRAME_HEADER as u64)
+            .map_err(io_error(&path))?;
+        if crc32fast::hash(&payload) != u32::from_le_bytes([c0, c1, c2, c3]) {
+            return Err(bad("a checksum that does not match"));
+        }
+        Ok(payload)
+    }
+
+    /// Starts a new file to replace this one, written record by record
+    /// (so a large state is never whole in memory) and put in place by
+    /// [`Journal::finish_replacement`]. The old file stays readable and
+    /// appendable until then.
+    pub fn start_replacement(&self) -> Result<Replacement, JournalError> {
+        let path = self.dir.join(NEXT_NAME);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_error(&path))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        out.write_all(MAGIC).map_err(io_error(&path))?;
+        Ok(Replacement {
+            out,
+            path,
+            len: MAGIC.len() as u64,
+        })
+    }
+
+    /// Syncs the replacement, renames it over the journal and syncs the
+    /// directory; appends go to the new file from then on.
+    pub fn finish_replacement(&mut self, replacement: Replacement) -> Result<(), JournalError> {
+        let Replacement { out, path, len } = replacement;
+        let file = out
+            .into_inner()
+            .map_err(|e| io_error(&path)(e.into_error()))?;
+        file.sync_all().map_err(io_error(&path))?;
+        drop(file);
+        let journal = self.path();
+        std::fs::rename(&path, &journal).map_err(io_error(&journal))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(&self.dir))?;
+        self.len = len;
+        self.reopen()
+    }
+}
+
+/// A journal file being written beside the live one (see
+/// [`Journal::start_replacement`]).
+#[derive(Debug)]
+pub struct Replacement {
+    out: std::io::BufWriter<File>,
+    path: PathBuf,
+    len: u64,
+}
+
+impl Replacement {
+    /// Appends one record; returns the offset its frame starts at in the
+    /// new file.
+    pub fn append(&mut self, payload: &[u8]) -> Result<u64, JournalError> {
+        let at = self.len;
+        self.append_framed(&frame_header(payload))?;
+        self.append_framed(payload)?;
+        Ok(at)
+    }
+
+    /// Appends bytes already framed with [`frame`].
+    pub fn append_framed(&mut self, framed: &[u8]) -> Result<(), JournalError> {
+        self.out.write_all(framed).map_err(io_error(&self.path))?;
+        self.len += framed.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes of the new file so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len <= MAGIC.len() as u64
     }
 }
 
@@ -319,6 +443,38 @@ mod tests {
         assert_eq!(
             scan(&contents).collect::<Vec<_>>(),
             [&b"state"[..], b"after"]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn records_read_back_by_offset_before_and_after_a_streamed_replacement()
+    -> Result<(), JournalError> {
+        let dir = tempfile::tempdir().map_err(io_error(Path::new("tmp")))?;
+        let (mut journal, _) = Journal::open(dir.path())?;
+        let mut framed = Vec::new();
+        frame(&mut framed, b"first");
+        let second = (MAGIC.len() + framed.len()) as u64;
+        frame(&mut framed, b"second");
+        journal.append(&framed)?;
+        assert_eq!(journal.read_at(second)?, b"second");
+        let whole = std::fs::read(journal.path()).map_err(io_error(dir.path()))?;
+        assert_eq!(frame_at(&whole, second as usize), Some(&b"second"[..]));
+        assert_eq!(frame_at(&whole, 0), None, "the magic is no record");
+        assert!(journal.read_at(second + 1).is_err(), "not a frame's start");
+        assert!(journal.read_at(journal.len()).is_err(), "past the end");
+
+        let mut next = journal.start_replacement()?;
+        let kept = next.append(&journal.read_at(second)?)?;
+        let added = next.append(b"third")?;
+        journal.finish_replacement(next)?;
+        assert_eq!(journal.read_at(kept)?, b"second");
+        assert_eq!(journal.read_at(added)?, b"third");
+        drop(journal);
+        let (_, contents) = Journal::open(dir.path())?;
+        assert_eq!(
+            scan(&contents).collect::<Vec<_>>(),
+            [&b"second"[..], b"third"]
         );
         Ok(())
     }

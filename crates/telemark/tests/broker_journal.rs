@@ -26,6 +26,16 @@ const RUNS: u64 = 50;
 const WINDOW: usize = 32;
 const PER_RUN: u64 = 400;
 
+/// The broker's log in `dir`, appended to by each start.
+fn log(dir: &Path) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("broker.log"))
+        .map(Stdio::from)
+        .expect("log file")
+}
+
 /// The broker the runs kill and start again, in a directory of its own.
 enum Engine<'a> {
     /// `telemark broker --data`, with these lines added to `[broker]`.
@@ -52,9 +62,11 @@ impl Engine<'_> {
                     .arg(&config)
                     .arg("--data")
                     .arg(dir.join("journal"))
-                    .env("RUST_LOG", "warn")
+                    // The journal's own lines (recovery, compaction) are
+                    // kept across restarts for the test to read.
+                    .env("RUST_LOG", "warn,broker::persistence=debug")
                     .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
+                    .stderr(log(dir))
                     .spawn()
                     .expect("telemark broker starts")
             }
@@ -310,11 +322,14 @@ struct Tally {
     lost: Vec<u64>,
     /// QoS 2 messages delivered more than once.
     twice: Vec<u64>,
+    /// What the broker logged in all its starts.
+    log: String,
 }
 
 impl Tally {
-    fn of(publisher: &Publisher, subscriber: &Subscriber) -> Tally {
+    fn of(publisher: &Publisher, subscriber: &Subscriber, dir: &Path) -> Tally {
         Tally {
+            log: std::fs::read_to_string(dir.join("broker.log")).unwrap_or_default(),
             sent: publisher.next_seq,
             acknowledged: publisher.acknowledged.len(),
             delivered: subscriber.arrived.len(),
@@ -350,9 +365,10 @@ impl Tally {
         );
         assert!(
             self.lost.is_empty(),
-            "{} acknowledged messages lost, e.g. {:?}",
+            "{} acknowledged messages lost, e.g. {:?}; the broker logged:\n{}",
             self.lost.len(),
-            &self.lost[..self.lost.len().min(10)]
+            &self.lost[..self.lost.len().min(10)],
+            self.log
         );
         assert!(
             self.twice.is_empty(),
@@ -391,7 +407,7 @@ fn crash_runs(engine: &Engine, runs: u64, after_kill: &mut dyn FnMut(&Path)) -> 
     let _running = engine.start(port, dir.path());
     let mut keeper = connect(port, "keeper");
     subscriber.drain(&mut keeper, Duration::from_secs(3), usize::MAX);
-    Tally::of(&publisher, &subscriber)
+    Tally::of(&publisher, &subscriber, dir.path())
 }
 
 #[test]
@@ -400,6 +416,26 @@ fn every_message_acknowledged_before_a_kill_9_is_delivered_and_qos2_once() {
         &format!("{RUNS} kills while publishing + 1 while delivering"),
         RUNS,
     );
+}
+
+/// Compaction while the broker runs copies each queued message from the
+/// old journal to the new one (the writer keeps no message bodies): with a
+/// tiny threshold it compacts while thousands of messages are queued, and
+/// the starts after it recover them from the copied records.
+#[test]
+fn compacting_under_load_between_kills_loses_nothing() {
+    const KILLS: u64 = 12;
+    let tally = crash_runs(
+        &Engine::Telemark("journal_compact_bytes = 16384\n"),
+        KILLS,
+        &mut |_| {},
+    );
+    let compactions = tally.log.matches("journal compacted").count();
+    assert!(
+        compactions > 0,
+        "the journal compacted while running ({compactions} times)"
+    );
+    tally.assert_nothing_lost(&format!("{KILLS} kills, {compactions} compactions"), KILLS);
 }
 
 /// Cuts the journal back to what was synced when the broker was killed,

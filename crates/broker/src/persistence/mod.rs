@@ -123,10 +123,30 @@ impl Persistence {
         state.forget_early_ends();
         let queued: usize = state.sessions.values().map(|s| s.deliveries.len()).sum();
         tracing::info!(journal = %path.display(), records, bytes = contents.len(), sessions = state.sessions.len(), queued, retained = state.retained.len(), "journal recovered");
+        // The recovered state goes out as a new journal, and the broker is
+        // rebuilt from the same records as they are written.
+        let mut copy = LoggedState::with_messages();
+        let mut replacement = journal.start_replacement()?;
+        let now = Now::get();
+        let mut payload = Vec::new();
+        let relocation = state.write_snapshot(
+            &mut |at| {
+                journal::frame_at(&contents, at as usize)
+                    .and_then(|payload| route_message(payload, now))
+                    .ok_or_else(|| unreadable_route(&path, at))
+            },
+            &mut |record| {
+                payload.clear();
+                record.encode(&mut payload);
+                let at = replacement.append(&payload)?;
+                copy.apply(record, at);
+                Ok(at)
+            },
+        )?;
         drop(contents);
-        let live = state.snapshot();
-        let snapshot = encode_all(&live);
-        journal.replace(&snapshot)?;
+        let last_compacted = replacement.len();
+        journal.finish_replacement(replacement)?;
+        state.relocate(relocation);
         if settings.record_synced_length {
             mark_synced(&settings.dir, journal.len());
         }
@@ -144,17 +164,11 @@ impl Persistence {
             .stats
             .bytes
             .store(journal.len(), Ordering::Relaxed);
-        // The broker is rebuilt from a copy; the writer keeps the original
-        // (messages are shared between them, not copied).
-        let mut copy = LoggedState::default();
-        for record in live {
-            copy.apply(record);
-        }
         let writer = Writer {
             journal,
             model: state,
             settings,
-            last_compacted: snapshot.len() as u64,
+            last_compacted,
             broken: false,
             persistence: Arc::downgrade(&persistence),
         };
@@ -235,7 +249,7 @@ pub(crate) fn replay(contents: &[u8]) -> Replayed {
         let Some(payload) = scan.next() else { break };
         match Record::decode(payload, now) {
             Ok(record) => {
-                state.apply(record);
+                state.apply(record, offset as u64);
                 records += 1;
             }
             Err(e) => {
@@ -252,19 +266,24 @@ pub(crate) fn replay(contents: &[u8]) -> Replayed {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// The message of a route record's payload.
+fn route_message(payload: &[u8], now: Now) -> Option<Arc<crate::message::Message>> {
+    match Record::decode(payload, now) {
+        Ok(Record::Route { message, .. }) => Some(message),
+        _ => None,
+    }
 }
 
-fn encode_all(records: &[Record]) -> Vec<u8> {
-    let mut framed = Vec::new();
-    let mut payload = Vec::new();
-    for record in records {
-        payload.clear();
-        record.encode(&mut payload);
-        journal::frame(&mut framed, &payload);
+fn unreadable_route(path: &std::path::Path, at: u64) -> journal::JournalError {
+    journal::JournalError::BadRecord {
+        path: path.to_owned(),
+        offset: at,
+        reason: "no route record there",
     }
-    framed
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct Writer {
@@ -312,7 +331,10 @@ impl Writer {
             }
             if !batch.is_empty() {
                 framed.clear();
+                // Where each record starts within this write.
+                let mut starts = Vec::with_capacity(batch.len());
                 for (record, _) in &batch {
+                    starts.push(framed.len() as u64);
                     payload.clear();
                     record.encode(&mut payload);
                     journal::frame(&mut framed, &payload);
@@ -327,8 +349,9 @@ impl Writer {
                     if self.settings.fsync != FsyncPolicy::Never {
                         stats.syncs.fetch_add(1, Ordering::Relaxed);
                     }
-                    for (record, receipt) in batch {
-                        self.model.apply(record);
+                    let base = self.journal.len() - framed.len() as u64;
+                    for ((record, receipt), start) in batch.into_iter().zip(starts) {
+                        self.model.apply(record, base + start);
                         if let Some(receipt) = receipt {
                             receipt.kept();
                         }
@@ -352,12 +375,10 @@ impl Writer {
     /// written (logged).
     fn write(&mut self, framed: &[u8]) -> bool {
         if self.broken {
-            let snapshot = encode_all(&self.model.snapshot());
-            if let Err(e) = self.journal.replace(&snapshot) {
+            if let Err(e) = self.rewrite() {
                 tracing::error!(error = %e, "journal still cannot be written; acknowledgements are withheld");
                 return false;
             }
-            self.last_compacted = snapshot.len() as u64;
             self.broken = false;
             tracing::warn!("journal written again after a failure");
         }
@@ -392,11 +413,9 @@ impl Writer {
         if len < self.settings.compact_bytes || len < self.last_compacted.saturating_mul(2) {
             return;
         }
-        let snapshot = encode_all(&self.model.snapshot());
-        match self.journal.replace(&snapshot) {
+        match self.rewrite() {
             Ok(()) => {
-                tracing::debug!(from = len, to = snapshot.len(), "journal compacted");
-                self.last_compacted = snapshot.len() as u64;
+                tracing::debug!(from = len, to = self.last_compacted, "journal compacted");
                 stats.compactions.fetch_add(1, Ordering::Relaxed);
                 self.mark_synced();
             }
@@ -405,5 +424,30 @@ impl Writer {
                 self.broken = true;
             }
         }
+    }
+
+    /// Writes the live state as a new journal, record by record, copying
+    /// each queued message from the old file, and puts it in place.
+    fn rewrite(&mut self) -> Result<(), journal::JournalError> {
+        let mut replacement = self.journal.start_replacement()?;
+        let journal = &self.journal;
+        let path = journal.path();
+        let now = Now::get();
+        let mut payload = Vec::new();
+        let relocation = self.model.write_snapshot(
+            &mut |at| {
+                let record = journal.read_at(at)?;
+                route_message(&record, now).ok_or_else(|| unreadable_route(&path, at))
+            },
+            &mut |record| {
+                payload.clear();
+                record.encode(&mut payload);
+                replacement.append(&payload)
+            },
+        )?;
+        self.last_compacted = replacement.len();
+        self.journal.finish_replacement(replacement)?;
+        self.model.relocate(relocation);
+        Ok(())
     }
 }
