@@ -99,6 +99,13 @@ impl Broker {
         let Some(dir) = settings.data_dir.clone() else {
             return Ok(Self::new(settings, auth));
         };
+        let spill_dir = dir.join("spill");
+        let spill = crate::spill::SpillStore::open(spill_dir.clone()).map_err(|source| {
+            PersistenceError::Spill {
+                path: spill_dir,
+                source,
+            }
+        })?;
         let (persistence, recovered) = Persistence::open(WriterSettings {
             dir,
             fsync: settings.fsync,
@@ -106,7 +113,7 @@ impl Broker {
             compact_bytes: settings.journal_compact_bytes,
             record_synced_length: settings.journal_record_synced_length,
         })?;
-        let broker = Self::build(settings, auth, Some(persistence));
+        let broker = Self::build(settings, auth, Some((persistence, Arc::new(spill))));
         broker.shared.restore(recovered);
         Ok(broker)
     }
@@ -114,14 +121,15 @@ impl Broker {
     fn build(
         settings: Settings,
         auth: Arc<dyn Authenticator>,
-        persistence: Option<Arc<Persistence>>,
+        persistence: Option<(Arc<Persistence>, Arc<crate::spill::SpillStore>)>,
     ) -> Self {
         let retained_limits = RetainedLimits {
             max_messages: settings.max_retained_messages,
             max_bytes: settings.max_retained_bytes,
             max_per_client: settings.max_retained_per_client,
         };
-        let queue_budget = Arc::new(QueueBudget::new(settings.max_queued_bytes_total));
+        let (persistence, spill) = persistence.unzip();
+        let queue_budget = Arc::new(QueueBudget::new(settings.max_queued_bytes_total, spill));
         let broker = Broker {
             shared: Arc::new(BrokerShared {
                 settings,
@@ -169,6 +177,13 @@ impl Broker {
             snapshot.journal_syncs = get(&j.syncs);
             snapshot.journal_compactions = get(&j.compactions);
             snapshot.journal_failures = get(&j.failures);
+        }
+        if let Some(spill) = s.queue_budget.spill() {
+            let get = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+            snapshot.spilled_messages = get(&spill.messages);
+            snapshot.spilled_bytes = get(&spill.bytes);
+            snapshot.spilled_written = get(&spill.written);
+            snapshot.spill_failures = get(&spill.failures);
         }
         snapshot
     }
@@ -846,6 +861,8 @@ impl BrokerShared {
                     }
                 }
                 let traffic = state.traffic_mut();
+                // Past the memory bound, recovered queues go to disk too.
+                traffic.queue.use_budget(&self.queue_budget);
                 traffic.incoming_qos2.extend(logged.incoming);
                 for (seq, held) in logged.deliveries {
                     if held.released {

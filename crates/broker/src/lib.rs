@@ -17,6 +17,7 @@ pub mod receipt;
 pub mod retained;
 pub mod session;
 pub mod settings;
+pub mod spill;
 pub mod stats;
 mod transport;
 pub mod tree;

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use crate::message::Message;
 use crate::settings::QueuePolicy;
+use crate::spill::{SpillStore, SpilledTail};
 use crate::tree::Subscription;
 
 /// A fixed-key hasher for packet identifiers: at most 65,535 small
@@ -96,16 +97,25 @@ pub fn packet_id_of(seq: u64) -> u16 {
 pub struct QueueBudget {
     charged: AtomicUsize,
     limit: usize,
+    /// Where queues go on past the bound when the broker has a data
+    /// directory; without it they stop growing and their policy applies.
+    spill: Option<Arc<SpillStore>>,
 }
 
 pub const QUEUE_CHARGE_STEP: usize = 64 * 1024;
 
 impl QueueBudget {
-    pub fn new(limit: usize) -> Self {
+    pub fn new(limit: usize, spill: Option<Arc<SpillStore>>) -> Self {
         QueueBudget {
             charged: AtomicUsize::new(0),
             limit,
+            spill,
         }
+    }
+
+    /// The spill directory, when queues past the bound go to disk.
+    pub fn spill(&self) -> Option<&Arc<SpillStore>> {
+        self.spill.as_ref()
     }
 
     /// Bytes charged by the queues that hold a step or more.
@@ -120,13 +130,19 @@ impl QueueBudget {
 
 /// Messages waiting to be sent, oldest first, with the bytes they hold
 /// (topic and payload) so a queue is bounded in memory as well as count.
+/// Past the broker's memory bound, with a data directory, the newest go to
+/// disk and come back as the queue drains (`spill`).
 #[derive(Debug, Default)]
 pub struct DeliveryQueue {
     items: VecDeque<Delivery>,
+    /// Topic and payload bytes in memory.
     bytes: usize,
     /// What this queue has charged to its budget, a multiple of the step.
     charged: usize,
     budget: Option<Arc<QueueBudget>>,
+    /// Deliveries after `items`, on disk; never holds any while `items` is
+    /// empty, so the front is always in memory.
+    spilled: Option<Box<SpilledTail>>,
 }
 
 impl Drop for DeliveryQueue {
@@ -142,25 +158,40 @@ fn delivery_size(delivery: &Delivery) -> usize {
 }
 
 impl DeliveryQueue {
+    /// Deliveries queued, in memory and on disk.
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.items.len() + self.spilled.as_ref().map_or(0, |t| t.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.len() == 0
     }
 
-    /// Topic and payload bytes queued.
+    /// Topic and payload bytes queued, in memory and on disk.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes + self.spilled.as_ref().map_or(0, |t| t.bytes())
+    }
+
+    /// Deliveries on disk.
+    pub fn spilled(&self) -> usize {
+        self.spilled.as_ref().map_or(0, |t| t.len())
     }
 
     pub fn front(&self) -> Option<&Delivery> {
         self.items.front()
     }
 
+    /// The deliveries in memory, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = &Delivery> {
         self.items.iter()
+    }
+
+    /// Counts this queue against the broker's bound from now on.
+    pub fn use_budget(&mut self, budget: &Arc<QueueBudget>) {
+        if self.budget.is_none() {
+            self.budget = Some(budget.clone());
+            self.settle();
+        }
     }
 
     /// Brings the budget's charge in line with the bytes held, in whole steps.
@@ -180,10 +211,60 @@ impl DeliveryQueue {
         }
     }
 
+    /// Where a delivery that does not fit in memory goes: this queue's
+    /// spill file, when the bound is reached and the broker has one.
+    fn spill_store(&self, delivery: &Delivery) -> Option<&Arc<SpillStore>> {
+        let budget = self.budget.as_ref()?;
+        // A receipt is a promise held in memory; it stays with the delivery.
+        if delivery.receipt.is_some() || self.charged == 0 || !budget.exceeded() {
+            return None;
+        }
+        budget.spill.as_ref()
+    }
+
     pub fn push_back(&mut self, delivery: Delivery) {
+        let mut delivery = delivery;
+        let store = self.spill_store(&delivery).cloned();
+        if self.spilled() > 0 || store.is_some() {
+            if self.spilled.is_none() {
+                self.spilled = store.and_then(|s| SpilledTail::create(&s)).map(Box::new);
+            }
+            if let Some(tail) = self.spilled.as_mut() {
+                match tail.push(delivery) {
+                    Ok(()) => return,
+                    Err(back) => {
+                        // The file cannot take it: what it holds comes back
+                        // to memory first, to keep the order.
+                        delivery = back;
+                        self.unspill();
+                    }
+                }
+            }
+        }
         self.bytes += delivery_size(&delivery);
         self.items.push_back(delivery);
         self.settle();
+    }
+
+    /// Brings every delivery on disk back to memory, and drops the file.
+    fn unspill(&mut self) {
+        if let Some(mut tail) = self.spilled.take() {
+            self.bytes += tail.refill(&mut self.items, true).1;
+        }
+    }
+
+    /// Keeps the front in memory: reads the oldest on disk back once
+    /// memory holds none, and drops the file once it is read.
+    fn refill(&mut self) {
+        if !self.items.is_empty() {
+            return;
+        }
+        if let Some(tail) = self.spilled.as_mut() {
+            self.bytes += tail.refill(&mut self.items, false).1;
+            if tail.is_empty() {
+                self.spilled = None;
+            }
+        }
     }
 
     pub fn push_front(&mut self, delivery: Delivery) {
@@ -193,12 +274,16 @@ impl DeliveryQueue {
     }
 
     pub fn pop_front(&mut self) -> Option<Delivery> {
+        self.refill();
         let delivery = self.items.pop_front()?;
         self.bytes -= delivery_size(&delivery);
+        self.refill();
         self.settle();
         Some(delivery)
     }
 
+    /// Keeps the deliveries `keep` says to, in memory and on disk (those
+    /// copied to a new file a slice at a time).
     pub fn retain(&mut self, mut keep: impl FnMut(&Delivery) -> bool) {
         let mut bytes = 0;
         self.items.retain(|d| {
@@ -209,16 +294,51 @@ impl DeliveryQueue {
             kept
         });
         self.bytes = bytes;
+        if let Some(mut old) = self.spilled.take() {
+            let store = self.budget.as_ref().and_then(|b| b.spill.clone());
+            let mut new = store.and_then(|s| SpilledTail::create(&s)).map(Box::new);
+            let mut slice = VecDeque::new();
+            while !old.is_empty() {
+                old.refill(&mut slice, false);
+                for d in slice.drain(..) {
+                    if !keep(&d) {
+                        continue;
+                    }
+                    let d = match new.as_mut() {
+                        Some(tail) => match tail.push(d) {
+                            Ok(()) => continue,
+                            Err(d) => {
+                                // Memory from here on, after what the new
+                                // file took.
+                                if let Some(mut tail) = new.take() {
+                                    self.bytes += tail.refill(&mut self.items, true).1;
+                                }
+                                d
+                            }
+                        },
+                        None => d,
+                    };
+                    self.bytes += delivery_size(&d);
+                    self.items.push_back(d);
+                }
+            }
+            self.spilled = new.filter(|t| !t.is_empty());
+        }
+        self.refill();
         self.settle();
     }
 
-    /// Moves every queued delivery to the end of `into`; when `into` is
-    /// empty the queue's allocation goes with them.
+    /// Moves every queued delivery to the end of `into` (those on disk
+    /// read back); when `into` is empty the queue's allocation goes with
+    /// them.
     pub fn take_all(&mut self, into: &mut VecDeque<Delivery>) {
         if into.is_empty() {
             std::mem::swap(&mut self.items, into);
         } else {
             into.extend(self.items.drain(..));
+        }
+        if let Some(mut tail) = self.spilled.take() {
+            tail.refill(into, true);
         }
         self.bytes = 0;
         self.settle();
@@ -424,8 +544,10 @@ impl SessionState {
 
     /// [`Self::enqueue`] under the broker's total bound as well: while all
     /// queues together hold more than `budget` allows, a queue that holds a
-    /// step of it or more does not grow (the policy applies as if it were
-    /// full at its present size); smaller queues go on. The numbers of the
+    /// step of it or more writes what comes next to disk when the broker
+    /// has a data directory, and otherwise does not grow (the policy
+    /// applies as if it were full at its present size); smaller queues go
+    /// on. The numbers of the
     /// journaled deliveries dropped are added to `dropped_seqs`.
     pub fn enqueue_within(
         &mut self,
@@ -443,7 +565,8 @@ impl SessionState {
             if queue.budget.is_none() {
                 queue.budget = Some(budget.clone());
             }
-            if queue.charged > 0 && budget.exceeded() {
+            // With a spill directory the queue goes on, on disk.
+            if queue.charged > 0 && budget.exceeded() && budget.spill.is_none() {
                 byte_limit = Some(byte_limit.map_or(queue.bytes, |max| max.min(queue.bytes)));
             }
         }
@@ -834,5 +957,119 @@ mod tests {
         assert!(store.get("dev-1").is_some_and(|s| Arc::ptr_eq(&s, &second)));
         assert!(store.remove(&second));
         assert!(store.is_empty());
+    }
+
+    /// A 1 KiB delivery numbered `n` (in its payload and its seq).
+    fn numbered(n: u32) -> Delivery {
+        let mut payload = vec![0u8; 1024];
+        payload[..4].copy_from_slice(&n.to_be_bytes());
+        Delivery {
+            message: Arc::new(Message::new(
+                "spill/t",
+                Bytes::from(payload),
+                QoS::AtLeastOnce,
+                false,
+            )),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![7],
+            receipt: None,
+            seq: u64::from(n) + 1,
+        }
+    }
+
+    fn number(d: &Delivery) -> u32 {
+        let mut n = [0u8; 4];
+        n.copy_from_slice(&d.message.payload[..4]);
+        u32::from_be_bytes(n)
+    }
+
+    fn spilling_budget(dir: &std::path::Path) -> Arc<QueueBudget> {
+        let store = SpillStore::open(dir.join("spill")).expect("spill dir");
+        Arc::new(QueueBudget::new(QUEUE_CHARGE_STEP, Some(Arc::new(store))))
+    }
+
+    #[test]
+    fn past_the_memory_bound_a_queue_goes_on_on_disk_and_drains_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let budget = spilling_budget(dir.path());
+        let mut queue = DeliveryQueue::default();
+        queue.use_budget(&budget);
+        for n in 0..2_000 {
+            queue.push_back(numbered(n));
+        }
+        assert_eq!(queue.len(), 2_000);
+        assert!(queue.spilled() > 1_800, "{} on disk", queue.spilled());
+        assert!(
+            queue.bytes <= 2 * QUEUE_CHARGE_STEP,
+            "memory holds about one step"
+        );
+        let store = budget.spill().expect("store");
+        assert_eq!(
+            store.messages.load(Ordering::Relaxed),
+            queue.spilled() as u64
+        );
+        let mut seen = Vec::new();
+        while let Some(d) = queue.pop_front() {
+            assert_eq!(d.seq, u64::from(number(&d)) + 1);
+            assert_eq!(d.subscription_ids, [7]);
+            seen.push(number(&d));
+            assert!(
+                queue.is_empty() || queue.front().is_some(),
+                "the front is in memory"
+            );
+        }
+        assert_eq!(seen, (0..2_000).collect::<Vec<_>>());
+        assert_eq!(store.messages.load(Ordering::Relaxed), 0);
+        assert_eq!(budget.charged(), 0);
+        let files = std::fs::read_dir(dir.path().join("spill"))
+            .expect("dir")
+            .count();
+        assert_eq!(files, 0, "a drained queue's file is gone");
+    }
+
+    #[test]
+    fn retain_and_take_all_reach_the_deliveries_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let budget = spilling_budget(dir.path());
+        let mut queue = DeliveryQueue::default();
+        queue.use_budget(&budget);
+        for n in 0..500 {
+            queue.push_back(numbered(n));
+        }
+        assert!(queue.spilled() > 0);
+        queue.retain(|d| number(d).is_multiple_of(2));
+        assert_eq!(queue.len(), 250);
+        let mut all = VecDeque::new();
+        queue.take_all(&mut all);
+        assert!(queue.is_empty());
+        let got: Vec<u32> = all.iter().map(number).collect();
+        assert_eq!(got, (0..500).step_by(2).collect::<Vec<_>>());
+        drop(queue);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("spill"))
+                .expect("dir")
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn without_a_data_directory_the_bound_stops_a_queue() {
+        let budget = Arc::new(QueueBudget::new(QUEUE_CHARGE_STEP, None));
+        let mut s = SessionState::new(ProtocolVersion::V5);
+        let mut dropped = 0;
+        for n in 0..500 {
+            dropped += s.enqueue_within(
+                numbered(n),
+                10_000,
+                Some(usize::MAX),
+                QueuePolicy::DropNewest,
+                Some(&budget),
+                &mut Vec::new(),
+            );
+        }
+        assert!(dropped > 400, "{dropped} dropped");
+        assert_eq!(s.traffic.as_ref().map_or(0, |t| t.queue.spilled()), 0);
     }
 }

@@ -44,10 +44,13 @@ pub struct Settings {
     /// applies. Sessions the embedder gives a queue of their own (the
     /// platform's ingest) are bounded by their message count only.
     pub max_queued_bytes: usize,
-    /// Payload and topic bytes queued for all sessions together. Past it a
-    /// session holding 64 KiB or more stops growing (its policy applies as
-    /// if it were full), so offline and slow sessions cannot take the
-    /// process's memory between them; `telemark_broker_queued_bytes`.
+    /// Payload and topic bytes queued in memory for all sessions together.
+    /// Past it a session holding 64 KiB or more writes what comes next to
+    /// `data_dir/spill` and reads it back as it drains (`spill`); without
+    /// a data directory it stops growing (its policy applies as if it were
+    /// full). Offline and slow sessions cannot take the process's memory
+    /// between them; `telemark_broker_queued_bytes`,
+    /// `telemark_broker_queued_spilled_bytes`.
     pub max_queued_bytes_total: usize,
     /// Retained messages held in all, their topic and payload bytes, and
     /// per publishing client; past a limit a retained PUBLISH is refused

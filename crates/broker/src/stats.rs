@@ -119,6 +119,12 @@ pub struct StatsSnapshot {
     pub journal_syncs: u64,
     pub journal_compactions: u64,
     pub journal_failures: u64,
+    /// Queued deliveries past `max_queued_bytes_total` kept on disk (with
+    /// `data_dir`): now, their bytes, ever written, failures.
+    pub spilled_messages: u64,
+    pub spilled_bytes: u64,
+    pub spilled_written: u64,
+    pub spill_failures: u64,
 }
 
 pub(crate) fn add(counter: &Counter, n: u64) {
@@ -160,6 +166,10 @@ impl BrokerStats {
             journal_syncs: 0,
             journal_compactions: 0,
             journal_failures: 0,
+            spilled_messages: 0,
+            spilled_bytes: 0,
+            spilled_written: 0,
+            spill_failures: 0,
         }
     }
 }
@@ -226,6 +236,14 @@ impl StatsSnapshot {
             ("$SYS/broker/queued/bytes", self.queued_bytes.to_string()),
             ("$SYS/broker/journal/bytes", self.journal_bytes.to_string()),
             ("$SYS/broker/journal/syncs", self.journal_syncs.to_string()),
+            (
+                "$SYS/broker/queued/spilled/messages",
+                self.spilled_messages.to_string(),
+            ),
+            (
+                "$SYS/broker/queued/spilled/bytes",
+                self.spilled_bytes.to_string(),
+            ),
         ]
     }
 
@@ -380,6 +398,30 @@ impl StatsSnapshot {
             "counter",
             "Journal writes or syncs that failed; their acknowledgements were withheld.",
             self.journal_failures,
+        );
+        metric(
+            "queued_spilled_messages",
+            "gauge",
+            "Queued deliveries kept on disk because all queues together reached max_queued_bytes_total (with data_dir).",
+            self.spilled_messages,
+        );
+        metric(
+            "queued_spilled_bytes",
+            "gauge",
+            "Topic and payload bytes of the queued deliveries kept on disk.",
+            self.spilled_bytes,
+        );
+        metric(
+            "queued_spilled_total",
+            "counter",
+            "Queued deliveries ever written to disk past the memory bound.",
+            self.spilled_written,
+        );
+        metric(
+            "queued_spill_failures_total",
+            "counter",
+            "Spill files that could not be written or read (what a persistent session was owed comes back from the journal at the next start).",
+            self.spill_failures,
         );
         out
     }

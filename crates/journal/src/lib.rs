@@ -164,6 +164,37 @@ impl<'a> Iterator for Scan<'a> {
     }
 }
 
+/// Reads back the payload of the record framed at `offset` of `file`,
+/// whose records end at `end`, checking its length and checksum (for any
+/// file of journal frames: the journal, or a broker's queue spill).
+pub fn read_frame_at(file: &File, offset: u64, end: u64) -> Result<Vec<u8>, JournalError> {
+    use std::os::unix::fs::FileExt;
+    let path = PathBuf::new();
+    let bad = |reason| JournalError::BadRecord {
+        path: PathBuf::new(),
+        offset,
+        reason,
+    };
+    if offset < MAGIC.len() as u64 || offset + FRAME_HEADER as u64 > end {
+        return Err(bad("beyond the file"));
+    }
+    let mut header = [0u8; FRAME_HEADER];
+    file.read_exact_at(&mut header, offset)
+        .map_err(io_error(&path))?;
+    let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
+    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+    if len > MAX_RECORD || offset + (FRAME_HEADER + len) as u64 > end {
+        return Err(bad("a length beyond the file"));
+    }
+    let mut payload = vec![0u8; len];
+    file.read_exact_at(&mut payload, offset + FRAME_HEADER as u64)
+        .map_err(io_error(&path))?;
+    if crc32fast::hash(&payload) != u32::from_le_bytes([c0, c1, c2, c3]) {
+        return Err(bad("a checksum that does not match"));
+    }
+    Ok(payload)
+}
+
 /// The journal file of a data directory, open for appending.
 #[derive(Debug)]
 pub struct Journal {
@@ -265,33 +296,19 @@ impl Journal {
     /// Reads back the payload of the record framed at `offset` (where the
     /// frame's header starts), checking its length and checksum.
     pub fn read_at(&self, offset: u64) -> Result<Vec<u8>, JournalError> {
-        use std::os::unix::fs::FileExt;
-        let path = self.path();
-        let bad = |reason| JournalError::BadRecord {
-            path: path.clone(),
-            offset,
-            reason,
-        };
-        if offset < MAGIC.len() as u64 || offset + FRAME_HEADER as u64 > self.len {
-            return Err(bad("beyond the file"));
-        }
-        let mut header = [0u8; FRAME_HEADER];
-        self.file
-            .read_exact_at(&mut header, offset)
-            .map_err(io_error(&path))?;
-        let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
-        let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
-        if len > MAX_RECORD || offset + (FRAME_HEADER + len) as u64 > self.len {
-            return Err(bad("a length beyond the file"));
-        }
-        let mut payload = vec![0u8; len];
-        self.file
-            .read_exact_at(&mut payload, offset + FRAME_HEADER as u64)
-            .map_err(io_error(&path))?;
-        if crc32fast::hash(&payload) != u32::from_le_bytes([c0, c1, c2, c3]) {
-            return Err(bad("a checksum that does not match"));
-        }
-        Ok(payload)
+        read_frame_at(&self.file, offset, self.len).map_err(|e| match e {
+            // Named after this file.
+            JournalError::BadRecord { offset, reason, .. } => JournalError::BadRecord {
+                path: self.path(),
+                offset,
+                reason,
+            },
+            JournalError::Io { source, .. } => JournalError::Io {
+                path: self.path(),
+                source,
+            },
+            other => other,
+        })
     }
 
     /// Starts a new file to replace this one, written record by record

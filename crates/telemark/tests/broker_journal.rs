@@ -202,6 +202,8 @@ impl Publisher {
 struct Subscriber {
     arrived: HashMap<u64, u32>,
     awaiting_release: HashSet<u16>,
+    /// Message numbers in the order they arrived.
+    order: Vec<u64>,
 }
 
 impl Subscriber {
@@ -219,6 +221,7 @@ impl Subscriber {
                     match p.qos {
                         QoS::AtLeastOnce => {
                             *self.arrived.entry(seq).or_default() += 1;
+                            self.order.push(seq);
                             taken += 1;
                             client.send(&Packet::PubAck(PubResponse::new(p.packet_id)));
                         }
@@ -436,6 +439,102 @@ fn compacting_under_load_between_kills_loses_nothing() {
         "the journal compacted while running ({compactions} times)"
     );
     tally.assert_nothing_lost(&format!("{KILLS} kills, {compactions} compactions"), KILLS);
+}
+
+/// The broker's resident memory, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .expect("VmRSS")
+}
+
+/// With a data directory, queues past `max_queued_bytes_total` go to disk
+/// instead of being dropped: 24 MiB queued for an offline session under a
+/// 1 MiB bound, the broker's memory does not grow by them, a `kill -9`
+/// later every message arrives, in order.
+#[test]
+fn queues_past_the_memory_bound_go_to_disk_and_all_arrive_in_order() {
+    const MESSAGES: u64 = 24_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let engine =
+        Engine::Telemark("max_queued_bytes_total = 1048576\nmax_queued_bytes = 268435456\n");
+    let mut running = engine.start(port, dir.path());
+    park_subscriber(port);
+    let pid = running.0.as_ref().map(|c| c.id()).expect("pid");
+    let before = rss_kib(pid);
+
+    let mut client = connect(port, "publisher");
+    let mut unacked = HashSet::new();
+    let mut next = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (next < MESSAGES || !unacked.is_empty()) && Instant::now() < deadline {
+        while unacked.len() < 64 && next < MESSAGES {
+            let packet_id = (next % 60_000) as u16 + 1;
+            client.send(&Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: "load/spill".into(),
+                packet_id,
+                properties: Properties::default(),
+                // The number, zero-padded to 1 KiB.
+                payload: Bytes::from(format!("{next:0>1024}")),
+            }));
+            unacked.insert(packet_id);
+            next += 1;
+        }
+        match client.next(Duration::from_secs(5)) {
+            Some(Packet::PubAck(ack)) => {
+                unacked.remove(&ack.packet_id);
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert!(
+        next == MESSAGES && unacked.is_empty(),
+        "every message acknowledged"
+    );
+    let grown_mib = rss_kib(pid).saturating_sub(before) / 1024;
+    let spill = dir.path().join("journal").join("spill");
+    let on_disk: u64 = std::fs::read_dir(&spill)
+        .expect("spill directory")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    eprintln!(
+        "{MESSAGES} messages of 1 KiB queued: broker memory grew {grown_mib} MiB, {} MiB on disk",
+        on_disk >> 20
+    );
+    assert!(
+        on_disk > 20 << 20,
+        "the queue went to disk ({on_disk} bytes)"
+    );
+    assert!(
+        grown_mib < 12,
+        "the broker's memory grew {grown_mib} MiB for 24 MiB queued under a 1 MiB bound"
+    );
+
+    // The journal, not the spill file, is what survives a crash.
+    kill(running);
+    running = engine.start(port, dir.path());
+    let mut subscriber = Subscriber::default();
+    let mut keeper = connect(port, "keeper");
+    subscriber.drain(&mut keeper, Duration::from_secs(5), usize::MAX);
+    drop(running);
+    assert_eq!(
+        subscriber.order,
+        (0..MESSAGES).collect::<Vec<_>>(),
+        "every message arrives once, in order"
+    );
 }
 
 /// Cuts the journal back to what was synced when the broker was killed,

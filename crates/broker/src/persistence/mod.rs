@@ -52,6 +52,11 @@ pub enum PersistenceError {
     Journal(#[from] journal::JournalError),
     #[error("could not start the journal's writer thread: {0}")]
     Thread(std::io::Error),
+    #[error("could not prepare the queue spill directory {path}: {source}")]
+    Spill {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Figures of the journal for `$SYS` and `/metrics`.
