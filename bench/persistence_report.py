@@ -1,11 +1,11 @@
 """Turns bench/persistence.sh's results into bench/durability.md."""
 
 import glob
-import json
 import os
-import subprocess
 import sys
 from datetime import date
+
+from results import load, version
 
 work, mosquitto = sys.argv[1], sys.argv[2]
 
@@ -17,14 +17,6 @@ ENGINES = [
 ]
 
 
-def load(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {"error": "no result"}
-
-
 results = {}
 order = []
 for path in sorted(glob.glob(os.path.join(work, "*.json"))):
@@ -32,14 +24,6 @@ for path in sorted(glob.glob(os.path.join(work, "*.json"))):
     if scenario not in order:
         order.append(scenario)
     results.setdefault(scenario, {})[engine] = load(path)
-
-
-def version(cmd):
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
-        return out.strip().splitlines()[0]
-    except Exception:
-        return "unknown"
 
 
 def fmt(v):

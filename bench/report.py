@@ -1,22 +1,14 @@
 """Turns the JSON results of bench/compare.sh into docs/benchmarks.md."""
 
 import glob
-import json
 import os
 import platform
-import subprocess
 import sys
 from datetime import date
 
+from results import load, version
+
 work, mosquitto = sys.argv[1], sys.argv[2]
-
-
-def load(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {"error": "no result"}
 
 
 results = {}
@@ -29,13 +21,6 @@ for path in sorted(glob.glob(os.path.join(work, "*.json"))):
 
 brokers = ["telemark", "mosquitto", "rumqttd"]
 present = [b for b in brokers if any(b in r for r in results.values())]
-
-
-def version(cmd):
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
-    except Exception:
-        return "unknown"
 
 
 def mem():
