@@ -100,12 +100,12 @@ impl Broker {
             return Ok(Self::new(settings, auth));
         };
         let spill_dir = dir.join("spill");
-        let spill = crate::spill::SpillStore::open(spill_dir.clone()).map_err(|source| {
-            PersistenceError::Spill {
-                path: spill_dir,
-                source,
-            }
-        })?;
+        let spill =
+            crate::spill::SpillStore::open(spill_dir.clone(), settings.max_spilled_bytes_total)
+                .map_err(|source| PersistenceError::Spill {
+                    path: spill_dir,
+                    source,
+                })?;
         let (persistence, recovered) = Persistence::open(WriterSettings {
             dir,
             fsync: settings.fsync,

@@ -118,6 +118,11 @@ impl QueueBudget {
         self.spill.as_ref()
     }
 
+    /// The spill directory, while it has room.
+    fn spill_with_room(&self) -> Option<&Arc<SpillStore>> {
+        self.spill.as_ref().filter(|s| s.has_room())
+    }
+
     /// Bytes charged by the queues that hold a step or more.
     pub fn charged(&self) -> usize {
         self.charged.load(Ordering::Relaxed)
@@ -219,7 +224,7 @@ impl DeliveryQueue {
         if delivery.receipt.is_some() || self.charged == 0 || !budget.exceeded() {
             return None;
         }
-        budget.spill.as_ref()
+        budget.spill_with_room()
     }
 
     pub fn push_back(&mut self, delivery: Delivery) {
@@ -565,8 +570,8 @@ impl SessionState {
             if queue.budget.is_none() {
                 queue.budget = Some(budget.clone());
             }
-            // With a spill directory the queue goes on, on disk.
-            if queue.charged > 0 && budget.exceeded() && budget.spill.is_none() {
+            // With room in the spill directory the queue goes on, on disk.
+            if queue.charged > 0 && budget.exceeded() && budget.spill_with_room().is_none() {
                 byte_limit = Some(byte_limit.map_or(queue.bytes, |max| max.min(queue.bytes)));
             }
         }
@@ -985,7 +990,7 @@ mod tests {
     }
 
     fn spilling_budget(dir: &std::path::Path) -> Arc<QueueBudget> {
-        let store = SpillStore::open(dir.join("spill")).expect("spill dir");
+        let store = SpillStore::open(dir.join("spill"), u64::MAX).expect("spill dir");
         Arc::new(QueueBudget::new(QUEUE_CHARGE_STEP, Some(Arc::new(store))))
     }
 
@@ -1052,6 +1057,33 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn the_disk_bound_stops_a_queue_as_the_memory_bound_does_without_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SpillStore::open(dir.path().join("spill"), 100 * 1024).expect("spill dir");
+        let budget = Arc::new(QueueBudget::new(QUEUE_CHARGE_STEP, Some(Arc::new(store))));
+        let mut s = SessionState::new(ProtocolVersion::V5);
+        let mut dropped = 0;
+        for n in 0..1_000 {
+            dropped += s.enqueue_within(
+                numbered(n),
+                10_000,
+                Some(usize::MAX),
+                QueuePolicy::DropNewest,
+                Some(&budget),
+                &mut Vec::new(),
+            );
+        }
+        let on_disk = budget
+            .spill()
+            .map_or(0, |s| s.bytes.load(Ordering::Relaxed));
+        assert!(
+            (100 * 1024..=101 * 1024 + 64).contains(&on_disk),
+            "{on_disk} bytes on disk"
+        );
+        assert!(dropped > 800, "{dropped} dropped past both bounds");
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct Settings {
     /// between them; `telemark_broker_queued_bytes`,
     /// `telemark_broker_queued_spilled_bytes`.
     pub max_queued_bytes_total: usize,
+    /// Topic and payload bytes of queued deliveries kept on disk past
+    /// `max_queued_bytes_total`, all sessions together: past it queues stop
+    /// growing as without a data directory, so clients that do not read
+    /// cannot fill the disk either. 0 keeps nothing on disk.
+    pub max_spilled_bytes_total: u64,
     /// Retained messages held in all, their topic and payload bytes, and
     /// per publishing client; past a limit a retained PUBLISH is refused
     /// (MQTT 5: 0x97).
@@ -117,6 +122,7 @@ impl Default for Settings {
             max_queued_messages: 10_000,
             max_queued_bytes: 64 * 1024 * 1024,
             max_queued_bytes_total: 1024 * 1024 * 1024,
+            max_spilled_bytes_total: 16 * 1024 * 1024 * 1024,
             max_retained_messages: 1_000_000,
             max_retained_bytes: 1024 * 1024 * 1024,
             max_retained_per_client: 1_000,

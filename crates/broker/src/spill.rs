@@ -27,6 +27,8 @@ const REFILL_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct SpillStore {
     dir: PathBuf,
+    /// Bytes on disk past which queues stop spilling.
+    limit: u64,
     next_file: AtomicU64,
     /// Deliveries on disk now.
     pub messages: AtomicU64,
@@ -39,8 +41,9 @@ pub struct SpillStore {
 }
 
 impl SpillStore {
-    /// Uses `dir`, removing what an earlier run left in it.
-    pub fn open(dir: PathBuf) -> std::io::Result<Self> {
+    /// Uses `dir`, removing what an earlier run left in it; keeps at most
+    /// `limit` topic and payload bytes there.
+    pub fn open(dir: PathBuf, limit: u64) -> std::io::Result<Self> {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -49,12 +52,18 @@ impl SpillStore {
         std::fs::create_dir_all(&dir)?;
         Ok(SpillStore {
             dir,
+            limit,
             next_file: AtomicU64::new(1),
             messages: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             written: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         })
+    }
+
+    /// Whether a queue may put more on disk.
+    pub fn has_room(&self) -> bool {
+        self.bytes.load(Ordering::Relaxed) < self.limit
     }
 
     fn failed(&self, what: &str, e: &dyn std::fmt::Display) {

@@ -302,6 +302,7 @@ max_inflight = 1024
 max_queued_messages = 10000
 max_queued_bytes = 67108864                   # per session: topic + payload bytes waiting
 max_queued_bytes_total = 1073741824           # all sessions together in memory; past it a session holding 64 KiB+ spills to data_dir/spill (or, without one, stops growing)
+max_spilled_bytes_total = 17179869184         # all sessions together on disk in data_dir/spill; past it queues stop growing; 0: no spill
 max_retained_messages = 1000000               # retained messages in all
 max_retained_bytes = 1073741824               # their topic + payload bytes
 max_retained_per_client = 1000                # retained messages one client may hold; past it 0x97
