@@ -736,6 +736,7 @@ impl CampaignEngine {
             .await?;
         let mut changes = Vec::new();
         let mut versions = Vec::new();
+        let mut boots = Vec::new();
         for d in &open {
             let Some(execution_state) = d.execution_state.as_deref() else {
                 continue;
@@ -752,6 +753,14 @@ impl CampaignEngine {
             // firmware reading, which may still be on its way.
             if let Some(v) = result.version.as_deref().filter(|v| !v.trim().is_empty()) {
                 versions.push((d.device_id, v.trim().to_owned()));
+            }
+            // Likewise its boot: the health watch compares the device's
+            // boot with the one it answered from, and its `status` from
+            // that boot may be stored after this pass.
+            if let Some(boot) = result.boot_id.as_deref()
+                && d.device_boot_id.as_deref() != Some(boot)
+            {
+                boots.push((d.device_id, boot.to_owned()));
             }
             let error = d
                 .execution_error
@@ -826,6 +835,7 @@ impl CampaignEngine {
         }
         self.store.apply_campaign_changes(c.id, &changes).await?;
         self.store.set_devices_firmware(&versions).await?;
+        self.store.set_devices_boot_ids(&boots).await?;
         Ok(())
     }
 
