@@ -158,7 +158,8 @@ impl Drop for DeliveryQueue {
     }
 }
 
-fn delivery_size(delivery: &Delivery) -> usize {
+/// Topic and payload bytes: what queue bounds count.
+pub(crate) fn delivery_size(delivery: &Delivery) -> usize {
     delivery.message.topic.len() + delivery.message.payload.len()
 }
 
@@ -1059,23 +1060,30 @@ mod tests {
         );
     }
 
+    /// Queues `count` numbered deliveries under `budget` (dropping the
+    /// newest past it); how many were dropped.
+    fn enqueue_numbered(s: &mut SessionState, budget: &Arc<QueueBudget>, count: u32) -> u64 {
+        (0..count)
+            .map(|n| {
+                s.enqueue_within(
+                    numbered(n),
+                    10_000,
+                    Some(usize::MAX),
+                    QueuePolicy::DropNewest,
+                    Some(budget),
+                    &mut Vec::new(),
+                )
+            })
+            .sum()
+    }
+
     #[test]
     fn the_disk_bound_stops_a_queue_as_the_memory_bound_does_without_one() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SpillStore::open(dir.path().join("spill"), 100 * 1024).expect("spill dir");
         let budget = Arc::new(QueueBudget::new(QUEUE_CHARGE_STEP, Some(Arc::new(store))));
         let mut s = SessionState::new(ProtocolVersion::V5);
-        let mut dropped = 0;
-        for n in 0..1_000 {
-            dropped += s.enqueue_within(
-                numbered(n),
-                10_000,
-                Some(usize::MAX),
-                QueuePolicy::DropNewest,
-                Some(&budget),
-                &mut Vec::new(),
-            );
-        }
+        let dropped = enqueue_numbered(&mut s, &budget, 1_000);
         let on_disk = budget
             .spill()
             .map_or(0, |s| s.bytes.load(Ordering::Relaxed));
@@ -1090,17 +1098,7 @@ mod tests {
     fn without_a_data_directory_the_bound_stops_a_queue() {
         let budget = Arc::new(QueueBudget::new(QUEUE_CHARGE_STEP, None));
         let mut s = SessionState::new(ProtocolVersion::V5);
-        let mut dropped = 0;
-        for n in 0..500 {
-            dropped += s.enqueue_within(
-                numbered(n),
-                10_000,
-                Some(usize::MAX),
-                QueuePolicy::DropNewest,
-                Some(&budget),
-                &mut Vec::new(),
-            );
-        }
+        let dropped = enqueue_numbered(&mut s, &budget, 500);
         assert!(dropped > 400, "{dropped} dropped");
         assert_eq!(s.traffic.as_ref().map_or(0, |t| t.queue.spilled()), 0);
     }

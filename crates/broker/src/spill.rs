@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::persistence::{LoggedDelivery, Now, Record, SessionKey};
-use crate::session::Delivery;
+use crate::session::{Delivery, delivery_size};
 
 /// Bytes read back at a time: what a drained queue holds in memory again.
 const REFILL_BYTES: usize = 64 * 1024;
@@ -86,10 +86,6 @@ pub struct SpilledTail {
     count: usize,
     /// Topic and payload bytes on disk.
     bytes: usize,
-}
-
-fn delivery_size(delivery: &Delivery) -> usize {
-    delivery.message.topic.len() + delivery.message.payload.len()
 }
 
 impl SpilledTail {
