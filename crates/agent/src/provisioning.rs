@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub use device_protocol::broker_url::BrokerAddress;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -95,14 +96,6 @@ fn default_firmware_file() -> PathBuf {
     PathBuf::from("/etc/os-release")
 }
 
-/// Where a broker URL points.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerAddress {
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-}
-
 impl Provisioning {
     pub fn load(path: &Path) -> Result<Self, ProvisioningError> {
         let text = std::fs::read_to_string(path).map_err(|e| ProvisioningError::Read {
@@ -124,33 +117,7 @@ impl Provisioning {
     }
 
     pub fn broker_address(&self) -> Result<BrokerAddress, String> {
-        let (tls, rest, default_port) = if let Some(rest) = self.broker.strip_prefix("mqtts://") {
-            (true, rest, 8883)
-        } else if let Some(rest) = self.broker.strip_prefix("mqtt://") {
-            (false, rest, 1883)
-        } else {
-            return Err(format!(
-                "broker {:?} is not mqtt://… or mqtts://…",
-                self.broker
-            ));
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
-                host.trim_start_matches('[').trim_end_matches(']'),
-                port.parse()
-                    .map_err(|_| format!("broker port {port:?} is not a number"))?,
-            ),
-            _ => (rest, default_port),
-        };
-        if host.is_empty() {
-            return Err(format!("broker {:?} names no host", self.broker));
-        }
-        Ok(BrokerAddress {
-            host: host.to_owned(),
-            port,
-            tls,
-        })
+        BrokerAddress::parse(&self.broker)
     }
 }
 

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod broker_url;
 pub mod firmware;
 pub mod session;
 pub mod task;

@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod alarms;
+pub mod broker_client;
 pub mod campaigns;
 pub mod ddi;
 pub mod device_access;

@@ -32,6 +32,10 @@ pub struct PresenceCounters {
 pub struct PresenceRecorder {
     /// Device → connections opened minus closed since the writer last looked.
     deltas: Mutex<HashMap<i64, i64>>,
+    /// Device → online or not as its last `status` message said, since the
+    /// writer last looked: presence behind an external broker, whose
+    /// connections the platform does not see.
+    reports: Mutex<HashMap<i64, bool>>,
     wake: tokio::sync::Notify,
     pub counters: PresenceCounters,
 }
@@ -57,6 +61,16 @@ impl PresenceRecorder {
 
     pub fn disconnected(&self, device_id: i64) {
         self.add(device_id, -1);
+    }
+
+    /// A device's `status` message (or its will), in the order the broker
+    /// delivered them: the last one read says.
+    pub fn reported(&self, device_id: i64, online: bool) {
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device_id, online);
+        self.wake.notify_one();
     }
 
     /// Writes changes as `instance` until `stop`, then writes what is left
@@ -93,6 +107,11 @@ impl PresenceRecorder {
                     connections.remove(&device_id);
                 }
             }
+            // After the connection counts: a report is what the device said
+            // last, through the broker.
+            unwritten.extend(std::mem::take(
+                &mut *self.reports.lock().unwrap_or_else(|p| p.into_inner()),
+            ));
             let mut failed = false;
             while !unwritten.is_empty() {
                 let batch: Vec<(i64, bool)> = unwritten

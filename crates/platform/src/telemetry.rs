@@ -352,6 +352,28 @@ impl Ingest {
         }
     }
 
+    /// A device's `status` message (or its will) read for presence: online
+    /// or not, to `presence`. Whatever else is wrong with it is the
+    /// ingest's to report when it reads the same message.
+    pub async fn presence_from_status(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        presence: &crate::presence::PresenceRecorder,
+    ) {
+        let Some((model, mac, "status")) = split_topic(topic) else {
+            return;
+        };
+        let key = &topic[..topic.len() - "status".len()];
+        let (Some(device), Ok(Reading::Status(status))) = (
+            self.device(key, model, mac).await,
+            device_protocol::parse("status", payload),
+        ) else {
+            return;
+        };
+        presence.reported(device.id, status.state == "online");
+    }
+
     /// Takes one message from the broker. Never fails: a bad message is
     /// counted against its device.
     pub async fn handle(&self, topic: &str, payload: &[u8]) {
@@ -699,10 +721,7 @@ pub fn carrier_json(components: &[device_protocol::CarrierComponent]) -> String 
 /// Where the ingest reads device messages.
 #[derive(Debug, Clone)]
 pub struct BrokerConnection {
-    pub host: String,
-    pub port: u16,
-    pub username: String,
-    pub password: String,
+    pub endpoint: crate::broker_client::BrokerEndpoint,
     /// `dwr/#` on the embedded broker; `$share/telemark/dwr/#` on a cluster
     /// with several platform instances.
     pub filter: String,
@@ -822,19 +841,21 @@ pub async fn run(
     connection: BrokerConnection,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let mut options = MqttOptions::new(&connection.client_id, &connection.host, connection.port);
-    options
-        .set_credentials(&connection.username, &connection.password)
-        .set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(false)
-        .set_manual_acks(true)
-        .set_max_packet_size(1 << 20, 1 << 20)
-        .set_inflight(1000);
+    use crate::broker_client::{RETRY_FIRST, RETRY_MAX};
+    use rumqttc::{AsyncClient, Event, Packet, QoS};
+    let options = |attempt: usize| {
+        let mut options = connection.endpoint.options(attempt, &connection.client_id);
+        options
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_inflight(1000);
+        options
+    };
     let writer = BatchWriter::start(ingest.clone());
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (mut attempt, mut retry) = (0, RETRY_FIRST);
     'connection: loop {
-        let (client, mut events) = AsyncClient::new(options.clone(), 1024);
+        let (client, mut events) = AsyncClient::new(options(attempt), 1024);
         loop {
             let event = tokio::select! {
                 event = events.poll() => event,
@@ -852,10 +873,15 @@ pub async fn run(
             }
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    retry = RETRY_FIRST;
                     if let Err(e) = client.subscribe(&connection.filter, QoS::AtLeastOnce).await {
                         tracing::warn!(error = %e, "ingest cannot subscribe");
                     }
-                    tracing::info!(filter = %connection.filter, "ingest subscribed");
+                    tracing::info!(
+                        filter = %connection.filter,
+                        broker = %events.mqtt_options.broker_address().0,
+                        "ingest subscribed"
+                    );
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     ingest.handle(&p.topic, &p.payload).await;
@@ -869,8 +895,17 @@ pub async fn run(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "ingest lost the broker; reconnecting");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tracing::warn!(error = %e, "ingest lost the broker; trying the next address");
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => {}
+                        _ = stop.changed() => break 'connection,
+                    }
+                    retry = (retry * 2).min(RETRY_MAX);
+                    attempt += 1;
+                    // The same client and its unacknowledged messages: the
+                    // acknowledgements of what is written go out on the next
+                    // connection (the session is persistent).
+                    events.mqtt_options = options(attempt);
                 }
             }
         }

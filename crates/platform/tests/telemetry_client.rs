@@ -34,10 +34,16 @@ fn a_message_the_ingest_took_but_had_not_written_when_it_died_comes_again() {
         (store, port, broker)
     });
     let connection = BrokerConnection {
-        host: "127.0.0.1".into(),
-        port,
-        username: "platform".into(),
-        password: "secret".into(),
+        endpoint: platform::broker_client::BrokerEndpoint {
+            addresses: vec![platform::broker_client::BrokerAddress {
+                host: "127.0.0.1".into(),
+                port,
+                tls: false,
+            }],
+            username: "platform".into(),
+            password: "secret".into(),
+            ca_pem: None,
+        },
         filter: "dwr/#".into(),
         client_id: "telemark-ingest".into(),
     };

@@ -83,10 +83,16 @@ async fn main() -> anyhow::Result<()> {
     let ingest_task = tokio::spawn(platform::telemetry::run(
         ingest.clone(),
         BrokerConnection {
-            host: "127.0.0.1".into(),
-            port: addr.port(),
-            username: "bench".into(),
-            password: "bench".into(),
+            endpoint: platform::broker_client::BrokerEndpoint {
+                addresses: vec![platform::broker_client::BrokerAddress {
+                    host: "127.0.0.1".into(),
+                    port: addr.port(),
+                    tls: false,
+                }],
+                username: "bench".into(),
+                password: "bench".into(),
+                ca_pem: None,
+            },
             filter: "dwr/#".into(),
             client_id: "bench-ingest".into(),
         },

@@ -20,6 +20,39 @@ pub struct Config {
     pub remote: Remote,
     pub firmware: Firmware,
     pub broker: broker::Settings,
+    pub external_broker: ExternalBroker,
+}
+
+/// `serve` behind a broker (or cluster) it does not run: no embedded
+/// broker; the platform reads and publishes as a client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExternalBroker {
+    /// `mqtt://host:port` or `mqtts://…`, several comma-separated for
+    /// failover. Unset: the embedded broker.
+    pub urls: Option<String>,
+    /// The platform's login. Unset: `telemark-platform` with the
+    /// database's internal secret, which the platform's own auth hooks
+    /// accept (the broker asks them).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The CA of the brokers' certificates, for `mqtts://`.
+    pub ca_file: Option<PathBuf>,
+    /// Instances in one group split the devices' messages between them
+    /// (`$share/{group}/dwr/#`).
+    pub share_group: String,
+}
+
+impl Default for ExternalBroker {
+    fn default() -> Self {
+        ExternalBroker {
+            urls: None,
+            username: None,
+            password: None,
+            ca_file: None,
+            share_group: "telemark".into(),
+        }
+    }
 }
 
 /// The firmware repository: how large an image may be and which vendor
@@ -291,6 +324,13 @@ max_image_mb = 2048                           # the largest image an upload may 
 trusted_keys = []                             # vendor ed25519 keys (base64url) whose detached signatures are accepted
 ddi_poll_secs = 300                           # how long hawkBit DDI clients (SWUpdate, rauc-hawkbit) sleep between polls
 
+[external_broker]                             # serve only: run behind a broker cluster instead of the embedded broker
+# urls = "mqtt://node1:1883,mqtt://node2:1883"  # or mqtts:// (with ca_file); tried in order; --broker sets it
+# username = "telemark-platform"              # default: this login with the database's internal secret, which the auth hooks accept
+# password = "…"                              # TELEMARK__EXTERNAL_BROKER__PASSWORD
+# ca_file = "/etc/telemark/broker-ca.pem"
+share_group = "telemark"                      # instances split devices' messages: $share/telemark/dwr/#
+
 [broker]
 max_connections = 200000
 max_packet_size = 16777216
@@ -351,8 +391,24 @@ impl Config {
         if (self.listeners.tls.is_some() || self.listeners.wss.is_some()) && self.tls.is_none() {
             problems.push("listeners.tls and listeners.wss need a [tls] section".to_owned());
         }
+        if let Some(urls) = &self.external_broker.urls {
+            if let Err(e) = device_protocol::broker_url::BrokerAddress::parse_list(urls) {
+                problems.push(format!("external_broker.urls: {e}"));
+            }
+            let group = &self.external_broker.share_group;
+            if group.is_empty() || group.contains(['/', '+', '#']) {
+                problems.push(format!(
+                    "external_broker.share_group {group:?} must be one topic level without wildcards"
+                ));
+            }
+        }
         let l = &self.listeners;
-        if l.tcp.is_none() && l.tls.is_none() && l.ws.is_none() && l.wss.is_none() {
+        if self.external_broker.urls.is_none()
+            && l.tcp.is_none()
+            && l.tls.is_none()
+            && l.ws.is_none()
+            && l.wss.is_none()
+        {
             problems.push("no listener is configured".to_owned());
         }
         if problems.is_empty() {

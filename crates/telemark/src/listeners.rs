@@ -46,14 +46,18 @@ fn metrics_route(render: api::MetricsRenderer) -> axum::Router {
     )
 }
 
-/// The Prometheus text: the broker's figures, and the ingest's when there is one.
+/// The Prometheus text: the embedded broker's figures when there is one,
+/// and the ingest's when there is one.
 pub(crate) fn metrics_renderer(
-    broker: &Broker,
+    broker: Option<&Broker>,
     ingest: Option<Arc<platform::telemetry::Ingest>>,
 ) -> api::MetricsRenderer {
-    let broker = broker.clone();
+    let broker = broker.cloned();
     Arc::new(move || {
-        let mut text = broker.stats().prometheus();
+        let mut text = broker
+            .as_ref()
+            .map(|b| b.stats().prometheus())
+            .unwrap_or_default();
         if let Some(ingest) = &ingest {
             text.push_str(&ingest_prometheus(&ingest.counters));
         }
@@ -123,11 +127,17 @@ fn ingest_prometheus(c: &platform::telemetry::IngestCounters) -> String {
     out
 }
 
-/// Serves `app` on `addr` until the broker shuts down.
+/// Resolves when `broker` begins to shut down.
+pub(crate) fn broker_stopping(broker: &Broker) -> impl Future<Output = ()> + Send + 'static {
+    let broker = broker.clone();
+    async move { broker.shutting_down().await }
+}
+
+/// Serves `app` on `addr` until `stopping` resolves.
 pub(crate) async fn serve_http(
     addr: SocketAddr,
     app: axum::Router,
-    broker: &Broker,
+    stopping: impl Future<Output = ()> + Send + 'static,
     what: &str,
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
@@ -139,13 +149,12 @@ pub(crate) async fn serve_http(
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let shutdown_broker = broker.clone();
     tokio::spawn(async move {
         let _ = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(async move { shutdown_broker.shutting_down().await })
+        .with_graceful_shutdown(stopping)
         .await;
     });
     Ok(local)
@@ -187,11 +196,11 @@ pub(crate) async fn start_broker(config: &Config, broker: Broker) -> anyhow::Res
 /// `[metrics] bind`: `/metrics` on an address of its own, without login.
 pub(crate) async fn serve_metrics(
     config: &Config,
-    broker: &Broker,
+    stopping: impl Future<Output = ()> + Send + 'static,
     render: api::MetricsRenderer,
 ) -> anyhow::Result<()> {
     if let Some(addr) = config.metrics.bind {
-        let local = serve_http(addr, metrics_route(render), broker, "metrics").await?;
+        let local = serve_http(addr, metrics_route(render), stopping, "metrics").await?;
         info!(address = %local, "metrics on /metrics");
     }
     Ok(())
@@ -220,8 +229,8 @@ pub(crate) async fn run_broker(config: Config) -> anyhow::Result<()> {
     let running = start_broker(&config, broker).await?;
     serve_metrics(
         &config,
-        &running.broker,
-        metrics_renderer(&running.broker, None),
+        broker_stopping(&running.broker),
+        metrics_renderer(Some(&running.broker), None),
     )
     .await?;
     info!(version = env!("CARGO_PKG_VERSION"), "telemark broker ready");

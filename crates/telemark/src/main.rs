@@ -193,6 +193,11 @@ struct ServeArgs {
     /// session cookie Secure.
     #[arg(long, env = "TELEMARK_PUBLIC_URL", value_name = "URL")]
     public_url: Option<String>,
+    /// Run behind this broker or cluster instead of the embedded broker:
+    /// mqtt://HOST:PORT or mqtts://…, comma-separated for failover
+    /// ([external_broker] urls).
+    #[arg(long, value_name = "URLS")]
+    broker: Option<String>,
     /// This instance's name among several `serve` on one database (its
     /// host name by default): at start it marks offline only the devices
     /// it held.
@@ -377,6 +382,9 @@ fn main() -> anyhow::Result<()> {
                     client_ca: None,
                     require_client_certificate: false,
                 });
+            }
+            if args.broker.is_some() {
+                config.external_broker.urls = args.broker.clone();
             }
             config.validate()?;
             tokio::runtime::Builder::new_multi_thread()

@@ -1,7 +1,8 @@
 //! `telemark serve` and `demo`: the store, the first-start admin, the
-//! embedded broker with the registry as its authenticator, the supervised
-//! background tasks (ingest, presence, alarms, webhooks, retention,
-//! statistics) and the HTTP API with the console.
+//! embedded broker with the registry as its authenticator (or, with
+//! `[external_broker]`, a client connection to a broker cluster), the
+//! supervised background tasks (ingest, presence, alarms, webhooks,
+//! retention, statistics) and the HTTP API with the console.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,9 +13,95 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::listeners::{
-    metrics_renderer, serve_http, serve_metrics, shutdown_signal, start_broker,
+    RunningBroker, metrics_renderer, serve_http, serve_metrics, shutdown_signal, start_broker,
 };
 use crate::{ServeArgs, demo, ingest_feed, registry};
+
+/// Who holds a device's connection, in the registry, when an external
+/// broker does.
+const EXTERNAL_BROKER_HOLDER: &str = "external-broker";
+
+/// Where the devices' connections are.
+enum DeviceBroker {
+    /// The embedded broker, with the ingest's in-process session (taken
+    /// by the first ingest task).
+    Embedded {
+        running: RunningBroker,
+        feed: Option<ingest_feed::EmbeddedFeed>,
+    },
+    /// A broker or cluster this process is a client of.
+    External {
+        connection: platform::telemetry::BrokerConnection,
+        transport: Arc<platform::broker_client::ClientTaskTransport>,
+    },
+}
+
+impl DeviceBroker {
+    fn transport(&self) -> Arc<dyn platform::tasks::TaskTransport> {
+        match self {
+            DeviceBroker::Embedded { running, .. } => {
+                Arc::new(ingest_feed::BrokerTaskTransport(running.broker.clone()))
+            }
+            DeviceBroker::External { transport, .. } => transport.clone(),
+        }
+    }
+
+    fn embedded(&self) -> Option<&Broker> {
+        match self {
+            DeviceBroker::Embedded { running, .. } => Some(&running.broker),
+            DeviceBroker::External { .. } => None,
+        }
+    }
+}
+
+/// The platform's connection to an external broker: its addresses, and
+/// its login — `telemark-platform` with the database's internal secret
+/// unless the configuration names another.
+async fn external_connection(
+    store: &store::Store,
+    external: &crate::config::ExternalBroker,
+    urls: &str,
+    instance: &str,
+) -> anyhow::Result<platform::telemetry::BrokerConnection> {
+    let addresses = platform::broker_client::BrokerAddress::parse_list(urls)
+        .map_err(|e| anyhow::anyhow!("external_broker.urls: {e}"))?;
+    let ca_pem = match &external.ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("external_broker.ca_file {}", path.display()))?,
+        ),
+        None if addresses.iter().any(|a| a.tls) => {
+            anyhow::bail!("external_broker: mqtts:// needs ca_file")
+        }
+        None => None,
+    };
+    if ca_pem.is_some() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let (username, password) = match (&external.username, &external.password) {
+        (Some(user), password) => (user.clone(), password.clone().unwrap_or_default()),
+        (None, _) => (
+            platform::device_access::INTERNAL_USERNAME.to_owned(),
+            platform::device_access::internal_secret(store).await?,
+        ),
+    };
+    Ok(platform::telemetry::BrokerConnection {
+        endpoint: platform::broker_client::BrokerEndpoint {
+            addresses,
+            username,
+            password,
+            ca_pem,
+        },
+        filter: format!(
+            "$share/{}/{}/#",
+            external.share_group,
+            device_protocol::PREFIX
+        ),
+        // One persistent session per instance: a restarted instance gets
+        // what the broker kept for it while it was away.
+        client_id: format!("telemark-ingest-{instance}"),
+    })
+}
 
 /// The platform: store, first-start admin, embedded broker, HTTP API.
 pub(crate) async fn run_platform(
@@ -46,31 +133,52 @@ pub(crate) async fn run_platform(
     // Devices log in with their MQTT secret or certificate, operator admins
     // with their console password; each is confined by the registry's ACL.
     let instance = args.instance_id.clone().unwrap_or_else(host_name);
-    let stale = store.mark_all_offline(&instance).await?;
-    if stale > 0 {
-        info!(
-            devices = stale,
-            "devices marked offline: the embedded broker starts with no connections"
-        );
-    }
     // One login throttle for console accounts over HTTP and over MQTT.
     let logins = Arc::new(platform::login_guard::LoginGuard::default());
     let presence = platform::presence::PresenceRecorder::new();
-    let auth = Arc::new(registry::RegistryAuthenticator::new(
-        store.clone(),
-        logins.clone(),
-        presence.clone(),
-    ));
-    // Persistent device sessions and retained messages live in the data
-    // directory's journal unless the configuration puts them elsewhere.
-    let mut broker_settings = config.broker.clone();
-    if broker_settings.data_dir.is_none() {
-        broker_settings.data_dir = Some(args.data.join("broker"));
-    }
-    let broker = Broker::open(broker_settings, auth).context("opening the broker's journal")?;
-    // The ingest's in-process connection, there before any device is.
-    let feed = ingest_feed::EmbeddedFeed::subscribe(&broker)?;
-    let running = start_broker(&config, broker).await?;
+    let mut devices = match config.external_broker.urls.clone() {
+        Some(urls) => {
+            let connection =
+                external_connection(&store, &config.external_broker, &urls, &instance).await?;
+            let transport = platform::broker_client::ClientTaskTransport::connect(
+                connection.endpoint.clone(),
+                &format!("telemark-tasks-{instance}"),
+            );
+            info!(broker = %connection.endpoint.describe(), "external broker: no embedded broker");
+            DeviceBroker::External {
+                connection,
+                transport,
+            }
+        }
+        None => {
+            let stale = store.mark_all_offline(&instance).await?;
+            if stale > 0 {
+                info!(
+                    devices = stale,
+                    "devices marked offline: the embedded broker starts with no connections"
+                );
+            }
+            let auth = Arc::new(registry::RegistryAuthenticator::new(
+                store.clone(),
+                logins.clone(),
+                presence.clone(),
+            ));
+            // Persistent device sessions and retained messages live in the data
+            // directory's journal unless the configuration puts them elsewhere.
+            let mut broker_settings = config.broker.clone();
+            if broker_settings.data_dir.is_none() {
+                broker_settings.data_dir = Some(args.data.join("broker"));
+            }
+            let broker =
+                Broker::open(broker_settings, auth).context("opening the broker's journal")?;
+            // The ingest's in-process connection, there before any device is.
+            let feed = ingest_feed::EmbeddedFeed::subscribe(&broker)?;
+            DeviceBroker::Embedded {
+                running: start_broker(&config, broker).await?,
+                feed: Some(feed),
+            }
+        }
+    };
     // Alarms: thresholds on ingest, offline and firmware in a leased pass,
     // webhooks for every change.
     let (alarms, alarm_events) = platform::alarms::AlarmEngine::new(store.clone()).await?;
@@ -83,12 +191,14 @@ pub(crate) async fn run_platform(
     // Presence stops after the broker, so its last disconnects are written.
     let (stop_presence, presence_stop) = tokio::sync::watch::channel(false);
     let presence_task = {
-        let (presence, store, instance, stop) = (
-            presence.clone(),
-            store.clone(),
-            instance.clone(),
-            presence_stop,
-        );
+        // Behind an external broker no instance holds a device's connection:
+        // any of them may record its going.
+        let holder = match &devices {
+            DeviceBroker::Embedded { .. } => instance.clone(),
+            DeviceBroker::External { .. } => EXTERNAL_BROKER_HOLDER.to_owned(),
+        };
+        let (presence, store, instance, stop) =
+            (presence.clone(), store.clone(), holder, presence_stop);
         supervisor.spawn("presence", move || {
             presence
                 .clone()
@@ -132,19 +242,40 @@ pub(crate) async fn run_platform(
         });
     }
     // The platform reads device telemetry from the embedded broker through
-    // its in-process connection.
+    // its in-process connection, or from an external broker as a client.
     let ingest = platform::telemetry::Ingest::with_alarms(store.clone(), alarms.clone());
+    if let DeviceBroker::External { connection, .. } = &devices {
+        // No connection events from a broker we do not run: devices say
+        // themselves (`status` at connect, their will when they go).
+        let (ingest, presence, endpoint, stop) = (
+            ingest.clone(),
+            presence.clone(),
+            connection.endpoint.clone(),
+            stop_rx.clone(),
+        );
+        let client_id = format!("telemark-presence-{instance}");
+        supervisor.spawn("presence reports", move || {
+            platform::broker_client::follow_presence(
+                ingest.clone(),
+                presence.clone(),
+                endpoint.clone(),
+                client_id.clone(),
+                stop.clone(),
+            )
+        });
+    }
     ingest.set_max_backlog(config.telemetry.max_backlog_readings);
     ingest.set_timestamp_window(
         std::time::Duration::from_secs(u64::from(config.telemetry.max_reading_age_days) * 86_400),
         std::time::Duration::from_secs(u64::from(config.telemetry.max_reading_ahead_hours) * 3600),
     );
-    // Remote tasks go out through the embedded broker; their answers come
-    // back through the ingest.
+    // Remote tasks go out through the broker; their answers come back
+    // through the ingest. Behind an external broker any instance reaches
+    // every device.
     let tasks = platform::tasks::TaskService::new(
         store.clone(),
-        Arc::new(ingest_feed::BrokerTaskTransport(running.broker.clone())),
-        Some(instance.clone()),
+        devices.transport(),
+        devices.embedded().map(|_| instance.clone()),
         Some(
             args.public_url
                 .clone()
@@ -179,7 +310,7 @@ pub(crate) async fn run_platform(
     }
     let remote = platform::remote::RemoteSessions::new(
         store.clone(),
-        Arc::new(ingest_feed::BrokerTaskTransport(running.broker.clone())),
+        devices.transport(),
         tasks.clone(),
         config.remote.settings()?,
     );
@@ -194,24 +325,32 @@ pub(crate) async fn run_platform(
         let (tasks, stop) = (tasks.clone(), stop_rx.clone());
         supervisor.spawn("tasks", move || tasks.clone().run(stop.clone()));
     }
-    let ingest_task = {
-        let (ingest, broker, stop) = (ingest.clone(), running.broker.clone(), stop_rx.clone());
-        // The first feed was subscribed before the listeners opened; a
-        // restarted ingest subscribes again.
-        let mut first = Some(feed);
-        supervisor.spawn("ingest", move || {
-            let (ingest, stop) = (ingest.clone(), stop.clone());
-            let feed = first
-                .take()
-                .map(Ok)
-                .unwrap_or_else(|| ingest_feed::EmbeddedFeed::subscribe(&broker));
-            async move {
-                match feed {
-                    Ok(feed) => platform::telemetry::run_feed(ingest, feed, stop).await,
-                    Err(e) => tracing::warn!(error = %e, "the ingest cannot subscribe"),
+    let ingest_task = match &mut devices {
+        DeviceBroker::Embedded { running, feed } => {
+            let (ingest, broker, stop) = (ingest.clone(), running.broker.clone(), stop_rx.clone());
+            // The first feed was subscribed before the listeners opened; a
+            // restarted ingest subscribes again.
+            let mut first = feed.take();
+            supervisor.spawn("ingest", move || {
+                let (ingest, stop) = (ingest.clone(), stop.clone());
+                let feed = first
+                    .take()
+                    .map(Ok)
+                    .unwrap_or_else(|| ingest_feed::EmbeddedFeed::subscribe(&broker));
+                async move {
+                    match feed {
+                        Ok(feed) => platform::telemetry::run_feed(ingest, feed, stop).await,
+                        Err(e) => tracing::warn!(error = %e, "the ingest cannot subscribe"),
+                    }
                 }
-            }
-        })
+            })
+        }
+        DeviceBroker::External { connection, .. } => {
+            let (ingest, connection, stop) = (ingest.clone(), connection.clone(), stop_rx.clone());
+            supervisor.spawn("ingest", move || {
+                platform::telemetry::run(ingest.clone(), connection.clone(), stop.clone())
+            })
+        }
     };
     {
         // Daily statistics snapshots for week-over-week change. Idempotent
@@ -235,7 +374,7 @@ pub(crate) async fn run_platform(
     }
     let render_metrics = {
         let (broker_metrics, supervisor, tasks, remote) = (
-            metrics_renderer(&running.broker, Some(ingest.clone())),
+            metrics_renderer(devices.embedded(), Some(ingest.clone())),
             supervisor.clone(),
             tasks.clone(),
             remote.clone(),
@@ -266,16 +405,28 @@ pub(crate) async fn run_platform(
             .as_deref()
             .is_some_and(|url| url.starts_with("https://")),
     };
-    serve_metrics(&config, &running.broker, render_metrics).await?;
+    let stopping = || {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    serve_metrics(&config, stopping(), render_metrics).await?;
     let app = api::app_with(store.clone(), options);
-    let http = serve_http(args.http, app, &running.broker, "HTTP").await?;
+    let http = serve_http(args.http, app, stopping(), "HTTP").await?;
     println!(
         "Telemark is up: console http://{http}/, API http://{http}/api/v1, MQTT {}",
-        describe_listeners(&config)
+        match &devices {
+            DeviceBroker::Embedded { .. } => describe_listeners(&config),
+            DeviceBroker::External { connection, .. } => format!(
+                "through {} (external broker)",
+                connection.endpoint.describe()
+            ),
+        }
     );
     let (stop_fleet, fleet_stopped) = tokio::sync::watch::channel(false);
-    let fleet = match (demo_devices, config.listeners.tcp) {
-        (Some(count), Some(addr)) => {
+    let fleet = match (demo_devices, config.listeners.tcp, devices.embedded()) {
+        (Some(count), Some(addr), Some(_)) => {
             let devices = demo::seed(&store, count).await?;
             alarms.refresh_rules().await?;
             println!(
@@ -315,7 +466,9 @@ pub(crate) async fn run_platform(
     }
     let _ = stop_tasks.send(true);
     let _ = ingest_task.await;
-    running.stop().await;
+    if let DeviceBroker::Embedded { running, .. } = devices {
+        running.stop().await;
+    }
     // The broker's last disconnects are written before the store closes.
     let _ = stop_presence.send(true);
     let _ = presence_task.await;

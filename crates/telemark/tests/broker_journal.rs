@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -71,26 +71,15 @@ impl Engine<'_> {
                     .expect("telemark broker starts")
             }
             Engine::Mosquitto(settings) => {
-                let config = dir.join("mosquitto.conf");
-                // `user root` keeps a broker started as root from switching
-                // to a user that cannot write the test's directory.
-                std::fs::write(
-                    &config,
-                    format!(
-                        "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n\
-                         persistence true\npersistence_location {}/\n\
+                return start_mosquitto(
+                    dir,
+                    port,
+                    &format!(
+                        "persistence true\npersistence_location {}/\n\
                          max_queued_messages 100000\n{settings}",
                         dir.display()
                     ),
-                )
-                .expect("config");
-                Command::new("/usr/sbin/mosquitto")
-                    .arg("-c")
-                    .arg(&config)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("mosquitto starts; bench/persistence.sh installs it")
+                );
             }
         };
         wait_for_port(port);

@@ -105,6 +105,28 @@ impl Drop for KilledOnDrop {
     }
 }
 
+/// Debian's Mosquitto 2 on `127.0.0.1:port`, anonymous logins allowed,
+/// with `settings` added to its configuration in `dir`.
+pub fn start_mosquitto(dir: &Path, port: u16, settings: &str) -> KilledOnDrop {
+    let config = dir.join(format!("mosquitto-{port}.conf"));
+    // `user root` keeps a broker started as root from switching to a user
+    // that cannot write the test's directory.
+    std::fs::write(
+        &config,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n{settings}"),
+    )
+    .expect("config");
+    let child = Command::new("/usr/sbin/mosquitto")
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto starts; scripts/test installs it");
+    wait_for_port(port);
+    KilledOnDrop(Some(child))
+}
+
 pub fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {

@@ -1,0 +1,237 @@
+//! The platform as a client of an external broker (EMQX, VerneMQ, HiveMQ,
+//! rmqtt, Mosquitto): where it is, how the platform logs in, and the task
+//! transport that publishes requests and session frames through it.
+//!
+//! The ingest reads the same broker with [`crate::telemetry::run`]; both
+//! fail over along the address list, so an instance follows its cluster
+//! when one node goes away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+pub use device_protocol::broker_url::BrokerAddress;
+
+use crate::tasks::{OutgoingRequest, TaskTransport};
+
+/// Session frames the broker still holds after this long are dropped: the
+/// session has ended by then (as the embedded broker's transport does).
+const SESSION_FRAME_EXPIRY_SECS: u32 = 30;
+/// Requests waiting for the connection: a dispatch pass is at most a few
+/// thousand, and an execution not sent is retried by the task sweep.
+const REQUEST_QUEUE: usize = 10_000;
+/// The first wait after a failed connect; doubled up to [`RETRY_MAX`].
+pub(crate) const RETRY_FIRST: Duration = Duration::from_millis(250);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// An external broker or cluster, and the platform's login to it.
+#[derive(Debug, Clone)]
+pub struct BrokerEndpoint {
+    /// Tried in order; after a failure the next one.
+    pub addresses: Vec<BrokerAddress>,
+    pub username: String,
+    pub password: String,
+    /// The CA that signed the brokers' certificates (PEM), for `mqtts://`.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl BrokerEndpoint {
+    /// The address for the `attempt`-th connect: round the list.
+    pub fn address(&self, attempt: usize) -> Option<&BrokerAddress> {
+        self.addresses.get(attempt % self.addresses.len().max(1))
+    }
+
+    fn transport(&self, address: &BrokerAddress) -> rumqttc::Transport {
+        match (&self.ca_pem, address.tls) {
+            (Some(ca), true) => rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
+                ca: ca.clone(),
+                alpn: None,
+                client_auth: None,
+            }),
+            _ => rumqttc::Transport::Tcp,
+        }
+    }
+
+    /// MQTT 3.1.1 options for the `attempt`-th connect.
+    pub fn options(&self, attempt: usize, client_id: &str) -> rumqttc::MqttOptions {
+        let (host, port, transport) = match self.address(attempt) {
+            Some(a) => (a.host.as_str(), a.port, self.transport(a)),
+            None => ("127.0.0.1", 1883, rumqttc::Transport::Tcp),
+        };
+        let mut options = rumqttc::MqttOptions::new(client_id, host, port);
+        options
+            .set_credentials(&self.username, &self.password)
+            .set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(1 << 20, 1 << 20)
+            .set_transport(transport);
+        options
+    }
+
+    /// MQTT 5 options for the `attempt`-th connect.
+    fn options_v5(&self, attempt: usize, client_id: &str) -> rumqttc::v5::MqttOptions {
+        let (host, port, transport) = match self.address(attempt) {
+            Some(a) => (a.host.as_str(), a.port, self.transport(a)),
+            None => ("127.0.0.1", 1883, rumqttc::Transport::Tcp),
+        };
+        let mut options = rumqttc::v5::MqttOptions::new(client_id, host, port);
+        options
+            .set_credentials(&self.username, &self.password)
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_start(true)
+            .set_transport(transport);
+        options
+    }
+
+    /// `mqtt://a:1883,mqtt://b:1883`, for logs.
+    pub fn describe(&self) -> String {
+        self.addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Task requests and session frames published through an external broker
+/// on a connection of their own (MQTT 5, so a request keeps its response
+/// topic, correlation data and expiry). A request that cannot be queued is
+/// counted and left to the task sweep, which sends it again.
+pub struct ClientTaskTransport {
+    client: rumqttc::v5::AsyncClient,
+    task: tokio::task::JoinHandle<()>,
+    pub dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ClientTaskTransport {
+    /// Connects as `client_id` and keeps the connection, moving along the
+    /// address list after each failure.
+    pub fn connect(endpoint: BrokerEndpoint, client_id: &str) -> Arc<Self> {
+        let client_id = client_id.to_owned();
+        let (client, mut events) =
+            rumqttc::v5::AsyncClient::new(endpoint.options_v5(0, &client_id), REQUEST_QUEUE);
+        let task = tokio::spawn(async move {
+            let (mut attempt, mut retry) = (0, RETRY_FIRST);
+            loop {
+                match events.poll().await {
+                    Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::Incoming::ConnAck(_))) => {
+                        tracing::info!(broker = %events.options.broker_address().0, "task transport connected");
+                        retry = RETRY_FIRST;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "task transport lost the broker; trying the next address");
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(RETRY_MAX);
+                        attempt += 1;
+                        // In-flight and pending requests stay with the event
+                        // loop and go out on the next connection.
+                        events.options = endpoint.options_v5(attempt, &client_id);
+                    }
+                }
+            }
+        });
+        Arc::new(ClientTaskTransport {
+            client,
+            task,
+            dropped: Arc::default(),
+        })
+    }
+
+    fn publish(
+        &self,
+        topic: String,
+        payload: Bytes,
+        properties: rumqttc::v5::mqttbytes::v5::PublishProperties,
+    ) {
+        if let Err(e) = self.client.try_publish_with_properties(
+            topic,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            payload,
+            properties,
+        ) {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(error = %e, "task transport full; the sweep sends again");
+        }
+    }
+}
+
+impl Drop for ClientTaskTransport {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TaskTransport for ClientTaskTransport {
+    fn send(&self, request: OutgoingRequest) {
+        let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+            // [MQTT-3.3.2-5] the broker drops a request still held at its deadline.
+            message_expiry_interval: Some(request.expiry_secs),
+            response_topic: Some(request.response_topic),
+            correlation_data: Some(request.correlation),
+            ..Default::default()
+        };
+        self.publish(request.topic, request.payload, properties);
+    }
+
+    fn send_session(&self, topic: String, payload: Bytes) {
+        let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+            message_expiry_interval: Some(SESSION_FRAME_EXPIRY_SECS),
+            ..Default::default()
+        };
+        self.publish(topic, payload, properties);
+    }
+}
+
+/// Presence behind an external broker, whose connections the platform does
+/// not see: every instance reads every device's `status` (retained, and the
+/// will the broker publishes for a device gone without a goodbye) on a
+/// subscription of its own, not shared, so each sees one device's reports in
+/// the broker's order; on each (re)connect the retained ones bring it up to
+/// date. Runs until `stop`.
+pub async fn follow_presence(
+    ingest: Arc<crate::telemetry::Ingest>,
+    presence: Arc<crate::presence::PresenceRecorder>,
+    endpoint: BrokerEndpoint,
+    client_id: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use rumqttc::{AsyncClient, Event, Packet, QoS};
+    let filter = format!("{}/+/+/status", device_protocol::PREFIX);
+    let (client, mut events) = AsyncClient::new(endpoint.options(0, &client_id), 1024);
+    let (mut attempt, mut retry) = (0, RETRY_FIRST);
+    loop {
+        let event = tokio::select! {
+            event = events.poll() => event,
+            _ = stop.changed() => {
+                let _ = client.disconnect().await;
+                return;
+            }
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                retry = RETRY_FIRST;
+                if let Err(e) = client.subscribe(&filter, QoS::AtLeastOnce).await {
+                    tracing::warn!(error = %e, "presence cannot subscribe");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                ingest
+                    .presence_from_status(&p.topic, &p.payload, &presence)
+                    .await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "presence lost the broker; trying the next address");
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = stop.changed() => return,
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+                attempt += 1;
+                events.mqtt_options = endpoint.options(attempt, &client_id);
+            }
+        }
+    }
+}

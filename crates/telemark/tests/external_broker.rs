@@ -1,0 +1,245 @@
+//! `telemark serve --broker`: the platform behind a broker it does not run
+//! (Debian's Mosquitto 2 here), reading devices through a shared
+//! subscription and sending tasks through the same broker, with presence
+//! taken from the devices' own `status` messages and wills.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// `telemark serve` behind the broker on `broker_port`.
+fn serve_behind(
+    data: &std::path::Path,
+    http: u16,
+    broker_port: u16,
+    env: &[(&str, &str)],
+) -> KilledOnDrop {
+    let child = telemark()
+        .args(["serve", "--data", data.to_str().expect("path")])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(["--broker", &format!("mqtt://127.0.0.1:{broker_port}")])
+        .envs(env.iter().copied())
+        .env("TELEMARK_ADMIN_PASSWORD", "first-admin-secret")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    wait_for_port(http);
+    KilledOnDrop(Some(child))
+}
+
+/// Waits for a job to finish; returns it.
+fn wait_job(api: &Api, job: i64, secs: u64) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let done = eventually(secs, || {
+        last = api.get(&format!("/api/v1/jobs/{job}"));
+        last["finished_at"].is_i64()
+    });
+    assert!(done, "job {job} not finished: {last}");
+    last
+}
+
+#[test]
+fn behind_mosquitto_the_platform_ingests_runs_tasks_and_follows_presence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker_port, http) = (free_port(), free_port());
+    let _mosquitto = start_mosquitto(dir.path(), broker_port, "persistence false\n");
+    let _platform = serve_behind(&dir.path().join("data"), http, broker_port, &[]);
+    let api = Api::login(http, "admin", "first-admin-secret");
+    let (fleet, ids) = fleet_file(&api, dir.path(), 5, 0xA1);
+    let mut sim = start_sim(&fleet, broker_port, &[]);
+    assert!(
+        eventually(30, || ids.iter().all(|d| online(&api, *d))),
+        "every device is online by its own status message"
+    );
+    assert!(
+        eventually(30, || ids.iter().all(|d| {
+            let latest = api.get(&format!("/api/v1/devices/{d}/metrics"));
+            latest.as_array().is_some_and(|m| !m.is_empty())
+        })),
+        "every device's readings arrive through the shared subscription"
+    );
+
+    // A job over the fleet goes out through the broker, once per device.
+    let (status, job) = api.call(
+        "POST",
+        "/api/v1/jobs",
+        &json!({"type": "ping", "params": {"host": "127.0.0.1", "count": 1}, "device_ids": ids}),
+    );
+    assert_eq!(status, 201, "{job}");
+    let job = wait_job(&api, id(&job), 60);
+    let executions = api.get(&format!("/api/v1/jobs/{}/executions?limit=100", id(&job)));
+    let executions = executions.as_array().expect("list");
+    assert_eq!(executions.len(), ids.len());
+    for e in executions {
+        // The simulator answers as devices do, some of them failing.
+        assert!(
+            ["succeeded", "failed"].contains(&e["state"].as_str().unwrap_or("")),
+            "answered: {e}"
+        );
+        assert!(e["result"].is_object(), "a structured result: {e}");
+        assert_eq!(e["attempt"], 1, "sent once: {e}");
+    }
+
+    // Gone without a goodbye: Mosquitto publishes the wills.
+    if let Some(mut child) = sim.0.take() {
+        child.kill().expect("kill -9");
+        child.wait().expect("reaped");
+    }
+    assert!(
+        eventually(20, || ids.iter().all(|d| !online(&api, *d))),
+        "the wills mark every device offline"
+    );
+}
+
+/// Two instances on one PostgreSQL behind one broker split the devices'
+/// messages (`$share/telemark/dwr/#`); one killed with `kill -9` mid-stream
+/// and started again loses nothing the broker had handed it, and every
+/// reading is stored once.
+#[test]
+fn two_instances_split_the_stream_and_a_killed_one_loses_nothing() {
+    let Ok(database) = std::env::var("TELEMARK_TEST_POSTGRES") else {
+        eprintln!("TELEMARK_TEST_POSTGRES is not set: scripts/test-postgres starts one");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = format!("external_{}", std::process::id());
+    let admin = std::process::Command::new("psql")
+        .args([&database, "-c", &format!("CREATE DATABASE {name}")])
+        .output()
+        .expect("psql");
+    assert!(
+        admin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&admin.stderr)
+    );
+    let url = match database.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("TELEMARK_TEST_POSTGRES is not a URL"),
+    };
+    let broker_port = free_port();
+    // Room for everything an instance's session is handed while it is away.
+    let _mosquitto = start_mosquitto(
+        dir.path(),
+        broker_port,
+        "persistence false\nmax_queued_messages 100000\n",
+    );
+    let (http1, http2) = (free_port(), free_port());
+    let key = "cd".repeat(32);
+    let env = |n: &'static str| {
+        [
+            ("TELEMARK_DATABASE", url.clone()),
+            ("TELEMARK_SECRET_KEY", key.clone()),
+            ("TELEMARK_INSTANCE_ID", n.to_owned()),
+        ]
+    };
+    let start = |n: &'static str, http: u16| {
+        let env = env(n);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        serve_behind(&dir.path().join(n), http, broker_port, &env)
+    };
+    let mut one = start("one", http1);
+    let _two = start("two", http2);
+    let api = Api::login(http2, "admin", "first-admin-secret");
+    let device = register_device(http2, &api.bearer, "SPLIT1", "00:11:22:33:a2:01");
+    let mac = "00-11-22-33-a2-01";
+    // Both ingests subscribed before the first message.
+    std::thread::sleep(Duration::from_secs(2));
+
+    // 4,000 messages at QoS 1, one second apart in device time, a day back.
+    const MESSAGES: i64 = 4_000;
+    let t0 = (now_ms() - 86_400_000) / 1000 * 1000;
+    let lines: String = (0..MESSAGES)
+        .map(|n| {
+            format!(
+                "{{\"v\":1,\"ts\":{},\"total_kb\":1000,\"available_kb\":250,\"used_percent\":{}.0}}\n",
+                t0 + n * 1000,
+                n % 100
+            )
+        })
+        .collect();
+    let mut publisher = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-p",
+            &broker_port.to_string(),
+            "-h",
+            "127.0.0.1",
+            "-q",
+            "1",
+            "-l",
+        ])
+        .args(["-t", &format!("dwr/311-a1/{mac}/hardware/memory")])
+        .args(["-i", "split-publisher"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_pub");
+    {
+        use std::io::Write;
+        let mut stdin = publisher.stdin.take().expect("stdin");
+        let (first, rest) = lines.split_at(lines.len() / 4);
+        stdin.write_all(first.as_bytes()).expect("first quarter");
+        stdin.flush().expect("flush");
+        std::thread::sleep(Duration::from_millis(300));
+        // One instance dies with part of its share taken and not yet written.
+        if let Some(mut child) = one.0.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reaped");
+        }
+        stdin.write_all(rest.as_bytes()).expect("the rest");
+    }
+    let published = publisher.wait().expect("mosquitto_pub ends");
+    assert!(published.success());
+    // The killed instance comes back to its session and what was kept for it.
+    one = start("one", http1);
+
+    let query = format!(
+        "SELECT count(*) FROM readings r JOIN metrics m ON m.id = r.metric_id \
+         WHERE r.device_id = {device} AND m.name = 'memory.used_percent'"
+    );
+    let count = || -> i64 {
+        let out = std::process::Command::new("psql")
+            .args([&url, "-tAc", &query])
+            .output()
+            .expect("psql");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(-1)
+    };
+    let mut stored = 0;
+    let all = eventually(60, || {
+        stored = count();
+        stored == MESSAGES
+    });
+    assert!(all, "{stored} of {MESSAGES} readings stored");
+    let ingest_count = |http: u16| -> i64 {
+        let (_, text) = http_get_metrics(http);
+        text.lines()
+            .find_map(|l| l.strip_prefix("telemark_ingest_messages_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (a, b) = (ingest_count(http1), ingest_count(http2));
+    eprintln!("after the kill: instance one read {a}, instance two read {b}");
+    assert!(b > 0, "the surviving instance read its share");
+    drop(one);
+}
+
+/// `/metrics` of an instance as the admin reads it.
+fn http_get_metrics(http: u16) -> (u16, String) {
+    let bearer = api_login(http, "admin", "first-admin-secret");
+    common::http(
+        http,
+        "GET",
+        "/metrics",
+        &[("Authorization", bearer.as_str())],
+        "",
+    )
+}
