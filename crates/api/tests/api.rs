@@ -410,8 +410,10 @@ async fn bad_requests_get_problem_details() {
     assert_eq!(page["status"], 404);
 }
 
-#[tokio::test]
-async fn an_external_broker_asks_in_emqx_format() {
+/// An API with the broker hook secret `hook-secret` and one device
+/// `00-11-22-33-44-55` with MQTT credentials: (app, device secret, admin
+/// password, the data directory kept alive).
+async fn hook_fixture() -> (axum::Router, String, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = store::Store::open_data_dir(dir.path())
         .await
@@ -449,7 +451,52 @@ async fn an_external_broker_asks_in_emqx_format() {
     .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(creds["topic_prefix"], "dwr/311-a1/00-11-22-33-44-55/#");
-    let secret = creds["password"].as_str().expect("secret");
+    let secret = creds["password"].as_str().expect("secret").to_owned();
+    (app, secret, admin_password, dir)
+}
+
+/// A POST with any body and content type; the answer's text.
+async fn post_raw(
+    app: &axum::Router,
+    uri: &str,
+    headers: &[(&str, &str)],
+    content_type: &str,
+    body: &str,
+) -> (StatusCode, axum::http::HeaderMap, String) {
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, content_type);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let response = app
+        .clone()
+        .oneshot(req.body(Body::from(body.to_owned())).expect("request"))
+        .await
+        .expect("response");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_external_broker_asks_in_emqx_format() {
+    let (app, secret, admin_password, dir) = hook_fixture().await;
+    let secret = secret.as_str();
+    let store = store::Store::open_data_dir(dir.path())
+        .await
+        .expect("store");
 
     let hook = [("authorization", "Bearer hook-secret")];
     let ask = |body: Value| {
@@ -2292,4 +2339,256 @@ async fn an_import_rejection_names_nothing_of_another_tenant() {
         assert!(!text.contains(secret), "{secret:?} leaked: {text}");
     }
     assert!(text.contains("already registered"), "{text}");
+}
+
+/// rmqtt's `rmqtt-auth-http`, VerneMQ's webhooks and mosquitto-go-auth's
+/// HTTP backend, each with the request bodies its documentation shows,
+/// decide as the registry does: the device's own secret and client id, its
+/// own topics, nothing of another device's; the platform's own login.
+#[tokio::test]
+async fn the_auth_hooks_of_rmqtt_vernemq_and_mosquitto_go_auth_decide_as_the_registry_does() {
+    let (app, secret, _, dir) = hook_fixture().await;
+    let store = store::Store::open_data_dir(dir.path())
+        .await
+        .expect("store");
+    let internal = platform::device_access::internal_secret(&store)
+        .await
+        .expect("internal secret");
+    let mac = "00-11-22-33-44-55";
+    let own = format!("dwr/311-a1/{mac}/hardware/lte");
+    let other = "dwr/311-a1/00-11-22-33-44-56/hardware/lte";
+    let bearer = [("authorization", "Bearer hook-secret")];
+    let form = "application/x-www-form-urlencoded";
+    let json = "application/json";
+
+    // rmqtt: form bodies by default, JSON when configured; the bearer
+    // secret from `http_headers`.
+    let auth = |body: String, content_type: &'static str| {
+        let app = app.clone();
+        async move {
+            post_raw(
+                &app,
+                "/api/v1/mqtt/rmqtt/auth",
+                &bearer,
+                content_type,
+                &body,
+            )
+            .await
+        }
+    };
+    let (status, _, body) = auth(
+        format!("clientid={mac}&username={mac}&password={secret}&ipaddr=127.0.0.1"),
+        form,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (answer["result"].as_str(), answer["superuser"].as_bool()),
+        (Some("allow"), Some(false))
+    );
+    let (_, _, body) = auth(
+        json!({"clientid": mac, "username": mac, "password": "wrong"}).to_string(),
+        json,
+    )
+    .await;
+    assert!(body.contains("\"deny\""), "{body}");
+    let (_, _, body) = auth(
+        format!("clientid=telemark-ingest-a&username=telemark-platform&password={internal}"),
+        form,
+    )
+    .await;
+    assert!(
+        body.contains("\"allow\""),
+        "the platform's own login: {body}"
+    );
+    let acl = |access: u8, username: &str, topic: &str| {
+        let (app, body) = (
+            app.clone(),
+            format!(
+                "access={access}&username={username}&clientid={username}&ipaddr=127.0.0.1&topic={topic}"
+            ),
+        );
+        async move { post_raw(&app, "/api/v1/mqtt/rmqtt/acl", &bearer, form, &body).await }
+    };
+    let (_, headers, body) = acl(2, mac, &own).await;
+    assert_eq!(body, "allow");
+    assert_eq!(
+        headers.get("x-cache").and_then(|v| v.to_str().ok()),
+        Some("300000")
+    );
+    assert_eq!(acl(2, mac, other).await.2, "deny");
+    assert_eq!(acl(1, mac, "dwr/#").await.2, "deny");
+    assert_eq!(
+        acl(1, "telemark-platform", "$share/telemark/dwr/#").await.2,
+        "allow"
+    );
+    let (status, _, _) = post_raw(
+        &app,
+        "/api/v1/mqtt/rmqtt/acl",
+        &[],
+        form,
+        "access=2&username=x&topic=t",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "no bearer, no answer");
+
+    // VerneMQ: one endpoint, the hook in a header, the secret in the URL.
+    let vernemq = |hook: &'static str, body: Value| {
+        let app = app.clone();
+        async move {
+            let (status, headers, text) = post_raw(
+                &app,
+                "/api/v1/mqtt/vernemq/hook-secret",
+                &[("vernemq-hook", hook)],
+                json,
+                &body.to_string(),
+            )
+            .await;
+            (
+                status,
+                headers,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let register = |password: &str| {
+        json!({"peer_addr": "127.0.0.1", "peer_port": 8888, "username": mac, "password": password,
+               "mountpoint": "", "client_id": mac, "clean_session": false})
+    };
+    assert_eq!(
+        vernemq("auth_on_register", register(&secret)).await.2,
+        json!({"result": "ok"})
+    );
+    assert_eq!(
+        vernemq("auth_on_register", register("wrong")).await.2,
+        json!({"result": {"error": "not_allowed"}})
+    );
+    let mut m5 = register(&secret);
+    m5["clean_start"] = json!(true);
+    m5["properties"] = json!({});
+    assert_eq!(vernemq("auth_on_register_m5", m5).await.2["result"], "ok");
+    let publish = |topic: &str| {
+        json!({"username": mac, "client_id": mac, "mountpoint": "", "qos": 1, "topic": topic,
+               "payload": "aGVsbG8=", "retain": false})
+    };
+    let (_, headers, answer) = vernemq("auth_on_publish", publish(&own)).await;
+    assert_eq!(answer, json!({"result": "ok"}));
+    assert_eq!(
+        headers
+            .get(header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok()),
+        Some("max-age=300")
+    );
+    assert_eq!(
+        vernemq("auth_on_publish", publish(other)).await.2["result"]["error"],
+        "not_allowed"
+    );
+    let subscribe = json!({"client_id": mac, "mountpoint": "", "username": mac,
+        "topics": [{"topic": format!("dwr/311-a1/{mac}/tasks/+"), "qos": 1}, {"topic": "dwr/#", "qos": 1}]});
+    let (_, _, answer) = vernemq("auth_on_subscribe", subscribe.clone()).await;
+    assert_eq!(answer["topics"][0]["qos"], 1);
+    assert_eq!(
+        answer["topics"][1]["qos"], 128,
+        "refused in a 3.1.1 SUBACK: {answer}"
+    );
+    let (_, _, answer) = vernemq("auth_on_subscribe_m5", subscribe).await;
+    assert_eq!(
+        answer["modifiers"]["topics"][1]["qos"], 135,
+        "Not authorized: {answer}"
+    );
+    let (status, _, _) = post_raw(
+        &app,
+        "/api/v1/mqtt/vernemq/guessed",
+        &[("vernemq-hook", "auth_on_register")],
+        json,
+        &register(&secret).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        vernemq("on_deliver", json!({})).await.0,
+        StatusCode::BAD_REQUEST
+    );
+
+    // mosquitto-go-auth: the status decides; JSON or form parameters.
+    let go = |path: &'static str, content_type: &'static str, body: String| {
+        let app = app.clone();
+        async move {
+            let (status, _, text) = post_raw(
+                &app,
+                &format!("/api/v1/mqtt/go-auth/hook-secret/{path}"),
+                &[],
+                content_type,
+                &body,
+            )
+            .await;
+            (status, text)
+        }
+    };
+    let user = |password: &str| {
+        json!({"username": mac, "password": password, "clientid": mac}).to_string()
+    };
+    let (status, body) = go("user", json, user(&secret)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("\"ok\":true"), "{body}");
+    assert_eq!(
+        go("user", json, user("wrong")).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        go(
+            "user",
+            form,
+            format!("username={mac}&password={secret}&clientid={mac}")
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        go("superuser", json, json!({"username": mac}).to_string())
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    let acl = |topic: &str, acc: Value| {
+        json!({"username": mac, "clientid": mac, "topic": topic, "acc": acc}).to_string()
+    };
+    assert_eq!(go("acl", json, acl(&own, json!(2))).await.0, StatusCode::OK);
+    assert_eq!(
+        go("acl", json, acl(other, json!(2))).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        go("acl", json, acl("dwr/#", json!(4))).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        go(
+            "acl",
+            form,
+            format!("username={mac}&clientid={mac}&topic=dwr/311-a1/{mac}/tasks/9&acc=1")
+        )
+        .await
+        .0,
+        StatusCode::OK,
+        "a request delivered to the device"
+    );
+    assert_eq!(
+        go("acl", json, acl(&own, json!(7))).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        post_raw(
+            &app,
+            "/api/v1/mqtt/go-auth/guessed/user",
+            &[],
+            json,
+            &user(&secret)
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
 }

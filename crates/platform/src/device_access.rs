@@ -183,6 +183,13 @@ pub async fn authenticate(
 /// The principal behind a user name, without a password: for an external
 /// broker's authorization request about an already authenticated client.
 pub async fn principal_for(store: &Store, username: &str) -> Result<Option<Principal>, StoreError> {
+    // The platform's own clients (ingest, tasks, presence) behind an
+    // external broker: they logged in with the internal secret.
+    if username == INTERNAL_USERNAME {
+        return Ok(Some(Principal::Operator {
+            username: INTERNAL_USERNAME.to_owned(),
+        }));
+    }
     if let Ok(mac) = normalize_mac(username) {
         return Ok(store
             .device_login(&mac)

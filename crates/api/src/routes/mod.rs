@@ -142,6 +142,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let document = Arc::new(document);
     router
         .merge(ddi::router())
+        .merge(crate::broker_hooks::router())
         .route("/metrics", get(metrics))
         .route(
             "/api/openapi.json",
