@@ -286,7 +286,9 @@ pub struct SimDevice {
 /// How the fleet behaves.
 #[derive(Debug, Clone)]
 pub struct SimOptions {
-    /// `mqtt://host:port`.
+    /// `mqtt://host:port`, or several comma-separated (a cluster's nodes):
+    /// each device starts at one chosen by its id, so a fleet spreads over
+    /// them, and moves to the next when a connect fails.
     pub broker: String,
     /// Seconds between readings of a device.
     pub interval: Duration,
@@ -355,8 +357,11 @@ struct SimConnection {
 const KEEP_ALIVE: Duration = Duration::from_secs(60);
 
 impl SimConnection {
-    async fn connect(address: &str, device: &SimDevice) -> std::io::Result<SimConnection> {
-        let stream = TcpStream::connect(address).await?;
+    async fn connect(
+        address: &device_protocol::broker_url::BrokerAddress,
+        device: &SimDevice,
+    ) -> std::io::Result<SimConnection> {
+        let stream = TcpStream::connect((address.host.as_str(), address.port)).await?;
         stream.set_nodelay(true)?;
         let mut conn = SimConnection {
             stream,
@@ -512,10 +517,16 @@ async fn run_device(
     counters: Arc<SimCounters>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Some(address) = options.broker.strip_prefix("mqtt://").map(str::to_owned) else {
-        tracing::warn!(broker = %options.broker, "the simulator speaks mqtt://HOST:PORT only");
-        return;
+    let addresses = match device_protocol::broker_url::BrokerAddress::parse_list(&options.broker) {
+        Ok(list) if list.iter().all(|a| !a.tls) => list,
+        _ => {
+            tracing::warn!(broker = %options.broker, "the simulator speaks mqtt://HOST:PORT only");
+            return;
+        }
     };
+    let mut node = device.device_id.bytes().fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    });
     let mut state = SimulatedDevice::new(&device.device_id, &device.model, &options.firmware);
     let topic = |t: Topic| t.for_device(&device.model, &device.device_id);
     let mut failures = 0u32;
@@ -523,12 +534,13 @@ async fn run_device(
     while !*stop.borrow() {
         let connected = tokio::select! {
             _ = stop.changed() => return,
-            c = SimConnection::connect(&address, &device) => c,
+            c = SimConnection::connect(&addresses[node % addresses.len()], &device) => c,
         };
         let mut conn = match connected {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::debug!(device = %device.device_id, error = %e, "connect failed");
+                node = node.wrapping_add(1);
                 tokio::time::sleep(backoff(failures)).await;
                 failures += 1;
                 continue;

@@ -115,7 +115,8 @@ struct SimArgs {
     /// CSV with the columns device_id,model,secret (the credentials the API issued).
     #[arg(long)]
     fleet: PathBuf,
-    /// The broker: mqtt://HOST:PORT.
+    /// The broker: mqtt://HOST:PORT, or a cluster's nodes comma-separated
+    /// (devices spread over them and move on when one fails).
     #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
     broker: String,
     /// Seconds between a device's readings.
