@@ -119,6 +119,17 @@ struct Pending {
 /// Device → metric → (device time, value).
 type LatestByDevice = HashMap<i64, HashMap<String, (i64, f64)>>;
 
+/// What the ingest remembers of a topic's device. An unknown one is asked
+/// again after [`UNKNOWN_DEVICE_TTL`]: another instance on the database
+/// may have registered it since (its import clears only its own cache).
+#[derive(Debug, Clone, Copy)]
+enum CachedDevice {
+    Known(KnownDevice),
+    Unknown(Instant),
+}
+
+const UNKNOWN_DEVICE_TTL: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone, Copy)]
 struct KnownDevice {
     id: i64,
@@ -126,8 +137,8 @@ struct KnownDevice {
 
 pub struct Ingest {
     store: Store,
-    /// `dwr/{model}/{mac}/` → device, or None for a topic no device owns.
-    devices: Mutex<HashMap<Box<str>, Option<KnownDevice>>>,
+    /// `dwr/{model}/{mac}/` → its device, or when no device owned it.
+    devices: Mutex<HashMap<Box<str>, CachedDevice>>,
     pending: Mutex<Pending>,
     latest: Mutex<LatestByDevice>,
     fault_logged: Mutex<HashMap<String, Instant>>,
@@ -295,13 +306,15 @@ impl Ingest {
     /// The device owning `dwr/{model}/{mac}/`, the topic's first levels
     /// (`key`), looked up without allocating for a device already known.
     async fn device(&self, key: &str, model: &str, mac: &str) -> Option<KnownDevice> {
-        if let Some(known) = self
+        match self
             .devices
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
         {
-            return *known;
+            Some(CachedDevice::Known(known)) => return Some(*known),
+            Some(CachedDevice::Unknown(since)) if since.elapsed() < UNKNOWN_DEVICE_TTL => return None,
+            _ => {}
         }
         let found = match self.store.device_login(mac).await {
             Ok(Some(login)) if login.topic_segment == model => Some(KnownDevice {
@@ -314,10 +327,10 @@ impl Ingest {
                 return None;
             }
         };
-        self.devices
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.into(), found);
+        self.devices.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            key.into(),
+            found.map_or(CachedDevice::Unknown(Instant::now()), CachedDevice::Known),
+        );
         found
     }
 
