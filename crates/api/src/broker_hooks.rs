@@ -126,7 +126,7 @@ async fn may(
     access: Access,
     topic: &str,
 ) -> Result<bool, ApiError> {
-    let Some(principal) = device_access::principal_for(&state.store, username).await? else {
+    let Some(principal) = state.principals.principal(&state.store, username).await? else {
         return Ok(false);
     };
     Ok(match access {

@@ -22,6 +22,8 @@ pub use error::ApiError;
 pub struct AppState {
     pub store: Store,
     pub options: ApiOptions,
+    /// Who the broker hooks' user names are, for a minute at a time.
+    pub principals: Arc<platform::device_access::PrincipalCache>,
 }
 
 /// Switches of the API.
@@ -68,5 +70,9 @@ pub fn app(store: Store) -> Router {
 }
 
 pub fn app_with(store: Store, options: ApiOptions) -> Router {
-    routes::router(Arc::new(AppState { store, options }))
+    routes::router(Arc::new(AppState {
+        store,
+        options,
+        principals: Default::default(),
+    }))
 }

@@ -103,13 +103,19 @@ pub struct ClientTaskTransport {
 }
 
 impl ClientTaskTransport {
-    /// Connects as `client_id` and keeps the connection, moving along the
-    /// address list after each failure.
-    pub fn connect(endpoint: BrokerEndpoint, client_id: &str) -> Arc<Self> {
+    /// Connects as `client_id` once `ready` resolves and keeps the
+    /// connection, moving along the address list after each failure.
+    /// Requests sent before wait in the queue.
+    pub fn connect(
+        endpoint: BrokerEndpoint,
+        client_id: &str,
+        ready: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Arc<Self> {
         let client_id = client_id.to_owned();
         let (client, mut events) =
             rumqttc::v5::AsyncClient::new(endpoint.options_v5(0, &client_id), REQUEST_QUEUE);
         let task = tokio::spawn(async move {
+            ready.await;
             let (mut attempt, mut retry) = (0, RETRY_FIRST);
             loop {
                 match events.poll().await {

@@ -4,6 +4,8 @@
 //! console password. One service; the embedded broker calls it through its
 //! `Authenticator` trait, an external broker will call it over HTTP.
 
+use std::collections::HashMap;
+
 use store::{Scope, Store, StoreError};
 
 use crate::accounts::{Role, new_token, sha256_hex};
@@ -207,6 +209,52 @@ pub async fn principal_for(store: &Store, username: &str) -> Result<Option<Princ
         .map(|u| Principal::Operator {
             username: u.username,
         }))
+}
+
+/// Who a broker's user name is, remembered for [`PrincipalCache::TTL`]: an
+/// external broker asks for every publish and subscribe it has not cached,
+/// and a fleet reconnecting asks thousands of times a second. A device
+/// deleted or an account disabled is still let through for at most that
+/// long (its connection was already open).
+#[derive(Debug, Default)]
+pub struct PrincipalCache {
+    entries: std::sync::Mutex<HashMap<String, (Option<Principal>, std::time::Instant)>>,
+}
+
+impl PrincipalCache {
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Past this many names the expired ones go, and if none had, all.
+    const CAPACITY: usize = 200_000;
+
+    pub async fn principal(
+        &self,
+        store: &Store,
+        username: &str,
+    ) -> Result<Option<Principal>, StoreError> {
+        let fresh = |at: &std::time::Instant| at.elapsed() < Self::TTL;
+        if let Some((principal, _)) = self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(username)
+            .filter(|(_, at)| fresh(at))
+        {
+            return Ok(principal.clone());
+        }
+        let principal = principal_for(store, username).await?;
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= Self::CAPACITY {
+            entries.retain(|_, (_, at)| fresh(at));
+            if entries.len() >= Self::CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            username.to_owned(),
+            (principal.clone(), std::time::Instant::now()),
+        );
+        Ok(principal)
+    }
 }
 
 /// A device publishes only below its own prefix; the operator anywhere

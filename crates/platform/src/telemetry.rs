@@ -313,7 +313,9 @@ impl Ingest {
             .get(key)
         {
             Some(CachedDevice::Known(known)) => return Some(*known),
-            Some(CachedDevice::Unknown(since)) if since.elapsed() < UNKNOWN_DEVICE_TTL => return None,
+            Some(CachedDevice::Unknown(since)) if since.elapsed() < UNKNOWN_DEVICE_TTL => {
+                return None;
+            }
             _ => {}
         }
         let found = match self.store.device_login(mac).await {
@@ -327,10 +329,13 @@ impl Ingest {
                 return None;
             }
         };
-        self.devices.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            key.into(),
-            found.map_or(CachedDevice::Unknown(Instant::now()), CachedDevice::Known),
-        );
+        self.devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                key.into(),
+                found.map_or(CachedDevice::Unknown(Instant::now()), CachedDevice::Known),
+            );
         found
     }
 

@@ -136,6 +136,18 @@ pub(crate) async fn run_platform(
     // One login throttle for console accounts over HTTP and over MQTT.
     let logins = Arc::new(platform::login_guard::LoginGuard::default());
     let presence = platform::presence::PresenceRecorder::new();
+    // The platform's clients of an external broker connect once this
+    // process's HTTP listener (the broker's auth hooks, when it asks this
+    // instance) is up: a login the broker refused first can leave a
+    // cluster's session for that client id in a state that drops messages
+    // (seen with rmqtt 0.24) until the connection is replaced.
+    let (http_up, http_ready) = tokio::sync::watch::channel(false);
+    let ready = move || {
+        let mut ready = http_ready.clone();
+        async move {
+            let _ = ready.wait_for(|up| *up).await;
+        }
+    };
     let mut devices = match config.external_broker.urls.clone() {
         Some(urls) => {
             let connection =
@@ -143,6 +155,7 @@ pub(crate) async fn run_platform(
             let transport = platform::broker_client::ClientTaskTransport::connect(
                 connection.endpoint.clone(),
                 &format!("telemark-tasks-{instance}"),
+                ready(),
             );
             info!(broker = %connection.endpoint.describe(), "external broker: no embedded broker");
             DeviceBroker::External {
@@ -254,14 +267,20 @@ pub(crate) async fn run_platform(
             stop_rx.clone(),
         );
         let client_id = format!("telemark-presence-{instance}");
+        let ready = ready.clone();
         supervisor.spawn("presence reports", move || {
-            platform::broker_client::follow_presence(
+            let follow = platform::broker_client::follow_presence(
                 ingest.clone(),
                 presence.clone(),
                 endpoint.clone(),
                 client_id.clone(),
                 stop.clone(),
-            )
+            );
+            let ready = ready();
+            async move {
+                ready.await;
+                follow.await
+            }
         });
     }
     ingest.set_max_backlog(config.telemetry.max_backlog_readings);
@@ -347,8 +366,15 @@ pub(crate) async fn run_platform(
         }
         DeviceBroker::External { connection, .. } => {
             let (ingest, connection, stop) = (ingest.clone(), connection.clone(), stop_rx.clone());
+            let ready = ready.clone();
             supervisor.spawn("ingest", move || {
-                platform::telemetry::run(ingest.clone(), connection.clone(), stop.clone())
+                let run =
+                    platform::telemetry::run(ingest.clone(), connection.clone(), stop.clone());
+                let ready = ready();
+                async move {
+                    ready.await;
+                    run.await
+                }
             })
         }
     };
@@ -414,6 +440,7 @@ pub(crate) async fn run_platform(
     serve_metrics(&config, stopping(), render_metrics).await?;
     let app = api::app_with(store.clone(), options);
     let http = serve_http(args.http, app, stopping(), "HTTP").await?;
+    let _ = http_up.send(true);
     println!(
         "Telemark is up: console http://{http}/, API http://{http}/api/v1, MQTT {}",
         match &devices {

@@ -1,6 +1,8 @@
 //! One rmqtt node: `rmqtt-cluster-node ID MQTT_ADDR GRPC_ADDR PLUGINS_DIR`.
-//! The plugin directory holds the cluster's peer list and the HTTP auth
-//! hook's settings, as an operator would write them for `rmqttd`.
+//! The plugin directory holds each plugin's settings as an operator writes
+//! them for `rmqttd` (the cluster's peer list, the HTTP auth hook, the
+//! shared-subscription strategy, the retainer); a plugin without its file
+//! stays off.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,11 +12,36 @@ use rmqtt::net::Builder;
 use rmqtt::node::Node;
 use rmqtt::server::MqttServer;
 
+/// rmqtt's log lines (plugins starting, hook errors) on stderr, at the
+/// level `RMQTT_LOG` names (warn by default).
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        eprintln!("{} {}: {}", record.level(), record.target(), record.args());
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLog = StderrLog;
+
 #[tokio::main]
 async fn main() -> rmqtt::Result<()> {
+    let level = std::env::var("RMQTT_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(log::LevelFilter::Warn);
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
     let args: Vec<String> = std::env::args().collect();
     let [_, id, mqtt, grpc, plugins] = args.as_slice() else {
-        return Err(anyhow_error("usage: rmqtt-cluster-node ID MQTT_ADDR GRPC_ADDR PLUGINS_DIR"));
+        return Err(anyhow_error(
+            "usage: rmqtt-cluster-node ID MQTT_ADDR GRPC_ADDR PLUGINS_DIR",
+        ));
     };
     let id: u64 = id.parse().map_err(|_| anyhow_error("ID is a number"))?;
     let mqtt: SocketAddr = mqtt.parse().map_err(|_| anyhow_error("MQTT_ADDR"))?;
@@ -27,10 +54,25 @@ async fn main() -> rmqtt::Result<()> {
         .build()
         .await;
     scx.node.start_grpc_server(scx.clone(), grpc, true, false);
-    rmqtt_cluster_broadcast::register(&scx, true, true).await?;
-    rmqtt_auth_http::register(&scx, true, false).await?;
-    rmqtt_shared_subscription::register(&scx, true, false).await?;
-    rmqtt_retainer::register(&scx, true, false).await?;
+    // A plugin runs when its configuration file is in the directory.
+    let on = |name: &str| {
+        std::path::Path::new(plugins)
+            .join(format!("{name}.toml"))
+            .exists()
+    };
+    if on("rmqtt-auth-http") {
+        rmqtt_auth_http::register(&scx, true, false).await?;
+    }
+    if on("rmqtt-shared-subscription") {
+        rmqtt_shared_subscription::register(&scx, true, false).await?;
+    }
+    if on("rmqtt-retainer") {
+        rmqtt_retainer::register(&scx, true, false).await?;
+    }
+    // Last, as rmqttd registers it: the cluster wraps what the others set up.
+    if on("rmqtt-cluster-broadcast") {
+        rmqtt_cluster_broadcast::register(&scx, true, true).await?;
+    }
     MqttServer::new(scx)
         .listener(
             Builder::new()
