@@ -328,30 +328,11 @@ async fn call_csv(
     auth: &[(&str, &str)],
     csv: &str,
 ) -> (StatusCode, axum::http::HeaderMap, Value) {
-    let mut req = Request::builder()
-        .method(Method::POST)
-        .uri(uri)
-        .header(header::CONTENT_TYPE, "text/csv");
-    for (k, v) in auth {
-        req = req.header(*k, *v);
-    }
-    let response = app
-        .clone()
-        .oneshot(req.body(Body::from(csv.to_owned())).expect("request"))
-        .await
-        .expect("response");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let (status, headers, text) = post_raw(app, uri, auth, "text/csv", csv).await;
     (
         status,
         headers,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        serde_json::from_str(&text).unwrap_or(Value::Null),
     )
 }
 

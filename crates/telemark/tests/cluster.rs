@@ -189,28 +189,14 @@ fn run_job_once_per_device(api: &Api, devices: &[i64]) {
 #[test]
 #[ignore = "rmqtt 0.24 broadcast cluster: shared subscriptions lose node-local messages; tests/rmqtt-cluster/run"]
 fn a_three_node_rmqtt_cluster_with_two_instances_loses_nothing_and_runs_each_task_once() {
-    let (Some(binary), Ok(database)) = (node_binary(), std::env::var("TELEMARK_TEST_POSTGRES"))
-    else {
-        eprintln!(
-            "needs tests/rmqtt-cluster built and TELEMARK_TEST_POSTGRES: scripts/test does both"
-        );
+    let Some(binary) = node_binary() else {
+        eprintln!("tests/rmqtt-cluster is not built: tests/rmqtt-cluster/run builds it");
+        return;
+    };
+    let Some(url) = fresh_postgres("cluster") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let name = format!("cluster_{}", std::process::id());
-    let created = Command::new("psql")
-        .args([&database, "-c", &format!("CREATE DATABASE {name}")])
-        .output()
-        .expect("psql");
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    let url = match database.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{name}"),
-        None => panic!("TELEMARK_TEST_POSTGRES is not a URL"),
-    };
     let (http1, http2) = (free_port(), free_port());
     // The nodes ask instance two; instance one is the one that dies.
     let mut cluster = Cluster::start(&binary, dir.path(), http2);
@@ -276,17 +262,7 @@ fn a_three_node_rmqtt_cluster_with_two_instances_loses_nothing_and_runs_each_tas
     let fleet_path = dir.path().join("fleet.csv");
     std::fs::write(&fleet_path, fleet).expect("fleet");
     let started = now_ms();
-    let first_fleet = KilledOnDrop(Some(
-        telemark()
-            .args(["sim", "--fleet", fleet_path.to_str().expect("path")])
-            .args(["--broker", &cluster.urls(0)])
-            .args(["--interval", "5", "--reboot-ms", "800"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sim starts"),
-    ));
+    let first_fleet = start_sim_on(&fleet_path, &cluster.urls(0));
 
     // Logged in through the hook, online by their own status messages,
     // their readings stored, spread over the three nodes.
@@ -414,17 +390,7 @@ fn a_three_node_rmqtt_cluster_with_two_instances_loses_nothing_and_runs_each_tas
     );
 
     // A node dies: its devices reconnect to the others and carry on.
-    let sim = KilledOnDrop(Some(
-        telemark()
-            .args(["sim", "--fleet", fleet_path.to_str().expect("path")])
-            .args(["--broker", &cluster.urls(0)])
-            .args(["--interval", "5", "--reboot-ms", "800"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sim starts"),
-    ));
+    let sim = start_sim_on(&fleet_path, &cluster.urls(0));
     assert!(
         eventually(60, || with_readings(now_ms() - 6_000) > DEVICES as i64 / 2),
         "the fleet is back"

@@ -103,25 +103,10 @@ fn behind_mosquitto_the_platform_ingests_runs_tasks_and_follows_presence() {
 /// reading is stored once.
 #[test]
 fn two_instances_split_the_stream_and_a_killed_one_loses_nothing() {
-    let Ok(database) = std::env::var("TELEMARK_TEST_POSTGRES") else {
-        eprintln!("TELEMARK_TEST_POSTGRES is not set: scripts/test-postgres starts one");
+    let Some(url) = fresh_postgres("external") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let name = format!("external_{}", std::process::id());
-    let admin = std::process::Command::new("psql")
-        .args([&database, "-c", &format!("CREATE DATABASE {name}")])
-        .output()
-        .expect("psql");
-    assert!(
-        admin.status.success(),
-        "{}",
-        String::from_utf8_lossy(&admin.stderr)
-    );
-    let url = match database.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{name}"),
-        None => panic!("TELEMARK_TEST_POSTGRES is not a URL"),
-    };
     let broker_port = free_port();
     // Room for everything an instance's session is handed while it is away.
     let _mosquitto = start_mosquitto(

@@ -618,26 +618,10 @@ fn bulk_jobs_on_the_simulated_fleet_finish_and_stop_by_the_abort_rule() {
 /// holds its connection.
 #[test]
 fn two_instances_on_one_postgres_send_each_execution_once() {
-    let Ok(database) = std::env::var("TELEMARK_TEST_POSTGRES") else {
-        eprintln!("TELEMARK_TEST_POSTGRES is not set: scripts/test-postgres starts one");
+    let Some(url) = fresh_postgres("tasks") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    // A fresh database of its own.
-    let name = format!("tasks_{}", std::process::id());
-    let admin = std::process::Command::new("psql")
-        .args([&database, "-c", &format!("CREATE DATABASE {name}")])
-        .output()
-        .expect("psql");
-    assert!(
-        admin.status.success(),
-        "{}",
-        String::from_utf8_lossy(&admin.stderr)
-    );
-    let url = match database.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{name}"),
-        None => panic!("TELEMARK_TEST_POSTGRES is not a URL"),
-    };
     let instance = |n: u32, http: u16, mqtt: u16| {
         KilledOnDrop(Some(
             telemark()

@@ -364,6 +364,30 @@ pub fn start_platform_with(
     Platform { child }
 }
 
+/// A database of its own (`{prefix}_{pid}`) on the test PostgreSQL that
+/// scripts/test-postgres starts (`TELEMARK_TEST_POSTGRES`); its URL, or
+/// None when there is no server (the test then says so and passes).
+pub fn fresh_postgres(prefix: &str) -> Option<String> {
+    let Ok(server) = std::env::var("TELEMARK_TEST_POSTGRES") else {
+        eprintln!("TELEMARK_TEST_POSTGRES is not set: scripts/test-postgres starts one");
+        return None;
+    };
+    let name = format!("{prefix}_{}", std::process::id());
+    let created = Command::new("psql")
+        .args([&server, "-c", &format!("CREATE DATABASE {name}")])
+        .output()
+        .expect("psql");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    match server.rsplit_once('/') {
+        Some((server, _)) => Some(format!("{server}/{name}")),
+        None => panic!("TELEMARK_TEST_POSTGRES is not a URL"),
+    }
+}
+
 /// Milliseconds since the epoch, as the platform stamps its records.
 pub fn now_ms() -> i64 {
     store::now_millis()
@@ -511,10 +535,19 @@ pub fn fleet_file(
 }
 
 pub fn start_sim(fleet: &Path, mqtt_port: u16, extra: &[&str]) -> KilledOnDrop {
+    start_sim_with(fleet, &format!("mqtt://127.0.0.1:{mqtt_port}"), extra)
+}
+
+/// `telemark sim` on `brokers` (`mqtt://…`, comma-separated for a cluster).
+pub fn start_sim_on(fleet: &Path, brokers: &str) -> KilledOnDrop {
+    start_sim_with(fleet, brokers, &[])
+}
+
+fn start_sim_with(fleet: &Path, brokers: &str, extra: &[&str]) -> KilledOnDrop {
     KilledOnDrop(Some(
         telemark()
             .args(["sim", "--fleet", fleet.to_str().expect("path")])
-            .args(["--broker", &format!("mqtt://127.0.0.1:{mqtt_port}")])
+            .args(["--broker", brokers])
             .args(["--interval", "5", "--reboot-ms", "800"])
             .args(extra)
             .env("RUST_LOG", "warn")
