@@ -292,7 +292,7 @@ impl NumberOrText {
 }
 
 /// rmqtt: may this client connect. `{"result": "allow" | "deny",
-/// "superuser": false}`; a deny is a 200 too (a 4xx would only make rmqtt
+/// "superuser", "acl"}`; a deny is a 200 too (a 4xx would only make rmqtt
 /// ask the next plugin).
 pub(crate) async fn rmqtt_auth(
     State(state): State<Arc<AppState>>,
@@ -314,9 +314,26 @@ pub(crate) async fn rmqtt_auth(
         peer,
     )
     .await;
-    // No superuser: every publish and subscribe of every client is asked.
-    let result = if principal.is_some() { "allow" } else { "deny" };
-    Ok(Json(serde_json::json!({"result": result, "superuser": false})).into_response())
+    // The answer carries the client's whole ACL (rmqtt's permission
+    // preset), so rmqtt decides publishes and subscribes itself instead of
+    // asking `/acl` for each new topic: a device its own tree and nothing
+    // else; the platform's clients and operator admins are superusers, as
+    // EMQX is told.
+    Ok(Json(match principal {
+        Some(Principal::Device { topic_prefix, .. }) => serde_json::json!({
+            "result": "allow",
+            "superuser": false,
+            "acl": [
+                {"permission": "allow", "action": "all", "topic": format!("{topic_prefix}#")},
+                {"permission": "deny", "action": "all", "topic": "#"},
+            ],
+        }),
+        Some(Principal::Operator { .. }) => {
+            serde_json::json!({"result": "allow", "superuser": true})
+        }
+        None => serde_json::json!({"result": "deny", "superuser": false}),
+    })
+    .into_response())
 }
 
 /// rmqtt: may this client publish or subscribe. A text body `allow` or
@@ -525,14 +542,29 @@ pub(crate) async fn go_auth_user(
     Ok(go_auth_answer(principal.is_some(), "bad credentials"))
 }
 
-/// `auth_opt_http_superuser_uri …/superuser`: no client is one, so every
-/// publish and subscribe is asked.
+/// `auth_opt_http_superuser_uri …/superuser`: the platform's clients and
+/// operator admins are (they may publish and subscribe anywhere, and the
+/// platform's task requests go to a new topic each); devices are not.
 pub(crate) async fn go_auth_superuser(
     State(state): State<Arc<AppState>>,
     Path(secret): Path<String>,
+    HookBody(body): HookBody<GoAuthSuperuser>,
 ) -> Result<Response, ApiError> {
     check_secret(&state, Some(&secret))?;
-    Ok(go_auth_answer(false, "no superusers"))
+    let request = body?;
+    let principal = state
+        .principals
+        .principal(&state.store, &request.username)
+        .await?;
+    Ok(go_auth_answer(
+        matches!(principal, Some(Principal::Operator { .. })),
+        "not a superuser",
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct GoAuthSuperuser {
+    username: String,
 }
 
 /// `auth_opt_http_aclcheck_uri …/acl`.

@@ -2368,6 +2368,14 @@ async fn the_auth_hooks_of_rmqtt_vernemq_and_mosquitto_go_auth_decide_as_the_reg
         (answer["result"].as_str(), answer["superuser"].as_bool()),
         (Some("allow"), Some(false))
     );
+    // The device's whole ACL with its login: its own tree, nothing else.
+    assert_eq!(
+        answer["acl"],
+        json!([
+            {"permission": "allow", "action": "all", "topic": format!("dwr/311-a1/{mac}/#")},
+            {"permission": "deny", "action": "all", "topic": "#"},
+        ])
+    );
     let (_, _, body) = auth(
         json!({"clientid": mac, "username": mac, "password": "wrong"}).to_string(),
         json,
@@ -2379,8 +2387,10 @@ async fn the_auth_hooks_of_rmqtt_vernemq_and_mosquitto_go_auth_decide_as_the_reg
         form,
     )
     .await;
-    assert!(
-        body.contains("\"allow\""),
+    let answer: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (answer["result"].as_str(), answer["superuser"].as_bool()),
+        (Some("allow"), Some(true)),
         "the platform's own login: {body}"
     );
     let acl = |access: u8, username: &str, topic: &str| {
@@ -2532,6 +2542,17 @@ async fn the_auth_hooks_of_rmqtt_vernemq_and_mosquitto_go_auth_decide_as_the_reg
             .await
             .0,
         StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        go(
+            "superuser",
+            json,
+            json!({"username": "telemark-platform"}).to_string()
+        )
+        .await
+        .0,
+        StatusCode::OK,
+        "the platform's own clients skip the ACL"
     );
     let acl = |topic: &str, acc: Value| {
         json!({"username": mac, "clientid": mac, "topic": topic, "acc": acc}).to_string()
