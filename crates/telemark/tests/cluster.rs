@@ -181,13 +181,17 @@ fn run_job_once_per_device(api: &Api, devices: &[i64]) {
     }
 }
 
-/// Ignored: against rmqtt 0.24's broadcast cluster the shared subscription
-/// does not hand the ingest the messages published on its own node (a
-/// single node with the shared-subscription plugin and no cluster plugin
-/// does), so most task answers never arrive and the bulk task times out.
-/// Run it with `tests/rmqtt-cluster/run` while that is worked out (issue 18).
+/// Ignored until it passes here: on this 2-core machine (three debug-built
+/// rmqtt nodes, two `serve`, the simulator and PostgreSQL) 943–961 of the
+/// 999 devices were online after two minutes in the last runs. An earlier
+/// run got all of them online with readings, then lost most task answers:
+/// rmqtt asked the ACL hook for every new task topic, one at a time per
+/// connection, and the platform's task connection missed its keep-alive.
+/// The login answer now carries the device's ACL and makes the platform a
+/// superuser, so rmqtt no longer asks; that part is not yet re-run.
+/// `tests/rmqtt-cluster/run` runs it.
 #[test]
-#[ignore = "rmqtt 0.24 broadcast cluster: shared subscriptions lose node-local messages; tests/rmqtt-cluster/run"]
+#[ignore = "does not finish within its bounds on a 2-core machine yet; tests/rmqtt-cluster/run"]
 fn a_three_node_rmqtt_cluster_with_two_instances_loses_nothing_and_runs_each_task_once() {
     let Some(binary) = node_binary() else {
         eprintln!("tests/rmqtt-cluster is not built: tests/rmqtt-cluster/run builds it");
