@@ -1,5 +1,5 @@
-//! Telemark behind a real 3-node rmqtt cluster (`tests/rmqtt-cluster`, built
-//! by scripts/test) with two `telemark serve --broker` on one PostgreSQL:
+//! Telemark behind a real 3-node rmqtt cluster (`tests/rmqtt-cluster`; its
+//! `run` builds the node and runs this test) with two `telemark serve --broker` on one PostgreSQL:
 //! the devices spread over the nodes, log in and are confined by the
 //! platform's rmqtt auth hook over HTTP, their readings are stored once,
 //! a bulk task runs once per device, an instance killed with `kill -9`
