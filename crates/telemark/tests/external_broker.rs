@@ -212,6 +212,12 @@ fn two_instances_split_the_stream_and_a_killed_one_loses_nothing() {
             .unwrap_or(0)
     };
     let (a, b) = (ingest_count(http1), ingest_count(http2));
+    assert!(
+        http_get_metrics(http2)
+            .1
+            .contains("telemark_task_transport_dropped_total 0"),
+        "the external broker's task connection reports what it could not queue"
+    );
     eprintln!("after the kill: instance one read {a}, instance two read {b}");
     assert!(b > 0, "the surviving instance read its share");
     drop(one);
