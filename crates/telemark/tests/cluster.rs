@@ -148,16 +148,6 @@ fn ingested(http: u16) -> i64 {
         .unwrap_or(0)
 }
 
-fn wait_job(api: &Api, job: i64, secs: u64) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
-    let done = eventually(secs, || {
-        last = api.get(&format!("/api/v1/jobs/{job}"));
-        last["finished_at"].is_i64()
-    });
-    assert!(done, "job {job} not finished: {last}");
-    last
-}
-
 /// Runs `job` over `devices`; every execution answered, each sent once.
 fn run_job_once_per_device(api: &Api, devices: &[i64]) {
     let (status, job) = api.call(

@@ -33,17 +33,6 @@ fn serve_behind(
     KilledOnDrop(Some(child))
 }
 
-/// Waits for a job to finish; returns it.
-fn wait_job(api: &Api, job: i64, secs: u64) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
-    let done = eventually(secs, || {
-        last = api.get(&format!("/api/v1/jobs/{job}"));
-        last["finished_at"].is_i64()
-    });
-    assert!(done, "job {job} not finished: {last}");
-    last
-}
-
 #[test]
 fn behind_mosquitto_the_platform_ingests_runs_tasks_and_follows_presence() {
     let dir = tempfile::tempdir().expect("tempdir");

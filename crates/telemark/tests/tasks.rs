@@ -553,16 +553,6 @@ fn offline_delivery_deadlines_retries_and_answers_never_sent() {
     );
 }
 
-fn wait_job(api: &Api, job: i64, secs: u64) -> Value {
-    let mut last = Value::Null;
-    let finished = eventually(secs, || {
-        last = api.get(&format!("/api/v1/jobs/{job}"));
-        last["finished_at"].is_i64()
-    });
-    assert!(finished, "job {job} not finished: {last}");
-    last
-}
-
 #[test]
 fn bulk_jobs_on_the_simulated_fleet_finish_and_stop_by_the_abort_rule() {
     let dir = tempfile::tempdir().expect("tempdir");

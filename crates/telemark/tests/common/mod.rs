@@ -493,6 +493,17 @@ impl Api {
     }
 }
 
+/// Waits for a job to finish; returns it.
+pub fn wait_job(api: &Api, job: i64, secs: u64) -> Value {
+    let mut last = Value::Null;
+    let finished = eventually(secs, || {
+        last = api.get(&format!("/api/v1/jobs/{job}"));
+        last["finished_at"].is_i64()
+    });
+    assert!(finished, "job {job} not finished: {last}");
+    last
+}
+
 pub fn id(v: &Value) -> i64 {
     v["id"].as_i64().unwrap_or_else(|| panic!("no id in {v}"))
 }
