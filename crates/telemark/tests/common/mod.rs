@@ -546,24 +546,39 @@ pub fn fleet_file(
 }
 
 pub fn start_sim(fleet: &Path, mqtt_port: u16, extra: &[&str]) -> KilledOnDrop {
-    start_sim_with(fleet, &format!("mqtt://127.0.0.1:{mqtt_port}"), extra)
+    start_sim_with(
+        fleet,
+        &format!("mqtt://127.0.0.1:{mqtt_port}"),
+        5,
+        extra,
+        Stdio::null(),
+    )
 }
 
-/// `telemark sim` on `brokers` (`mqtt://…`, comma-separated for a cluster).
-pub fn start_sim_on(fleet: &Path, brokers: &str) -> KilledOnDrop {
-    start_sim_with(fleet, brokers, &[])
+/// `telemark sim` on `brokers` (`mqtt://…`, comma-separated for a cluster),
+/// a reading from each device every `interval` seconds, each failed connect
+/// of a device logged in `log`.
+pub fn start_sim_on(fleet: &Path, brokers: &str, interval: u32, log: &Path) -> KilledOnDrop {
+    let log = std::fs::File::create(log).expect("sim log");
+    start_sim_with(fleet, brokers, interval, &[], log.into())
 }
 
-fn start_sim_with(fleet: &Path, brokers: &str, extra: &[&str]) -> KilledOnDrop {
+fn start_sim_with(
+    fleet: &Path,
+    brokers: &str,
+    interval: u32,
+    extra: &[&str],
+    log: Stdio,
+) -> KilledOnDrop {
     KilledOnDrop(Some(
         telemark()
             .args(["sim", "--fleet", fleet.to_str().expect("path")])
             .args(["--broker", brokers])
-            .args(["--interval", "5", "--reboot-ms", "800"])
+            .args(["--interval", &interval.to_string(), "--reboot-ms", "800"])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,agent::sim=debug")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("sim starts"),
     ))
