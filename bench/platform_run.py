@@ -19,19 +19,26 @@ def free_port():
 
 
 class Platform:
-    """`telemark serve` (SQLite in a temporary directory, or `database`)."""
+    """`telemark serve` (SQLite in a temporary directory, or `database`),
+    with its embedded broker or, given `broker` (`mqtt://…` list), behind
+    that one; `env` adds to its environment (instance id, secrets)."""
 
-    def __init__(self, binary, database=None, prefix="telemark-bench-"):
+    def __init__(self, binary, database=None, prefix="telemark-bench-", broker=None, env=None):
         self.binary = binary
         self.work = tempfile.mkdtemp(prefix=prefix)
         self.http, self.mqtt = free_port(), free_port()
         self.base = f"http://127.0.0.1:{self.http}"
-        self.env = dict(os.environ, TELEMARK_ADMIN_PASSWORD=ADMIN_PASSWORD, RUST_LOG="warn")
-        args = [binary, "serve", "--data", f"{self.work}/data", "--http", f"127.0.0.1:{self.http}",
-                "--mqtt", f"127.0.0.1:{self.mqtt}"]
+        self.env = dict(os.environ, TELEMARK_ADMIN_PASSWORD=ADMIN_PASSWORD, RUST_LOG="warn", **(env or {}))
+        self.args = [binary, "serve", "--data", f"{self.work}/data", "--http", f"127.0.0.1:{self.http}"]
+        self.args += ["--broker", broker] if broker else ["--mqtt", f"127.0.0.1:{self.mqtt}"]
+        self.broker = broker or f"mqtt://127.0.0.1:{self.mqtt}"
         if database:
-            args += ["--database", database]
-        self.process = subprocess.Popen(args, env=self.env, stdout=subprocess.DEVNULL)
+            self.args += ["--database", database]
+        self.start()
+
+    def start(self):
+        """Starts (or starts again) `serve` and logs in."""
+        self.process = subprocess.Popen(self.args, env=self.env, stdout=subprocess.DEVNULL)
         for _ in range(200):
             try:
                 urllib.request.urlopen(f"{self.base}/api/openapi.json", timeout=1)
@@ -79,6 +86,6 @@ class Platform:
 
     def sim(self, fleet, *args):
         return subprocess.Popen(
-            [self.binary, "sim", "--fleet", fleet, "--broker", f"mqtt://127.0.0.1:{self.mqtt}", *args],
+            [self.binary, "sim", "--fleet", fleet, "--broker", self.broker, *args],
             env=self.env, stdout=subprocess.PIPE, text=True,
         )

@@ -427,10 +427,17 @@ fn a_three_node_rmqtt_cluster_with_two_instances_loses_nothing_and_runs_each_tas
     );
     kill(&mut cluster.nodes[2]);
     let node_killed = now_ms();
+    // Each reconnect is a takeover the cluster first asks every node about,
+    // the dead one too (gRPC timeouts until rmqtt's circuit breaker opens):
+    // on 2 cores a third of the fleet took up to about two minutes.
     assert!(
-        eventually(120, || with_readings(node_killed + 2_000) == DEVICES as i64),
+        eventually(240, || with_readings(node_killed + 2_000) == DEVICES as i64),
         "{} of {DEVICES} devices publish again after a node died",
         with_readings(node_killed + 2_000)
+    );
+    eprintln!(
+        "all {DEVICES} devices published again {} s after a node died",
+        (now_ms() - node_killed) / 1000
     );
     drop(sim);
     drop(one);
