@@ -82,6 +82,13 @@ async fn main() -> rmqtt::Result<()> {
                 .name("external/tcp")
                 .laddr(mqtt)
                 .allow_anonymous(false)
+                // As docs/deployment.md advises for the listener the
+                // platform's ingest uses: rmqtt's defaults (16 in flight,
+                // 1,000 queued) cap a subscriber that acknowledges after a
+                // database write at 16 per write and drop what queues past
+                // 1,000.
+                .max_inflight(std::num::NonZeroU16::new(1024).unwrap_or(std::num::NonZeroU16::MIN))
+                .max_mqueue_len(1_000_000)
                 .bind()?
                 .tcp()?,
         )
