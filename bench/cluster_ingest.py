@@ -23,7 +23,7 @@ import tempfile
 import time
 import urllib.parse
 
-from platform_run import Platform, free_port
+from platform_run import Platform, free_port, stop_sim_and_drain
 
 HOOK_SECRET = "bench-hook-secret"
 
@@ -91,18 +91,8 @@ def run(label, a, database, instances, fleet_from, kill=None):
         now, n = time.time(), count()
         print(f"{now - start:5.0f} s  {label}: stored {n:>10}  {(n - last) / (now - last_t):>8.0f} readings/s", flush=True)
         last, last_t = n, now
-    sim.send_signal(signal.SIGTERM)
     sending = time.time() - start
-    during = count()
-    out, _ = sim.communicate(timeout=120)
-    words = out.replace(",", " ").split()
-    sent = int(words[words.index("readings") - 1]) if "readings" in words else 0
-    last, still = count(), 0
-    while last < sent and still < 30:
-        time.sleep(1)
-        n = count()
-        still = still + 1 if n == last else 0
-        last = n
+    _, sent, during, last = stop_sim_and_drain(sim, count)
     total = time.time() - start
     print(f"{label}: sent {sent} readings in {sending:.0f} s ({sent / sending:.0f}/s offered); "
           f"stored {during} while sending ({during / sending:.0f}/s), {last} in all after "

@@ -16,7 +16,7 @@ import signal
 import time
 import urllib.request
 
-from platform_run import Platform
+from platform_run import Platform, stop_sim_and_drain
 
 
 def rss_mib(pid):
@@ -61,25 +61,13 @@ def main():
         first_rss = first_rss or rss
         print(f"{now - start:5.0f} s  stored {n:>10}  {(n - last) / (now - last_t):>8.0f} readings/s  rss serve {rss[0]} MiB, sim {rss[1]} MiB", flush=True)
         last, last_t = n, now
-    sim.send_signal(signal.SIGTERM)
     sending = time.time() - start
-    during = stored()
-    out, _ = sim.communicate(timeout=120)
-    print(out.strip())
-    words = out.replace(",", " ").split()
-    sent = int(words[words.index("readings") - 1]) if "readings" in words else None
-    # Drain: until everything sent is stored, or nothing moved for 30 s
-    # (a PostgreSQL transaction of 500,000 readings can take seconds).
-    last, still = stored(), 0
-    while last < (sent or 0) and still < 30:
-        time.sleep(1)
-        n = stored()
-        still = still + 1 if n == last else 0
-        last = n
+    out, sent, during, last = stop_sim_and_drain(sim, stored)
+    print(out)
     total = time.time() - start
-    print(f"sent {sent} readings in {sending:.0f} s ({(sent or 0) / sending:.0f}/s offered); "
+    print(f"sent {sent} readings in {sending:.0f} s ({sent / sending:.0f}/s offered); "
           f"stored {during} while sending ({during / sending:.0f}/s), {last} in all after {total - sending:.0f} s "
-          f"of drain ({last / total:.0f}/s overall); lost {(sent or 0) - last}; "
+          f"of drain ({last / total:.0f}/s overall); lost {sent - last}; "
           f"rss serve {first_rss[0]} -> {rss_mib(serve.pid)} MiB")
     serve.send_signal(signal.SIGTERM)
     serve.wait(timeout=300)

@@ -3,6 +3,7 @@ a temporary directory, an API client logged in as its admin, and a fleet of
 devices registered through the API with their own MQTT secrets."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -89,3 +90,22 @@ class Platform:
             [self.binary, "sim", "--fleet", fleet, "--broker", self.broker, *args],
             env=self.env, stdout=subprocess.PIPE, text=True,
         )
+
+
+def stop_sim_and_drain(sim, stored):
+    """Stops `telemark sim`, then waits until `stored()` reaches the readings
+    it says it sent, or nothing moved for 30 s (a PostgreSQL transaction of
+    500,000 readings can take seconds). Returns (its summary, sent, stored
+    when it stopped, stored at the end)."""
+    sim.send_signal(signal.SIGTERM)
+    during = stored()
+    out, _ = sim.communicate(timeout=120)
+    words = out.replace(",", " ").split()
+    sent = int(words[words.index("readings") - 1]) if "readings" in words else 0
+    last, still = stored(), 0
+    while last < sent and still < 30:
+        time.sleep(1)
+        n = stored()
+        still = still + 1 if n == last else 0
+        last = n
+    return out.strip(), sent, during, last
