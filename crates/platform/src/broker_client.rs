@@ -99,7 +99,7 @@ impl BrokerEndpoint {
 pub struct ClientTaskTransport {
     client: rumqttc::v5::AsyncClient,
     task: tokio::task::JoinHandle<()>,
-    pub dropped: Arc<std::sync::atomic::AtomicU64>,
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 impl ClientTaskTransport {
@@ -139,7 +139,7 @@ impl ClientTaskTransport {
         Arc::new(ClientTaskTransport {
             client,
             task,
-            dropped: Arc::default(),
+            dropped: Default::default(),
         })
     }
 
@@ -160,6 +160,18 @@ impl ClientTaskTransport {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(error = %e, "task transport full; the sweep sends again");
         }
+    }
+}
+
+impl ClientTaskTransport {
+    /// Prometheus text: the requests and frames this connection could not queue.
+    pub fn prometheus(&self) -> String {
+        format!(
+            "# HELP telemark_task_transport_dropped_total task requests and session frames the external broker connection could not queue\n\
+             # TYPE telemark_task_transport_dropped_total counter\n\
+             telemark_task_transport_dropped_total {}\n",
+            self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+        )
     }
 }
 

@@ -407,25 +407,19 @@ pub(crate) async fn run_platform(
         );
         // Behind an external broker: requests the client connection could
         // not queue (the task sweep sends them again).
-        let transport_dropped = match &devices {
-            DeviceBroker::External { transport, .. } => Some(transport.dropped.clone()),
+        let transport = match &devices {
+            DeviceBroker::External { transport, .. } => Some(transport.clone()),
             DeviceBroker::Embedded { .. } => None,
         };
         let render: api::MetricsRenderer = Arc::new(move || {
-            let mut text = broker_metrics()
+            broker_metrics()
                 + &supervisor.prometheus()
                 + &tasks.counters.prometheus()
-                + &remote.prometheus();
-            if let Some(dropped) = &transport_dropped {
-                text.push_str(&format!(
-                    "# HELP telemark_task_transport_dropped_total task requests and session frames the external broker connection could not queue
-                     # TYPE telemark_task_transport_dropped_total counter
-                     telemark_task_transport_dropped_total {}
-",
-                    dropped.load(std::sync::atomic::Ordering::Relaxed)
-                ));
-            }
-            text
+                + &remote.prometheus()
+                + &transport
+                    .as_ref()
+                    .map(|t| t.prometheus())
+                    .unwrap_or_default()
         });
         render
     };
