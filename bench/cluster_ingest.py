@@ -12,8 +12,12 @@ Each run gets a fresh database on the server `--database` names. The fleet
 is `telemark sim` (one lean connection per device, QoS 1 readings every
 INTERVAL_S); in the cluster run its devices spread over the three nodes.
 Every 5 s it prints the rows in `readings`; at the end, what the simulator
-sent against what was stored once the ingest drained. Everything on
-127.0.0.1.
+sent, what the broker acknowledged to it (PUBACK), and what was stored once
+the ingest drained. "Lost" is acknowledged minus stored: above 0, the
+broker or the platform dropped readings it had acknowledged (a lower bound:
+a reading delivered whose PUBACK never came back is stored too). "Never
+acknowledged" is what the broker refused or did not answer before the
+device's connection ended; a real device would send it again. Everything on 127.0.0.1.
 """
 import argparse
 import os
@@ -92,15 +96,18 @@ def run(label, a, database, instances, fleet_from, kill=None):
         print(f"{now - start:5.0f} s  {label}: stored {n:>10}  {(n - last) / (now - last_t):>8.0f} readings/s", flush=True)
         last, last_t = n, now
     sending = time.time() - start
-    _, sent, during, last = stop_sim_and_drain(sim, count)
+    _, sent, during, last, acked = stop_sim_and_drain(sim, count)
     total = time.time() - start
-    print(f"{label}: sent {sent} readings in {sending:.0f} s ({sent / sending:.0f}/s offered); "
+    lost = max(acked - last, 0)
+    print(f"{label}: sent {sent} readings in {sending:.0f} s ({sent / sending:.0f}/s offered), "
+          f"{acked} acknowledged by the broker ({sent - acked} never acknowledged); "
           f"stored {during} while sending ({during / sending:.0f}/s), {last} in all after "
-          f"{total - sending:.0f} s of drain ({last / total:.0f}/s overall); lost {sent - last}", flush=True)
+          f"{total - sending:.0f} s of drain ({last / total:.0f}/s overall); "
+          f"lost (acknowledged minus stored) {lost}", flush=True)
     for p in instances:
         p.process.send_signal(signal.SIGTERM)
         p.process.wait(timeout=120)
-    return sent, during / sending, last, sent - last
+    return sent, during / sending, last, lost
 
 
 def main():

@@ -62,7 +62,7 @@ def main():
         print(f"{now - start:5.0f} s  stored {n:>10}  {(n - last) / (now - last_t):>8.0f} readings/s  rss serve {rss[0]} MiB, sim {rss[1]} MiB", flush=True)
         last, last_t = n, now
     sending = time.time() - start
-    out, sent, during, last = stop_sim_and_drain(sim, stored)
+    out, sent, during, last, _ = stop_sim_and_drain(sim, stored)
     print(out)
     total = time.time() - start
     print(f"sent {sent} readings in {sending:.0f} s ({sent / sending:.0f}/s offered); "

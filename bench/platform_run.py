@@ -96,16 +96,17 @@ def stop_sim_and_drain(sim, stored):
     """Stops `telemark sim`, then waits until `stored()` reaches the readings
     it says it sent, or nothing moved for 30 s (a PostgreSQL transaction of
     500,000 readings can take seconds). Returns (its summary, sent, stored
-    when it stopped, stored at the end)."""
+    when it stopped, stored at the end, acknowledged by the broker)."""
     sim.send_signal(signal.SIGTERM)
     during = stored()
     out, _ = sim.communicate(timeout=120)
     words = out.replace(",", " ").split()
     sent = int(words[words.index("readings") - 1]) if "readings" in words else 0
+    acked = int(words[words.index("acknowledged") - 3]) if "acknowledged" in words else sent
     last, still = stored(), 0
     while last < sent and still < 30:
         time.sleep(1)
         n = stored()
         still = still + 1 if n == last else 0
         last = n
-    return out.strip(), sent, during, last
+    return out.strip(), sent, during, last, acked

@@ -25,7 +25,9 @@ pub enum ProvisioningError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Provisioning {
-    /// `mqtt://host:port` or `mqtts://host:port`.
+    /// `mqtt://host:port` or `mqtts://host:port`; several, comma-separated,
+    /// for a broker cluster: the agent starts at one picked by its device
+    /// id and moves to the next after a failed connection.
     pub broker: String,
     /// The device id: its MAC, `00-11-22-33-44-55`.
     pub device_id: String,
@@ -107,7 +109,7 @@ impl Provisioning {
             message,
         };
         let p: Provisioning = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        p.broker_address().map_err(invalid)?;
+        p.broker_addresses().map_err(invalid)?;
         if p.secret.is_none() && (p.certificate_file.is_none() || p.key_file.is_none()) {
             return Err(invalid(
                 "needs a secret, or a certificate_file and a key_file".into(),
@@ -116,8 +118,12 @@ impl Provisioning {
         Ok(p)
     }
 
-    pub fn broker_address(&self) -> Result<BrokerAddress, String> {
-        BrokerAddress::parse(&self.broker)
+    /// The brokers in the order this device tries them, its first first.
+    pub fn broker_addresses(&self) -> Result<Vec<BrokerAddress>, String> {
+        let mut list = BrokerAddress::parse_list(&self.broker)?;
+        let first = device_protocol::broker_url::first_for(&self.device_id, list.len());
+        list.rotate_left(first);
+        Ok(list)
     }
 }
 

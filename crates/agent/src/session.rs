@@ -22,9 +22,11 @@ pub enum AgentError {
     Config(String),
 }
 
-/// The MQTT options of a device of the contract: id, credentials, will.
-pub fn device_options(p: &Provisioning) -> Result<MqttOptions, AgentError> {
-    let address = p.broker_address().map_err(AgentError::Config)?;
+/// The MQTT options of a device of the contract (id, credentials, will)
+/// for its `attempt`-th connection: round its list of brokers.
+pub fn device_options(p: &Provisioning, attempt: usize) -> Result<MqttOptions, AgentError> {
+    let addresses = p.broker_addresses().map_err(AgentError::Config)?;
+    let address = &addresses[attempt % addresses.len()];
     let mut options = MqttOptions::new(&p.device_id, &address.host, address.port);
     options
         .set_credentials(&p.device_id, p.secret.clone().unwrap_or_default())
@@ -142,7 +144,7 @@ pub async fn run(
     p: Provisioning,
     mut stop: watch::Receiver<bool>,
 ) -> Result<AgentReport, AgentError> {
-    let options = device_options(&p)?;
+    let options = device_options(&p, 0)?;
     let mut buffer = DiskBuffer::open(&p.buffer_dir, p.buffer_capacity);
     if !buffer.is_empty() {
         tracing::info!(
@@ -157,8 +159,9 @@ pub async fn run(
     network.set_tcp_nodelay(true);
     events.set_network_options(network);
     let (link_tx, mut link) = mpsc::channel(8);
+    let provisioning = p.clone();
     let poller = tokio::spawn(async move {
-        let mut failures = 0u32;
+        let (mut failures, mut attempt) = (0u32, 0usize);
         loop {
             match events.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -193,8 +196,14 @@ pub async fn run(
                     }
                     let wait = backoff(failures);
                     failures += 1;
-                    tracing::warn!(error = %e, retry_in = ?wait, "broker unreachable");
+                    tracing::warn!(error = %e, broker = %events.mqtt_options.broker_address().0, retry_in = ?wait, "broker unreachable");
                     tokio::time::sleep(wait).await;
+                    // The next broker of the list; the buffer sends what
+                    // was not acknowledged again on whichever it reaches.
+                    attempt += 1;
+                    if let Ok(next) = device_options(&provisioning, attempt) {
+                        events.mqtt_options = next;
+                    }
                 }
             }
         }

@@ -312,6 +312,9 @@ pub struct SimCounters {
     pub connected: AtomicU64,
     pub messages: AtomicU64,
     pub readings: AtomicU64,
+    /// Readings in messages the broker acknowledged (PUBACK): what a
+    /// broker and platform that lose nothing acknowledged must store.
+    pub readings_acknowledged: AtomicU64,
 }
 
 /// Runs the fleet until `stop` turns true.
@@ -347,8 +350,10 @@ struct SimConnection {
     rbuf: BytesMut,
     wbuf: BytesMut,
     next_id: u16,
-    /// QoS 1 messages sent and not yet acknowledged.
-    unacked: usize,
+    /// QoS 1 messages sent and not yet acknowledged, by packet id, with
+    /// the readings each carries.
+    unacked: std::collections::HashMap<u16, u64>,
+    counters: Arc<SimCounters>,
     /// Task requests and session input received and not yet taken, with
     /// their topics.
     requests: Vec<(String, bytes::Bytes)>,
@@ -360,6 +365,7 @@ impl SimConnection {
     async fn connect(
         address: &device_protocol::broker_url::BrokerAddress,
         device: &SimDevice,
+        counters: &Arc<SimCounters>,
     ) -> std::io::Result<SimConnection> {
         let stream = TcpStream::connect((address.host.as_str(), address.port)).await?;
         stream.set_nodelay(true)?;
@@ -369,7 +375,8 @@ impl SimConnection {
             rbuf: BytesMut::with_capacity(1024),
             wbuf: BytesMut::with_capacity(4096),
             next_id: 0,
-            unacked: 0,
+            unacked: Default::default(),
+            counters: counters.clone(),
             requests: Vec::new(),
         };
         // The will says what the agent's does: gone, retained.
@@ -407,9 +414,10 @@ impl SimConnection {
         let _ = encode(packet, ProtocolVersion::V3_1_1, &mut self.wbuf);
     }
 
-    fn publish(&mut self, topic: String, retain: bool, payload: Vec<u8>) {
+    /// A QoS 1 message carrying `readings` readings.
+    fn publish(&mut self, topic: String, retain: bool, payload: Vec<u8>, readings: u64) {
         self.next_id = self.next_id.checked_add(1).unwrap_or(1);
-        self.unacked += 1;
+        self.unacked.insert(self.next_id, readings);
         self.push(&MqttPacket::Publish(Publish {
             dup: false,
             qos: MqttQoS::AtLeastOnce,
@@ -459,7 +467,13 @@ impl SimConnection {
         }
         while let Some(packet) = self.decode()? {
             match packet {
-                MqttPacket::PubAck(_) => self.unacked = self.unacked.saturating_sub(1),
+                MqttPacket::PubAck(ack) => {
+                    if let Some(readings) = self.unacked.remove(&ack.packet_id) {
+                        self.counters
+                            .readings_acknowledged
+                            .fetch_add(readings, Ordering::Relaxed);
+                    }
+                }
                 MqttPacket::Publish(publish) => {
                     // [MQTT-4.3.2-1]: a QoS 1 PUBLISH is answered with PUBACK.
                     if publish.qos == MqttQoS::AtLeastOnce {
@@ -496,7 +510,7 @@ impl SimConnection {
     /// Waits (at most 10 s) for every message to be acknowledged, then says goodbye.
     async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            while self.unacked > 0 {
+            while !self.unacked.is_empty() {
                 if self.read().await.is_err() {
                     return;
                 }
@@ -524,9 +538,7 @@ async fn run_device(
             return;
         }
     };
-    let mut node = device.device_id.bytes().fold(0usize, |h, b| {
-        h.wrapping_mul(31).wrapping_add(usize::from(b))
-    });
+    let mut node = device_protocol::broker_url::first_for(&device.device_id, addresses.len());
     let mut state = SimulatedDevice::new(&device.device_id, &device.model, &options.firmware);
     let topic = |t: Topic| t.for_device(&device.model, &device.device_id);
     let mut failures = 0u32;
@@ -534,7 +546,7 @@ async fn run_device(
     while !*stop.borrow() {
         let connected = tokio::select! {
             _ = stop.changed() => return,
-            c = SimConnection::connect(&addresses[node % addresses.len()], &device) => c,
+            c = SimConnection::connect(&addresses[node % addresses.len()], &device, &counters) => c,
         };
         let mut conn = match connected {
             Ok(conn) => conn,
@@ -561,8 +573,14 @@ async fn run_device(
             topic(Topic::Status),
             true,
             status("online", Some(&state.boot_id)),
+            0,
         );
-        conn.publish(topic(Topic::Firmware), true, state.firmware(now).to_json());
+        conn.publish(
+            topic(Topic::Firmware),
+            true,
+            state.firmware(now).to_json(),
+            0,
+        );
         counters.messages.fetch_add(2, Ordering::Relaxed);
         if let Some(answer) = update_answer {
             conn.publish(
@@ -573,6 +591,7 @@ async fn run_device(
                 ),
                 false,
                 answer.payload,
+                0,
             );
         }
         let mut tick = tokio::time::interval(options.interval);
@@ -602,7 +621,7 @@ async fn run_device(
                     for due in answers.due() {
                         match due {
                             Due::Answer { topic, payload } => {
-                                conn.publish(topic, false, payload);
+                                conn.publish(topic, false, payload, 0);
                             }
                             Due::Reboot => rebooting = true,
                         }
@@ -622,10 +641,9 @@ async fn run_device(
             }
             for reading in state.tick(crate::now_millis(), options.interval.as_secs().max(1)) {
                 let t = reading.topic();
-                counters
-                    .readings
-                    .fetch_add(reading.metrics().len() as u64, Ordering::Relaxed);
-                conn.publish(topic(t), t.retain(), reading.to_json());
+                let readings = reading.metrics().len() as u64;
+                counters.readings.fetch_add(readings, Ordering::Relaxed);
+                conn.publish(topic(t), t.retain(), reading.to_json(), readings);
                 counters.messages.fetch_add(1, Ordering::Relaxed);
             }
             last_write = tokio::time::Instant::now();
@@ -655,7 +673,7 @@ async fn run_device(
             let away = options.interval * rand::rng().random_range(3..12);
             tokio::time::sleep(away).await;
         } else if *stop.borrow() {
-            conn.publish(topic(Topic::Status), true, status("offline", None));
+            conn.publish(topic(Topic::Status), true, status("offline", None), 0);
             let _ = conn.flush().await;
             conn.close().await;
             return;

@@ -61,6 +61,16 @@ impl BrokerAddress {
     }
 }
 
+/// Where in a list of `count` brokers a device starts: a fixed pick by its
+/// id, so a fleet spreads over a cluster's nodes and each device comes
+/// back to the same one after a restart.
+pub fn first_for(device_id: &str, count: usize) -> usize {
+    let hash = device_id.bytes().fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    });
+    hash % count.max(1)
+}
+
 impl std::fmt::Display for BrokerAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let scheme = if self.tls { "mqtts" } else { "mqtt" };

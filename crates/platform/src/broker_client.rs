@@ -18,8 +18,14 @@ use crate::tasks::{OutgoingRequest, TaskTransport};
 /// session has ended by then (as the embedded broker's transport does).
 const SESSION_FRAME_EXPIRY_SECS: u32 = 30;
 /// Requests waiting for the connection: a dispatch pass is at most a few
-/// thousand, and an execution not sent is retried by the task sweep.
+/// thousand.
 const REQUEST_QUEUE: usize = 10_000;
+/// Requests the broker holds unacknowledged at a time, whatever larger
+/// Receive Maximum it offers. A broker reads one client's packets in order,
+/// so a PINGREQ waits behind these: with 1,000 in flight (an rmqtt node
+/// configured for ingest offers 1,024), a job over 1,000 devices kept a
+/// cluster node forwarding past the keep-alive and the connection dropped.
+const TASK_INFLIGHT: u16 = 64;
 /// The first wait after a failed connect; doubled up to [`RETRY_MAX`].
 pub(crate) const RETRY_FIRST: Duration = Duration::from_millis(250);
 pub(crate) const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -78,6 +84,7 @@ impl BrokerEndpoint {
             .set_credentials(&self.username, &self.password)
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_start(true)
+            .set_outgoing_inflight_upper_limit(TASK_INFLIGHT)
             .set_transport(transport);
         options
     }
@@ -94,8 +101,10 @@ impl BrokerEndpoint {
 
 /// Task requests and session frames published through an external broker
 /// on a connection of their own (MQTT 5, so a request keeps its response
-/// topic, correlation data and expiry). A request that cannot be queued is
-/// counted and left to the task sweep, which sends it again.
+/// topic, correlation data and expiry). Requests survive a lost connection
+/// and go out on the next. One that cannot be queued (more than
+/// [`REQUEST_QUEUE`] waiting) is counted; its execution times out, and is
+/// tried again if its job allows retries.
 pub struct ClientTaskTransport {
     client: rumqttc::v5::AsyncClient,
     task: tokio::task::JoinHandle<()>,
@@ -117,20 +126,32 @@ impl ClientTaskTransport {
         let task = tokio::spawn(async move {
             ready.await;
             let (mut attempt, mut retry) = (0, RETRY_FIRST);
+            // What the broker had not acknowledged, and what still waited,
+            // when a connection failed: rumqttc clears it when the next
+            // CONNACK says the session is new (this one always starts
+            // clean), so it is taken out here and handed back after.
+            let mut carried = std::collections::VecDeque::new();
             loop {
                 match events.poll().await {
                     Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::Incoming::ConnAck(_))) => {
-                        tracing::info!(broker = %events.options.broker_address().0, "task transport connected");
+                        tracing::info!(
+                            broker = %events.options.broker_address().0,
+                            resent = carried.len(),
+                            "task transport connected"
+                        );
                         retry = RETRY_FIRST;
+                        // Sent before anything new; a device that already
+                        // had one takes it once (its seen-task list).
+                        carried.append(&mut events.pending);
+                        events.pending = std::mem::take(&mut carried);
                     }
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "task transport lost the broker; trying the next address");
+                        carried.append(&mut events.pending);
                         tokio::time::sleep(retry).await;
                         retry = (retry * 2).min(RETRY_MAX);
                         attempt += 1;
-                        // In-flight and pending requests stay with the event
-                        // loop and go out on the next connection.
                         events.options = endpoint.options_v5(attempt, &client_id);
                     }
                 }

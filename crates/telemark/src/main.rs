@@ -540,10 +540,12 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     let _ = stop.send(true);
     let _ = fleet.await;
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "sent {} messages, {} readings",
-        counters.messages.load(std::sync::atomic::Ordering::Relaxed),
-        counters.readings.load(std::sync::atomic::Ordering::Relaxed)
+        "sent {} messages, {} readings, {} of them acknowledged by the broker",
+        count(&counters.messages),
+        count(&counters.readings),
+        count(&counters.readings_acknowledged)
     );
     Ok(())
 }

@@ -944,6 +944,21 @@ fn sim_drives_devices_from_a_fleet_file() {
         printed.contains("sent ") && printed.contains(" readings"),
         "{printed}"
     );
+    // The fleet waits for its acknowledgements before it says goodbye:
+    // every reading sent was acknowledged.
+    let words: Vec<&str> = printed.split([' ', ',', '\n']).collect();
+    let before = |word: &str, back: usize| {
+        words
+            .iter()
+            .position(|w| *w == word)
+            .and_then(|at| words.get(at.checked_sub(back)?))
+            .copied()
+    };
+    assert_eq!(
+        before("readings", 1),
+        before("acknowledged", 3),
+        "{printed}"
+    );
 }
 
 #[cfg(target_os = "linux")]

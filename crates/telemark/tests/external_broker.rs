@@ -86,6 +86,126 @@ fn behind_mosquitto_the_platform_ingests_runs_tasks_and_follows_presence() {
     );
 }
 
+/// A TCP link between the platform and its broker that the test can stall
+/// and then cut, as a failing network or broker node does: while stalled,
+/// the platform's bytes are read and thrown away, so the broker neither
+/// sees nor acknowledges them.
+struct BrokerLink {
+    port: u16,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl BrokerLink {
+    fn start(broker_port: u16) -> BrokerLink {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let link = BrokerLink {
+            port,
+            stalled: Default::default(),
+            open: Default::default(),
+        };
+        let (stalled, open) = (link.stalled.clone(), link.open.clone());
+        // Lives as long as the test binary; each connection's pumps end
+        // when either side closes.
+        std::thread::spawn(move || {
+            for platform in listener.incoming() {
+                let Ok(platform) = platform else { continue };
+                let Ok(broker) = std::net::TcpStream::connect(("127.0.0.1", broker_port)) else {
+                    continue;
+                };
+                let clone = |s: &std::net::TcpStream| s.try_clone().expect("clone");
+                if let Ok(mut open) = open.lock() {
+                    open.extend([clone(&platform), clone(&broker)]);
+                }
+                let (mut from, mut to, stalled) =
+                    (clone(&platform), clone(&broker), stalled.clone());
+                std::thread::spawn(move || {
+                    let mut buffer = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = from.read(&mut buffer) {
+                        if !stalled.load(Ordering::Acquire) && to.write_all(&buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut from, mut to) = (broker, platform);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        link
+    }
+
+    fn stall(&self) {
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Closes every connection open now; new ones pass freely.
+    fn cut(&self) {
+        if let Ok(mut open) = self.open.lock() {
+            for stream in open.drain(..) {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        self.stalled
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// The platform's connection to its broker fails while a job's requests
+/// are on their way, none acknowledged: they go out again on the next
+/// connection and every device answers its one attempt in time.
+#[test]
+fn requests_on_a_failed_broker_connection_go_out_on_the_next() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker_port, http) = (free_port(), free_port());
+    let _mosquitto = start_mosquitto(dir.path(), broker_port, "persistence false\n");
+    let link = BrokerLink::start(broker_port);
+    let _platform = serve_behind(&dir.path().join("data"), http, link.port, &[]);
+    let api = Api::login(http, "admin", "first-admin-secret");
+    let (fleet, ids) = fleet_file(&api, dir.path(), 5, 0xA3);
+    let _sim = start_sim(&fleet, broker_port, &[]);
+    assert!(
+        eventually(30, || ids.iter().all(|d| online(&api, *d))),
+        "every device is online"
+    );
+
+    link.stall();
+    let (status, job) = api.call(
+        "POST",
+        "/api/v1/jobs",
+        &json!({"type": "ping", "params": {"host": "127.0.0.1", "count": 1}, "device_ids": ids, "timeout_secs": 60}),
+    );
+    assert_eq!(status, 201, "{job}");
+    let executions = || api.get(&format!("/api/v1/jobs/{}/executions?limit=100", id(&job)));
+    assert!(
+        eventually(10, || executions()
+            .as_array()
+            .is_some_and(|list| list.iter().all(|e| e["state"] == "sent"))),
+        "the requests left the platform: {}",
+        executions()
+    );
+    // Written into a connection that goes nowhere, then lost with it.
+    std::thread::sleep(Duration::from_millis(500));
+    link.cut();
+
+    let job = wait_job(&api, id(&job), 50);
+    let done = executions();
+    for e in done.as_array().expect("list") {
+        assert!(
+            ["succeeded", "failed"].contains(&e["state"].as_str().unwrap_or("")),
+            "answered: {e} ({job})"
+        );
+        assert_eq!(e["attempt"], 1, "no retry was needed: {e}");
+    }
+}
+
 /// Two instances on one PostgreSQL behind one broker split the devices'
 /// messages (`$share/telemark/dwr/#`); one killed with `kill -9` mid-stream
 /// and started again loses nothing the broker had handed it, and every

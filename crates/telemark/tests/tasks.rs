@@ -296,6 +296,50 @@ fn the_agent_runs_every_task_type_with_structured_results() {
     );
 }
 
+/// An agent given a broker cluster's addresses starts at the one its id
+/// picks; when that node is down it moves to the next and works there.
+#[test]
+fn an_agent_whose_first_broker_is_down_moves_to_the_next() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http_port, mqtt_port, down) = (free_port(), free_port(), free_port());
+    let _platform = start_platform(&dir.path().join("data"), http_port, mqtt_port);
+    let api = Api::login(http_port, "admin", "first-admin-secret");
+    let device = register_device(http_port, &api.bearer, "FAILOVER1", "00:11:22:33:77:0f");
+    let mac = "00-11-22-33-77-0f";
+    let secret = secret_for(&api, device);
+    let key = api.get("/api/v1/license/public-key")["public_key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let config = write_agent_config(dir.path(), mqtt_port, mac, &secret, &key);
+    // The list in the order that makes the address nobody listens on this
+    // device's first.
+    let (up, down) = (
+        format!("mqtt://127.0.0.1:{mqtt_port}"),
+        format!("mqtt://127.0.0.1:{down}"),
+    );
+    let list = if device_protocol::broker_url::first_for(mac, 2) == 0 {
+        format!("{down},{up}")
+    } else {
+        format!("{up},{down}")
+    };
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replace(&format!("\"{up}\""), &format!("\"{list}\""));
+    assert!(text.contains(&list), "{text}");
+    std::fs::write(&config, text).expect("config");
+    let _agent = start_agent(&config);
+    assert!(
+        eventually(20, || online(&api, device)),
+        "the agent reached the broker that is up"
+    );
+    let ping = api.task(
+        device,
+        json!({"type": "ping", "params": {"host": "127.0.0.1", "count": 1}}),
+    );
+    let ping = api.final_execution(id(&ping), 20);
+    assert_eq!(ping["state"], "succeeded", "{ping}");
+}
+
 #[test]
 fn bad_task_requests_are_refused_with_a_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
