@@ -66,6 +66,7 @@ def start_cluster(node, mqtt, hook_http, work):
                 'http_acl_req.params = { access = "%A", username = "%u", clientid = "%c", ipaddr = "%a", topic = "%t" }\n'
             ),
             "rmqtt-shared-subscription.toml": 'strategy = "hash_clientid"\n',
+            "rmqtt-sys-topic.toml": "publish_qos = 1\n",
         }
         for name, text in files.items():
             with open(os.path.join(plugins, name), "w") as f:

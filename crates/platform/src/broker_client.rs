@@ -228,7 +228,10 @@ impl TaskTransport for ClientTaskTransport {
 /// will the broker publishes for a device gone without a goodbye) on a
 /// subscription of its own, not shared, so each sees one device's reports in
 /// the broker's order; on each (re)connect the retained ones bring it up to
-/// date. Runs until `stop`.
+/// date. Where the cluster reports its clients' connections on `$SYS`
+/// topics (EMQX, rmqtt's sys-topic plugin), those count too: a device that
+/// says goodbye without an `offline` status, or never reports one, is still
+/// seen to come and go. Runs until `stop`.
 pub async fn follow_presence(
     ingest: Arc<crate::telemetry::Ingest>,
     presence: Arc<crate::presence::PresenceRecorder>,
@@ -237,9 +240,14 @@ pub async fn follow_presence(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use rumqttc::{AsyncClient, Event, Packet, QoS};
-    let filter = format!("{}/+/+/status", device_protocol::PREFIX);
+    let filters = [
+        format!("{}/+/+/status", device_protocol::PREFIX),
+        format!("{CLIENT_EVENTS}+/clients/+/connected"),
+        format!("{CLIENT_EVENTS}+/clients/+/disconnected"),
+    ];
     let (client, mut events) = AsyncClient::new(endpoint.options(0, &client_id), 1024);
     let (mut attempt, mut retry) = (0, RETRY_FIRST);
+    let mut order = ClientEventOrder::default();
     loop {
         let event = tokio::select! {
             event = events.poll() => event,
@@ -251,8 +259,20 @@ pub async fn follow_presence(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 retry = RETRY_FIRST;
-                if let Err(e) = client.subscribe(&filter, QoS::AtLeastOnce).await {
+                let filters = filters
+                    .iter()
+                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                if let Err(e) = client.subscribe_many(filters).await {
                     tracing::warn!(error = %e, "presence cannot subscribe");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic.starts_with(CLIENT_EVENTS) => {
+                if let Some(event) = ClientEvent::parse(&p.topic, &p.payload)
+                    && order.is_news(&event)
+                {
+                    ingest
+                        .presence_from_client_event(&event.client_id, event.online, &presence)
+                        .await;
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -272,5 +292,170 @@ pub async fn follow_presence(
                 events.mqtt_options = endpoint.options(attempt, &client_id);
             }
         }
+    }
+}
+
+/// Where EMQX and rmqtt report a client's connections:
+/// `$SYS/brokers/{node}/clients/{client id}/connected|disconnected`.
+const CLIENT_EVENTS: &str = "$SYS/brokers/";
+
+/// Why a connection ends when a newer one of the same client took its
+/// place (rmqtt: `Kicked`; EMQX: `takenover`, `discarded`): the client is
+/// still there.
+const REPLACED: [&str; 3] = ["Kicked", "takenover", "discarded"];
+
+/// A broker's report that a client connected or disconnected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientEvent {
+    pub client_id: String,
+    pub online: bool,
+    /// When, in ms since the epoch, as the reporting node saw it.
+    pub at: i64,
+    /// A disconnect because a newer connection replaced this one.
+    pub replaced: bool,
+}
+
+impl ClientEvent {
+    /// The event a `$SYS/brokers/…/clients/…` message reports; `None` for
+    /// anything else or a payload without the client and its time.
+    pub fn parse(topic: &str, payload: &[u8]) -> Option<ClientEvent> {
+        let rest = topic.strip_prefix(CLIENT_EVENTS)?;
+        let mut parts = rest.split('/');
+        let (_node, "clients", client_id, what, None) = (
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next(),
+        ) else {
+            return None;
+        };
+        let online = match what {
+            "connected" => true,
+            "disconnected" => false,
+            _ => return None,
+        };
+        let body: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        let field = if online {
+            "connected_at"
+        } else {
+            "disconnected_at"
+        };
+        // Milliseconds in both brokers; EMQX also sends `ts`.
+        let at = body[field].as_i64().or_else(|| body["ts"].as_i64())?;
+        let reason = body["reason"].as_str().unwrap_or_default();
+        Some(ClientEvent {
+            client_id: client_id.to_owned(),
+            online,
+            at,
+            replaced: !online && REPLACED.contains(&reason),
+        })
+    }
+}
+
+/// Orders one client's events from several nodes, which arrive in no
+/// common order: a reconnect to another node may be reported before the
+/// old connection's end. An event older than the last one taken for its
+/// client is stale, and the end of a connection a newer one replaced says
+/// nothing about the client.
+#[derive(Debug, Default)]
+pub struct ClientEventOrder {
+    last: std::collections::HashMap<String, i64>,
+}
+
+impl ClientEventOrder {
+    pub fn is_news(&mut self, event: &ClientEvent) -> bool {
+        if event.replaced {
+            return false;
+        }
+        match self.last.get_mut(&event.client_id) {
+            Some(last) if *last > event.at => false,
+            Some(last) => {
+                *last = event.at;
+                true
+            }
+            None => {
+                self.last.insert(event.client_id.clone(), event.at);
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(topic: &str, body: serde_json::Value) -> Option<ClientEvent> {
+        ClientEvent::parse(topic, body.to_string().as_bytes())
+    }
+
+    #[test]
+    fn rmqtt_and_emqx_client_events_are_read() {
+        let on = event(
+            "$SYS/brokers/1/clients/00-11-22-33-44-55/connected",
+            serde_json::json!({"clientid": "00-11-22-33-44-55", "connected_at": 1_000, "session_present": false}),
+        )
+        .expect("connected");
+        assert!(on.online && on.at == 1_000 && !on.replaced);
+        let kicked = event(
+            "$SYS/brokers/2/clients/00-11-22-33-44-55/disconnected",
+            serde_json::json!({"disconnected_at": 2_000, "reason": "Kicked"}),
+        )
+        .expect("disconnected");
+        assert!(!kicked.online && kicked.replaced);
+        let emqx = event(
+            "$SYS/brokers/emqx@10.0.0.1/clients/dev1/disconnected",
+            serde_json::json!({"reason": "normal", "ts": 3_000}),
+        )
+        .expect("EMQX");
+        assert_eq!(
+            (emqx.client_id.as_str(), emqx.online, emqx.at, emqx.replaced),
+            ("dev1", false, 3_000, false)
+        );
+        for (topic, body) in [
+            (
+                "$SYS/brokers/1/clients/x/subscribed",
+                serde_json::json!({"ts": 1}),
+            ),
+            (
+                "$SYS/brokers/1/clients/x/connected/more",
+                serde_json::json!({"connected_at": 1}),
+            ),
+            (
+                "$SYS/brokers/1/session/x/created",
+                serde_json::json!({"ts": 1}),
+            ),
+            (
+                "$SYS/brokers/1/clients/x/connected",
+                serde_json::json!({"clientid": "x"}),
+            ),
+        ] {
+            assert_eq!(event(topic, body), None, "{topic}");
+        }
+        assert_eq!(
+            ClientEvent::parse("$SYS/brokers/1/clients/x/connected", b"not json"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_late_or_replaced_disconnect_does_not_take_a_client_offline() {
+        let mut order = ClientEventOrder::default();
+        let at = |online, at, replaced| ClientEvent {
+            client_id: "d".into(),
+            online,
+            at,
+            replaced,
+        };
+        assert!(order.is_news(&at(true, 100, false)));
+        // Reconnected on another node: the new connection first, then the
+        // old one's end, replaced or merely reported late.
+        assert!(order.is_news(&at(true, 200, false)));
+        assert!(!order.is_news(&at(false, 250, true)));
+        assert!(!order.is_news(&at(false, 150, false)));
+        assert!(order.is_news(&at(false, 300, false)));
+        assert!(!order.is_news(&at(true, 200, false)));
+        assert!(order.is_news(&at(true, 300, false)));
     }
 }

@@ -392,6 +392,26 @@ impl Ingest {
         presence.reported(device.id, status.state == "online");
     }
 
+    /// A broker's report that the client `client_id` connected or
+    /// disconnected: a device logs in with its device id as client id, so
+    /// that names it; any other client (the platform's own, a console
+    /// user's) is not a device and is ignored.
+    pub async fn presence_from_client_event(
+        &self,
+        client_id: &str,
+        online: bool,
+        presence: &crate::presence::PresenceRecorder,
+    ) {
+        let Ok(mac) = crate::identifiers::normalize_mac(client_id) else {
+            return;
+        };
+        match self.store.device_login(&mac).await {
+            Ok(Some(login)) => presence.reported(login.device_id, online),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "device lookup for a client event failed"),
+        }
+    }
+
     /// Takes one message from the broker. Never fails: a bad message is
     /// counted against its device.
     pub async fn handle(&self, topic: &str, payload: &[u8]) {

@@ -80,6 +80,8 @@ impl Cluster {
                 "rmqtt-shared-subscription.toml",
                 "strategy = \"hash_clientid\"\n".into(),
             );
+            // Client connected/disconnected events on $SYS, for presence.
+            write("rmqtt-sys-topic.toml", "publish_qos = 1\n".into());
             write(
                 "rmqtt-retainer.toml",
                 "storage.type = \"ram\"\nmax_retained_messages = 0\nmax_payload_size = \"1MB\"\nretained_message_ttl = \"0m\"\n".into(),
@@ -267,8 +269,9 @@ fn a_three_node_rmqtt_cluster_with_two_instances_loses_nothing_and_runs_each_tas
         ids.push(device);
     }
     let streamer = ids.pop().expect("one more device");
-    for (mac, device) in macs.iter().zip(&ids) {
-        fleet.push_str(&format!("{mac},311-a1,{}\n", secret_for(&api, *device)));
+    let secrets: Vec<String> = ids.iter().map(|d| secret_for(&api, *d)).collect();
+    for (mac, secret) in macs.iter().zip(&secrets) {
+        fleet.push_str(&format!("{mac},311-a1,{secret}\n"));
     }
     let fleet_path = dir.path().join("fleet.csv");
     std::fs::write(&fleet_path, fleet).expect("fleet");
@@ -411,6 +414,72 @@ fn a_three_node_rmqtt_cluster_with_two_instances_loses_nothing_and_runs_each_tas
     assert!(
         deltas == (101, 0) || deltas == (0, 101),
         "hash_clientid keeps one device on one instance: {deltas:?} (before the fleet stopped: {before:?})"
+    );
+
+    // A device that never reports a status of its own is online while it
+    // is connected and offline after a clean goodbye (no will): the
+    // cluster's $SYS client events say so. Another device cannot fake
+    // them: the hook refuses it every topic outside its own.
+    let mut listener = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.mqtt[1].to_string(),
+            "-q",
+            "1",
+        ])
+        .args(["-t", &device_protocol::task::request_filter("311-a1", &mac)])
+        .args(["-i", &mac, "-u", &mac, "-P", &secret])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub");
+    let streamer_online = || {
+        sql(
+            &url,
+            &format!("SELECT online::int FROM devices WHERE id = {streamer}"),
+        ) == 1
+    };
+    assert!(
+        eventually(30, streamer_online),
+        "online by the cluster's connected event"
+    );
+    let forged = format!(
+        "{{\"clientid\":\"{mac}\",\"disconnected_at\":{},\"reason\":\"Disconnect\"}}",
+        now_ms() + 60_000
+    );
+    let _ = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.mqtt[0].to_string(),
+            "-q",
+            "1",
+        ])
+        .args([
+            "-t",
+            &format!("$SYS/brokers/1/clients/{mac}/disconnected"),
+            "-m",
+            &forged,
+        ])
+        .args(["-i", &macs[0], "-u", &macs[0], "-P", &secrets[0]])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        streamer_online(),
+        "a forged $SYS event from another device changes nothing"
+    );
+    let _ = Command::new("kill")
+        .args(["-INT", &listener.id().to_string()])
+        .status();
+    let _ = listener.wait();
+    assert!(
+        eventually(30, || !streamer_online()),
+        "offline by the cluster's disconnected event"
     );
 
     // A node dies: its devices reconnect to the others and carry on.

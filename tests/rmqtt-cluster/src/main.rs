@@ -1,8 +1,8 @@
 //! One rmqtt node: `rmqtt-cluster-node ID MQTT_ADDR GRPC_ADDR PLUGINS_DIR`.
 //! The plugin directory holds each plugin's settings as an operator writes
 //! them for `rmqttd` (the cluster's peer list, the HTTP auth hook, the
-//! shared-subscription strategy, the retainer); a plugin without its file
-//! stays off.
+//! shared-subscription strategy, the retainer, the $SYS topics); a plugin
+//! without its file stays off.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -71,6 +71,9 @@ async fn main() -> rmqtt::Result<()> {
     }
     if on("rmqtt-retainer") {
         rmqtt_retainer::register(&scx, true, false).await?;
+    }
+    if on("rmqtt-sys-topic") {
+        rmqtt_sys_topic::register(&scx, true, false).await?;
     }
     // Last, as rmqttd registers it: the cluster wraps what the others set up.
     if on("rmqtt-cluster-broadcast") {
