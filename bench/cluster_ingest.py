@@ -11,6 +11,9 @@ readings lost when one instance is killed with `kill -9` mid-run.
 Each run gets a fresh database on the server `--database` names. The fleet
 is `telemark sim` (one lean connection per device, QoS 1 readings every
 INTERVAL_S); in the cluster run its devices spread over the three nodes.
+At the end of the sending time, while the fleet still sends, a ping job
+over every device: executions answered per second, from the job's creation
+to its last answer (the simulator answers a one-packet ping after 0.3 s).
 Every 5 s it prints the rows in `readings`; at the end, what the simulator
 sent, what the broker acknowledged to it (PUBACK), and what was stored once
 the ingest drained. "Lost" is acknowledged minus stored: above 0, the
@@ -78,6 +81,26 @@ def start_cluster(node, mqtt, hook_http, work):
     return nodes
 
 
+def job_rate(platform):
+    """A ping job over every device of `platform`'s fleet; returns what it
+    shows: answered, timed out, and answered per second."""
+    job = platform.call("POST", "/jobs", {"type": "ping", "params": {"host": "127.0.0.1", "count": 1},
+                                          "device_ids": platform.device_ids})
+    begun = time.time()
+    while time.time() - begun < 300:
+        job = platform.call("GET", f"/jobs/{job['id']}")
+        if job["state"] == "finished":
+            break
+        time.sleep(0.5)
+    c = job["counts"]
+    answered = (c.get("succeeded") or 0) + (c.get("failed") or 0)
+    if job.get("finished_at") is None:
+        return f"{answered} of {len(platform.device_ids)} answered after 300 s"
+    took = (job["finished_at"] - job["created_at"]) / 1000
+    return (f"{answered} of {len(platform.device_ids)} answered, {c.get('timed_out') or 0} timed out, "
+            f"in {took:.1f} s: {answered / took:.0f} executions/s")
+
+
 def run(label, a, database, instances, fleet_from, kill=None):
     """Runs the fleet against `fleet_from`'s broker for a.seconds, killing
     and restarting `kill` at a.kill_at; prints and returns the figures."""
@@ -96,6 +119,7 @@ def run(label, a, database, instances, fleet_from, kill=None):
         now, n = time.time(), count()
         print(f"{now - start:5.0f} s  {label}: stored {n:>10}  {(n - last) / (now - last_t):>8.0f} readings/s", flush=True)
         last, last_t = n, now
+    tasks = job_rate(fleet_from)
     sending = time.time() - start
     _, sent, during, last, acked = stop_sim_and_drain(sim, count)
     total = time.time() - start
@@ -104,7 +128,7 @@ def run(label, a, database, instances, fleet_from, kill=None):
           f"{acked} acknowledged by the broker ({sent - acked} never acknowledged); "
           f"stored {during} while sending ({during / sending:.0f}/s), {last} in all after "
           f"{total - sending:.0f} s of drain ({last / total:.0f}/s overall); "
-          f"lost (acknowledged minus stored) {lost}", flush=True)
+          f"lost (acknowledged minus stored) {lost}; ping job: {tasks}", flush=True)
     for p in instances:
         p.process.send_signal(signal.SIGTERM)
         p.process.wait(timeout=120)

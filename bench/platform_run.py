@@ -71,10 +71,12 @@ class Platform:
         )
         self.call("POST", "/devices/import", csv.encode(), "text/csv")
         fleet = ["device_id,model,secret"]
+        self.device_ids = []
         after = None
         while True:
             page = self.call("GET", "/devices?limit=1000" + (f"&after={after}" if after else ""))
             for d in page["devices"]:
+                self.device_ids.append(d["id"])
                 c = self.call("POST", f"/devices/{d['id']}/credentials")
                 fleet.append(f"{c['username']},311-a1,{c['password']}")
             after = page.get("next_cursor")

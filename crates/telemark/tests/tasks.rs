@@ -10,13 +10,19 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 
+/// The agent's provisioning for the device `mac` on `broker` (one
+/// `mqtt://…` or a list), trusting `api`'s platform for licenses.
 fn write_agent_config(
     dir: &Path,
-    mqtt_port: u16,
+    broker: &str,
     mac: &str,
     secret: &str,
-    public_key: &str,
+    api: &Api,
 ) -> std::path::PathBuf {
+    let public_key = api.get("/api/v1/license/public-key")["public_key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
     let boot = dir.join("boot_id");
     std::fs::write(&boot, "11111111-aaaa-bbbb-cccc-000000000001\n").expect("boot id");
     // The fake reboot: a new boot id, then the agent goes down as a system
@@ -35,7 +41,7 @@ fn write_agent_config(
     std::fs::write(
         &path,
         format!(
-            "broker = \"mqtt://127.0.0.1:{mqtt_port}\"\ndevice_id = \"{mac}\"\nmodel = \"311-a1\"\n\
+            "broker = \"{broker}\"\ndevice_id = \"{mac}\"\nmodel = \"311-a1\"\n\
              secret = \"{secret}\"\nbuffer_dir = \"{buffer}\"\n\
              [tasks]\nreboot_command = [\"sh\", \"{reboot}\"]\nshell_allowlist = [\"uname -s\"]\n\
              config_file = \"{config}\"\nconfig_hook = [\"sh\", \"-c\", \"cp \\\"$1\\\" {hook}\", \"hook\"]\n\
@@ -60,16 +66,12 @@ fn the_agent_runs_every_task_type_with_structured_results() {
     let api = Api::login(http_port, "admin", "first-admin-secret");
     let device = register_device(http_port, &api.bearer, "TASK1", "00:11:22:33:77:01");
     let secret = secret_for(&api, device);
-    let public_key = api.get("/api/v1/license/public-key")["public_key"]
-        .as_str()
-        .expect("key")
-        .to_owned();
     let config = write_agent_config(
         dir.path(),
-        mqtt_port,
+        &format!("mqtt://127.0.0.1:{mqtt_port}"),
         "00-11-22-33-77-01",
         &secret,
-        &public_key,
+        &api,
     );
     let mut agent = start_agent(&config);
     assert!(
@@ -307,11 +309,6 @@ fn an_agent_whose_first_broker_is_down_moves_to_the_next() {
     let device = register_device(http_port, &api.bearer, "FAILOVER1", "00:11:22:33:77:0f");
     let mac = "00-11-22-33-77-0f";
     let secret = secret_for(&api, device);
-    let key = api.get("/api/v1/license/public-key")["public_key"]
-        .as_str()
-        .expect("key")
-        .to_owned();
-    let config = write_agent_config(dir.path(), mqtt_port, mac, &secret, &key);
     // The list in the order that makes the address nobody listens on this
     // device's first.
     let (up, down) = (
@@ -323,10 +320,7 @@ fn an_agent_whose_first_broker_is_down_moves_to_the_next() {
     } else {
         format!("{up},{down}")
     };
-    let text = std::fs::read_to_string(&config).expect("config");
-    let text = text.replace(&format!("\"{up}\""), &format!("\"{list}\""));
-    assert!(text.contains(&list), "{text}");
-    std::fs::write(&config, text).expect("config");
+    let config = write_agent_config(dir.path(), &list, mac, &secret, &api);
     let _agent = start_agent(&config);
     assert!(
         eventually(20, || online(&api, device)),
@@ -478,10 +472,6 @@ fn offline_delivery_deadlines_retries_and_answers_never_sent() {
     let device = register_device(http_port, &api.bearer, "TASK3", "00:11:22:33:77:03");
     let mac = "00-11-22-33-77-03";
     let secret = secret_for(&api, device);
-    let public_key = api.get("/api/v1/license/public-key")["public_key"]
-        .as_str()
-        .expect("key")
-        .to_owned();
     // Offline: one task waits for the device, one expires undelivered.
     let waits = api.task(device, json!({"type": "ping", "params": {"host": "127.0.0.1", "count": 1}, "expires_in_secs": 600}));
     let expires = api.task(
@@ -499,7 +489,13 @@ fn offline_delivery_deadlines_retries_and_answers_never_sent() {
         "{expired}"
     );
     // Back online: the waiting task runs within seconds of the connect.
-    let config = write_agent_config(dir.path(), mqtt_port, mac, &secret, &public_key);
+    let config = write_agent_config(
+        dir.path(),
+        &format!("mqtt://127.0.0.1:{mqtt_port}"),
+        mac,
+        &secret,
+        &api,
+    );
     let agent = start_agent(&config);
     let connected = Instant::now();
     let done = api.final_execution(id(&waits), 20);
