@@ -120,6 +120,10 @@ def run(label, a, database, instances, fleet_from, kill=None):
         print(f"{now - start:5.0f} s  {label}: stored {n:>10}  {(n - last) / (now - last_t):>8.0f} readings/s", flush=True)
         last, last_t = n, now
     tasks = job_rate(fleet_from)
+    for n, p in enumerate(instances, 1):
+        task_counters = {k.removeprefix("telemark_").removesuffix("_total"): v
+                         for k, v in p.counters("telemark_task").items()}
+        print(f"{label}: instance {n} {task_counters}", flush=True)
     sending = time.time() - start
     _, sent, during, last, acked = stop_sim_and_drain(sim, count)
     total = time.time() - start

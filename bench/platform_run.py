@@ -60,6 +60,15 @@ class Platform:
             text = r.read()
             return json.loads(text) if text else None
 
+    def counters(self, prefix):
+        """The `/metrics` counters whose names start with `prefix`."""
+        req = urllib.request.Request(f"{self.base}/metrics")
+        req.add_header("authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            lines = r.read().decode().splitlines()
+        return {name: int(float(value)) for name, value in
+                (l.rsplit(" ", 1) for l in lines if l.startswith(prefix) and " " in l)}
+
     def register_fleet(self, devices, mac_prefix):
         """`devices` DWM-311-A1 routers with MACs `{mac_prefix}:XX:XX:XX`;
         returns the path of the fleet file `telemark sim` reads."""
