@@ -179,7 +179,7 @@ impl ClientTaskTransport {
         ) {
             self.dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(error = %e, "task transport full; the sweep sends again");
+            tracing::debug!(error = %e, "task transport full; the request is not sent");
         }
     }
 }

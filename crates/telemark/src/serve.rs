@@ -406,7 +406,7 @@ pub(crate) async fn run_platform(
             remote.clone(),
         );
         // Behind an external broker: requests the client connection could
-        // not queue (the task sweep sends them again).
+        // not queue.
         let transport = match &devices {
             DeviceBroker::External { transport, .. } => Some(transport.clone()),
             DeviceBroker::Embedded { .. } => None,
