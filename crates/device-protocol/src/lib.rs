@@ -97,6 +97,34 @@ pub fn split_topic(topic: &str) -> Option<(&str, &str, &str)> {
     Some((model, device, suffix))
 }
 
+/// Filters that together match every reading a device sends (each of
+/// [`Topic::ALL`], by its first level), and nothing else: what a platform
+/// instance behind a broker cluster reads as a stream that may queue.
+pub fn reading_filters() -> Vec<String> {
+    let mut filters: Vec<String> = Vec::new();
+    for topic in Topic::ALL {
+        let filter = match topic.suffix().split_once('/') {
+            Some((subtree, _)) => format!("{PREFIX}/+/+/{subtree}/#"),
+            None => format!("{PREFIX}/+/+/{}", topic.suffix()),
+        };
+        if !filters.contains(&filter) {
+            filters.push(filter);
+        }
+    }
+    filters
+}
+
+/// Filters matching what someone waits for: a task's status and result and
+/// a remote session's output, but not the platform's own requests and
+/// input on the same subtrees. Read apart from [`reading_filters`], so an
+/// answer never queues behind a backlog of readings.
+pub fn answer_filters() -> [String; 2] {
+    [
+        format!("{PREFIX}/+/+/tasks/+/+"),
+        format!("{PREFIX}/+/+/sessions/+/out"),
+    ]
+}
+
 /// `hardware/loadavg`: the kernel's run-queue averages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -562,6 +590,38 @@ impl Reading {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readings_and_answers_are_read_apart_and_nothing_twice() {
+        let count = |filters: &[String], topic: &str| {
+            filters
+                .iter()
+                .filter(|f| mqtt::topic::matches(f, topic))
+                .count()
+        };
+        let (readings, answers) = (reading_filters(), answer_filters());
+        for topic in Topic::ALL {
+            let full = topic.for_device("311-a1", "00-11-22-33-44-55");
+            assert_eq!(count(&readings, &full), 1, "{full}");
+            assert_eq!(count(&answers, &full), 0, "{full}");
+        }
+        let device = ("311-a1", "00-11-22-33-44-55");
+        for answer in [
+            task::status_topic(device.0, device.1, 7),
+            task::result_topic(device.0, device.1, 7),
+            session::output_topic(device.0, device.1, "s1"),
+        ] {
+            assert_eq!(count(&answers, &answer), 1, "{answer}");
+            assert_eq!(count(&readings, &answer), 0, "{answer}");
+        }
+        // The platform's own publications come back to neither.
+        for own in [
+            task::request_topic(device.0, device.1, 7),
+            session::input_topic(device.0, device.1, "s1"),
+        ] {
+            assert_eq!(count(&answers, &own) + count(&readings, &own), 0, "{own}");
+        }
+    }
 
     #[test]
     fn topics_split_and_round_trip() {

@@ -760,10 +760,21 @@ pub fn carrier_json(components: &[device_protocol::CarrierComponent]) -> String 
 #[derive(Debug, Clone)]
 pub struct BrokerConnection {
     pub endpoint: crate::broker_client::BrokerEndpoint,
-    /// `dwr/#` on the embedded broker; `$share/telemark/dwr/#` on a cluster
-    /// with several platform instances.
-    pub filter: String,
+    /// Each a connection and persistent session of its own, read side by
+    /// side: a broker hands one session's messages over in order, so what
+    /// must not wait behind a backlog of readings (task answers, terminal
+    /// output) is read on a session that has none.
+    pub sessions: Vec<IngestSession>,
+}
+
+/// One client session of the ingest and what it subscribes.
+#[derive(Debug, Clone)]
+pub struct IngestSession {
     pub client_id: String,
+    /// E.g. `$share/telemark/dwr/+/+/hardware/#`: with several platform
+    /// instances on a cluster, each shared filter splits its messages
+    /// between them.
+    pub filters: Vec<String>,
 }
 
 /// Writes the ingest's batches beside whatever feeds it: every
@@ -870,26 +881,52 @@ impl Drop for ClientAck {
     }
 }
 
-/// Reads the broker as an MQTT client until `stop` fires, reconnecting
-/// after failures, while a [`BatchWriter`] writes. A QoS 1 message is
+/// Reads the broker as an MQTT client until `stop` fires, one connection
+/// per session of `connection`, reconnecting after failures, while one
+/// [`BatchWriter`] writes (one, so an acknowledgement is released only by
+/// the transaction that wrote its readings). A QoS 1 message is
 /// acknowledged to the broker only once it is written, so one acknowledged
 /// is never lost with this process. Writes what waits before it returns.
 pub async fn run(
     ingest: Arc<Ingest>,
     connection: BrokerConnection,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let writer = BatchWriter::start(ingest.clone());
+    let mut readers = tokio::task::JoinSet::new();
+    for session in connection.sessions {
+        readers.spawn(read_session(
+            ingest.clone(),
+            connection.endpoint.clone(),
+            session,
+            stop.clone(),
+        ));
+    }
+    while readers.join_next().await.is_some() {}
+    writer.finish().await;
+}
+
+async fn read_session(
+    ingest: Arc<Ingest>,
+    endpoint: crate::broker_client::BrokerEndpoint,
+    session: IngestSession,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use crate::broker_client::{RETRY_FIRST, RETRY_MAX};
-    use rumqttc::{AsyncClient, Event, Packet, QoS};
+    use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeFilter};
     let options = |attempt: usize| {
-        let mut options = connection.endpoint.options(attempt, &connection.client_id);
+        let mut options = endpoint.options(attempt, &session.client_id);
         options
             .set_clean_session(false)
             .set_manual_acks(true)
             .set_inflight(1000);
         options
     };
-    let writer = BatchWriter::start(ingest.clone());
+    let filters: Vec<SubscribeFilter> = session
+        .filters
+        .iter()
+        .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
+        .collect();
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (mut attempt, mut retry) = (0, RETRY_FIRST);
     'connection: loop {
@@ -904,6 +941,7 @@ pub async fn run(
             };
             if lost.swap(false, Ordering::AcqRel) {
                 tracing::warn!(
+                    client_id = %session.client_id,
                     "a message was not written; reconnecting so the broker sends it again"
                 );
                 let _ = client.disconnect().await;
@@ -912,11 +950,12 @@ pub async fn run(
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     retry = RETRY_FIRST;
-                    if let Err(e) = client.subscribe(&connection.filter, QoS::AtLeastOnce).await {
+                    if let Err(e) = client.subscribe_many(filters.clone()).await {
                         tracing::warn!(error = %e, "ingest cannot subscribe");
                     }
                     tracing::info!(
-                        filter = %connection.filter,
+                        client_id = %session.client_id,
+                        filters = ?session.filters,
                         broker = %events.mqtt_options.broker_address().0,
                         "ingest subscribed"
                     );
@@ -933,7 +972,11 @@ pub async fn run(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "ingest lost the broker; trying the next address");
+                    tracing::warn!(
+                        client_id = %session.client_id,
+                        error = %e,
+                        "ingest lost the broker; trying the next address"
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(retry) => {}
                         _ = stop.changed() => break 'connection,
@@ -948,7 +991,6 @@ pub async fn run(
             }
         }
     }
-    writer.finish().await;
 }
 
 const HOUR_MS: i64 = 3_600_000;

@@ -44,8 +44,10 @@ fn a_message_the_ingest_took_but_had_not_written_when_it_died_comes_again() {
             password: "secret".into(),
             ca_pem: None,
         },
-        filter: "dwr/#".into(),
-        client_id: "telemark-ingest".into(),
+        sessions: vec![platform::telemetry::IngestSession {
+            client_id: "telemark-ingest".into(),
+            filters: vec!["dwr/#".into()],
+        }],
     };
     let per_message = device_protocol::parse("hardware/memory", payload(0).as_bytes())
         .expect("valid")

@@ -93,8 +93,10 @@ async fn main() -> anyhow::Result<()> {
                 password: "bench".into(),
                 ca_pem: None,
             },
-            filter: "dwr/#".into(),
-            client_id: "bench-ingest".into(),
+            sessions: vec![platform::telemetry::IngestSession {
+                client_id: "bench-ingest".into(),
+                filters: vec!["dwr/#".into()],
+            }],
         },
         stopped.clone(),
     ));

@@ -39,7 +39,8 @@ pub struct ExternalBroker {
     /// The CA of the brokers' certificates, for `mqtts://`.
     pub ca_file: Option<PathBuf>,
     /// Instances in one group split the devices' messages between them
-    /// (`$share/{group}/dwr/#`).
+    /// (`$share/{group}/dwr/+/+/hardware/#` and the contract's other
+    /// subtrees).
     pub share_group: String,
 }
 
@@ -329,7 +330,7 @@ ddi_poll_secs = 300                           # how long hawkBit DDI clients (SW
 # username = "telemark-platform"              # default: this login with the database's internal secret, which the auth hooks accept
 # password = "…"                              # TELEMARK__EXTERNAL_BROKER__PASSWORD
 # ca_file = "/etc/telemark/broker-ca.pem"
-share_group = "telemark"                      # instances split devices' messages: $share/telemark/dwr/#
+share_group = "telemark"                      # instances split devices' messages: $share/telemark/dwr/+/+/…
 
 [broker]
 max_connections = 200000

@@ -85,6 +85,13 @@ async fn external_connection(
             platform::device_access::internal_secret(store).await?,
         ),
     };
+    let group = &external.share_group;
+    let shared = |filters: Vec<String>| -> Vec<String> {
+        filters
+            .into_iter()
+            .map(|f| format!("$share/{group}/{f}"))
+            .collect()
+    };
     Ok(platform::telemetry::BrokerConnection {
         endpoint: platform::broker_client::BrokerEndpoint {
             addresses,
@@ -92,14 +99,20 @@ async fn external_connection(
             password,
             ca_pem,
         },
-        filter: format!(
-            "$share/{}/{}/#",
-            external.share_group,
-            device_protocol::PREFIX
-        ),
-        // One persistent session per instance: a restarted instance gets
-        // what the broker kept for it while it was away.
-        client_id: format!("telemark-ingest-{instance}"),
+        // Persistent sessions, one pair per instance: a restarted instance
+        // gets what the broker kept for it while it was away. Answers have
+        // their own, so a backlog of readings (an instance catching up)
+        // does not hold a task's answer past its deadline.
+        sessions: vec![
+            platform::telemetry::IngestSession {
+                client_id: format!("telemark-ingest-{instance}"),
+                filters: shared(device_protocol::reading_filters()),
+            },
+            platform::telemetry::IngestSession {
+                client_id: format!("telemark-answers-{instance}"),
+                filters: shared(device_protocol::answer_filters().into()),
+            },
+        ],
     })
 }
 

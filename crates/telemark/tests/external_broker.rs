@@ -206,8 +206,110 @@ fn requests_on_a_failed_broker_connection_go_out_on_the_next() {
     }
 }
 
+/// An instance comes back to a session the broker filled with readings
+/// while it was away. Task answers travel on a session of their own: a job
+/// started now is answered while the backlog is still being read, not
+/// after it (behind it, answers would arrive past their deadlines).
+#[test]
+fn answers_do_not_wait_behind_a_backlog_of_readings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker_port, http) = (free_port(), free_port());
+    let _mosquitto = start_mosquitto(
+        dir.path(),
+        broker_port,
+        "persistence false\nmax_queued_messages 200000\n",
+    );
+    let data = dir.path().join("data");
+    let mut platform = serve_behind(&data, http, broker_port, &[]);
+    let api = Api::login(http, "admin", "first-admin-secret");
+    let (fleet, ids) = fleet_file(&api, dir.path(), 3, 0xA4);
+    let _sim = start_sim(&fleet, broker_port, &[]);
+    let chatty = register_device(http, &api.bearer, "BACKLOG1", "00:11:22:33:a4:f0");
+    assert!(
+        eventually(30, || ids.iter().all(|d| online(&api, *d))),
+        "every device is online"
+    );
+
+    // The instance is away while one device sends a long stream.
+    if let Some(mut child) = platform.0.take() {
+        child.kill().expect("kill -9");
+        child.wait().expect("reaped");
+    }
+    const BACKLOG: i64 = 50_000;
+    let t0 = (now_ms() - 86_400_000) / 1000 * 1000;
+    let last_ts = t0 + (BACKLOG - 1) * 1000;
+    let lines: String = (0..BACKLOG)
+        .map(|n| {
+            format!(
+                "{{\"v\":1,\"ts\":{},\"total_kb\":1000,\"available_kb\":250,\"used_percent\":{}.0}}\n",
+                t0 + n * 1000,
+                n % 100
+            )
+        })
+        .collect();
+    let mut publisher = std::process::Command::new("mosquitto_pub")
+        .args(["-p", &broker_port.to_string(), "-h", "127.0.0.1"])
+        .args(["-q", "1", "-l", "-i", "backlog-publisher"])
+        .args(["-t", "dwr/311-a1/00-11-22-33-a4-f0/hardware/memory"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_pub");
+    {
+        use std::io::Write;
+        let mut stdin = publisher.stdin.take().expect("stdin");
+        stdin.write_all(lines.as_bytes()).expect("the stream");
+    }
+    assert!(publisher.wait().expect("mosquitto_pub ends").success());
+
+    // Back, and asked at once for a job over the other devices.
+    platform = serve_behind(&data, http, broker_port, &[]);
+    let api = Api::login(http, "admin", "first-admin-secret");
+    let (status, job) = api.call(
+        "POST",
+        "/api/v1/jobs",
+        &json!({"type": "ping", "params": {"host": "127.0.0.1", "count": 1}, "device_ids": ids}),
+    );
+    assert_eq!(status, 201, "{job}");
+    let newest = || -> i64 {
+        let latest = api.get(&format!("/api/v1/devices/{chatty}/metrics"));
+        latest
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["ts"].as_i64())
+            .max()
+            .unwrap_or(0)
+    };
+    let (mut finished, mut read_when_finished) = (false, 0);
+    let drained = eventually(120, || {
+        if !finished && api.get(&format!("/api/v1/jobs/{}", id(&job)))["finished_at"].is_i64() {
+            finished = true;
+            read_when_finished = newest();
+        }
+        finished && newest() == last_ts
+    });
+    assert!(finished, "the job finished");
+    assert!(drained, "the whole backlog was read in the end");
+    let read = (read_when_finished - t0) / 1000 + 1;
+    eprintln!("the job finished with {read} of {BACKLOG} backlog readings read");
+    assert!(
+        read_when_finished < last_ts,
+        "the answers came only after the whole backlog"
+    );
+    let executions = api.get(&format!("/api/v1/jobs/{}/executions?limit=100", id(&job)));
+    for e in executions.as_array().expect("list") {
+        assert!(
+            ["succeeded", "failed"].contains(&e["state"].as_str().unwrap_or("")),
+            "answered, not timed out: {e}"
+        );
+    }
+    drop(platform);
+}
+
 /// Two instances on one PostgreSQL behind one broker split the devices'
-/// messages (`$share/telemark/dwr/#`); one killed with `kill -9` mid-stream
+/// messages (shared subscriptions); one killed with `kill -9` mid-stream
 /// and started again loses nothing the broker had handed it, and every
 /// reading is stored once.
 #[test]
