@@ -38,7 +38,8 @@ pub struct ClientIdentity {
     pub attributes: Option<Arc<dyn Any + Send + Sync>>,
     /// A deeper (or shallower) queue than `max_queued_messages` for this
     /// client: the embedder's own services read everyone's messages.
-    pub max_queued_messages: Option<usize>,
+    /// A `u32`, as the session stores it: every connection carries this.
+    pub max_queued_messages: Option<u32>,
 }
 
 impl ClientIdentity {

@@ -358,9 +358,17 @@ impl BrokerShared {
         }
         merge_per_client(&mut targets);
         targets.append(&mut shared_targets);
+        // Every target's session under one look at the store (a fan-out to
+        // a thousand subscribers took its lock a thousand times).
+        let mut sessions: SmallVec<[Option<Arc<Session>>; 4]> =
+            SmallVec::with_capacity(targets.len());
+        self.sessions
+            .get_each(&mut targets.iter().map(|t| &*t.0), &mut |session| {
+                sessions.push(session)
+            });
         let mut delivered = 0;
-        for (client, qos, retain_as_published, ids) in targets {
-            let Some(session) = self.sessions.get(&client) else {
+        for ((_, qos, retain_as_published, ids), session) in targets.into_iter().zip(sessions) {
+            let Some(session) = session else {
                 continue;
             };
             // [MQTT-3.3.1-12] [MQTT-3.3.1-13] retain flag as published only

@@ -110,10 +110,10 @@ struct Active {
     /// The largest packet the client accepts [MQTT-3.1.2-25]; `u32::MAX` when it set none.
     client_max_packet: u32,
     client_alias_maximum: u16,
-    /// Boxed and made at the first alias: most clients use none.
-    aliases: Option<Box<TopicAliases>>,
-    /// Only for a client that authenticated with a method [MQTT-4.12.0-6].
-    enhanced_auth: Option<Box<EnhancedAuth>>,
+    /// Topic aliases and enhanced authentication, boxed together and made
+    /// when first needed: most clients use neither, and every idle
+    /// connection carries this pointer.
+    rare: Option<Box<RareState>>,
     /// Milliseconds this connection waits with nothing to do before it
     /// hibernates; doubled each time it is woken soon after.
     idle_limit_ms: u32,
@@ -130,6 +130,30 @@ impl Active {
     fn idle_limit(&self) -> Duration {
         Duration::from_millis(u64::from(self.idle_limit_ms))
     }
+
+    fn aliases(&self) -> Option<&TopicAliases> {
+        self.rare.as_ref().map(|r| &r.aliases)
+    }
+
+    fn aliases_mut(&mut self) -> &mut TopicAliases {
+        &mut self.rare.get_or_insert_default().aliases
+    }
+
+    fn enhanced_auth(&self) -> Option<&EnhancedAuth> {
+        self.rare.as_ref()?.enhanced_auth.as_ref()
+    }
+
+    fn enhanced_auth_mut(&mut self) -> Option<&mut EnhancedAuth> {
+        self.rare.as_mut()?.enhanced_auth.as_mut()
+    }
+}
+
+/// What few connections need (see `Active::rare`).
+#[derive(Default)]
+struct RareState {
+    aliases: TopicAliases,
+    /// Only for a client that authenticated with a method [MQTT-4.12.0-6].
+    enhanced_auth: Option<EnhancedAuth>,
 }
 
 /// Topic aliases of one connection, each direction its own; they live as
@@ -204,12 +228,14 @@ enum Answer {
 /// go on where it stopped, without a task, buffers or a reactor entry.
 pub(crate) struct Hibernated {
     pub(crate) stream: mio::net::TcpStream,
-    /// Its token in the hibernation's den, also kept by its session.
-    pub(crate) token: u64,
     version: ProtocolVersion,
     active: Active,
-    last_read: Instant,
     slept_at: Instant,
+    /// How long before `slept_at` the last packet was read, in whole
+    /// milliseconds (rounded down, so the keep-alive deadline it gives is
+    /// never earlier than the client's due): a second `Instant` would be
+    /// 12 bytes more per sleeper.
+    quiet_ms: u32,
     open: OpenGuard,
 }
 
@@ -218,11 +244,16 @@ impl Hibernated {
         &self.active.session
     }
 
+    /// When the client's last packet was read.
+    fn last_read(&self) -> Instant {
+        self.slept_at - Duration::from_millis(u64::from(self.quiet_ms))
+    }
+
     /// When the keep-alive runs out [MQTT-3.1.2-24]: it is woken then.
     pub(crate) fn keep_alive_deadline(&self) -> Option<std::time::Instant> {
         self.active
             .keep_alive()
-            .map(|k| (self.last_read + k).into_std())
+            .map(|k| (self.last_read() + k).into_std())
     }
 }
 
@@ -247,11 +278,11 @@ fn configured_idle_limit_ms(settings: &crate::settings::Settings) -> u32 {
 
 /// Brings a hibernated connection back as a task.
 pub(crate) async fn wake_up(sleeper: Box<Hibernated>) {
+    let last_read = sleeper.last_read();
     let Hibernated {
         stream,
         version,
         mut active,
-        last_read,
         slept_at,
         open,
         ..
@@ -377,13 +408,17 @@ impl Connection {
             leave(&shared, &active, true);
             return;
         };
+        let now = Instant::now();
         let sleeper = Box::new(Hibernated {
             stream: mio::net::TcpStream::from_std(stream),
-            token: 0,
             version,
             active,
-            last_read,
-            slept_at: Instant::now(),
+            slept_at: now,
+            quiet_ms: now
+                .saturating_duration_since(last_read)
+                .as_millis()
+                .try_into()
+                .unwrap_or(u32::MAX),
             open,
         });
         let session = sleeper.session().clone();
@@ -777,7 +812,7 @@ impl Connection {
         attached
             .session
             .lock()
-            .set_queue_limit(identity.max_queued_messages);
+            .set_queue_limit(identity.max_queued_messages.map(|limit| limit as usize));
         if attached.session_present {
             // What the client may read is decided by the ACL of now, not of
             // when it subscribed (a device moved to another model, say).
@@ -796,13 +831,15 @@ impl Connection {
             } else {
                 0
             },
-            aliases: None,
             idle_limit_ms: configured_idle_limit_ms(settings),
-            enhanced_auth: auth_method.clone().map(|method| {
-                Box::new(EnhancedAuth {
-                    method,
-                    request,
-                    conversation: None,
+            rare: auth_method.clone().map(|method| {
+                Box::new(RareState {
+                    aliases: TopicAliases::default(),
+                    enhanced_auth: Some(EnhancedAuth {
+                        method,
+                        request,
+                        conversation: None,
+                    }),
                 })
             }),
         };
@@ -971,7 +1008,7 @@ impl Connection {
                         && last_read.max(last_write) + active.idle_limit() <= now
                         && self.rbuf.is_empty()
                         && self.held.is_empty()
-                        && active.enhanced_auth.as_ref().is_none_or(|a| a.conversation.is_none())
+                        && active.enhanced_auth().is_none_or(|a| a.conversation.is_none())
                         && active.session.lock().settle_idle(active.generation)
                     {
                         return Served::Idle { last_read };
@@ -1128,7 +1165,7 @@ impl Connection {
 
     /// Re-authentication [MQTT-4.12.1]: runs through the same hook as CONNECT.
     async fn handle_auth(&mut self, active: &mut Active, auth: Auth) -> Result<(), Ending> {
-        let Some(enhanced) = active.enhanced_auth.as_mut() else {
+        let Some(enhanced) = active.enhanced_auth_mut() else {
             // [MQTT-4.12.0-6] no AUTH without a method at CONNECT.
             return Err(Ending::protocol(
                 ReasonCode::ProtocolError,
@@ -1221,7 +1258,7 @@ impl Connection {
                     ));
                 }
                 if publish.topic.is_empty() {
-                    match active.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
+                    match active.aliases().and_then(|a| a.inbound.get(&alias)) {
                         Some(topic) => topic.clone(),
                         None => {
                             return Err(Ending::protocol(
@@ -1232,11 +1269,7 @@ impl Connection {
                     }
                 } else {
                     let topic: Arc<str> = std::mem::take(&mut publish.topic).into();
-                    active
-                        .aliases
-                        .get_or_insert_default()
-                        .inbound
-                        .insert(alias, topic.clone());
+                    active.aliases_mut().inbound.insert(alias, topic.clone());
                     topic
                 }
             }
@@ -1745,7 +1778,7 @@ impl Connection {
             }
             properties.subscription_identifiers = delivery.subscription_ids.clone();
             if active.client_alias_maximum > 0 {
-                let aliases = active.aliases.get_or_insert_default();
+                let aliases = active.aliases_mut();
                 match aliases.outbound.get(&message.topic) {
                     Some(alias) => {
                         properties.topic_alias = Some(*alias);
@@ -1782,8 +1815,7 @@ impl Connection {
         }
         if let Some(alias) = new_alias {
             active
-                .aliases
-                .get_or_insert_default()
+                .aliases_mut()
                 .outbound
                 .insert(message.topic.clone(), alias);
         }

@@ -134,8 +134,8 @@ impl Den {
         true
     }
 
-    /// Takes the sleeper `token` names, if it is still there.
-    fn take(&mut self, token: u64) -> Option<Box<Hibernated>> {
+    /// Takes the sleeper `token` names, if it is still there, with its token.
+    fn take(&mut self, token: u64) -> Option<(u64, Box<Hibernated>)> {
         let index = index_of(token);
         let slot = self.slots.get_mut(index)?;
         if token >> 32 != u64::from(slot.generation) {
@@ -143,10 +143,10 @@ impl Den {
         }
         let sleeper = slot.sleeper.take()?;
         self.free.push(index as u32);
-        Some(sleeper)
+        Some((token, sleeper))
     }
 
-    fn take_index(&mut self, index: usize) -> Option<Box<Hibernated>> {
+    fn take_index(&mut self, index: usize) -> Option<(u64, Box<Hibernated>)> {
         let generation = self.slots.get(index)?.generation;
         self.take(token(index as u32, generation))
     }
@@ -202,7 +202,6 @@ impl Hibernation {
         let slot = &mut den.slots[index as usize];
         slot.generation = slot.generation.checked_add(1).unwrap_or(1);
         let token = token(index, slot.generation);
-        sleeper.token = token;
         if let Err(e) = watcher.registry.register(
             &mut sleeper.stream,
             Token(index as usize),
@@ -324,10 +323,10 @@ impl Watcher {
                 }
                 den.take_trim(now)
             };
-            for mut sleeper in waking.drain(..) {
+            for (token, mut sleeper) in waking.drain(..) {
                 let _ = self.registry.deregister(&mut sleeper.stream);
                 let _ = sleeper.session().hibernated.compare_exchange(
-                    sleeper.token,
+                    token,
                     0,
                     Ordering::SeqCst,
                     Ordering::SeqCst,

@@ -700,6 +700,19 @@ impl Session {
 /// a durable store implements the same calls.
 pub trait SessionStore: Send + Sync + 'static {
     fn get(&self, client_id: &str) -> Option<Arc<Session>>;
+    /// The session of each of `client_ids`, in order (`None` where there
+    /// is none), handed to `found`: routing asks for every target of a
+    /// message, and a store behind a lock takes it once for them all.
+    /// `found` must not call back into the store.
+    fn get_each(
+        &self,
+        client_ids: &mut dyn Iterator<Item = &str>,
+        found: &mut dyn FnMut(Option<Arc<Session>>),
+    ) {
+        for client_id in client_ids {
+            found(self.get(client_id));
+        }
+    }
     fn insert(&self, session: Arc<Session>);
     /// Removes the session if it is still `session` (not a newer one).
     fn remove(&self, session: &Arc<Session>) -> bool;
@@ -752,6 +765,17 @@ impl MemorySessionStore {
 impl SessionStore for MemorySessionStore {
     fn get(&self, client_id: &str) -> Option<Arc<Session>> {
         self.set().get(client_id).map(|s| s.0.clone())
+    }
+
+    fn get_each(
+        &self,
+        client_ids: &mut dyn Iterator<Item = &str>,
+        found: &mut dyn FnMut(Option<Arc<Session>>),
+    ) {
+        let set = self.set();
+        for client_id in client_ids {
+            found(set.get(client_id).map(|s| s.0.clone()));
+        }
     }
 
     fn insert(&self, session: Arc<Session>) {

@@ -12,7 +12,7 @@ use store::Store;
 
 /// Queue bound of the platform's internal clients: a few seconds of a
 /// 100,000-device fleet.
-const INTERNAL_QUEUE: usize = 2_000_000;
+const INTERNAL_QUEUE: u32 = 2_000_000;
 
 pub struct RegistryAuthenticator {
     store: Store,
