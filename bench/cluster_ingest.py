@@ -127,6 +127,10 @@ def run(label, a, database, instances, fleet_from, kill=None):
     sending = time.time() - start
     _, sent, during, last, acked = stop_sim_and_drain(sim, count)
     total = time.time() - start
+    for n, p in enumerate(instances, 1):
+        ingest = {k.removeprefix("telemark_ingest_").removesuffix("_total"): v
+                  for k, v in p.counters("telemark_ingest").items()}
+        print(f"{label}: instance {n} ingest (since its last start) {ingest}", flush=True)
     lost = max(acked - last, 0)
     print(f"{label}: sent {sent} readings in {sending:.0f} s ({sent / sending:.0f}/s offered), "
           f"{acked} acknowledged by the broker ({sent - acked} never acknowledged); "
