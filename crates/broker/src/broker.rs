@@ -220,7 +220,7 @@ impl Broker {
             for session in s.sessions.all() {
                 let mut state = session.lock();
                 if let Some(w) = state.will.take() {
-                    if state.epoch != 0 {
+                    if state.epoch() != 0 {
                         s.record(Record::WillGone {
                             session: key(&session, &state),
                         });
@@ -515,9 +515,8 @@ impl BrokerShared {
             _ => None,
         };
         // A persistent session's QoS 1 and 2 deliveries are journaled.
-        let seq = if state.epoch != 0 && qos != QoS::AtMostOnce {
-            let seq = state.next_seq;
-            state.next_seq += 1;
+        let seq = if state.epoch() != 0 && qos != QoS::AtMostOnce {
+            let seq = state.take_seq();
             logged.push(LoggedDelivery {
                 session: key(session, &state),
                 seq,
@@ -649,7 +648,7 @@ impl BrokerShared {
                 }
                 let present = !clean_start;
                 let old_subs = if clean_start {
-                    if state.epoch != 0 {
+                    if state.epoch() != 0 {
                         self.record(Record::SessionEnded {
                             session: key(&session, &state),
                         });
@@ -682,12 +681,11 @@ impl BrokerShared {
             state.expiry_interval = expiry_interval;
             state.will = will;
             if let Some(persistence) = &self.persistence
-                && (expiry_interval > 0 || state.epoch != 0)
+                && (expiry_interval > 0 || state.epoch() != 0)
             {
-                let fresh = state.epoch == 0;
+                let fresh = state.epoch() == 0;
                 if fresh {
-                    state.epoch = persistence.new_epoch();
-                    state.next_seq = 1;
+                    state.set_journal(persistence.new_epoch(), 1);
                 }
                 let session_key = key(&session, &state);
                 persistence.write(Record::Session {
@@ -696,7 +694,7 @@ impl BrokerShared {
                     protocol,
                     expiry: expiry_interval,
                     will: state.will.clone(),
-                    last_seq: state.next_seq - 1,
+                    last_seq: state.next_seq() - 1,
                 });
                 if fresh {
                     // A session that was not persistent until now keeps
@@ -744,14 +742,14 @@ impl BrokerShared {
         }
         state.connected = false;
         state.release_idle();
-        if !publish_will && state.will.take().is_some() && state.epoch != 0 {
+        if !publish_will && state.will.take().is_some() && state.epoch() != 0 {
             self.record(Record::WillGone {
                 session: key(session, &state),
             });
         }
         let expiry = state.expiry_interval;
         let will_delay = state.will.as_ref().map(|w| w.delay);
-        if state.epoch != 0 && expiry != 0 {
+        if state.epoch() != 0 && expiry != 0 {
             self.record(Record::Detached {
                 session: key(session, &state),
                 at_ms: unix_ms(std::time::SystemTime::now()),
@@ -791,7 +789,7 @@ impl BrokerShared {
                         return;
                     }
                     let will = state.will.take();
-                    if will.is_some() && state.epoch != 0 {
+                    if will.is_some() && state.epoch() != 0 {
                         shared.record(Record::WillGone {
                             session: key(&session, &state),
                         });
@@ -857,8 +855,7 @@ impl BrokerShared {
             let session = Arc::new(Session::new(client, logged.protocol));
             let (expiry, will_delay, gone_for) = {
                 let mut state = session.lock();
-                state.epoch = logged.epoch;
-                state.next_seq = logged.last_seq + 1;
+                state.set_journal(logged.epoch, logged.last_seq + 1);
                 state.expiry_interval = logged.expiry;
                 state.will = logged.will;
                 {
@@ -929,7 +926,7 @@ impl BrokerShared {
             if !self.sessions.remove(session) {
                 return;
             }
-            if state.epoch != 0 {
+            if state.epoch() != 0 {
                 self.record(Record::SessionEnded {
                     session: key(session, &state),
                 });
@@ -987,7 +984,7 @@ impl BrokerShared {
         let mut state = session.lock();
         for filter in &revoked {
             state.subscriptions.remove(filter);
-            if state.epoch != 0 {
+            if state.epoch() != 0 {
                 self.record(Record::Unsubscribed {
                     session: key(session, &state),
                     filter: filter.clone(),
@@ -1033,7 +1030,7 @@ impl BrokerShared {
 pub(crate) fn key(session: &Session, state: &SessionState) -> SessionKey {
     SessionKey {
         client: session.client_id.clone(),
-        epoch: state.epoch,
+        epoch: state.epoch(),
     }
 }
 

@@ -1087,7 +1087,7 @@ impl Connection {
                 let mut state = active.session.lock();
                 let known = state.release_incoming(rel.packet_id);
                 let mut holding = Holding::new(&active.session);
-                if known && state.epoch != 0 {
+                if known && state.epoch() != 0 {
                     self.shared.record_kept(
                         Record::ReceiveDone {
                             session: key(&active.session, &state),
@@ -1401,7 +1401,7 @@ impl Connection {
                     // be delivered twice [MQTT-4.3.3-9].
                     let received = if publish.qos == QoS::ExactlyOnce {
                         let state = active.session.lock();
-                        (state.epoch != 0).then(|| (key(&active.session, &state), id))
+                        (state.epoch() != 0).then(|| (key(&active.session, &state), id))
                     } else {
                         None
                     };
@@ -1535,7 +1535,7 @@ impl Connection {
                     continue;
                 }
                 state.subscriptions.insert(filter.clone(), subscription);
-                if state.epoch != 0 {
+                if state.epoch() != 0 {
                     shared.record(Record::Subscribed {
                         session: key(&active.session, &state),
                         filter: filter.clone(),
@@ -1595,7 +1595,7 @@ impl Connection {
             let existed = {
                 let mut state = active.session.lock();
                 let existed = state.subscriptions.remove(filter).is_some();
-                if existed && state.epoch != 0 {
+                if existed && state.epoch() != 0 {
                     shared.record(Record::Unsubscribed {
                         session: key(&active.session, &state),
                         filter: filter.clone(),
@@ -1670,7 +1670,7 @@ impl Connection {
         if state.queued() == 0 {
             return Some(false);
         }
-        let persistent = state.epoch != 0;
+        let persistent = state.epoch() != 0;
         let mut dropped = Vec::new();
         let more = self.fill_from(
             active,

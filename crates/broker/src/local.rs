@@ -170,7 +170,7 @@ impl LocalSubscriber {
 
     /// Messages dropped from this subscriber's full queue so far.
     pub fn dropped(&self) -> u64 {
-        self.session.lock().dropped
+        self.session.lock().dropped()
     }
 }
 

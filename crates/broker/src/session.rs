@@ -474,13 +474,31 @@ pub struct SessionState {
     pub generation: u64,
     /// Boxed: most sessions have none, and a will is large.
     pub will: Option<Box<StoredWill>>,
+    /// Boxed and made at the first drop or journal epoch: most sessions
+    /// have neither, and every idle connection carries its session.
+    tally: Option<Box<SessionTally>>,
+}
+
+/// What only some sessions count (see `SessionState::tally`).
+#[derive(Debug)]
+struct SessionTally {
     /// Messages dropped because the queue was full.
-    pub dropped: u64,
+    dropped: u64,
     /// This incarnation's number in the journal; 0 when the session is not
     /// persistent (or persistence is off).
-    pub epoch: u64,
+    epoch: u64,
     /// The number the next journaled delivery gets.
-    pub next_seq: u64,
+    next_seq: u64,
+}
+
+impl Default for SessionTally {
+    fn default() -> Self {
+        SessionTally {
+            dropped: 0,
+            epoch: 0,
+            next_seq: 1,
+        }
+    }
 }
 
 impl SessionState {
@@ -495,10 +513,40 @@ impl SessionState {
             keeps_messages: false,
             generation: 0,
             will: None,
-            dropped: 0,
-            epoch: 0,
-            next_seq: 1,
+            tally: None,
         }
+    }
+
+    /// Messages dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.tally.as_ref().map_or(0, |t| t.dropped)
+    }
+
+    /// This incarnation's number in the journal; 0 when the session is not
+    /// persistent (or persistence is off).
+    pub fn epoch(&self) -> u64 {
+        self.tally.as_ref().map_or(0, |t| t.epoch)
+    }
+
+    /// The number the next journaled delivery gets.
+    pub fn next_seq(&self) -> u64 {
+        self.tally.as_ref().map_or(1, |t| t.next_seq)
+    }
+
+    /// The journal's numbers for this session: its incarnation, and the
+    /// number its next delivery gets.
+    pub fn set_journal(&mut self, epoch: u64, next_seq: u64) {
+        let tally = self.tally.get_or_insert_default();
+        tally.epoch = epoch;
+        tally.next_seq = next_seq;
+    }
+
+    /// Numbers a journaled delivery: the next number, then one more.
+    pub fn take_seq(&mut self) -> u64 {
+        let tally = self.tally.get_or_insert_default();
+        let seq = tally.next_seq;
+        tally.next_seq = seq + 1;
+        seq
     }
 
     /// This session's queue bound, when its client was given its own.
@@ -609,7 +657,9 @@ impl SessionState {
         } else {
             lose(delivery);
         }
-        self.dropped += dropped;
+        if dropped > 0 {
+            self.tally.get_or_insert_default().dropped += dropped;
+        }
         dropped
     }
 
@@ -859,7 +909,7 @@ mod tests {
         );
         let kept = payloads(&s);
         assert_eq!(kept, [1, 2, 3]);
-        assert_eq!(s.dropped, 2);
+        assert_eq!(s.dropped(), 2);
     }
 
     #[test]
@@ -889,7 +939,7 @@ mod tests {
             ),
             1
         );
-        assert_eq!(s.dropped, 3);
+        assert_eq!(s.dropped(), 3);
     }
 
     #[test]
