@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rmqtt::context::ServerContext;
+use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::net::Builder;
 use rmqtt::node::Node;
 use rmqtt::server::MqttServer;
@@ -75,6 +76,13 @@ async fn main() -> rmqtt::Result<()> {
     if on("rmqtt-sys-topic") {
         rmqtt_sys_topic::register(&scx, true, false).await?;
     }
+    // Every message the node drops, and why, on stderr: a loss through the
+    // cluster shows in the node's log instead of only in a count.
+    let dropped = scx.extends.hook_mgr().register();
+    dropped
+        .add(Type::MessageDropped, Box::new(DroppedMessages))
+        .await;
+    dropped.start().await;
     // Last, as rmqttd registers it: the cluster wraps what the others set up.
     if on("rmqtt-cluster-broadcast") {
         rmqtt_cluster_broadcast::register(&scx, true, true).await?;
@@ -99,6 +107,22 @@ async fn main() -> rmqtt::Result<()> {
         .run()
         .await?;
     Ok(())
+}
+
+/// Logs each dropped message at warn, with its reason.
+struct DroppedMessages;
+
+#[async_trait::async_trait]
+impl Handler for DroppedMessages {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        if let Parameter::MessageDropped(to, from, publish, reason) = param {
+            log::warn!(
+                "message dropped: topic {}, from {from:?}, to {to:?}, reason {reason:?}",
+                publish.topic
+            );
+        }
+        (true, acc)
+    }
 }
 
 fn anyhow_error(message: &str) -> rmqtt::Error {
