@@ -238,24 +238,13 @@ fn answers_do_not_wait_behind_a_backlog_of_readings() {
     const BACKLOG: i64 = 50_000;
     let t0 = (now_ms() - 86_400_000) / 1000 * 1000;
     let last_ts = t0 + (BACKLOG - 1) * 1000;
-    let lines: String = (0..BACKLOG)
-        .map(|n| {
-            format!(
-                "{{\"v\":1,\"ts\":{},\"total_kb\":1000,\"available_kb\":250,\"used_percent\":{}.0}}\n",
-                t0 + n * 1000,
-                n % 100
-            )
-        })
-        .collect();
-    let mut publisher = std::process::Command::new("mosquitto_pub")
-        .args(["-p", &broker_port.to_string(), "-h", "127.0.0.1"])
-        .args(["-q", "1", "-l", "-i", "backlog-publisher"])
-        .args(["-t", "dwr/311-a1/00-11-22-33-a4-f0/hardware/memory"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto_pub");
+    let (mut publisher, lines) = memory_stream(
+        broker_port,
+        "00-11-22-33-a4-f0",
+        "backlog-publisher",
+        t0,
+        BACKLOG,
+    );
     {
         use std::io::Write;
         let mut stdin = publisher.stdin.take().expect("stdin");
@@ -350,32 +339,7 @@ fn two_instances_split_the_stream_and_a_killed_one_loses_nothing() {
     // 4,000 messages at QoS 1, one second apart in device time, a day back.
     const MESSAGES: i64 = 4_000;
     let t0 = (now_ms() - 86_400_000) / 1000 * 1000;
-    let lines: String = (0..MESSAGES)
-        .map(|n| {
-            format!(
-                "{{\"v\":1,\"ts\":{},\"total_kb\":1000,\"available_kb\":250,\"used_percent\":{}.0}}\n",
-                t0 + n * 1000,
-                n % 100
-            )
-        })
-        .collect();
-    let mut publisher = std::process::Command::new("mosquitto_pub")
-        .args([
-            "-p",
-            &broker_port.to_string(),
-            "-h",
-            "127.0.0.1",
-            "-q",
-            "1",
-            "-l",
-        ])
-        .args(["-t", &format!("dwr/311-a1/{mac}/hardware/memory")])
-        .args(["-i", "split-publisher"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto_pub");
+    let (mut publisher, lines) = memory_stream(broker_port, mac, "split-publisher", t0, MESSAGES);
     {
         use std::io::Write;
         let mut stdin = publisher.stdin.take().expect("stdin");
@@ -432,6 +396,37 @@ fn two_instances_split_the_stream_and_a_killed_one_loses_nothing() {
     eprintln!("after the kill: instance one read {a}, instance two read {b}");
     assert!(b > 0, "the surviving instance read its share");
     drop(one);
+}
+
+/// `count` QoS 1 `hardware/memory` readings of device `mac`, one second
+/// apart in device time from `t0`, as lines for `mosquitto_pub -l`, and
+/// that publisher, started and waiting for them on its stdin.
+fn memory_stream(
+    broker_port: u16,
+    mac: &str,
+    client_id: &str,
+    t0: i64,
+    count: i64,
+) -> (std::process::Child, String) {
+    let lines: String = (0..count)
+        .map(|n| {
+            format!(
+                "{{\"v\":1,\"ts\":{},\"total_kb\":1000,\"available_kb\":250,\"used_percent\":{}.0}}\n",
+                t0 + n * 1000,
+                n % 100
+            )
+        })
+        .collect();
+    let publisher = std::process::Command::new("mosquitto_pub")
+        .args(["-p", &broker_port.to_string(), "-h", "127.0.0.1"])
+        .args(["-q", "1", "-l", "-i", client_id])
+        .args(["-t", &format!("dwr/311-a1/{mac}/hardware/memory")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_pub");
+    (publisher, lines)
 }
 
 /// `/metrics` of an instance as the admin reads it.
